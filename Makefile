@@ -1,0 +1,52 @@
+# supportflow: `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+# The CPU build of torch: a local wheel folder where the machine has one, else PyTorch's CPU index.
+WHEELS := $(shell pip config get global.find-links 2>/dev/null || echo /opt/wheels)
+TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export HF_EVALUATE_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export RASA_TELEMETRY_ENABLED ?= false
+export BENTOML_DO_NOT_TRACK ?= true
+export DO_NOT_TRACK ?= 1
+
+.PHONY: install demo test lint lock bench-ingest clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --python $(BIN)/python $(TORCH_SOURCE) requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/supportflow demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Re-resolve the pinned versions after changing pyproject.toml's dependencies.
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 $(TORCH_SOURCE) --no-header --no-annotate -o requirements.lock
+
+bench-ingest: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf .lake gx mlflow.db mlruns .pytest_cache

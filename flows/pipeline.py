@@ -1,0 +1,25 @@
+"""The `pipeline` flow: the main job, end to end, on whatever the configuration points at."""
+
+from pathlib import Path
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.ingest import ingest
+from flows.validate import validate
+from supportflow.ingest import IngestReport
+from supportflow.snapshot import SnapshotManifest
+
+BANKING77 = Path(__file__).resolve().parent.parent / "data" / "banking77"
+
+
+class PipelineSummary(BaseModel):
+    ingest: list[IngestReport]
+    snapshot: SnapshotManifest
+
+
+@flow(name="pipeline")
+def pipeline(paths: list[str] | None = None, source: str = "banking77") -> PipelineSummary:
+    paths = paths or [str(BANKING77 / "train.csv"), str(BANKING77 / "test.csv")]
+    reports = ingest(paths, source=source)
+    return PipelineSummary(ingest=reports, snapshot=validate())

@@ -1,0 +1,35 @@
+"""The `validate` flow: the lake's tickets against the data contracts, then a training snapshot."""
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from supportflow.lake import open_lake
+from supportflow.settings import get_settings
+from supportflow.snapshot import SnapshotManifest, validate_lake
+
+
+@flow(name="validate")
+def validate() -> SnapshotManifest:
+    settings = get_settings()
+    manifest = validate_lake(open_lake(settings), settings)
+    report = manifest.validation
+    get_run_logger().info(
+        "snapshot %s: read %d, accepted %d, quarantined %d %s; splits %s",
+        manifest.snapshot_id,
+        report.rows_read,
+        report.accepted,
+        report.quarantined,
+        report.by_rule,
+        manifest.rows,
+    )
+    create_markdown_artifact(
+        key="validation-report",
+        markdown=(
+            f"**Snapshot** `{manifest.snapshot_id}` (contract {manifest.contract_version}, "
+            f"catalogue {manifest.intent_catalogue}@{manifest.intent_catalogue_version})\n\n"
+            f"rows read {report.rows_read} = accepted {report.accepted} + quarantined {report.quarantined}\n\n"
+            f"by rule: {report.by_rule}\n\nsplits: {manifest.rows}\n\ndata docs: {report.data_docs}"
+        ),
+        description="Validation and snapshot summary",
+    )
+    return manifest

@@ -1,0 +1,141 @@
+"""Data contracts: Great Expectations suites kept as files in `data_contracts/`.
+
+The suite file is the contract; this module only runs it. Column-map rules name the rows that
+break them (those rows go to quarantine with the rule's reason); table rules and type rules judge
+the batch as a whole (the run stops). Results are kept in a file-backed GX project so data docs
+can show a person what happened.
+"""
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import pandas as pd
+import yaml
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from supportflow.errors import ContractError
+
+TICKET_SUITE = "tickets.suite.json"
+INTENT_CATALOGUE = "intents.yaml"
+
+
+@dataclass(frozen=True)
+class IntentCatalogue:
+    name: str
+    version: str
+    intents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Contract:
+    suite: dict[str, Any]
+    catalogue: IntentCatalogue
+
+    @property
+    def name(self) -> str:
+        return str(self.suite["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.suite["meta"]["contract_version"])
+
+
+def load_catalogue(contracts_dir: Path) -> IntentCatalogue:
+    path = contracts_dir / INTENT_CATALOGUE
+    if not path.exists():
+        raise ContractError(f"{path}: the intent catalogue is missing")
+    document = yaml.safe_load(path.read_text())
+    intents = tuple(document.get("intents") or ())
+    if not intents or len(set(intents)) != len(intents):
+        raise ContractError(f"{path}: the catalogue must list distinct intents")
+    return IntentCatalogue(name=str(document["name"]), version=str(document["version"]), intents=intents)
+
+
+def load_contract(contracts_dir: Path, suite_file: str = TICKET_SUITE) -> Contract:
+    path = contracts_dir / suite_file
+    if not path.exists():
+        raise ContractError(f"{path}: the data contract is missing")
+    try:
+        suite = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ContractError(f"{path}: not valid JSON: {error}") from error
+    if "contract_version" not in suite.get("meta", {}):
+        raise ContractError(f"{path}: meta.contract_version is required")
+    return Contract(suite=suite, catalogue=load_catalogue(contracts_dir))
+
+
+@dataclass
+class CheckResult:
+    rows: int
+    row_reasons: dict[int, list[str]] = field(default_factory=dict)  # position in the frame -> reasons
+    batch_failures: list[str] = field(default_factory=list)
+    rule_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+class ContractChecker:
+    """One GX project, one suite, one checkpoint: created once, run on many batches."""
+
+    def __init__(self, contract: Contract, gx_root: Path) -> None:
+        self.contract = contract
+        gx_root.mkdir(parents=True, exist_ok=True)
+        self.context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.context.variables.save()
+        asset_name = contract.name
+        source = self.context.data_sources.add_or_update_pandas("lake")
+        asset = next((a for a in source.assets if a.name == asset_name), None) or source.add_dataframe_asset(asset_name)
+        batch = next((b for b in asset.batch_definitions if b.name == "file"), None) or asset.add_batch_definition_whole_dataframe("file")
+        suite = self.context.suites.add_or_update(gx.ExpectationSuite(**contract.suite))
+        definition = self.context.validation_definitions.add_or_update(gx.ValidationDefinition(name=asset_name, data=batch, suite=suite))
+        self.checkpoint = self.context.checkpoints.add_or_update(
+            gx.Checkpoint(name=asset_name, validation_definitions=[definition], actions=[], result_format={"result_format": "COMPLETE"})
+        )
+
+    def check(self, frame: pd.DataFrame, batch_name: str) -> CheckResult:
+        """Validate one batch; `frame` must have a RangeIndex so failures map to positions."""
+        result = self.checkpoint.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters={"intent_catalogue": list(self.contract.catalogue.intents)},
+            run_id=gx.RunIdentifier(run_name=batch_name),
+        )
+        outcome = CheckResult(rows=len(frame))
+        reasons: dict[int, list[str]] = defaultdict(list)
+        counts: dict[str, int] = defaultdict(int)
+        for validation in result.run_results.values():
+            for expectation in validation.results:
+                config = expectation.expectation_config
+                rule = config.meta.get("rule", config.type)
+                reason = config.meta.get("reason", config.type)
+                if expectation.exception_info and expectation.exception_info.get("raised_exception"):
+                    message = expectation.exception_info.get("exception_message")
+                    outcome.batch_failures.append(f"rule {rule!r} could not run: {message}")
+                    continue
+                if expectation.success:
+                    continue
+                indices = expectation.result.get("unexpected_index_list")
+                if indices is None:
+                    observed = expectation.result.get("observed_value")
+                    outcome.batch_failures.append(f"rule {rule!r}: {reason} (observed {_short(observed, 200)})")
+                    continue
+                values = expectation.result.get("unexpected_list") or [None] * len(indices)
+                counts[rule] += len(indices)
+                for position, value in zip(indices, values, strict=False):
+                    reasons[int(position)].append(f"{rule}: {reason} (got {_short(value)})")
+        outcome.row_reasons = dict(reasons)
+        outcome.rule_counts = dict(counts)
+        return outcome
+
+    def build_docs(self) -> str:
+        """Render the data docs and return the index page's location."""
+        self.context.build_data_docs()
+        sites = self.context.get_docs_sites_urls()
+        return str(sites[0]["site_url"]) if sites else ""

@@ -1,0 +1,21 @@
+"""Errors a user can act on.
+
+Every failure that reaches a person is one of these, carrying a message that names the file, the
+rule or the service involved; the CLI prints the message instead of a traceback.
+"""
+
+
+class SupportflowError(Exception):
+    """Base class: an expected failure with a message meant for a person."""
+
+
+class IngestError(SupportflowError):
+    """A source file cannot be read at all (missing, empty, wrong shape)."""
+
+
+class ContractError(SupportflowError):
+    """A batch breaks its data contract as a whole (a missing column, most rows failing)."""
+
+
+class LakeUnavailableError(SupportflowError):
+    """The lake's storage (a local folder or an S3 endpoint) cannot be reached."""

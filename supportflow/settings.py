@@ -1,0 +1,64 @@
+"""The one typed place for configuration.
+
+Every value can be set through an environment variable with the ``SUPPORTFLOW_`` prefix or a
+``.env`` file. The defaults run on one machine with no server to start.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUPPORTFLOW_", env_file=".env", extra="ignore")
+
+    # Data lake: a local folder, or s3://bucket/prefix through s3fs.
+    lake_url: str = ".lake"
+    s3_endpoint_url: str | None = None
+    s3_connect_timeout_s: float = 5.0
+    s3_max_attempts: int = 2
+
+    # Data contracts and their human-readable report.
+    contracts_dir: Path = Path("data_contracts")
+    gx_root: Path = Path(".")
+    max_quarantine_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+    # Ingest.
+    ingest_batch_rows: int = Field(100_000, gt=0)
+    field_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ticket field -> source column, for exports whose columns have other names.",
+    )
+    default_channel: str = "other"
+    zendesk_intent_field_id: int | None = None
+
+    # Training snapshot.
+    snapshot_seed: int = 13
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+
+    # Tracking and registry.
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    registered_model_name: str = "intent-classifier"
+    target_precision: float = Field(0.90, gt=0.0, le=1.0)
+
+    # Knowledge base.
+    search_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
+    es_url: str | None = None
+
+    # Dialogue (Rasa runs in its own Python 3.10 environment).
+    rasa_venv: Path = Path(".venv-rasa")
+    rasa_url: str = "http://127.0.0.1:5005"
+
+    # LLM: optional; without a key the bot answers from the knowledge base or hands off.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
