@@ -21,7 +21,7 @@ export DO_NOT_TRACK ?= 1
 
 .PHONY: install demo test lint lock bench-ingest clean
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip sync --python $(BIN)/python $(TORCH_SOURCE) requirements.lock
