@@ -8,10 +8,11 @@ from supportflow.ingest import IngestReport, existing_ticket_ids, ingest_file
 from supportflow.lake import open_lake
 from supportflow.readers import Format
 from supportflow.settings import get_settings
+from supportflow.tickets import KnownIds
 
 
 @task(name="ingest-file", cache_policy=NO_CACHE)
-def ingest_one(path: str, source: str | None, fmt: Format | None, known_ids: set[str]) -> IngestReport:
+def ingest_one(path: str, source: str | None, fmt: Format | None, known_ids: KnownIds) -> IngestReport:
     settings = get_settings()
     return ingest_file(path, open_lake(settings), settings, source=source, fmt=fmt, known_ids=known_ids)
 

@@ -84,10 +84,14 @@ def _short(value: Any, limit: int = 60) -> str:
 class ContractChecker:
     """One GX project, one suite, one checkpoint: created once, run on many batches."""
 
-    def __init__(self, contract: Contract, gx_root: Path) -> None:
+    def __init__(self, contract: Contract, gx_root: Path, prepare: bool = True) -> None:
+        """`prepare` writes the suite and checkpoint into the GX project; parallel workers only read them."""
         self.contract = contract
         gx_root.mkdir(parents=True, exist_ok=True)
         self.context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+        if not prepare:
+            self.checkpoint = self.context.checkpoints.get(contract.name)
+            return
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.context.variables.save()
         asset_name = contract.name
@@ -126,10 +130,11 @@ class ContractChecker:
                     observed = expectation.result.get("observed_value")
                     outcome.batch_failures.append(f"rule {rule!r}: {reason} (observed {_short(observed, 200)})")
                     continue
-                values = expectation.result.get("unexpected_list") or [None] * len(indices)
                 counts[rule] += len(indices)
-                for position, value in zip(indices, values, strict=False):
-                    reasons[int(position)].append(f"{rule}: {reason} (got {_short(value)})")
+                # GX truncates `unexpected_list`; the offending values are read from the frame itself.
+                column = frame[config.kwargs["column"]]
+                for position in indices:
+                    reasons[int(position)].append(f"{rule}: {reason} (got {_short(column.iat[int(position)])})")
         outcome.row_reasons = dict(reasons)
         outcome.rule_counts = dict(counts)
         return outcome

@@ -6,18 +6,22 @@ neither duplicates tickets nor overwrites another run's file.
 """
 
 import hashlib
+import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from supportflow.lake import Lake
-from supportflow.readers import Format, Reject, open_source
+from supportflow.parallel import ordered_map, process_pool
+from supportflow.readers import Format, RawBatch, Reject, open_source
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
-from supportflow.tickets import parse_created_at, to_table, to_tickets
+from supportflow.tickets import KnownIds, id_keys, parse_created_at, to_table, to_tickets
 
 QUARANTINE_COLUMNS = ["source_file", "line", "reason", "raw", "quarantined_at"]
 
@@ -40,12 +44,12 @@ class IngestReport(BaseModel):
         return self.rows_read == self.written + self.duplicates + self.quarantined
 
 
-def existing_ticket_ids(lake: Lake) -> set[str]:
-    """Every ticket id in the lake: the only column read, so it stays cheap."""
-    ids: set[str] = set()
+def existing_ticket_ids(lake: Lake) -> KnownIds:
+    """Every ticket id in the lake: the only column read, kept as 64-bit keys."""
+    known = KnownIds()
     for path in lake.files("tickets"):
-        ids.update(lake.read_parquet(path, columns=["ticket_id"])["ticket_id"].tolist())
-    return ids
+        known.add(id_keys(lake.read_parquet(path, columns=["ticket_id"])["ticket_id"]))
+    return known
 
 
 def default_source(path: str) -> str:
@@ -53,11 +57,7 @@ def default_source(path: str) -> str:
 
 
 def _content_name(values: list[str]) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    for value in values:
-        digest.update(value.encode("utf-8", "surrogatepass"))
-        digest.update(b"\x1e")
-    return digest.hexdigest()
+    return hashlib.blake2b("\x1e".join(values).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 def _write_quarantine(lake: Lake, source: str, path: str, rejects: list[Reject], now: datetime) -> str:
@@ -75,41 +75,67 @@ def _write_quarantine(lake: Lake, source: str, path: str, rejects: list[Reject],
     return lake.write_parquet(frame, "quarantine", "ingest", f"source={source}", f"{name}.parquet")
 
 
+@dataclass
+class _Prepared:
+    tickets: pa.Table
+    rejects: list[Reject]
+    rows_read: int
+    redactions: Counter[str]
+
+
+def _prepare(job: tuple[RawBatch, str, str, datetime]) -> _Prepared:
+    """The costly part of a batch (dates, redaction, ids), run in a worker process."""
+    batch, source, default_channel, now = job
+    rejects = list(batch.rejects)
+    records, bad_dates = parse_created_at(batch.records)
+    if bad_dates.any():
+        for line, value in batch.records.loc[bad_dates, "created_at"].items():
+            raw = json.dumps(batch.records.loc[line].to_dict(), default=str)
+            rejects.append(Reject(int(line), f"created_at is not a date: {value!r}", raw))
+        records = records.loc[~bad_dates]
+    redactor = Redactor()
+    tickets = to_tickets(records, source, default_channel, redactor, now)
+    return _Prepared(to_table(tickets), rejects, len(batch.records) + len(batch.rejects), redactor.counts)
+
+
 def ingest_file(
     path: str,
     lake: Lake,
     settings: Settings,
     source: str | None = None,
     fmt: Format | None = None,
-    known_ids: set[str] | None = None,
+    known_ids: KnownIds | None = None,
 ) -> IngestReport:
     """Read one export, land its tickets, quarantine what cannot be read; `known_ids` is updated."""
     source = source or default_source(path)
     opened = open_source(path, fmt, settings.ingest_batch_rows, settings.field_map, settings.zendesk_intent_field_id)
     report = IngestReport(file=path, source=source, format=opened.format, ignored_columns=opened.ignored_columns)
     known = existing_ticket_ids(lake) if known_ids is None else known_ids
-    redactor = Redactor()
+    redactions: Counter[str] = Counter()
     now = datetime.now(UTC)
     partition = f"ingest_date={now:%Y-%m-%d}"
-    for batch in opened.batches:
-        rejects = list(batch.rejects)
-        records, bad_dates = parse_created_at(batch.records)
-        for line, value in batch.records.loc[bad_dates, "created_at"].items() if bad_dates.any() else []:
-            rejects.append(Reject(int(line), f"created_at is not a date: {value!r}", str(batch.records.loc[line].to_dict())))
-        records = records.loc[~bad_dates]
-        tickets = to_tickets(records, source, settings.default_channel, redactor, now)
-        report.rows_read += len(batch.records) + len(batch.rejects)
-        fresh = ~tickets["ticket_id"].isin(known) & ~tickets["ticket_id"].duplicated()
-        report.duplicates += int((~fresh).sum())
-        tickets = tickets.loc[fresh]
-        if len(tickets):
-            name = _content_name(tickets["ticket_id"].tolist())
-            written = lake.write_parquet(to_table(tickets), "tickets", partition, f"{source}-{name}.parquet")
-            report.files_written.append(written)
-            known.update(tickets["ticket_id"].tolist())
-            report.written += len(tickets)
-        if rejects:
-            report.quarantine_files.append(_write_quarantine(lake, source, path, rejects, now))
-            report.quarantined += len(rejects)
-    report.redactions = dict(Counter(redactor.counts))
+    pool = process_pool(settings.workers if opened.size >= settings.parallel_min_bytes else 1)
+    jobs = ((batch, source, settings.default_channel, now) for batch in opened.batches)
+    try:
+        for prepared in ordered_map(pool, _prepare, jobs, in_flight=settings.workers + 1):
+            report.rows_read += prepared.rows_read
+            redactions.update(prepared.redactions)
+            tickets = prepared.tickets
+            keys = id_keys(tickets.column("ticket_id").to_pylist())
+            fresh = ~known.contains(keys) & ~pd.Series(keys).duplicated().to_numpy()
+            report.duplicates += int(len(fresh) - fresh.sum())
+            tickets, keys = tickets.filter(pa.array(fresh)), keys[fresh]
+            if tickets.num_rows:
+                name = _content_name(tickets.column("ticket_id").to_pylist())
+                written = lake.write_parquet(tickets, "tickets", partition, f"{source}-{name}.parquet")
+                report.files_written.append(written)
+                known.add(keys)
+                report.written += tickets.num_rows
+            if prepared.rejects:
+                report.quarantine_files.append(_write_quarantine(lake, source, path, prepared.rejects, now))
+                report.quarantined += len(prepared.rejects)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    report.redactions = dict(redactions)
     return report

@@ -8,6 +8,10 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 PLACEHOLDERS = {"email": "<EMAIL>", "iban": "<IBAN>", "card": "<CARD>", "phone": "<PHONE>"}
 
 _PATTERN = re.compile(
@@ -17,6 +21,7 @@ _PATTERN = re.compile(
     r"|(?P<phone>(?<![\w+])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,5}\)?){2,5}(?!\w))"
 )
 _HAS_CANDIDATE = re.compile(r"@|\d{3}")
+_HAS_CANDIDATE_RE2 = r"@|\d{3}"  # the same test, run over a whole column at once in Arrow
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -60,7 +65,14 @@ class Redactor:
         return _PATTERN.sub(self._replace, text)
 
     def redact_all(self, texts: Iterable[str | None]) -> list[str | None]:
-        return [None if text is None else self.redact(text) for text in texts]
+        """Redact a column: Arrow finds the few texts that could hold PII, Python rewrites only those."""
+        out = list(texts)
+        if not out:
+            return out
+        candidates = pc.match_substring_regex(pa.array(out, pa.string()), _HAS_CANDIDATE_RE2).fill_null(False)
+        for position in np.flatnonzero(candidates.to_numpy(zero_copy_only=False)):
+            out[position] = _PATTERN.sub(self._replace, out[position])
+        return out
 
 
 def redact(text: str) -> str:

@@ -4,6 +4,7 @@ Every value can be set through an environment variable with the ``SUPPORTFLOW_``
 ``.env`` file. The defaults run on one machine with no server to start.
 """
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,10 @@ class Settings(BaseSettings):
     contracts_dir: Path = Path("data_contracts")
     gx_root: Path = Path(".")
     max_quarantine_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+    # Ingest and validation spread large files over this many processes.
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    parallel_min_bytes: int = Field(16 << 20, description="Smaller inputs are processed in one process.")
 
     # Ingest.
     ingest_batch_rows: int = Field(100_000, gt=0)

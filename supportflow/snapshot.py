@@ -8,10 +8,12 @@ A snapshot is complete once its manifest exists; the manifest is written last.
 import hashlib
 import json
 import posixpath
-import uuid
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,9 +21,10 @@ from pydantic import BaseModel, Field
 
 from supportflow.contracts import Contract, ContractChecker, load_contract
 from supportflow.errors import ContractError
-from supportflow.lake import Lake
+from supportflow.lake import Lake, open_lake
+from supportflow.parallel import ordered_map, process_pool
 from supportflow.settings import Settings
-from supportflow.tickets import TICKET_SCHEMA
+from supportflow.tickets import TICKET_SCHEMA, KnownIds, id_keys
 
 SPLITS = ("train", "validation", "test")
 DERIVED_SUPPORT = "intent_support"
@@ -57,32 +60,45 @@ class SnapshotManifest(BaseModel):
     uri: str
 
 
-def _split_rank(seed: int, ticket_id: str) -> str:
-    return hashlib.blake2b(f"{seed}:{ticket_id}".encode(), digest_size=8).hexdigest()
+def split_rank(keys: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded shuffle of the id keys (splitmix64): the order in which an intent's tickets are dealt to the splits."""
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
-def assign_splits(labelled: pd.DataFrame, seed: int, validation_fraction: float, test_fraction: float) -> pd.Series:
-    """Stratified, seeded and independent of input order: per intent, rank by a seeded hash of the id."""
-    ranked = labelled.assign(rank=[_split_rank(seed, tid) for tid in labelled["ticket_id"]]).sort_values(["intent", "rank"])
-    position = ranked.groupby("intent").cumcount()
-    size = ranked.groupby("intent")["ticket_id"].transform("size")
-    n_test = (size * test_fraction).round().clip(lower=1)
-    n_validation = (size * validation_fraction).round().clip(lower=1)
-    split = pd.Series("train", index=ranked.index)
-    split[position < n_test] = "test"
-    split[(position >= n_test) & (position < n_test + n_validation)] = "validation"
-    return pd.Series(split.values, index=ranked["ticket_id"].values)
+def split_cutoffs(intent_codes: np.ndarray, ranks: np.ndarray, validation_fraction: float, test_fraction: float) -> np.ndarray:
+    """Per intent, the highest rank that goes to test and the highest that goes to validation.
+
+    Stratified and independent of input order: each intent's tickets, ordered by rank, give the
+    first share to test, the next to validation, the rest to train.
+    """
+    frame = pd.DataFrame({"intent": intent_codes, "rank": ranks}).sort_values(["intent", "rank"])
+    cutoffs = np.zeros((int(intent_codes.max()) + 1 if len(intent_codes) else 0, 2), dtype=np.uint64)
+    for code, group in frame.groupby("intent", sort=False):
+        size = len(group)
+        n_test = max(1, round(size * test_fraction))
+        n_validation = max(1, round(size * validation_fraction))
+        ordered = group["rank"].to_numpy()
+        cutoffs[code] = (ordered[n_test - 1], ordered[min(n_test + n_validation, size) - 1])
+    return cutoffs
 
 
-def _content_hash(ids: pd.Series, contract: Contract, settings: Settings) -> str:
+def assign_splits(intent_codes: np.ndarray, ranks: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
+    split = np.full(len(ranks), "train", dtype=object)
+    to_validation = ranks <= cutoffs[intent_codes, 1]
+    split[to_validation] = "validation"
+    split[ranks <= cutoffs[intent_codes, 0]] = "test"
+    return split
+
+
+def _content_hash(keys: np.ndarray, contract: Contract, settings: Settings) -> str:
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            [contract.version, contract.catalogue.version, settings.snapshot_seed, settings.validation_fraction, settings.test_fraction]
-        ).encode()
-    )
-    for ticket in sorted(ids):
-        digest.update(ticket.encode())
+    inputs = [contract.version, contract.catalogue.version, settings.snapshot_seed, settings.validation_fraction, settings.test_fraction]
+    digest.update(json.dumps(inputs).encode())
+    digest.update(np.sort(keys).tobytes())
     return digest.hexdigest()
 
 
@@ -99,12 +115,107 @@ def read_split(lake: Lake, snapshot_id: str, split: str) -> pd.DataFrame:
 
 def _quarantine_frame(frame: pd.DataFrame, reasons: dict[int, list[str]], contract: Contract, lake_file: str) -> pd.DataFrame:
     positions = sorted(reasons)
-    rejected = frame.iloc[positions].drop(columns=[DERIVED_SUPPORT]).copy()
+    rejected = frame.iloc[positions].drop(columns=[DERIVED_SUPPORT], errors="ignore").copy()
     rejected["reasons"] = [json.dumps(reasons[p], ensure_ascii=False) for p in positions]
     rejected["contract_version"] = contract.version
     rejected["lake_file"] = lake_file
     rejected["quarantined_at"] = pd.Timestamp.now(tz="UTC")
     return rejected
+
+
+@dataclass
+class _FileCheck:
+    """What validating one lake file found; masks are over the file's rows."""
+
+    path: str
+    rows: int
+    keys: np.ndarray
+    keep: np.ndarray
+    labelled: np.ndarray
+    intent_codes: np.ndarray
+    rule_counts: dict[str, int]
+    failure: str | None = None
+    quarantine_file: str | None = None
+
+
+@dataclass(frozen=True)
+class _CheckJob:
+    path: str
+    settings: Settings
+    contract: Contract
+    support: dict[str, int]
+
+
+_WORKER_TOOLS: dict[tuple[str, str], tuple[Lake, ContractChecker]] = {}
+
+
+def _worker_tools(settings: Settings, contract: Contract) -> tuple[Lake, ContractChecker]:
+    """One lake handle and one GX checker per worker process, reused across its files."""
+    key = (settings.model_dump_json(), json.dumps(contract.suite, sort_keys=True))
+    if key not in _WORKER_TOOLS:
+        _WORKER_TOOLS[key] = (open_lake(settings), ContractChecker(contract, settings.gx_root, prepare=False))
+    return _WORKER_TOOLS[key]
+
+
+def _check_file(job: _CheckJob) -> _FileCheck:
+    """Validate one lake file and quarantine its failing rows; runs in a worker process."""
+    lake, checker = _worker_tools(job.settings, job.contract)
+    contract, settings = job.contract, job.settings
+    name = posixpath.basename(job.path)
+    frame = lake.read_parquet(job.path).reset_index(drop=True)
+    frame[DERIVED_SUPPORT] = frame["intent"].map(job.support).astype("float64")
+    result = checker.check(frame, name)
+    keys = id_keys(frame["ticket_id"])
+    codes = frame["intent"].astype(pd.CategoricalDtype(list(contract.catalogue.intents))).cat.codes.to_numpy()
+    keep = np.ones(len(frame), dtype=bool)
+    keep[list(result.row_reasons)] = False
+    check = _FileCheck(job.path, len(frame), keys, keep, frame["intent"].notna().to_numpy(), codes, result.rule_counts)
+    where = lake.uri(job.path)
+    if result.batch_failures:
+        check.failure = f"{where} breaks the contract {contract.name}@{contract.version}: " + "; ".join(result.batch_failures)
+        return check
+    share = len(result.row_reasons) / max(len(frame), 1)
+    if share > settings.max_quarantine_fraction:
+        worst = max(result.rule_counts, key=result.rule_counts.get)
+        check.failure = (
+            f"{where}: {len(result.row_reasons)} of {len(frame)} rows ({share:.0%}) break the contract "
+            f"{contract.name}@{contract.version}, more than the {settings.max_quarantine_fraction:.0%} allowed; most often rule {worst!r}"
+        )
+        return check
+    if result.row_reasons:
+        rejected = _quarantine_frame(frame, result.row_reasons, contract, where)
+        check.quarantine_file = lake.uri(lake.write_parquet(rejected, "quarantine", "validate", f"contract={contract.version}", name))
+    return check
+
+
+def _quarantine_duplicates(lake: Lake, contract: Contract, check: _FileCheck, positions: np.ndarray) -> str:
+    """Rows whose id an earlier file already holds: rare (ingest deduplicates), but never silently dropped."""
+    frame = lake.read_parquet(check.path).reset_index(drop=True)
+    reasons = {int(p): ["unique_id: another ticket has the same id (in an earlier file)"] for p in positions}
+    rejected = _quarantine_frame(frame, reasons, contract, lake.uri(check.path))
+    name = posixpath.basename(check.path).removesuffix(".parquet")
+    return lake.uri(lake.write_parquet(rejected, "quarantine", "validate", f"contract={contract.version}", f"{name}.duplicates.parquet"))
+
+
+@dataclass(frozen=True)
+class _SplitJob:
+    path: str
+    rows: np.ndarray  # the rows of the file that go into the snapshot
+    cutoffs: np.ndarray
+    intents: tuple[str, ...]
+    seed: int
+    settings: Settings
+
+
+def _split_file(job: _SplitJob) -> dict[str, pa.Table]:
+    """Deal one file's snapshot rows to the splits; runs in a worker process."""
+    lake = open_lake(job.settings)
+    with lake.fs.open(job.path, "rb") as handle:
+        table = pq.read_table(handle).take(pa.array(job.rows))
+    keys = id_keys(table.column("ticket_id").to_pylist())
+    codes = table.column("intent").to_pandas().astype(pd.CategoricalDtype(list(job.intents))).cat.codes.to_numpy()
+    splits = assign_splits(codes, split_rank(keys, job.seed), job.cutoffs)
+    return {split: table.filter(pa.array(splits == split)) for split in SPLITS}
 
 
 def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = None) -> SnapshotManifest:
@@ -113,106 +224,66 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
     files = lake.files("tickets")
     if not files:
         raise ContractError(f"the lake has no tickets at {lake.uri('tickets')}; run ingest first")
-    support = Counter()
+    support: Counter[str] = Counter()
+    size = 0
     for path in files:
         support.update(lake.read_parquet(path, columns=["intent"])["intent"].dropna().tolist())
-
-    checker = ContractChecker(contract, settings.gx_root)
+        size += lake.fs.size(path)
+    checker = ContractChecker(contract, settings.gx_root)  # writes the suite and checkpoint the workers read
     report = ValidationReport(lake_files=[lake.uri(p) for p in files])
-    staging = lake.path("snapshots", "_staging", uuid.uuid4().hex)
-    staged: list[str] = []
-    labelled: list[pd.DataFrame] = []
-    seen: set[str] = set()
     by_rule: Counter[str] = Counter()
+    seen = KnownIds()
+    checks: list[_FileCheck] = []
+    pool = process_pool(settings.workers if size >= settings.parallel_min_bytes // 8 else 1)
     try:
-        for number, path in enumerate(files):
-            name = posixpath.basename(path)
-            frame = lake.read_parquet(path).reset_index(drop=True)
-            frame[DERIVED_SUPPORT] = frame["intent"].map(support).astype("float64")
-            result = checker.check(frame, name)
-            if result.batch_failures:
-                raise ContractError(
-                    f"{lake.uri(path)} breaks the contract {contract.name}@{contract.version}: " + "; ".join(result.batch_failures)
-                )
-            reasons = result.row_reasons
-            for position in frame.index[frame["ticket_id"].isin(seen)]:
-                reasons.setdefault(int(position), []).append("unique_id: another ticket has the same id (in an earlier file)")
-            share = len(reasons) / max(len(frame), 1)
-            if len(frame) and share > settings.max_quarantine_fraction:
-                worst = max(result.rule_counts, key=result.rule_counts.get) if result.rule_counts else "unique_id"
-                raise ContractError(
-                    f"{lake.uri(path)}: {len(reasons)} of {len(frame)} rows ({share:.0%}) break the contract "
-                    f"{contract.name}@{contract.version}, more than the {settings.max_quarantine_fraction:.0%} allowed; "
-                    f"most often rule {worst!r}"
-                )
-            by_rule.update(result.rule_counts)
-            report.rows_read += len(frame)
-            if reasons:
-                rejected = _quarantine_frame(frame, reasons, contract, lake.uri(path))
-                report.quarantine_files.append(
-                    lake.uri(lake.write_parquet(rejected, "quarantine", "validate", f"contract={contract.version}", name))
-                )
-                report.quarantined += len(rejected)
-            accepted = frame.drop(index=list(reasons)).drop(columns=[DERIVED_SUPPORT])
-            report.accepted += len(accepted)
-            seen.update(accepted["ticket_id"])
-            report.unlabelled += int(accepted["intent"].isna().sum())
-            accepted = accepted[accepted["intent"].notna()]
-            if len(accepted):
-                part = posixpath.join(staging, f"part-{number:05d}.parquet")
-                lake.fs.makedirs(staging, exist_ok=True)
-                with lake.fs.open(part, "wb") as handle:
-                    pq.write_table(pa.Table.from_pandas(accepted, schema=TICKET_SCHEMA, preserve_index=False), handle)
-                staged.append(part)
-                labelled.append(accepted[["ticket_id", "intent"]])
+        jobs = (_CheckJob(path, settings, contract, dict(support)) for path in files)
+        for check in ordered_map(pool, _check_file, jobs, in_flight=settings.workers + 1):
+            if check.failure:
+                raise ContractError(check.failure)
+            by_rule.update(check.rule_counts)
+            if check.quarantine_file:
+                report.quarantine_files.append(check.quarantine_file)
+            repeated = np.flatnonzero(check.keep & seen.contains(check.keys))
+            if len(repeated):
+                report.quarantine_files.append(_quarantine_duplicates(lake, contract, check, repeated))
+                check.keep[repeated] = False
+                by_rule["unique_id"] += len(repeated)
+            seen.add(check.keys[check.keep])
+            report.rows_read += check.rows
+            report.accepted += int(check.keep.sum())
+            report.unlabelled += int((check.keep & ~check.labelled).sum())
+            checks.append(check)
+        report.quarantined = report.rows_read - report.accepted
         report.by_rule = dict(by_rule)
         report.data_docs = checker.build_docs()
-        if not labelled:
+        chosen = [check.keep & check.labelled for check in checks]
+        if not any(mask.any() for mask in chosen):
             raise ContractError("no labelled ticket passed the contract: there is nothing to train on")
-        return _write_snapshot(lake, settings, contract, report, staged, pd.concat(labelled, ignore_index=True))
+        keys = np.concatenate([check.keys[mask] for check, mask in zip(checks, chosen, strict=True)])
+        codes = np.concatenate([check.intent_codes[mask] for check, mask in zip(checks, chosen, strict=True)])
+        cutoffs = split_cutoffs(codes, split_rank(keys, settings.snapshot_seed), settings.validation_fraction, settings.test_fraction)
+        snapshot_id = f"snap-{_content_hash(keys, contract, settings)[:16]}"
+        if lake.exists("snapshots", snapshot_id, "manifest.json"):
+            lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
+            return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
+        split_jobs = [
+            _SplitJob(check.path, np.flatnonzero(mask), cutoffs, contract.catalogue.intents, settings.snapshot_seed, settings)
+            for check, mask in zip(checks, chosen, strict=True)
+            if mask.any()
+        ]
+        rows = _write_splits(lake, snapshot_id, ordered_map(pool, _split_file, split_jobs, in_flight=settings.workers + 1))
     finally:
-        if lake.fs.exists(staging):
-            lake.fs.rm(staging, recursive=True)
-
-
-def _write_snapshot(
-    lake: Lake, settings: Settings, contract: Contract, report: ValidationReport, staged: list[str], labelled: pd.DataFrame
-) -> SnapshotManifest:
-    content_hash = _content_hash(labelled["ticket_id"], contract, settings)
-    snapshot_id = f"snap-{content_hash[:16]}"
-    if lake.exists("snapshots", snapshot_id, "manifest.json"):
-        lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
-        return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
-    lake.remove("snapshots", snapshot_id)  # a half-written snapshot from a run that died
-    split_of = assign_splits(labelled, settings.snapshot_seed, settings.validation_fraction, settings.test_fraction)
-    lake.fs.makedirs(lake.path("snapshots", snapshot_id), exist_ok=True)
-    handles = {split: lake.fs.open(lake.path("snapshots", snapshot_id, f"{split}.parquet"), "wb") for split in SPLITS}
-    writers = {split: pq.ParquetWriter(handles[split], TICKET_SCHEMA, compression="zstd") for split in SPLITS}
-    rows = dict.fromkeys(SPLITS, 0)
-    try:
-        for part in staged:
-            with lake.fs.open(part, "rb") as handle:
-                table = pq.read_table(handle)
-            splits = split_of.loc[table.column("ticket_id").to_pylist()].to_numpy()
-            for split in SPLITS:
-                mask = pa.array(splits == split)
-                chunk = table.filter(mask)
-                if chunk.num_rows:
-                    writers[split].write_table(chunk)
-                    rows[split] += chunk.num_rows
-    finally:
-        for split in SPLITS:
-            writers[split].close()
-            handles[split].close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     manifest = SnapshotManifest(
         snapshot_id=snapshot_id,
         created_at=datetime.now(UTC),
-        content_hash=content_hash,
+        content_hash=_content_hash(keys, contract, settings),
         contract_version=contract.version,
         intent_catalogue=contract.catalogue.name,
         intent_catalogue_version=contract.catalogue.version,
         rows=rows,
-        intents=int(labelled["intent"].nunique()),
+        intents=len(np.unique(codes)),
         seed=settings.snapshot_seed,
         fractions={"validation": settings.validation_fraction, "test": settings.test_fraction},
         validation=report,
@@ -221,3 +292,23 @@ def _write_snapshot(
     lake.write_json(manifest.model_dump(mode="json"), "snapshots", snapshot_id, "manifest.json")
     lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
     return manifest
+
+
+def _write_splits(lake: Lake, snapshot_id: str, parts: Iterable[dict[str, pa.Table]]) -> dict[str, int]:
+    """Stream the dealt rows into one Parquet file per split; the manifest, written after, marks completion."""
+    lake.remove("snapshots", snapshot_id)  # a half-written snapshot from a run that died
+    lake.fs.makedirs(lake.path("snapshots", snapshot_id), exist_ok=True)
+    handles = {split: lake.fs.open(lake.path("snapshots", snapshot_id, f"{split}.parquet"), "wb") for split in SPLITS}
+    writers = {split: pq.ParquetWriter(handles[split], TICKET_SCHEMA, compression="zstd") for split in SPLITS}
+    rows = dict.fromkeys(SPLITS, 0)
+    try:
+        for part in parts:
+            for split, table in part.items():
+                if table.num_rows:
+                    writers[split].write_table(table)
+                    rows[split] += table.num_rows
+    finally:
+        for split in SPLITS:
+            writers[split].close()
+            handles[split].close()
+    return rows

@@ -7,7 +7,9 @@ twice gets the same id and lands once.
 import hashlib
 import json
 from datetime import UTC, datetime
+from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -80,16 +82,16 @@ def normalise_channel(value: str | None, default: str) -> str:
     return CHANNEL_SYNONYMS.get(channel, channel)
 
 
-def normalise_entities(value: object) -> str:
+@lru_cache(maxsize=65536)
+def normalise_entities(value: str | None) -> str:
     """Entities as canonical JSON text: parsed when the export holds JSON, kept verbatim otherwise."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or not value.strip():
         return "[]"
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return json.dumps(value, ensure_ascii=False)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(parsed, ensure_ascii=False, sort_keys=True)
 
 
 def ticket_id(source: str, external_id: str, text: str, intent: str, response: str, created_at: str) -> str:
@@ -97,32 +99,41 @@ def ticket_id(source: str, external_id: str, text: str, intent: str, response: s
     return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
 
 
-def _optional_text(series: pd.Series) -> pd.Series:
-    """Empty cells mean 'no value': None, so the contract can tell them from real text."""
-    cleaned = series.astype("object").where(series.notna(), None)
-    return cleaned.map(lambda value: None if value is None or (isinstance(value, str) and value == "") else value)
+def _optional_text(raw: pd.DataFrame, name: str) -> list[str | None]:
+    """A raw field as a list of strings; an absent column or an empty cell means 'no value'."""
+    if name not in raw:
+        return [None] * len(raw)
+    return [None if value is None or value == "" or value != value else value for value in raw[name].tolist()]
 
 
-def to_tickets(
-    raw: pd.DataFrame, source: str, default_channel: str, redactor: Redactor, ingested_at: datetime | None = None
-) -> pd.DataFrame:
-    """Raw records (string columns named after RAW_FIELDS) to the ticket schema, PII redacted.
+def _entities_text(value: object) -> str:
+    if value is None or isinstance(value, str):
+        return normalise_entities(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)  # already parsed (JSON Lines, Zendesk)
+
+
+def to_tickets(raw: pd.DataFrame, source: str, default_channel: str, redactor: Redactor, ingested_at: datetime) -> pd.DataFrame:
+    """Raw records (columns named after RAW_FIELDS) to the ticket schema, PII redacted.
 
     `created_at` must already be parsed (see `parse_created_at`).
     """
-    n = len(raw)
-    ingested_at = (ingested_at or datetime.now(UTC)).astimezone(UTC)
-    column = lambda name: _optional_text(raw[name]) if name in raw else pd.Series([None] * n, index=raw.index, dtype="object")  # noqa: E731
-    text = pd.Series(redactor.redact_all(raw["text"].tolist() if "text" in raw else [None] * n), index=raw.index, dtype="object")
-    intent = column("intent").map(lambda value: value.strip() if isinstance(value, str) else value)
-    response = pd.Series(redactor.redact_all(column("response").tolist()), index=raw.index, dtype="object")
-    created_at = raw["created_at"] if "created_at" in raw else pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us, UTC]")
-    external_id = column("external_id")
-    channel = column("channel").map(lambda value: normalise_channel(value, default_channel))
-    entities = column("entities").map(normalise_entities) if "entities" in raw else pd.Series(["[]"] * n, index=raw.index)
+    ingested_at = ingested_at.astimezone(UTC)
+    text = redactor.redact_all(_optional_text(raw, "text"))
+    response = redactor.redact_all(_optional_text(raw, "response"))
+    intent = [value.strip() if value is not None else None for value in _optional_text(raw, "intent")]
+    external_id = _optional_text(raw, "external_id")
+    channels: dict[str | None, str] = {}
+    channel = [channels.get(v) or channels.setdefault(v, normalise_channel(v, default_channel)) for v in _optional_text(raw, "channel")]
+    entities = [_entities_text(value) for value in raw["entities"].tolist()] if "entities" in raw else ["[]"] * len(raw)
+    if "created_at" in raw:
+        created_at = raw["created_at"]
+        created_text = created_at.astype("string").fillna("").tolist()
+    else:
+        created_at = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us, UTC]")
+        created_text = [""] * len(raw)
     ids = [
-        ticket_id(source, ext or "", txt or "", lab or "", resp or "", "" if pd.isna(ts) else ts.isoformat())
-        for ext, txt, lab, resp, ts in zip(external_id, text, intent, response, created_at, strict=True)
+        ticket_id(source, ext or "", txt or "", lab or "", resp or "", ts)
+        for ext, txt, lab, resp, ts in zip(external_id, text, intent, response, created_text, strict=True)
     ]
     return pd.DataFrame(
         {
@@ -144,7 +155,7 @@ def parse_created_at(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Parse `created_at` to UTC; returns the frame and a mask of values that are not dates."""
     if "created_at" not in raw:
         return raw, pd.Series(False, index=raw.index)
-    values = _optional_text(raw["created_at"])
+    values = pd.Series(_optional_text(raw, "created_at"), index=raw.index, dtype="object")
     parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed").astype("datetime64[us, UTC]")
     bad = values.notna() & parsed.isna()
     out = raw.copy()
@@ -154,3 +165,32 @@ def parse_created_at(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
 
 def to_table(tickets: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(tickets, schema=TICKET_SCHEMA, preserve_index=False)
+
+
+def id_keys(ids: pd.Series | list[str]) -> np.ndarray:
+    """64-bit keys of ticket ids: eight bytes a ticket, so id sets of millions stay small in memory.
+
+    Ids are hex digests already, so the key is their first 16 hex digits; any other id is hashed.
+    """
+    values = ids.tolist() if isinstance(ids, pd.Series) else list(ids)
+    try:
+        return np.frombuffer(bytes.fromhex("".join(value[:16].rjust(16, "0") for value in values)), dtype=">u8").astype(np.uint64)
+    except (ValueError, TypeError):
+        return pd.util.hash_pandas_object(pd.Series(values, dtype="object"), index=False).to_numpy()
+
+
+class KnownIds:
+    """The ids a lake already holds, as a sorted array of 64-bit keys."""
+
+    def __init__(self, keys: np.ndarray | None = None) -> None:
+        self._keys = np.unique(keys) if keys is not None else np.empty(0, dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        positions = np.searchsorted(self._keys, keys).clip(max=max(len(self._keys) - 1, 0))
+        return (self._keys[positions] == keys) if len(self._keys) else np.zeros(len(keys), dtype=bool)
+
+    def add(self, keys: np.ndarray) -> None:
+        self._keys = np.sort(np.concatenate([self._keys, keys]))

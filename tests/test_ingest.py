@@ -1,0 +1,176 @@
+"""Ingest on both lakes: the local folder and S3 (a real moto server)."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from supportflow.ingest import existing_ticket_ids, ingest_file
+from supportflow.lake import Lake
+from supportflow.settings import Settings
+from supportflow.tickets import TICKET_COLUMNS
+
+
+def read_tickets(lake: Lake) -> pd.DataFrame:
+    return pd.concat([lake.read_parquet(path) for path in lake.files("tickets")], ignore_index=True)
+
+
+def test_csv_lands_in_the_lake_partitioned_by_ingest_day(lake: Lake, settings: Settings, banking77_sample: Path) -> None:
+    report = ingest_file(str(banking77_sample), lake, settings, source="banking77")
+
+    assert report.rows_read == report.written == 1540
+    assert report.balanced
+    assert all("/tickets/ingest_date=" in path for path in report.files_written)
+    tickets = read_tickets(lake)
+    assert list(tickets.columns) == TICKET_COLUMNS
+    assert tickets["ticket_id"].is_unique
+    assert set(tickets["source"]) == {"banking77"}
+    assert tickets["intent"].nunique() == 77
+    assert str(tickets["ingested_at"].dtype) == "datetime64[us, UTC]"
+
+
+def test_ingesting_the_same_file_twice_adds_nothing(lake: Lake, settings: Settings, banking77_sample: Path) -> None:
+    first = ingest_file(str(banking77_sample), lake, settings, source="banking77")
+    second = ingest_file(str(banking77_sample), lake, settings, source="banking77")
+
+    assert (second.written, second.duplicates, second.files_written) == (0, first.written, [])
+    assert second.balanced
+    assert len(read_tickets(lake)) == first.written
+    assert len(existing_ticket_ids(lake)) == first.written
+
+
+def test_ids_are_stable_and_depend_on_source_and_content(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "tickets.csv"
+    path.write_text("text,intent\nwhere is my card?,card_arrival\nwhere is my card?,lost_or_stolen_card\n")
+    ingest_file(str(path), local_lake, local_settings, source="desk_a")
+    ingest_file(str(path), local_lake, local_settings, source="desk_b")
+    tickets = read_tickets(local_lake)
+    assert len(tickets) == 4 and tickets["ticket_id"].is_unique
+
+    again = ingest_file(str(path), local_lake, local_settings, source="desk_a")
+    assert again.written == 0 and again.duplicates == 2
+
+
+def test_pii_is_redacted_before_it_lands_and_counted(lake: Lake, settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "desk.csv"
+    pd.DataFrame(
+        {
+            "text": [
+                "my email is ann@example.com",
+                "card 4111 1111 1111 1111 lost",
+                "IBAN DE89370400440532013000",
+                "call +44 20 7946 0958",
+            ],
+            "intent": ["edit_personal_details", "lost_or_stolen_card", "transfer_not_received_by_recipient", "contactless_not_working"],
+            "entities": ["[]", "[]", "[]", "[]"],
+            "response": ["we wrote to ann@example.com", "", "", ""],
+        }
+    ).to_csv(path, index=False)
+
+    report = ingest_file(str(path), lake, settings)
+
+    assert report.redactions == {"email": 2, "card": 1, "iban": 1, "phone": 1}
+    stored = read_tickets(lake)
+    assert "ann@example.com" not in " ".join(stored["text"]) + " ".join(stored["response"].dropna())
+    assert set(stored["text"]) == {"my email is <EMAIL>", "card <CARD> lost", "IBAN <IBAN>", "call <PHONE>"}
+    assert stored.loc[stored["text"] == "my email is <EMAIL>", "response"].item() == "we wrote to <EMAIL>"
+
+
+def test_json_lines_with_malformed_lines_are_quarantined_with_line_and_reason(lake: Lake, settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "chat.jsonl"
+    lines = [
+        json.dumps({"text": "my card has not arrived", "intent": "card_arrival", "channel": "chat", "created_at": "2025-01-02T10:00:00Z"}),
+        '{"text": "broken json", "intent": ',
+        "",
+        json.dumps(["a list, not a ticket"]),
+        json.dumps({"message": "how do I top up?", "label": "top_up_failed", "entities": [{"entity": "amount", "value": "20"}]}),
+        json.dumps({"text": {"nested": "object"}}),
+        json.dumps({"text": "when?", "created_at": "not a date"}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+    report = ingest_file(str(path), lake, settings, source="webchat")
+
+    assert (report.rows_read, report.written, report.quarantined) == (6, 2, 4)
+    assert report.balanced
+    quarantine = pd.concat([lake.read_parquet(p) for p in lake.files("quarantine", "ingest")])
+    reasons = dict(zip(quarantine["line"], quarantine["reason"], strict=True))
+    assert reasons[2].startswith("malformed JSON")
+    assert reasons[4] == "a line must hold a JSON object, found list"
+    assert reasons[6] == "field 'text' must be a string, found dict"
+    assert reasons[7] == "created_at is not a date: 'not a date'"
+    assert quarantine.loc[quarantine["line"] == 2, "raw"].item() == lines[1]
+    tickets = read_tickets(lake).set_index("text")
+    assert tickets.loc["my card has not arrived", "channel"] == "webchat"
+    assert tickets.loc["my card has not arrived", "created_at"] == pd.Timestamp("2025-01-02T10:00:00Z")
+    assert json.loads(tickets.loc["how do I top up?", "entities"]) == [{"entity": "amount", "value": "20"}]
+    assert tickets.loc["how do I top up?", "intent"] == "top_up_failed"
+
+
+def test_zendesk_export_maps_subject_description_tags_fields_and_channel(lake: Lake, settings: Settings, tmp_path: Path) -> None:
+    export = {
+        "tickets": [
+            {
+                "id": 101,
+                "subject": "Card not here",
+                "description": "I ordered a card two weeks ago, where is it?",
+                "tags": ["vip", "intent:card_arrival"],
+                "custom_fields": [{"id": 360001, "value": "gold"}, {"id": 360002, "value": None}],
+                "created_at": "2025-03-01T09:30:00Z",
+                "via": {"channel": "email"},
+            },
+            {
+                "id": 102,
+                "subject": "Top up failed",
+                "description": "Top up failed",
+                "tags": [],
+                "custom_fields": [{"id": 42, "value": "top_up_failed"}],
+                "created_at": "2025-03-02T09:30:00Z",
+                "via": {"channel": "web"},
+            },
+        ]
+    }
+    path = tmp_path / "zendesk.json"
+    path.write_text(json.dumps(export))
+    settings = settings.model_copy(update={"zendesk_intent_field_id": 42})
+
+    report = ingest_file(str(path), lake, settings, source="zendesk")
+
+    assert report.format == "zendesk" and report.written == 2 and report.balanced
+    tickets = read_tickets(lake).set_index("intent")
+    first = tickets.loc["card_arrival"]
+    assert first["text"] == "Card not here\nI ordered a card two weeks ago, where is it?"
+    assert first["channel"] == "email"
+    assert json.loads(first["entities"]) == [{"entity": "tag", "value": "vip"}, {"entity": "zendesk_field_360001", "value": "gold"}]
+    second = tickets.loc["top_up_failed"]
+    assert (second["text"], second["channel"]) == ("Top up failed", "webchat")
+
+
+def test_a_field_mapping_reads_other_exports(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    path.write_text("Customer Message,Queue,When\nmy pin is blocked,pin_blocked,2025-05-05 12:00\n")
+    settings = local_settings.model_copy(update={"field_map": {"text": "Customer Message", "intent": "Queue", "created_at": "When"}})
+
+    report = ingest_file(str(path), local_lake, settings)
+
+    assert report.written == 1 and report.ignored_columns == []
+    ticket = read_tickets(local_lake).iloc[0]
+    assert (ticket["text"], ticket["intent"]) == ("my pin is blocked", "pin_blocked")
+    assert ticket["created_at"] == pd.Timestamp("2025-05-05 12:00", tz="UTC")
+
+
+def test_large_files_are_spread_over_worker_processes(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "many.csv"
+    rows = 12_000
+    frame = pd.DataFrame(
+        {"text": [f"ticket number {i} about my card, mail me at u{i}@example.com" for i in range(rows)], "intent": "card_arrival"}
+    )
+    frame.to_csv(path, index=False)
+    parallel = local_settings.model_copy(update={"workers": 2, "parallel_min_bytes": 1, "ingest_batch_rows": 2_500})
+
+    report = ingest_file(str(path), local_lake, parallel)
+
+    assert (report.rows_read, report.written, report.redactions) == (rows, rows, {"email": rows})
+    assert len(report.files_written) == 5
+    stored = read_tickets(local_lake)
+    assert stored["ticket_id"].is_unique and len(stored) == rows
