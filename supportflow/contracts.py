@@ -126,6 +126,12 @@ class ContractChecker:
                 if expectation.success:
                     continue
                 indices = expectation.result.get("unexpected_index_list")
+                if "column_set" in config.kwargs:
+                    expected = set(config.kwargs["column_set"])
+                    missing, extra = sorted(expected - set(frame.columns)), sorted(set(frame.columns) - expected)
+                    # Without the right columns the other rules say nothing useful: report this one alone.
+                    outcome.batch_failures = [f"rule {rule!r}: {reason} (missing {missing}, unexpected {extra})"]
+                    break
                 if indices is None:
                     observed = expectation.result.get("observed_value")
                     outcome.batch_failures.append(f"rule {rule!r}: {reason} (observed {_short(observed, 200)})")

@@ -149,9 +149,16 @@ class _CheckJob:
 _WORKER_TOOLS: dict[tuple[str, str], tuple[Lake, ContractChecker]] = {}
 
 
+def _tools_key(settings: Settings, contract: Contract) -> tuple[str, str]:
+    return settings.model_dump_json(), json.dumps(contract.suite, sort_keys=True)
+
+
 def _worker_tools(settings: Settings, contract: Contract) -> tuple[Lake, ContractChecker]:
-    """One lake handle and one GX checker per worker process, reused across its files."""
-    key = (settings.model_dump_json(), json.dumps(contract.suite, sort_keys=True))
+    """One lake handle and one GX checker per process, reused across its files.
+
+    The validating process registers its own (fresh) checker first; forked workers inherit it.
+    """
+    key = _tools_key(settings, contract)
     if key not in _WORKER_TOOLS:
         _WORKER_TOOLS[key] = (open_lake(settings), ContractChecker(contract, settings.gx_root, prepare=False))
     return _WORKER_TOOLS[key]
@@ -230,6 +237,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         support.update(lake.read_parquet(path, columns=["intent"])["intent"].dropna().tolist())
         size += lake.fs.size(path)
     checker = ContractChecker(contract, settings.gx_root)  # writes the suite and checkpoint the workers read
+    _WORKER_TOOLS[_tools_key(settings, contract)] = (lake, checker)
     report = ValidationReport(lake_files=[lake.uri(p) for p in files])
     by_rule: Counter[str] = Counter()
     seen = KnownIds()

@@ -1,0 +1,111 @@
+"""Validation against the contract, and the training snapshot it cuts."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from supportflow.contracts import load_contract
+from supportflow.ingest import ingest_file
+from supportflow.lake import Lake
+from supportflow.settings import Settings
+from supportflow.snapshot import SPLITS, assign_splits, latest_snapshot, read_split, split_cutoffs, split_rank, validate_lake
+
+
+def test_the_snapshot_is_stratified_complete_and_described_by_its_manifest(lake: Lake, settings: Settings, banking77_sample: Path) -> None:
+    ingest_file(str(banking77_sample), lake, settings, source="banking77")
+
+    manifest = validate_lake(lake, settings)
+
+    report = manifest.validation
+    assert (report.rows_read, report.accepted, report.quarantined) == (1540, 1540, 0)
+    assert manifest.rows == {"train": 1232, "validation": 154, "test": 154}
+    assert manifest.intents == 77
+    assert (manifest.contract_version, manifest.intent_catalogue, manifest.intent_catalogue_version) == ("1.0.0", "banking77", "1.0.0")
+    assert manifest.snapshot_id == f"snap-{manifest.content_hash[:16]}"
+    splits = {split: read_split(lake, manifest.snapshot_id, split) for split in SPLITS}
+    ids = pd.concat([frame["ticket_id"] for frame in splits.values()])
+    assert ids.is_unique and len(ids) == 1540
+    for split, frame in splits.items():
+        counts = frame["intent"].value_counts()
+        assert len(counts) == 77, split
+        assert counts.min() == counts.max(), split  # 20 per intent: 16 / 2 / 2
+    assert latest_snapshot(lake) == manifest
+    assert Path(report.data_docs.removeprefix("file://")).exists()
+
+
+def test_validating_again_gives_the_same_snapshot_and_writes_nothing_new(lake: Lake, settings: Settings, banking77_sample: Path) -> None:
+    ingest_file(str(banking77_sample), lake, settings)
+    first = validate_lake(lake, settings)
+    files = sorted(lake.fs.find(lake.path("snapshots")))
+
+    second = validate_lake(lake, settings)
+
+    assert second.snapshot_id == first.snapshot_id and second.created_at == first.created_at
+    assert sorted(lake.fs.find(lake.path("snapshots"))) == files
+
+
+def test_new_tickets_make_a_new_snapshot_and_the_old_one_stays(
+    local_lake: Lake, local_settings: Settings, banking77_sample: Path, tmp_path: Path
+) -> None:
+    ingest_file(str(banking77_sample), local_lake, local_settings)
+    first = validate_lake(local_lake, local_settings)
+    more = tmp_path / "more.csv"
+    pd.DataFrame({"text": ["where is my new card?"], "intent": ["card_arrival"]}).to_csv(more, index=False)
+    ingest_file(str(more), local_lake, local_settings)
+
+    second = validate_lake(local_lake, local_settings)
+
+    assert second.snapshot_id != first.snapshot_id
+    assert sum(second.rows.values()) == sum(first.rows.values()) + 1
+    assert local_lake.exists("snapshots", first.snapshot_id, "manifest.json")
+    assert latest_snapshot(local_lake).snapshot_id == second.snapshot_id
+
+
+def test_splits_do_not_depend_on_the_order_of_the_rows() -> None:
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2**63, 1000, dtype=np.uint64)
+    codes = rng.integers(0, 5, 1000)
+    ranks = split_rank(keys, seed=13)
+    splits = assign_splits(codes, ranks, split_cutoffs(codes, ranks, 0.1, 0.2))
+    order = rng.permutation(1000)
+    shuffled = assign_splits(codes[order], ranks[order], split_cutoffs(codes[order], ranks[order], 0.1, 0.2))
+    assert (shuffled == splits[order]).all()
+    for code in range(5):
+        share = pd.Series(splits[codes == code]).value_counts(normalize=True)
+        assert abs(share["test"] - 0.2) < 0.02 and abs(share["validation"] - 0.1) < 0.02
+    other_seed = split_rank(keys, seed=14)
+    assert not (assign_splits(codes, other_seed, split_cutoffs(codes, other_seed, 0.1, 0.2)) == splits).all()
+
+
+def test_validation_in_worker_processes_gives_the_same_result(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
+    sample = pd.read_csv(Path(__file__).parent.parent / "data" / "banking77" / "train.csv").groupby("category").head(24)
+    sample.loc[sample.index[:7], "category"] = "not_an_intent"
+    path = tmp_path / "sample.csv"
+    sample.to_csv(path, index=False)
+    ingest_file(str(path), local_lake, local_settings.model_copy(update={"ingest_batch_rows": 400}))
+    assert len(local_lake.files("tickets")) == 5
+
+    serial = validate_lake(local_lake, local_settings)
+    parallel = validate_lake(local_lake, local_settings.model_copy(update={"workers": 2, "parallel_min_bytes": 1}))
+
+    assert parallel.snapshot_id == serial.snapshot_id
+    assert parallel.validation.model_dump(exclude={"data_docs"}) == serial.validation.model_dump(exclude={"data_docs"})
+    assert serial.validation.by_rule == {"intent_in_catalogue": 7, "intent_min_examples": 7}
+    assert serial.validation.quarantined == 7
+
+
+def test_the_contract_files_are_the_source_of_truth(local_settings: Settings) -> None:
+    contract = load_contract(local_settings.contracts_dir)
+    rules = {expectation["meta"]["rule"] for expectation in contract.suite["expectations"]}
+    assert {
+        "schema",
+        "types",
+        "unique_id",
+        "text_not_blank",
+        "text_length",
+        "intent_in_catalogue",
+        "channel_allowed",
+        "intent_min_examples",
+    } <= rules
+    assert len(contract.catalogue.intents) == 77 and contract.version == "1.0.0"
