@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from supportflow.errors import IngestError, LakeUnavailableError
+from supportflow.errors import ContractError, IngestError, LakeUnavailableError
 from supportflow.ingest import ingest_file
 from supportflow.lake import Lake, open_lake
 from supportflow.settings import Settings
@@ -41,9 +41,13 @@ def test_a_csv_without_a_text_column_names_the_file_and_what_it_has(local_lake: 
 
 def test_extra_columns_are_reported_and_rows_with_the_wrong_field_count_quarantined(lake: Lake, settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "extra.csv"
-    path.write_text(
-        'text,intent,agent_name,priority\nmy card is lost,lost_or_stolen_card,Ann,high\n"one, two",card_arrival\nok then,card_arrival,Bo,low\n'
-    )
+    rows = [
+        "text,intent,agent_name,priority",
+        "my card is lost,lost_or_stolen_card,Ann,high",
+        '"one, two",card_arrival',
+        "ok then,card_arrival,Bo,low",
+    ]
+    path.write_text("\n".join(rows) + "\n")
 
     report = ingest_file(str(path), lake, settings)
 
@@ -152,8 +156,6 @@ def test_most_rows_failing_stops_the_run_naming_file_and_rule(local_lake: Lake, 
     )
     ingest_file(str(path), local_lake, local_settings)
 
-    from supportflow.errors import ContractError
-
     with pytest.raises(
         ContractError, match=r"ingest_date=.*\.parquet: 30 of 40 rows \(75%\) break the contract tickets@1\.0\.0.*'intent_in_catalogue'"
     ):
@@ -165,8 +167,6 @@ def test_a_lake_file_with_a_missing_column_stops_the_run(local_lake: Lake, local
     ingest_file(str(banking77_sample), local_lake, local_settings)
     broken = local_lake.read_parquet(local_lake.files("tickets")[0]).drop(columns=["channel"])
     local_lake.write_parquet(broken, "tickets", "ingest_date=2099-01-01", "broken.parquet")
-
-    from supportflow.errors import ContractError
 
     with pytest.raises(
         ContractError,
@@ -186,7 +186,5 @@ def test_an_s3_endpoint_that_does_not_answer_fails_fast_with_its_address(tmp_pat
 
 
 def test_nothing_to_validate_is_a_clear_error(local_lake: Lake, local_settings: Settings) -> None:
-    from supportflow.errors import ContractError
-
-    with pytest.raises(ContractError, match="the lake has no tickets at .*; run ingest first"):
+    with pytest.raises(ContractError, match=r"the lake has no tickets at .*; run ingest first"):
         validate_lake(local_lake, local_settings)
