@@ -13,6 +13,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SUPPORTFLOW_", env_file=".env", extra="ignore")
 
@@ -23,7 +26,7 @@ class Settings(BaseSettings):
     s3_max_attempts: int = 2
 
     # Data contracts and their human-readable report.
-    contracts_dir: Path = Path("data_contracts")
+    contracts_dir: Path = PROJECT_ROOT / "data_contracts"
     gx_root: Path = Path(".")
     max_quarantine_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
