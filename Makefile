@@ -50,6 +50,7 @@ lock:
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf .lake gx mlflow.db mlruns .pytest_cache

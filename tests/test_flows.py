@@ -60,3 +60,16 @@ def test_the_cli_ingests_and_validates(configured: Settings, banking77_sample: P
     assert "data docs: file://" in out
     assert os.path.exists(Path(configured.lake_url) / "snapshots" / "latest.json")
     assert len(pd.read_parquet(Path(configured.lake_url) / "tickets")) == 1540
+
+
+def test_every_deployment_in_prefect_yaml_points_at_a_flow() -> None:
+    import importlib
+
+    import yaml
+    from prefect import Flow
+
+    config = yaml.safe_load((Path(__file__).parent.parent / "prefect.yaml").read_text())
+    for deployment in config["deployments"]:
+        module, name = deployment["entrypoint"].removesuffix(".py").replace(".py:", ":").split(":")
+        flow = getattr(importlib.import_module(module.replace("/", ".")), name)
+        assert isinstance(flow, Flow), deployment["name"]
