@@ -21,7 +21,8 @@ def _ingest(r: dict) -> list[Row]:
     return [
         (
             f"Ingest + validate {r['rows']:,} synthetic tickets",
-            f"{r['rows_per_s']:,} rows/s ({r['seconds']} s), peak {r['peak_rss_mb']:,} MB; {r['accepted']:,} accepted, {r['quarantined']:,} quarantined",
+            f"{r['rows_per_s']:,} rows/s ({r['seconds']} s), peak {r['peak_rss_mb']:,} MB; "
+            f"{r['accepted']:,} accepted, {r['quarantined']:,} quarantined",
             ">= 150,000 rows/s, memory bounded",
             "ingest.json",
         )
