@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
+    openai_timeout_s: float = 8.0
+    openai_moderation_endpoint: bool = True
+
+    # The bot.
+    handoff_db_url: str = "sqlite:///handoff.db"
 
 
 @lru_cache

@@ -1,0 +1,187 @@
+"""Human handoff: a queue of conversations waiting for an agent, and the labels agents give back.
+
+SQLite by default, any SQLAlchemy URL in production. When an agent resolves a conversation and confirms
+its intent, the customer's message lands in the lake as a labelled ticket (`source=agent_label`), so the
+next training run learns from it.
+"""
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import pandas as pd
+from sqlalchemy import ForeignKey, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from supportflow.errors import SupportflowError
+from supportflow.lake import Lake
+from supportflow.redact import Redactor
+from supportflow.tickets import to_table, to_tickets
+
+Status = Literal["waiting", "claimed", "answered", "resolved"]
+AGENT_LABEL_SOURCE = "agent_label"
+
+
+class HandoffError(SupportflowError):
+    """A handoff request that cannot be honoured (unknown id, wrong state, unknown intent)."""
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Handoff(_Base):
+    __tablename__ = "handoffs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(128), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True, default="waiting")
+    reason: Mapped[str] = mapped_column(String(256))
+    predicted_intent: Mapped[str | None] = mapped_column(String(128))
+    confirmed_intent: Mapped[str | None] = mapped_column(String(128))
+    agent: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+    updated_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+    messages: Mapped[list["Message"]] = relationship(order_by="Message.id", cascade="all, delete-orphan")
+
+
+class Message(_Base):
+    __tablename__ = "handoff_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handoff_id: Mapped[int] = mapped_column(ForeignKey("handoffs.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # customer, bot or agent
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+    delivered: Mapped[bool] = mapped_column(default=False)
+
+
+def _view(handoff: Handoff) -> dict[str, object]:
+    return {
+        "id": handoff.id,
+        "conversation_id": handoff.conversation_id,
+        "channel": handoff.channel,
+        "status": handoff.status,
+        "reason": handoff.reason,
+        "predicted_intent": handoff.predicted_intent,
+        "confirmed_intent": handoff.confirmed_intent,
+        "agent": handoff.agent,
+        "created_at": handoff.created_at.isoformat(),
+        "transcript": [{"role": m.role, "text": m.text, "at": m.at.isoformat()} for m in handoff.messages],
+    }
+
+
+class HandoffQueue:
+    def __init__(self, url: str, lake: Lake, intents: tuple[str, ...]) -> None:
+        self.engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
+        _Base.metadata.create_all(self.engine)
+        self.lake = lake
+        self.intents = intents
+
+    def enqueue(
+        self, conversation_id: str, channel: str, transcript: list[tuple[str, str]], reason: str, predicted_intent: str | None
+    ) -> int:
+        """Open a handoff, or add to the conversation's open one; returns its id."""
+        with Session(self.engine) as session:
+            handoff = session.scalars(
+                select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status != "resolved")
+            ).first()
+            if handoff is None:
+                handoff = Handoff(conversation_id=conversation_id, channel=channel, reason=reason, predicted_intent=predicted_intent)
+                session.add(handoff)
+            handoff.messages.extend(Message(role=role, text=text) for role, text in transcript)
+            handoff.updated_at = datetime.now(UTC)
+            session.commit()
+            return handoff.id
+
+    def open_for(self, conversation_id: str) -> int | None:
+        with Session(self.engine) as session:
+            handoff = session.scalars(
+                select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status != "resolved")
+            ).first()
+            return handoff.id if handoff else None
+
+    def add_customer_message(self, handoff_id: int, text: str) -> None:
+        with Session(self.engine) as session:
+            handoff = self._get(session, handoff_id)
+            handoff.messages.append(Message(role="customer", text=text))
+            session.commit()
+
+    def handoffs(self, status: Status | None = None) -> list[dict[str, object]]:
+        with Session(self.engine) as session:
+            query = select(Handoff).order_by(Handoff.created_at)
+            if status:
+                query = query.where(Handoff.status == status)
+            return [_view(h) for h in session.scalars(query)]
+
+    def get(self, handoff_id: int) -> dict[str, object]:
+        with Session(self.engine) as session:
+            return _view(self._get(session, handoff_id))
+
+    def claim(self, handoff_id: int, agent: str) -> dict[str, object]:
+        with Session(self.engine) as session:
+            handoff = self._get(session, handoff_id)
+            if handoff.status == "resolved" or (handoff.agent and handoff.agent != agent):
+                raise HandoffError(f"handoff {handoff_id} is {handoff.status} by {handoff.agent}; it cannot be claimed by {agent}")
+            handoff.status, handoff.agent, handoff.updated_at = "claimed", agent, datetime.now(UTC)
+            session.commit()
+            return _view(handoff)
+
+    def answer(self, handoff_id: int, agent: str, text: str) -> dict[str, object]:
+        with Session(self.engine) as session:
+            handoff = self._owned(session, handoff_id, agent)
+            handoff.messages.append(Message(role="agent", text=text))
+            handoff.status, handoff.updated_at = "answered", datetime.now(UTC)
+            session.commit()
+            return _view(handoff)
+
+    def undelivered_replies(self, conversation_id: str) -> list[str]:
+        """Agent replies not yet shown to the customer; marks them delivered."""
+        with Session(self.engine) as session:
+            messages = session.scalars(
+                select(Message)
+                .join(Handoff)
+                .where(Handoff.conversation_id == conversation_id, Message.role == "agent", Message.delivered.is_(False))
+                .order_by(Message.id)
+            ).all()
+            for message in messages:
+                message.delivered = True
+            session.commit()
+            return [m.text for m in messages]
+
+    def resolve(self, handoff_id: int, agent: str, intent: str | None) -> dict[str, object]:
+        """Close the handoff; a confirmed intent sends the customer's first message to the lake as a label."""
+        if intent is not None and intent not in self.intents:
+            raise HandoffError(f"intent {intent!r} is not in the intent catalogue")
+        with Session(self.engine) as session:
+            handoff = self._owned(session, handoff_id, agent)
+            handoff.status, handoff.confirmed_intent, handoff.updated_at = "resolved", intent, datetime.now(UTC)
+            customer = next((m.text for m in handoff.messages if m.role == "customer"), None)
+            if intent is not None and customer:
+                self._write_label(customer, intent, handoff.channel)
+            session.commit()
+            return _view(handoff)
+
+    def _write_label(self, text: str, intent: str, channel: str) -> None:
+        now = datetime.now(UTC)
+        raw = pd.DataFrame({"text": [text], "intent": [intent], "channel": [channel]})
+        tickets = to_tickets(raw, AGENT_LABEL_SOURCE, "other", Redactor(), now)
+        name = f"{AGENT_LABEL_SOURCE}-{tickets['ticket_id'].iloc[0]}.parquet"
+        if self.lake.fs.glob(self.lake.path("tickets", "*", name)):
+            return  # the same label was given before (the file is named by the ticket's id): the lake keeps one
+        self.lake.write_parquet(to_table(tickets), "tickets", f"ingest_date={now:%Y-%m-%d}", name)
+
+    @staticmethod
+    def _get(session: Session, handoff_id: int) -> Handoff:
+        handoff = session.get(Handoff, handoff_id)
+        if handoff is None:
+            raise HandoffError(f"no handoff with id {handoff_id}")
+        return handoff
+
+    def _owned(self, session: Session, handoff_id: int, agent: str) -> Handoff:
+        handoff = self._get(session, handoff_id)
+        if handoff.status == "resolved":
+            raise HandoffError(f"handoff {handoff_id} is already resolved")
+        if handoff.agent != agent:
+            raise HandoffError(f"handoff {handoff_id} is not claimed by {agent}; claim it first")
+        return handoff

@@ -1,0 +1,105 @@
+"""The turn log: every turn the bot takes, redacted, in the lake's `turns/` area for the drift monitor.
+
+Turns are buffered and written as one Parquet file per flush (a file per turn would drown the lake in
+small files); a flush happens every `flush_every` turns, on `flush()`, and at shutdown.
+"""
+
+import threading
+import uuid
+from datetime import UTC, date, datetime
+from typing import Literal
+
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from supportflow.lake import Lake
+from supportflow.redact import redact
+
+Route = Literal["kb", "llm", "handoff", "clarify", "dialogue"]
+
+TURN_SCHEMA = pa.schema(
+    [
+        ("turn_id", pa.string()),
+        ("conversation_id", pa.string()),
+        ("channel", pa.string()),
+        ("received_at", pa.timestamp("us", tz="UTC")),
+        ("text", pa.string()),
+        ("intent", pa.string()),
+        ("confidence", pa.float64()),
+        ("route", pa.string()),
+        ("kb_doc_id", pa.string()),
+        ("kb_score", pa.float64()),
+        ("model_version", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("request_id", pa.string()),
+    ]
+)
+
+
+class Turn(BaseModel):
+    turn_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    conversation_id: str
+    channel: str
+    received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    text: str
+    intent: str | None = None
+    confidence: float | None = None
+    route: Route
+    kb_doc_id: str | None = None
+    kb_score: float | None = None
+    model_version: str | None = None
+    latency_ms: float | None = None
+    request_id: str | None = None
+
+
+class TurnLog:
+    """Thread-safe buffer of turns, flushed to `turns/date=YYYY-MM-DD/<uuid>.parquet`."""
+
+    def __init__(self, lake: Lake, flush_every: int = 200) -> None:
+        self.lake = lake
+        self.flush_every = flush_every
+        self._buffer: list[Turn] = []
+        self._lock = threading.Lock()
+
+    def record(self, turn: Turn) -> None:
+        """Keep a turn; its text is redacted here so no caller can forget to."""
+        turn = turn.model_copy(update={"text": redact(turn.text)})
+        with self._lock:
+            self._buffer.append(turn)
+            full = len(self._buffer) >= self.flush_every
+        if full:
+            self.flush()
+
+    def flush(self) -> list[str]:
+        with self._lock:
+            turns, self._buffer = self._buffer, []
+        written = []
+        by_day: dict[date, list[Turn]] = {}
+        for turn in turns:
+            by_day.setdefault(turn.received_at.astimezone(UTC).date(), []).append(turn)
+        for day, day_turns in by_day.items():
+            frame = pd.DataFrame([t.model_dump() for t in day_turns])
+            table = pa.Table.from_pandas(frame, schema=TURN_SCHEMA, preserve_index=False)
+            written.append(self.lake.write_parquet(table, "turns", f"date={day:%Y-%m-%d}", f"{uuid.uuid4().hex}.parquet"))
+        return written
+
+
+def read_turns(lake: Lake, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+    """Turns received in [start, end), from the day partitions that can hold them."""
+    frames = []
+    for path in lake.files("turns"):
+        day = path.split("date=")[1][:10]
+        if start is not None and day < f"{start.astimezone(UTC):%Y-%m-%d}":
+            continue
+        if end is not None and day > f"{end.astimezone(UTC):%Y-%m-%d}":
+            continue
+        frames.append(lake.read_parquet(path))
+    if not frames:
+        return pa.Table.from_pylist([], schema=TURN_SCHEMA).to_pandas()
+    turns = pd.concat(frames, ignore_index=True)
+    if start is not None:
+        turns = turns[turns["received_at"] >= pd.Timestamp(start)]
+    if end is not None:
+        turns = turns[turns["received_at"] < pd.Timestamp(end)]
+    return turns.sort_values("received_at", ignore_index=True)
