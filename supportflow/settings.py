@@ -67,8 +67,16 @@ class Settings(BaseSettings):
     openai_timeout_s: float = 8.0
     openai_moderation_endpoint: bool = True
 
-    # The bot.
+    # The bot and its channels.
     handoff_db_url: str = "sqlite:///handoff.db"
+    classifier_url: str = "http://127.0.0.1:3001"
+    bot_url: str = "http://127.0.0.1:3000"
+    action_server_url: str = "http://127.0.0.1:5055"
+    max_message_chars: int = 4000
+    model_version: str | None = Field(None, description="The classifier version being served, for the turn log.")
+    twilio_auth_token: SecretStr | None = None
+    twilio_webhook_url: str | None = Field(None, description="The public URL Twilio calls; its signature covers it.")
+    agent_token: SecretStr | None = Field(None, description="Bearer token for the agent API; unset means no token needed.")
 
 
 @lru_cache

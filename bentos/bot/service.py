@@ -1,0 +1,162 @@
+"""The bot service: channels (webchat, Twilio SMS/WhatsApp), the Rasa actions' answer endpoint, the
+agent API, and the conversation log. `bentoml serve bentos.bot.service:BotService` from the repository root.
+
+The routes are a FastAPI app mounted on the BentoML service (form-encoded webhooks, HTML and precise
+status codes are plain HTTP); BentoML adds `/healthz`, `/readyz` and `/metrics`, and the bundle.
+"""
+
+import logging
+import uuid
+from importlib.resources import files
+from typing import Annotated
+
+import bentoml
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from supportflow.bot import metrics
+from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
+from supportflow.bot.handoff import HandoffError, HandoffQueue
+from supportflow.bot.llm import LLMResponder
+from supportflow.bot.turns import TurnLog
+from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
+from supportflow.contracts import load_catalogue
+from supportflow.lake import open_lake
+from supportflow.logging import configure_json_logging
+from supportflow.settings import get_settings
+
+log = logging.getLogger("supportflow.bot")
+web = FastAPI(title="supportflow bot")
+WEBCHAT = files("supportflow.bot").joinpath("static/webchat.html").read_text()
+
+
+class ChatIn(BaseModel):
+    conversation_id: str
+    message: str = ""
+    channel: str = "webchat"
+
+
+class AgentAction(BaseModel):
+    agent: str
+    text: str | None = None
+    intent: str | None = None
+
+
+def open_knowledge(settings: object) -> object | None:
+    """The served knowledge base, or None (every question then goes to a person) with the reason logged."""
+    try:
+        from supportflow.kb.build import open_knowledge_base
+
+        return open_knowledge_base(settings)
+    except Exception as error:
+        log.error("no knowledge base: %s", error)
+        return None
+
+
+@bentoml.service(name="supportflow-bot", traffic={"timeout": 60})
+@bentoml.asgi_app(web, path="/")
+class BotService:
+    def __init__(self) -> None:
+        configure_json_logging()
+        settings = get_settings()
+        lake = open_lake(settings)
+        self.settings = settings
+        self.bot = SupportBot(
+            knowledge=open_knowledge(settings),
+            llm=LLMResponder(settings),
+            handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(settings.contracts_dir).intents),
+            turns=TurnLog(lake, flush_every=50),
+            rasa_url=settings.rasa_url,
+            model_version=settings.model_version,
+            max_message_chars=settings.max_message_chars,
+        )
+
+    @bentoml.on_shutdown
+    def flush_turns(self) -> None:
+        self.bot.turns.flush()
+
+    def _respond(self, conversation_id: str, text: str, channel: str, request_id: str) -> tuple[int, dict]:
+        try:
+            with metrics.TURN_LATENCY.labels(channel=channel, route="any").time():
+                result = self.bot.chat(conversation_id, text, channel, request_id)
+        except ChatError as error:
+            metrics.REJECTED.labels(reason=str(error.status)).inc()
+            return error.status, {"detail": str(error), "request_id": request_id}
+        metrics.TURNS.labels(channel=channel, route=result.route).inc()
+        if result.confidence is not None:
+            metrics.INTENT_CONFIDENCE.observe(result.confidence)
+        if result.route == "handoff":
+            metrics.FALLBACKS.inc()
+            metrics.HANDOFFS.labels(reason="dialogue unavailable" if result.status == 503 else "bot").inc()
+        body = {
+            "conversation_id": conversation_id,
+            "replies": result.replies,
+            "route": result.route,
+            "intent": result.intent,
+            "confidence": result.confidence,
+            "request_id": request_id,
+        }
+        return result.status, body
+
+    @web.get("/", response_class=HTMLResponse)
+    def webchat(self) -> str:
+        return WEBCHAT
+
+    @web.post("/chat")
+    def chat(self, body: ChatIn, x_request_id: Annotated[str | None, Header()] = None) -> JSONResponse:
+        status, payload = self._respond(body.conversation_id, body.message, body.channel, x_request_id or uuid.uuid4().hex)
+        return JSONResponse(payload, status_code=status)
+
+    @web.get("/chat/{conversation_id}/replies")
+    def replies(self, conversation_id: str) -> dict:
+        if not self.bot.knows(conversation_id):
+            raise HTTPException(404, f"no conversation {conversation_id!r}")
+        return {"conversation_id": conversation_id, "replies": self.bot.handoffs.undelivered_replies(conversation_id)}
+
+    @web.post("/twilio")
+    async def twilio(self, request: Request, x_twilio_signature: Annotated[str | None, Header()] = None) -> Response:
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        token = self.settings.twilio_auth_token
+        url = self.settings.twilio_webhook_url or str(request.url)
+        if token is None or not is_signed_by_twilio(token.get_secret_value(), url, form, x_twilio_signature):
+            metrics.REJECTED.labels(reason="twilio signature").inc()
+            return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+        inbound = parse(form)
+        if not inbound.text:
+            reply = "I can only read text messages. Please type your question." if inbound.media_count else "Please type your question."
+            return Response(twiml([reply]), media_type="application/xml")
+        status, payload = self._respond(inbound.conversation_id, inbound.text, inbound.channel, uuid.uuid4().hex)
+        replies = payload.get("replies") or [payload.get("detail", "Sorry, something went wrong.")]
+        return Response(twiml(replies), media_type="application/xml", status_code=200 if status < 500 else status)
+
+    @web.post("/internal/answer")
+    def answer(self, body: AnswerRequest) -> dict:
+        return self.bot.answer(body).model_dump()
+
+    def _agent(self, authorization: str | None) -> None:
+        token = self.settings.agent_token
+        if token is not None and authorization != f"Bearer {token.get_secret_value()}":
+            raise HTTPException(401, "the agent API needs `Authorization: Bearer <agent token>`")
+
+    @web.get("/agent/handoffs")
+    def handoffs(self, status: str | None = None, authorization: Annotated[str | None, Header()] = None) -> list[dict]:
+        self._agent(authorization)
+        return self.bot.handoffs.handoffs(status)  # type: ignore[arg-type]
+
+    @web.post("/agent/handoffs/{handoff_id}/{action}")
+    def act(self, handoff_id: int, action: str, body: AgentAction, authorization: Annotated[str | None, Header()] = None) -> dict:
+        self._agent(authorization)
+        queue = self.bot.handoffs
+        try:
+            if action == "claim":
+                return queue.claim(handoff_id, body.agent)
+            if action == "answer":
+                if not body.text:
+                    raise HTTPException(400, "an answer needs `text`")
+                return queue.answer(handoff_id, body.agent, body.text)
+            if action == "resolve":
+                return queue.resolve(handoff_id, body.agent, body.intent)
+        except HandoffError as error:
+            raise HTTPException(404 if "no handoff" in str(error) else 409, str(error)) from error
+        raise HTTPException(404, f"unknown action {action!r}; use claim, answer or resolve")

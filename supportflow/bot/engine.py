@@ -1,0 +1,278 @@
+"""The bot's decisions: what to answer, from where, and when a person takes over.
+
+Rasa manages the conversation; its custom actions forward every turn here (`answer`), and the channels
+call `chat`, which goes through Rasa and logs the turn. Routing:
+- a dialogue act (greeting, goodbye...) gets a short reply;
+- a request that needs to know which card, without one named, gets the question first;
+- two requests in one message get a clarifying question;
+- otherwise the knowledge base: the article for the predicted intent, or the best match above the
+  calibrated threshold; with an LLM configured the reply is written from those passages;
+- low confidence, nothing relevant, an explicit ask, or a part that is down: a human (handoff).
+"""
+
+import logging
+import re
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, Field
+
+from supportflow.bot.handoff import HandoffQueue
+from supportflow.bot.llm import LLMResponder, Passage
+from supportflow.bot.turns import Route, Turn, TurnLog
+from supportflow.dialogue.project import CARD_INTENTS
+
+log = logging.getLogger("supportflow.bot")
+
+GREETING = "Hello! I can help with your cards, payments, transfers and account. What can I do for you?"
+GOODBYE = "Thanks for getting in touch. Have a good day!"
+ANYTHING_ELSE = "Is there anything else I can help with?"
+ASK_WHICH_CARD = "Is this about your physical card or a virtual card?"
+HANDOFF = "I'm passing you to a colleague, who will reply here shortly."
+DOWN = "Sorry, I can't answer right now. I've passed your message to a colleague, who will reply here shortly."
+WITH_AGENT = "A colleague has your conversation and will reply here shortly."
+CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
+
+
+class AnswerHit(Protocol):
+    doc_id: str
+    title: str
+    body: str
+    url: str
+    intent: str | None
+    score: float
+
+
+class KnowledgeReply(Protocol):
+    answers: Sequence[AnswerHit]
+    threshold: float
+    escalate: bool
+
+
+class Knowledge(Protocol):
+    def reply(self, question: str, k: int = 3) -> KnowledgeReply: ...
+
+
+class AnswerRequest(BaseModel):
+    """What a Rasa action forwards for one turn."""
+
+    kind: str = "answer"  # answer, handoff or clarify
+    conversation_id: str
+    request_id: str | None = None
+    channel: str = "webchat"
+    text: str = ""
+    intent: str | None = None
+    confidence: float | None = None
+    ranking: list[dict[str, Any]] = Field(default_factory=list)
+    entities: list[dict[str, Any]] = Field(default_factory=list)
+    slots: dict[str, Any] = Field(default_factory=dict)
+    classifier_unavailable: bool = False
+
+
+class AnswerResponse(BaseModel):
+    messages: list[str]
+    slots: dict[str, Any] = Field(default_factory=dict)
+    route: Route
+    intent: str | None = None
+    confidence: float | None = None
+    kb_doc_id: str | None = None
+    kb_score: float | None = None
+
+
+class ChatError(Exception):
+    """Input the bot refuses, with the HTTP status that fits."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ChatResult:
+    replies: list[str]
+    route: Route
+    status: int = 200
+    request_id: str = ""
+    intent: str | None = None
+    confidence: float | None = None
+
+
+def extract_answer(body: str, limit: int = 600) -> str:
+    """The first paragraphs of an article, cut at a sentence, without Markdown headings or emphasis."""
+    paragraphs = [p.strip() for p in body.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
+    text = re.sub(r"[*_`]{1,2}", "", " ".join(paragraphs))
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+    return cut[: end + 1] if end > limit // 3 else cut.rstrip() + "..."
+
+
+def humanise(intent: str) -> str:
+    return intent.replace("_", " ").strip().capitalize()
+
+
+@dataclass
+class SupportBot:
+    knowledge: Knowledge | None
+    llm: LLMResponder
+    handoffs: HandoffQueue
+    turns: TurnLog
+    rasa_url: str
+    model_version: str | None = None
+    max_message_chars: int = 4000
+    rasa_timeout_s: float = 30.0
+    titles: dict[str, str] = field(default_factory=dict)
+    _outcomes: dict[str, AnswerResponse] = field(default_factory=dict)
+    _transcripts: dict[str, deque[tuple[str, str]]] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
+    _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
+
+    # The answer a Rasa action asks for.
+    def answer(self, request: AnswerRequest) -> AnswerResponse:
+        if request.kind == "handoff" or request.classifier_unavailable:
+            response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
+        elif request.kind == "clarify":
+            response = self._clarify(request)
+        else:
+            response = self._answer(request)
+        if request.request_id:
+            self._outcomes[request.request_id] = response
+        return response
+
+    def _answer(self, request: AnswerRequest) -> AnswerResponse:
+        intent, confidence = request.intent, request.confidence
+        card = request.slots.get("card_type") or next((e["value"] for e in request.entities if e.get("entity") == "card_type"), None)
+        if intent == "greet":
+            return AnswerResponse(messages=[GREETING], route="dialogue", intent=intent, confidence=confidence)
+        if intent == "goodbye":
+            return AnswerResponse(messages=[GOODBYE], route="dialogue", intent=intent, confidence=confidence)
+        if intent in ("affirm", "deny"):
+            return AnswerResponse(messages=[ANYTHING_ELSE], route="dialogue", intent=intent, confidence=confidence)
+        slots: dict[str, Any] = {}
+        question = request.text
+        if intent == "inform_card":
+            pending = request.slots.get("pending_intent")
+            if not pending:
+                return AnswerResponse(messages=["Thanks. What would you like to do with that card?"], route="dialogue", intent=intent)
+            intent, slots = pending, {"pending_intent": None}
+            question = f"{humanise(pending)} ({card} card)"
+        elif intent in CARD_INTENTS and not card:
+            return AnswerResponse(
+                messages=[ASK_WHICH_CARD], slots={"pending_intent": intent}, route="dialogue", intent=intent, confidence=confidence
+            )
+        return self._from_knowledge(request, question, intent, confidence, slots)
+
+    def _from_knowledge(
+        self, request: AnswerRequest, question: str, intent: str | None, confidence: float | None, slots: dict[str, Any]
+    ) -> AnswerResponse:
+        if self.knowledge is None:
+            return self._handoff(request, "no knowledge base is served")
+        reply = self.knowledge.reply(question if intent is None else f"{question}", k=5)
+        matching = [a for a in reply.answers if intent and a.intent == intent]
+        chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])
+        if chosen is None:
+            return self._handoff(request, "nothing relevant in the knowledge base")
+        passages = [Passage(a.doc_id, a.title, a.body) for a in [chosen, *[x for x in reply.answers if x is not chosen]][:3]]
+        written = self.llm.reply(request.text, passages)
+        if written:
+            messages, route = [written], "llm"
+        else:
+            messages, route = [extract_answer(chosen.body) + (f"\n\nMore: {chosen.url}" if chosen.url else "")], "kb"
+        return AnswerResponse(
+            messages=messages,
+            slots=slots,
+            route=route,
+            intent=intent,
+            confidence=confidence,
+            kb_doc_id=chosen.doc_id,
+            kb_score=chosen.score,
+        )
+
+    def _clarify(self, request: AnswerRequest) -> AnswerResponse:
+        asked = [e["value"] for e in request.entities if e.get("entity") == "request"][:3]
+        options = " or ".join(f"({i}) {self.titles.get(intent, humanise(intent)).rstrip('?.')}" for i, intent in enumerate(asked, start=1))
+        message = f"I can help with each of those, one at a time. Which should we start with: {options}?"
+        return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
+
+    def _handoff(self, request: AnswerRequest, reason: str) -> AnswerResponse:
+        transcript = list(self._transcripts[request.conversation_id]) or [("customer", request.text)]
+        self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent)
+        return AnswerResponse(messages=[HANDOFF], route="handoff", intent=request.intent, confidence=request.confidence)
+
+    # A customer's message from a channel.
+    def chat(self, conversation_id: str, text: str, channel: str = "webchat", request_id: str | None = None) -> ChatResult:
+        request_id = request_id or uuid.uuid4().hex
+        started = time.perf_counter()
+        if not CONVERSATION_ID.match(conversation_id or ""):
+            raise ChatError(400, "conversation_id must be 1-128 letters, digits or :_+.@-")
+        text = (text or "").strip()
+        if not text:
+            raise ChatError(400, "the message is empty")
+        if len(text) > self.max_message_chars:
+            raise ChatError(413, f"the message is {len(text):,} characters long; at most {self.max_message_chars:,} are accepted")
+        self._transcripts[conversation_id].append(("customer", text))
+        result = self._chat(conversation_id, text, channel, request_id)
+        result.replies += self.handoffs.undelivered_replies(conversation_id)
+        for reply in result.replies:
+            self._transcripts[conversation_id].append(("bot", reply))
+        latency = (time.perf_counter() - started) * 1000
+        outcome = self._outcomes.pop(request_id, None)
+        self.turns.record(
+            Turn(
+                conversation_id=conversation_id,
+                channel=channel,
+                text=text,
+                intent=result.intent,
+                confidence=result.confidence,
+                route=result.route,
+                kb_doc_id=outcome.kb_doc_id if outcome else None,
+                kb_score=outcome.kb_score if outcome else None,
+                model_version=self.model_version,
+                latency_ms=latency,
+                request_id=request_id,
+            )
+        )
+        log.info(
+            "turn",
+            extra={
+                "request_id": request_id,
+                "conversation_id": conversation_id,
+                "route": result.route,
+                "intent": result.intent,
+                "latency_ms": round(latency, 1),
+            },
+        )
+        return result
+
+    def _chat(self, conversation_id: str, text: str, channel: str, request_id: str) -> ChatResult:
+        open_handoff = self.handoffs.open_for(conversation_id)
+        if open_handoff is not None:
+            self.handoffs.add_customer_message(open_handoff, text)
+            return ChatResult([WITH_AGENT], "handoff", request_id=request_id)
+        try:
+            response = self._http.post(
+                f"{self.rasa_url}/webhooks/rest/webhook",
+                json={"sender": conversation_id, "message": text, "metadata": {"request_id": request_id, "channel": channel}},
+                headers={"X-Request-ID": request_id},
+                timeout=self.rasa_timeout_s,
+            )
+            response.raise_for_status()
+            messages = [m["text"] for m in response.json() if m.get("text")]
+        except (httpx.HTTPError, ValueError) as error:
+            log.error("dialogue unavailable", extra={"request_id": request_id, "error": str(error)})
+            self.handoffs.enqueue(
+                conversation_id, channel, list(self._transcripts[conversation_id]), "the dialogue service was unavailable", None
+            )
+            return ChatResult([DOWN], "handoff", status=503, request_id=request_id)
+        outcome = self._outcomes.get(request_id)
+        if outcome is None:
+            return ChatResult(messages or [HANDOFF], "dialogue", request_id=request_id)
+        return ChatResult(messages, outcome.route, request_id=request_id, intent=outcome.intent, confidence=outcome.confidence)
+
+    def knows(self, conversation_id: str) -> bool:
+        return conversation_id in self._transcripts or self.handoffs.open_for(conversation_id) is not None

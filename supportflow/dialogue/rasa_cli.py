@@ -1,0 +1,120 @@
+"""Drive Rasa (in its own Python 3.10 environment) through its command line and HTTP API."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from supportflow.errors import SupportflowError
+from supportflow.settings import Settings
+
+
+class DialogueError(SupportflowError):
+    """Rasa is missing, rejects the project, or does not start."""
+
+
+def rasa_executable(settings: Settings) -> Path:
+    executable = settings.rasa_venv / "bin" / "rasa"
+    if not executable.exists():
+        raise DialogueError(f"Rasa is not installed at {settings.rasa_venv}: run `make rasa-venv` (Rasa 3.6 needs its own Python 3.10)")
+    return executable
+
+
+def rasa_environment(project: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "PYTHONHOME"))}
+    env.update(
+        RASA_TELEMETRY_ENABLED="false",
+        PYTHONPATH=str(project),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        SQLALCHEMY_SILENCE_UBER_WARNING="1",
+        **(extra or {}),
+    )
+    return env
+
+
+def run_rasa(settings: Settings, project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    command = [str(rasa_executable(settings)), *args]
+    done = subprocess.run(command, cwd=project, env=rasa_environment(project), capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise DialogueError(f"`rasa {' '.join(args)}` failed in {project} (exit {done.returncode}):\n{tail}")
+    return done
+
+
+def validate_project(settings: Settings, project: Path) -> str:
+    return run_rasa(settings, project, "data", "validate", "--domain", "domain.yml", "--data", "data").stdout
+
+
+def train_model(settings: Settings, project: Path, name: str = "supportflow") -> Path:
+    """Train and return the model archive (`models/<name>.tar.gz`)."""
+    run_rasa(settings, project, "train", "--fixed-model-name", name, "--out", "models", "--quiet")
+    archive = project / "models" / f"{name}.tar.gz"
+    if not archive.exists():
+        raise DialogueError(f"rasa train finished but {archive} is missing")
+    return archive
+
+
+class RasaProcess:
+    """A Rasa server or action server started as a child process, stopped on exit."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], health_url: str, log_path: Path) -> None:
+        self.command, self.cwd, self.env, self.health_url, self.log_path = command, cwd, env, health_url, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180) -> "RasaProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise DialogueError(f"{' '.join(self.command[:3])} exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.health_url, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise DialogueError(f"{' '.join(self.command[:3])} did not answer at {self.health_url} within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def __enter__(self) -> "RasaProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def rasa_server(settings: Settings, project: Path, model: Path, port: int, classifier_url: str, log_path: Path) -> RasaProcess:
+    command = [
+        str(rasa_executable(settings)),
+        "run",
+        "--enable-api",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--interface",
+        "127.0.0.1",
+    ]
+    command += ["--endpoints", "endpoints.yml", "--credentials", "credentials.yml"]
+    env = rasa_environment(project, {"SUPPORTFLOW_CLASSIFIER_URL": classifier_url})
+    return RasaProcess(command, project, env, f"http://127.0.0.1:{port}/status", log_path)
+
+
+def action_server(settings: Settings, project: Path, port: int, bot_url: str, log_path: Path) -> RasaProcess:
+    command = [str(rasa_executable(settings)), "run", "actions", "--actions", "actions", "--port", str(port)]
+    env = rasa_environment(project, {"SUPPORTFLOW_BOT_URL": bot_url})
+    return RasaProcess(command, project, env, f"http://127.0.0.1:{port}/health", log_path)

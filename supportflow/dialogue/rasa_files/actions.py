@@ -1,0 +1,66 @@
+"""Custom actions (rasa-sdk): thin calls to the supportflow bot, where the routing logic lives.
+
+Runs in Rasa's Python 3.10 environment. Every action forwards the turn (text, intent, ranking, slots,
+request id) to the bot's `/internal/answer` and utters what comes back, so answers from the knowledge
+base, LLM replies, clarifications and handoffs are all decided (and tested) in the project itself.
+"""
+
+import logging
+import os
+from typing import Any, Dict, List, Text
+
+import requests
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+
+log = logging.getLogger(__name__)
+BOT_URL = os.environ.get("SUPPORTFLOW_BOT_URL", "http://127.0.0.1:3000")
+FALLBACK = "Sorry, something went wrong on our side. Let me connect you with a colleague."
+
+
+class _ForwardToBot(Action):
+    kind = "answer"
+
+    def name(self) -> Text:
+        return f"action_{self.kind}"
+
+    def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[Dict[Text, Any]]:
+        latest = tracker.latest_message or {}
+        metadata = latest.get("metadata") or {}
+        payload = {
+            "kind": self.kind,
+            "conversation_id": tracker.sender_id,
+            "request_id": metadata.get("request_id"),
+            "channel": metadata.get("channel", "webchat"),
+            "text": latest.get("text") or "",
+            "intent": (latest.get("intent") or {}).get("name"),
+            "confidence": (latest.get("intent") or {}).get("confidence"),
+            "ranking": [{"intent": r.get("name"), "confidence": r.get("confidence")} for r in latest.get("intent_ranking") or []],
+            "entities": [{"entity": e.get("entity"), "value": e.get("value")} for e in latest.get("entities") or []],
+            "slots": {"card_type": tracker.get_slot("card_type"), "pending_intent": tracker.get_slot("pending_intent")},
+            "classifier_unavailable": bool(latest.get("classifier_unavailable")),
+        }
+        try:
+            response = requests.post(f"{BOT_URL}/internal/answer", json=payload, timeout=30)
+            response.raise_for_status()
+            answer = response.json()
+        except (requests.RequestException, ValueError) as error:
+            log.error("request %s: the bot is unavailable: %s", payload["request_id"], error)
+            dispatcher.utter_message(text=FALLBACK)
+            return []
+        for text in answer.get("messages", []):
+            dispatcher.utter_message(text=text)
+        return [SlotSet(name, value) for name, value in (answer.get("slots") or {}).items()]
+
+
+class ActionAnswer(_ForwardToBot):
+    kind = "answer"
+
+
+class ActionHandoff(_ForwardToBot):
+    kind = "handoff"
+
+
+class ActionClarify(_ForwardToBot):
+    kind = "clarify"
