@@ -2,12 +2,10 @@
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
-
 from supportflow.errors import SupportflowError
+from supportflow.processes import ManagedProcess
 from supportflow.settings import Settings
 
 
@@ -56,48 +54,7 @@ def train_model(settings: Settings, project: Path, name: str = "supportflow") ->
     return archive
 
 
-class RasaProcess:
-    """A Rasa server or action server started as a child process, stopped on exit."""
-
-    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], health_url: str, log_path: Path) -> None:
-        self.command, self.cwd, self.env, self.health_url, self.log_path = command, cwd, env, health_url, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 180) -> "RasaProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DialogueError(f"{' '.join(self.command[:3])} exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(self.health_url, timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise DialogueError(f"{' '.join(self.command[:3])} did not answer at {self.health_url} within {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    def __enter__(self) -> "RasaProcess":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def rasa_server(settings: Settings, project: Path, model: Path, port: int, classifier_url: str, log_path: Path) -> RasaProcess:
+def rasa_server(settings: Settings, project: Path, model: Path, port: int, classifier_url: str, log_path: Path) -> ManagedProcess:
     command = [
         str(rasa_executable(settings)),
         "run",
@@ -111,10 +68,10 @@ def rasa_server(settings: Settings, project: Path, model: Path, port: int, class
     ]
     command += ["--endpoints", "endpoints.yml", "--credentials", "credentials.yml"]
     env = rasa_environment(project, {"SUPPORTFLOW_CLASSIFIER_URL": classifier_url})
-    return RasaProcess(command, project, env, f"http://127.0.0.1:{port}/status", log_path)
+    return ManagedProcess("rasa", command, project, env, f"http://127.0.0.1:{port}/status", log_path)
 
 
-def action_server(settings: Settings, project: Path, port: int, bot_url: str, log_path: Path) -> RasaProcess:
+def action_server(settings: Settings, project: Path, port: int, bot_url: str, log_path: Path) -> ManagedProcess:
     command = [str(rasa_executable(settings)), "run", "actions", "--actions", "actions", "--port", str(port)]
     env = rasa_environment(project, {"SUPPORTFLOW_BOT_URL": bot_url})
-    return RasaProcess(command, project, env, f"http://127.0.0.1:{port}/health", log_path)
+    return ManagedProcess("rasa action server", command, project, env, f"http://127.0.0.1:{port}/health", log_path)

@@ -1,0 +1,71 @@
+"""Child processes that serve HTTP (BentoML services, Rasa, the action server): start, wait until
+healthy, stop. Each runs in its own process group and logs to its own file."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from supportflow.errors import SupportflowError
+
+
+class ServiceStartError(SupportflowError):
+    """A service exited or did not become healthy in time; the message names its log."""
+
+
+class ManagedProcess:
+    def __init__(self, name: str, command: list[str], cwd: Path, env: dict[str, str], health_url: str, log_path: Path) -> None:
+        self.name, self.command, self.cwd, self.env, self.health_url, self.log_path = name, command, cwd, env, health_url, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def launch(self) -> "ManagedProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def wait_healthy(self, timeout: float = 180) -> "ManagedProcess":
+        if self.process is None:
+            self.launch()
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceStartError(f"{self.name} exited with status {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.health_url, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise ServiceStartError(f"{self.name} did not answer at {self.health_url} within {timeout:.0f} s; see {self.log_path}")
+
+    def start(self, timeout: float = 180) -> "ManagedProcess":
+        return self.launch().wait_healthy(timeout)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> "ManagedProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
