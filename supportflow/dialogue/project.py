@@ -66,7 +66,6 @@ def write_project(
     examples: Mapping[str, Sequence[str]],
     fallback_threshold: float,
     classifier_url: str,
-    action_url: str = "http://127.0.0.1:5055/webhook",
     card_intents: Sequence[str] = CARD_INTENTS,
 ) -> Path:
     """Write (or rewrite) the project in `folder` and return it."""
@@ -145,7 +144,8 @@ def write_project(
             ],
         },
     )
-    _dump(folder / "endpoints.yml", {"action_endpoint": {"url": action_url}})
+    # Rasa substitutes ${VARIABLES} in its endpoint file: the action server's address is set at start-up.
+    _dump(folder / "endpoints.yml", {"action_endpoint": {"url": "${SUPPORTFLOW_ACTION_WEBHOOK_URL}"}})
     _dump(folder / "credentials.yml", {"rest": None})
     shutil.copy(RASA_FILES / "supportflow_classifier.py", folder / "supportflow_classifier.py")
     (folder / "actions").mkdir()

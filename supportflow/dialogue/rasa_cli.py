@@ -54,7 +54,10 @@ def train_model(settings: Settings, project: Path, name: str = "supportflow") ->
     return archive
 
 
-def rasa_server(settings: Settings, project: Path, model: Path, port: int, classifier_url: str, log_path: Path) -> ManagedProcess:
+def rasa_server(
+    settings: Settings, project: Path, model: Path, port: int, classifier_url: str, action_webhook_url: str, log_path: Path
+) -> ManagedProcess:
+    """Rasa's HTTP API; the classifier and action server addresses come from the environment."""
     command = [
         str(rasa_executable(settings)),
         "run",
@@ -67,7 +70,7 @@ def rasa_server(settings: Settings, project: Path, model: Path, port: int, class
         "127.0.0.1",
     ]
     command += ["--endpoints", "endpoints.yml", "--credentials", "credentials.yml"]
-    env = rasa_environment(project, {"SUPPORTFLOW_CLASSIFIER_URL": classifier_url})
+    env = rasa_environment(project, {"SUPPORTFLOW_CLASSIFY_URL": classifier_url, "SUPPORTFLOW_ACTION_WEBHOOK_URL": action_webhook_url})
     return ManagedProcess("rasa", command, project, env, f"http://127.0.0.1:{port}/status", log_path)
 
 

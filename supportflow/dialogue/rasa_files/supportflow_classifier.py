@@ -49,7 +49,7 @@ class SupportflowClassifier(GraphComponent, IntentClassifier):
 
     def __init__(self, config: Dict[Text, Any]) -> None:
         self.config = config
-        self.url = os.environ.get("SUPPORTFLOW_CLASSIFIER_URL", config["url"])
+        self.url = os.environ.get("SUPPORTFLOW_CLASSIFY_URL", config["url"])
         self.session = requests.Session()
 
     @classmethod
