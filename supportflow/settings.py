@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     es_url: str | None = None
 
     # Dialogue (Rasa runs in its own Python 3.10 environment).
-    rasa_venv: Path = Path(".venv-rasa")
+    rasa_venv: Path = PROJECT_ROOT / ".venv-rasa"
     rasa_url: str = "http://127.0.0.1:5005"
 
     # LLM: optional; without a key the bot answers from the knowledge base or hands off.

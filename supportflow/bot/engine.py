@@ -82,6 +82,7 @@ class AnswerResponse(BaseModel):
     confidence: float | None = None
     kb_doc_id: str | None = None
     kb_score: float | None = None
+    degraded: bool = False  # a part the bot needs (the classifier) is down
 
 
 class ChatError(Exception):
@@ -134,7 +135,9 @@ class SupportBot:
 
     # The answer a Rasa action asks for.
     def answer(self, request: AnswerRequest) -> AnswerResponse:
-        if request.kind == "handoff" or request.classifier_unavailable:
+        if request.classifier_unavailable:
+            response = self._handoff(request, "the classifier was unavailable", DOWN).model_copy(update={"degraded": True})
+        elif request.kind == "handoff":
             response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
         elif request.kind == "clarify":
             response = self._clarify(request)
@@ -199,10 +202,10 @@ class SupportBot:
         message = f"I can help with each of those, one at a time. Which should we start with: {options}?"
         return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
 
-    def _handoff(self, request: AnswerRequest, reason: str) -> AnswerResponse:
+    def _handoff(self, request: AnswerRequest, reason: str, message: str = HANDOFF) -> AnswerResponse:
         transcript = list(self._transcripts[request.conversation_id]) or [("customer", request.text)]
         self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent)
-        return AnswerResponse(messages=[HANDOFF], route="handoff", intent=request.intent, confidence=request.confidence)
+        return AnswerResponse(messages=[message], route="handoff", intent=request.intent, confidence=request.confidence)
 
     # A customer's message from a channel.
     def chat(self, conversation_id: str, text: str, channel: str = "webchat", request_id: str | None = None) -> ChatResult:
@@ -272,7 +275,10 @@ class SupportBot:
         outcome = self._outcomes.get(request_id)
         if outcome is None:
             return ChatResult(messages or [HANDOFF], "dialogue", request_id=request_id)
-        return ChatResult(messages, outcome.route, request_id=request_id, intent=outcome.intent, confidence=outcome.confidence)
+        status = 503 if outcome.degraded else 200
+        return ChatResult(
+            messages, outcome.route, status=status, request_id=request_id, intent=outcome.intent, confidence=outcome.confidence
+        )
 
     def knows(self, conversation_id: str) -> bool:
         return conversation_id in self._transcripts or self.handoffs.open_for(conversation_id) is not None

@@ -14,7 +14,7 @@ class DialogueError(SupportflowError):
 
 
 def rasa_executable(settings: Settings) -> Path:
-    executable = settings.rasa_venv / "bin" / "rasa"
+    executable = settings.rasa_venv.resolve() / "bin" / "rasa"
     if not executable.exists():
         raise DialogueError(f"Rasa is not installed at {settings.rasa_venv}: run `make rasa-venv` (Rasa 3.6 needs its own Python 3.10)")
     return executable
