@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # Knowledge base.
     search_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
     es_url: str | None = None
-    kb_sources: list[Path] = Field(default_factory=lambda: [Path("kb/banking77")], description="Files and folders the knowledge base is built from.")
+    kb_sources: list[Path] = Field(default_factory=lambda: [Path("kb/banking77")])  # files and folders the KB is built from
     kb_dir: Path = Path(".kb")  # builds on disk: the tantivy index and each build's vectors and manifest
     kb_index_name: str = "kb"  # the served name: the tantivy pointer file, or the Elasticsearch alias
     kb_model_cache: Path = Path(".cache/models")  # the embedding model's ONNX export
