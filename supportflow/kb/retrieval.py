@@ -44,7 +44,10 @@ PRESETS: dict[str, RetrievalConfig] = {
     "rrf_bm25_dense_title": RetrievalConfig(fusion="rrf", weights={"bm25": 1.0, "title": 1.0}),
     "weighted_bm25_dense_title": RetrievalConfig(weights={"title": 1.0, "bm25_article": 0.1}),
     "dense_title_article": RetrievalConfig(weights={"title": 0.5, "article": 0.5}),
-    "hybrid": RetrievalConfig(weights={"title": 0.5, "article": 0.5, "bm25_article": 0.1}),
+    "dense_title_article_passage": RetrievalConfig(weights={"title": 1 / 3, "article": 1 / 3, "passage": 1 / 3}),
+    "hybrid_title_article": RetrievalConfig(weights={"title": 0.5, "article": 0.5, "bm25_article": 0.1}),
+    # The default: every dense signal with equal weight, BM25 as a light keyword vote (see docs/kb.md).
+    "hybrid": RetrievalConfig(weights={"title": 1 / 3, "article": 1 / 3, "passage": 1 / 3, "bm25_article": 0.1}),
 }
 DEFAULT_RETRIEVAL = "hybrid"
 
