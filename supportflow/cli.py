@@ -38,7 +38,10 @@ def _print_snapshot(manifest: "SnapshotManifest") -> None:
     print(f"    data docs: {report.data_docs}")
 
 
-DEMO_QUESTION = "I ordered a card two weeks ago and it still hasn't arrived, what should I do?"
+DEMO_QUESTIONS = (
+    "I ordered a card two weeks ago and it still hasn't arrived, what should I do?",
+    "Can you recommend a good pizza place near me?",  # nothing in a bank's knowledge base answers this: it escalates
+)
 
 
 def _print_kb_build(report: "BuildReport") -> None:
@@ -47,7 +50,8 @@ def _print_kb_build(report: "BuildReport") -> None:
     if report.skipped:
         print(f"    skipped {len(report.skipped)}: {report.skipped_by_reason}")
     if calibration:
-        print(f"    answer/escalate threshold {calibration.threshold:.3f} ({calibration.source})")
+        measured = f", {calibration.accuracy:.0%} right decisions on {calibration.questions} questions" if calibration.accuracy else ""
+        print(f"    answer/escalate threshold {calibration.threshold:.3f} ({calibration.source}{measured})")
 
 
 def _print_kb_answers(question: str, k: int = 3) -> None:
@@ -103,7 +107,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_snapshot(summary.snapshot)
     print("knowledge base:")
     _print_kb_build(summary.knowledge_base)
-    _print_kb_answers(DEMO_QUESTION)
+    for question in DEMO_QUESTIONS:
+        _print_kb_answers(question)
     print("where to look:")
     print(f"  lake:          {settings.lake_url}/ (tickets/, quarantine/, snapshots/)")
     print(f"  data docs:     {summary.snapshot.validation.data_docs}")

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from supportflow.contracts import ContractChecker, load_contract
 from supportflow.errors import KnowledgeBaseError, SupportflowError
 from supportflow.kb.documents import Document, Passage, Skipped, content_hash, redact_document, to_passages
 from supportflow.kb.embeddings import Embedder, embedder
@@ -100,6 +99,8 @@ def load_documents(sources: Sequence[Path], settings: Settings) -> tuple[LoadRes
 
 def validate_documents(documents: list[Document], settings: Settings) -> tuple[list[Document], list[Skipped], dict[str, int]]:
     """The knowledge-base contract (data_contracts/kb_documents.suite.json): breaking rows are skipped with the rule's reason."""
+    from supportflow.contracts import ContractChecker, load_contract  # Great Expectations is slow to import; serving never needs it
+
     if not documents:
         return [], [], {}
     contract = load_contract(settings.contracts_dir, KB_SUITE)
