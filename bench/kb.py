@@ -77,7 +77,7 @@ def main() -> None:
         for name, config in PRESETS.items():
             per_query = []
             for query_id, text in zip(queries["query_id"], queries["query"], strict=True):
-                per_query.append(metrics(document_ranking(retriever, retriever.scores(text, config), doc_ids), relevant[query_id]))
+                per_query.append(metrics(document_ranking(retriever, retriever.scores(text, config)[0], doc_ids), relevant[query_id]))
             frame = pd.DataFrame(per_query)
             for text in queries["query"].head(20):  # warm-up
                 retriever.search(text, config, k=10)
@@ -104,7 +104,14 @@ def main() -> None:
             "No parameter is fitted on StackFAQ queries. `bm25` and `hybrid` are the required objects; `hybrid` is the bot's default."
         ),
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
-        "build": {"documents": report.documents, "passages": report.passages, "seconds": round(build_s, 1), "timings_s": report.timings_s},
+        "build": {
+            "documents": report.documents,
+            "passages": report.passages,
+            "skipped": len(report.skipped),
+            "redactions": report.redactions,
+            "seconds": round(build_s, 1),
+            "timings_s": report.timings_s,
+        },
         "default": "hybrid",
         **results,
     }

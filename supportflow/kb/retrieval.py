@@ -32,10 +32,12 @@ DENSE_SIGNALS = ("title", "passage", "article")
 class RetrievalConfig(BaseModel):
     fusion: Literal["weighted", "rrf"] = "weighted"
     weights: dict[Signal, float] = Field(default_factory=dict)
+    normalise: Literal["none", "minmax"] = "none"  # per question, each signal scaled to [0, 1] before the weighted sum
     rrf_k: int = 60
     candidates: int = 100  # BM25 hits fetched per question
 
 
+EQUAL_DENSE: dict[Signal, float] = {"title": 1 / 3, "article": 1 / 3, "passage": 1 / 3}
 PRESETS: dict[str, RetrievalConfig] = {
     "bm25": RetrievalConfig(weights={"bm25": 1.0}),
     "dense_title": RetrievalConfig(weights={"title": 1.0}),
@@ -44,10 +46,12 @@ PRESETS: dict[str, RetrievalConfig] = {
     "rrf_bm25_dense_title": RetrievalConfig(fusion="rrf", weights={"bm25": 1.0, "title": 1.0}),
     "weighted_bm25_dense_title": RetrievalConfig(weights={"title": 1.0, "bm25_article": 0.1}),
     "dense_title_article": RetrievalConfig(weights={"title": 0.5, "article": 0.5}),
-    "dense_title_article_passage": RetrievalConfig(weights={"title": 1 / 3, "article": 1 / 3, "passage": 1 / 3}),
+    "dense_title_article_passage": RetrievalConfig(weights=EQUAL_DENSE),
     "hybrid_title_article": RetrievalConfig(weights={"title": 0.5, "article": 0.5, "bm25_article": 0.1}),
-    # The default: every dense signal with equal weight, BM25 as a light keyword vote (see docs/kb.md).
-    "hybrid": RetrievalConfig(weights={"title": 1 / 3, "article": 1 / 3, "passage": 1 / 3, "bm25_article": 0.1}),
+    "hybrid_raw_scores": RetrievalConfig(weights=EQUAL_DENSE | {"bm25_article": 0.1}),
+    "dense_minmax": RetrievalConfig(weights=EQUAL_DENSE, normalise="minmax"),
+    # The default: every signal scaled to [0, 1] per question, the dense ones with equal weight, BM25 a light vote (docs/kb.md).
+    "hybrid": RetrievalConfig(weights=EQUAL_DENSE | {"bm25_article": 0.1}, normalise="minmax"),
 }
 DEFAULT_RETRIEVAL = "hybrid"
 
@@ -123,25 +127,36 @@ class Retriever:
                 out["article"] = (self.article_vectors @ vector)[self.articles]
         return out
 
-    def scores(self, query: str, config: RetrievalConfig) -> np.ndarray:
-        """A score per passage under the configuration; higher is more relevant."""
+    def scores(self, query: str, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Per passage: the score to rank by, and a relevance comparable across questions (for the threshold).
+
+        They differ when signals are normalised per question or fused by rank: the best passage then
+        always scores near the top of the scale, however poor the match, so the relevance reported
+        (and compared with the threshold) is the weighted sum of the raw signals.
+        """
         active = [name for name, weight in config.weights.items() if weight]
         signals = self.signals(query, active, config.candidates)
-        total = np.zeros(len(self.passages), dtype=np.float32)
+        ranking = np.zeros(len(self.passages), dtype=np.float32)
+        relevance = np.zeros(len(self.passages), dtype=np.float32)
         for name in active:
+            weight, signal = config.weights[name], signals[name]
+            relevance += weight * signal
             if config.fusion == "rrf":
                 ranks = np.empty(len(self.passages), dtype=np.float32)
-                ranks[np.argsort(-signals[name], kind="stable")] = np.arange(1, len(self.passages) + 1)
-                total += config.weights[name] / (config.rrf_k + ranks)
+                ranks[np.argsort(-signal, kind="stable")] = np.arange(1, len(self.passages) + 1)
+                ranking += weight / (config.rrf_k + ranks)
+            elif config.normalise == "minmax":
+                low, high = float(signal.min()), float(signal.max())
+                ranking += weight * (signal - low) / max(high - low, 1e-9)
             else:
-                total += config.weights[name] * signals[name]
-        return total
+                ranking += weight * signal
+        return ranking, relevance
 
-    def answers(self, scores: np.ndarray, k: int, exclude: set[str] | None = None) -> list[Answer]:
-        """The k best documents, each with its best passage."""
+    def answers(self, ranking: np.ndarray, relevance: np.ndarray, k: int, exclude: set[str] | None = None) -> list[Answer]:
+        """The k best documents, each with its best passage and that passage's relevance."""
         out: list[Answer] = []
         seen: set[str] = set(exclude or ())
-        for position in np.argsort(-scores, kind="stable"):
+        for position in np.argsort(-ranking, kind="stable"):
             passage = self.passages[int(position)]
             if passage.doc_id in seen:
                 continue
@@ -155,7 +170,7 @@ class Retriever:
                     url=passage.url,
                     source=passage.source,
                     intent=passage.intent,
-                    score=float(scores[position]),
+                    score=float(relevance[position]),
                 )
             )
             if len(out) == k:
@@ -163,4 +178,4 @@ class Retriever:
         return out
 
     def search(self, query: str, config: RetrievalConfig, k: int = 5) -> list[Answer]:
-        return self.answers(self.scores(query, config), k)
+        return self.answers(*self.scores(query, config), k)

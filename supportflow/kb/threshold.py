@@ -35,12 +35,12 @@ def calibrate(retriever: Retriever, config: RetrievalConfig, questions: Sequence
     in_scope: list[tuple[float, bool]] = []  # (top score, top document relevant)
     out_of_scope: list[float] = []  # top score with the relevant documents held out
     for question in questions:
-        scores = retriever.scores(question.text, config)
-        top = retriever.answers(scores, 1)
+        ranking, relevance = retriever.scores(question.text, config)
+        top = retriever.answers(ranking, relevance, 1)
         if not top:
             continue
         in_scope.append((top[0].score, top[0].doc_id in question.relevant))
-        rest = retriever.answers(scores, 1, exclude=question.relevant)
+        rest = retriever.answers(ranking, relevance, 1, exclude=question.relevant)
         if rest:
             out_of_scope.append(rest[0].score)
     if not in_scope or not out_of_scope:
