@@ -5,6 +5,7 @@ import pytest
 from supportflow.errors import KnowledgeBaseError
 from supportflow.kb.documents import Passage
 from supportflow.kb.index import KeywordIndex
+from supportflow.settings import Settings
 
 
 def passage(pid: str, title: str, body: str) -> Passage:
@@ -64,3 +65,13 @@ def test_discarded_build_leaves_serving_build_alone(keyword_index: KeywordIndex)
 def test_searching_before_any_build_is_a_clear_error(keyword_index: KeywordIndex) -> None:
     with pytest.raises(KnowledgeBaseError):
         keyword_index.search("card", 10)
+
+
+def test_elasticsearch_misconfigured_or_down_is_a_clear_error(kb_settings: Settings) -> None:
+    from supportflow.kb.build import keyword_index
+
+    with pytest.raises(KnowledgeBaseError, match="needs SUPPORTFLOW_ES_URL"):
+        keyword_index(kb_settings.model_copy(update={"search_backend": "elasticsearch", "es_url": None}))
+    down = kb_settings.model_copy(update={"search_backend": "elasticsearch", "es_url": "http://127.0.0.1:9"})  # nothing listens on port 9
+    with pytest.raises(KnowledgeBaseError, match=r"Elasticsearch at http://127\.0\.0\.1:9: ConnectionError"):
+        keyword_index(down)
