@@ -11,8 +11,9 @@ Each signal is a score per passage; a retrieval configuration weighs them. The s
   article as a whole is about, which is steadier than its single best passage.
 
 An article is the set of passages that share a title (one long document, or the answers an FAQ
-gives to one question). Fusing normalised scores with weights keeps each signal's confidence,
-which reciprocal rank fusion throws away; see docs/kb.md for what each variant measured.
+gives to one question). Weighted fusion of scores keeps how sure each signal is, which reciprocal
+rank fusion throws away; scaling each signal to [0, 1] per question first lets a signal's spread for
+this question count rather than its usual level. docs/kb.md has what each variant measured.
 """
 
 from collections.abc import Sequence
