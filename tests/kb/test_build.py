@@ -46,10 +46,14 @@ def test_documents_are_redacted_and_contract_breaks_skipped(kb_settings: Setting
     (demo_copy / "contact.md").write_text("---\nid: contact\n---\n# Contact us\n\nWrite to help@bank.example or call +44 20 7946 0958.\n")
     stray = "---\nid: unknown\nintent: not_an_intent\n---\n# Stray\n\nAn article for an intent we do not have.\n"
     (demo_copy / "unknown.md").write_text(stray)
+    (demo_copy / "empty.md").write_text("")
+    (demo_copy / "hours.html").write_text("<h1>Opening hours</h1><script>track()</script><p>Support answers around the clock.</p>")
     report = build_knowledge_base(kb_settings, sources=[demo_copy])
-    assert report.documents == 7
+    assert report.documents == 8
     assert report.redactions == {"email": 1, "phone": 1}
-    assert [(s.item, s.reason.split(":")[0]) for s in report.skipped] == [("sources/unknown.md (unknown)", "intent_in_catalogue")]
+    assert report.sanitised == {"html_scripts_removed": 1}
+    skipped = sorted((Path(s.item.split(" (")[0]).name, s.reason.split(":")[0]) for s in report.skipped)
+    assert skipped == [("empty.md", "the file is empty"), ("unknown.md", "intent_in_catalogue")]
     assert report.by_rule == {"intent_in_catalogue": 1}
     assert report.calibration and report.calibration.source.startswith("default")
     contact = open_knowledge_base(kb_settings).search("how can I contact you", k=1)[0]
