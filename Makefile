@@ -54,3 +54,11 @@ bench-ingest: install
 
 clean:
 	rm -rf .lake gx mlflow.db mlruns .pytest_cache
+
+# Knowledge base: rebuild the index from kb/ (SUPPORTFLOW_KB_SOURCES), and the StackFAQ retrieval benchmark.
+.PHONY: kb-index bench-kb
+kb-index: install
+	$(BIN)/supportflow kb-index
+
+bench-kb: install
+	$(BIN)/python bench/kb.py

@@ -6,8 +6,10 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.ingest import ingest
+from flows.kb_index import kb_index
 from flows.validate import validate
 from supportflow.ingest import IngestReport
+from supportflow.kb.build import BuildReport
 from supportflow.snapshot import SnapshotManifest
 
 BANKING77 = Path(__file__).resolve().parent.parent / "data" / "banking77"
@@ -16,10 +18,12 @@ BANKING77 = Path(__file__).resolve().parent.parent / "data" / "banking77"
 class PipelineSummary(BaseModel):
     ingest: list[IngestReport]
     snapshot: SnapshotManifest
+    knowledge_base: BuildReport
 
 
 @flow(name="pipeline")
 def pipeline(paths: list[str] | None = None, source: str = "banking77") -> PipelineSummary:
     paths = paths or [str(BANKING77 / "train.csv"), str(BANKING77 / "test.csv")]
     reports = ingest(paths, source=source)
-    return PipelineSummary(ingest=reports, snapshot=validate())
+    snapshot = validate()
+    return PipelineSummary(ingest=reports, snapshot=snapshot, knowledge_base=kb_index())

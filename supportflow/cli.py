@@ -13,6 +13,7 @@ from supportflow.errors import SupportflowError
 
 if TYPE_CHECKING:
     from supportflow.ingest import IngestReport
+    from supportflow.kb.build import BuildReport
     from supportflow.snapshot import SnapshotManifest
 
 
@@ -35,6 +36,48 @@ def _print_snapshot(manifest: "SnapshotManifest") -> None:
     catalogue = f"{manifest.intent_catalogue}@{manifest.intent_catalogue_version}"
     print(f"    splits {manifest.rows}, {manifest.intents} intents, contract {manifest.contract_version}, catalogue {catalogue}")
     print(f"    data docs: {report.data_docs}")
+
+
+DEMO_QUESTIONS = (
+    "I ordered a card two weeks ago and it still hasn't arrived, what should I do?",
+    "Can you recommend a good pizza place near me?",  # nothing in a bank's knowledge base answers this: it escalates
+)
+
+
+def _print_kb_build(report: "BuildReport") -> None:
+    calibration = report.calibration
+    print(f"  build {report.build_id} ({report.backend}, {report.retrieval}): {report.documents} documents, {report.passages} passages")
+    if report.skipped:
+        print(f"    skipped {len(report.skipped)}: {report.skipped_by_reason}")
+    if calibration:
+        measured = f", {calibration.accuracy:.0%} right decisions on {calibration.questions} questions" if calibration.accuracy else ""
+        print(f"    answer/escalate threshold {calibration.threshold:.3f} ({calibration.source}{measured})")
+
+
+def _print_kb_answers(question: str, k: int = 3) -> None:
+    from supportflow.kb.build import open_knowledge_base
+    from supportflow.settings import get_settings
+
+    reply = open_knowledge_base(get_settings()).reply(question, k)
+    print(f"  Q: {question}")
+    for answer in reply.answers:
+        print(f"    {answer.score:.3f}  {answer.title}  [{answer.doc_id}]")
+    top = reply.answers[0] if reply.answers else None
+    if reply.escalate or top is None:
+        print(f"    -> escalate: no answer scores above the threshold {reply.threshold:.3f}")
+    else:
+        print(f"    -> answer from {top.doc_id}: {top.body.split(chr(10))[0][:160]}")
+
+
+def cmd_kb_index(args: argparse.Namespace) -> None:
+    from flows.kb_index import kb_index
+
+    print("kb_index:")
+    _print_kb_build(kb_index(args.sources or None))
+
+
+def cmd_kb_search(args: argparse.Namespace) -> None:
+    _print_kb_answers(" ".join(args.question), args.k)
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -62,9 +105,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_ingest(summary.ingest)
     print("validate:")
     _print_snapshot(summary.snapshot)
+    print("knowledge base:")
+    _print_kb_build(summary.knowledge_base)
+    for question in DEMO_QUESTIONS:
+        _print_kb_answers(question)
     print("where to look:")
     print(f"  lake:          {settings.lake_url}/ (tickets/, quarantine/, snapshots/)")
     print(f"  data docs:     {summary.snapshot.validation.data_docs}")
+    print(f"  kb index:      {settings.kb_dir}/ (MLflow experiment {settings.kb_experiment!r} at {settings.mlflow_tracking_uri})")
     print("  Prefect UI:    .venv/bin/prefect server start, then http://127.0.0.1:4200 (flow runs and their report artifacts)")
 
 
@@ -77,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
     ingest.set_defaults(run=cmd_ingest)
     commands.add_parser("validate", help="validate the lake against the data contracts and cut a snapshot").set_defaults(run=cmd_validate)
+    kb_index = commands.add_parser("kb-index", help="build the knowledge-base index from its sources and swap it in")
+    kb_index.add_argument("sources", nargs="*", help="files and folders (default: SUPPORTFLOW_KB_SOURCES)")
+    kb_index.set_defaults(run=cmd_kb_index)
+    kb_search = commands.add_parser("kb-search", help="ask the served knowledge base a question")
+    kb_search.add_argument("question", nargs="+")
+    kb_search.add_argument("-k", type=int, default=3)
+    kb_search.set_defaults(run=cmd_kb_search)
     commands.add_parser("demo", help="run the main job end to end on BANKING77").set_defaults(run=cmd_demo)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run

@@ -19,3 +19,7 @@ class ContractError(SupportflowError):
 
 class LakeUnavailableError(SupportflowError):
     """The lake's storage (a local folder or an S3 endpoint) cannot be reached."""
+
+
+class KnowledgeBaseError(SupportflowError):
+    """A knowledge-base build or search cannot go on (no usable document, a smoke query that fails, a search service down)."""

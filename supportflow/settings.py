@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     # Knowledge base.
     search_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
     es_url: str | None = None
+    kb_sources: list[Path] = Field(default_factory=lambda: [Path("kb/banking77")])  # files and folders the KB is built from
+    kb_dir: Path = Path(".kb")  # builds on disk: the tantivy index and each build's vectors and manifest
+    kb_index_name: str = "kb"  # the served name: the tantivy pointer file, or the Elasticsearch alias
+    kb_model_cache: Path = Path(".cache/models")  # the embedding model's ONNX export
+    kb_retrieval: str = Field("hybrid", description="A preset of supportflow.kb.retrieval.PRESETS.")
+    kb_max_file_mb: float = Field(10.0, gt=0)
+    kb_default_threshold: float = Field(0.5, description="Used only when no labelled questions can calibrate one.")
+    kb_calibration_questions: int = Field(800, ge=0)
+    kb_smoke_min_hit_rate: float = Field(0.8, ge=0.0, le=1.0)
+    kb_experiment: str = "kb-index"
 
     # Dialogue (Rasa runs in its own Python 3.10 environment).
     rasa_venv: Path = PROJECT_ROOT / ".venv-rasa"

@@ -1,0 +1,273 @@
+"""Building the knowledge base: load, validate, index, smoke-query, calibrate, then swap.
+
+Everything up to the swap happens beside the serving build, under a new build id; the swap is
+the keyword index's atomic promote. Any failure before it discards the new build and leaves the
+previous one serving, so the bot is never without an index and never serves half of one.
+"""
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from supportflow.errors import KnowledgeBaseError, SupportflowError
+from supportflow.kb.documents import Document, Passage, Skipped, content_hash, redact_document, to_passages
+from supportflow.kb.embeddings import Embedder, embedder
+from supportflow.kb.index import KeywordIndex
+from supportflow.kb.loaders import LoadResult, load_sources
+from supportflow.kb.retrieval import PRESETS, Answer, RetrievalConfig, Retriever, article_keys, passage_text
+from supportflow.kb.threshold import Calibration, LabelledQuestion, calibrate
+from supportflow.redact import Redactor
+from supportflow.settings import Settings
+
+KB_SUITE = "kb_documents.suite.json"
+DOCUMENT_COLUMNS = ["id", "title", "body", "source", "url", "updated_at", "intent"]
+T = TypeVar("T")
+
+
+class SmokeResult(BaseModel):
+    questions: int
+    hits: int
+    hit_rate: float
+
+
+class BuildReport(BaseModel):
+    build_id: str
+    created_at: datetime
+    backend: str
+    index_name: str
+    sources: list[str]
+    retrieval: str
+    documents: int = 0
+    passages: int = 0
+    content_hash: str = ""
+    skipped: list[Skipped] = Field(default_factory=list)
+    sanitised: dict[str, int] = Field(default_factory=dict)
+    redactions: dict[str, int] = Field(default_factory=dict)
+    by_rule: dict[str, int] = Field(default_factory=dict)
+    smoke: SmokeResult | None = None
+    calibration: Calibration | None = None
+    previous_build: str | None = None
+    timings_s: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(item.reason.split(" (")[0].split(":")[0] for item in self.skipped))
+
+
+def keyword_index(settings: Settings) -> KeywordIndex:
+    if settings.search_backend == "elasticsearch":
+        if not settings.es_url:
+            raise KnowledgeBaseError("SUPPORTFLOW_SEARCH_BACKEND=elasticsearch needs SUPPORTFLOW_ES_URL (e.g. http://localhost:9200)")
+        from supportflow.kb.elasticsearch_index import ElasticsearchIndex
+
+        return ElasticsearchIndex(settings.es_url, settings.kb_index_name)
+    from supportflow.kb.tantivy_index import TantivyIndex
+
+    return TantivyIndex(settings.kb_dir, settings.kb_index_name)
+
+
+def retrieval_config(settings: Settings) -> RetrievalConfig:
+    if settings.kb_retrieval not in PRESETS:
+        raise KnowledgeBaseError(f"SUPPORTFLOW_KB_RETRIEVAL={settings.kb_retrieval!r} is not one of {', '.join(PRESETS)}")
+    return PRESETS[settings.kb_retrieval]
+
+
+def _timed(report: BuildReport, step: str, work: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    try:
+        return work()
+    finally:
+        report.timings_s[step] = round(time.perf_counter() - start, 3)
+
+
+def load_documents(sources: Sequence[Path], settings: Settings) -> tuple[LoadResult, dict[str, int]]:
+    """Documents from the sources, PII redacted the same way as tickets."""
+    result = load_sources(sources, max_bytes=int(settings.kb_max_file_mb * 2**20))
+    redactor = Redactor()
+    result.documents = [redact_document(document, redactor) for document in result.documents]
+    return result, dict(redactor.counts)
+
+
+def validate_documents(documents: list[Document], settings: Settings) -> tuple[list[Document], list[Skipped], dict[str, int]]:
+    """The knowledge-base contract (data_contracts/kb_documents.suite.json): breaking rows are skipped with the rule's reason."""
+    from supportflow.contracts import ContractChecker, load_contract  # Great Expectations is slow to import; serving never needs it
+
+    if not documents:
+        return [], [], {}
+    contract = load_contract(settings.contracts_dir, KB_SUITE)
+    frame = pd.DataFrame([d.model_dump() for d in documents], columns=DOCUMENT_COLUMNS)
+    frame["updated_at"] = pd.to_datetime(frame["updated_at"], utc=True)
+    result = ContractChecker(contract, settings.gx_root).check(frame, "kb-build")
+    if result.batch_failures:
+        raise KnowledgeBaseError(
+            f"the documents break the contract {contract.name}@{contract.version}: " + "; ".join(result.batch_failures)
+        )
+    skipped = [
+        Skipped(item=f"{documents[p].source} ({documents[p].id})", reason="; ".join(r)) for p, r in sorted(result.row_reasons.items())
+    ]
+    kept = [d for p, d in enumerate(documents) if p not in result.row_reasons]
+    return kept, skipped, result.rule_counts
+
+
+def build_folder(settings: Settings, build_id: str) -> Path:
+    return settings.kb_dir / "builds" / build_id
+
+
+def embed_passages(passages: Sequence[Passage], model: Embedder) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors per passage (title and body together) and per article title."""
+    articles = article_keys(passages)
+    first = {int(a): i for i, a in reversed(list(enumerate(articles)))}
+    titles = [passages[first[a]].title for a in range(len(first))]
+    return model.embed([passage_text(p) for p in passages]), model.embed(titles)
+
+
+def write_build(folder: Path, passages: Sequence[Passage], passage_vectors: np.ndarray, title_vectors: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "passages.jsonl").open("w", encoding="utf-8") as handle:
+        for passage in passages:
+            handle.write(passage.model_dump_json() + "\n")
+    np.save(folder / "passage_vectors.npy", passage_vectors)
+    np.save(folder / "title_vectors.npy", title_vectors)
+
+
+def read_retriever(folder: Path, index: KeywordIndex, model: Embedder | None, build_id: str) -> Retriever:
+    with (folder / "passages.jsonl").open(encoding="utf-8") as handle:
+        passages = [Passage.model_validate_json(line) for line in handle]
+    return Retriever(passages, np.load(folder / "passage_vectors.npy"), np.load(folder / "title_vectors.npy"), index, model, build_id)
+
+
+def smoke_test(retriever: Retriever, config: RetrievalConfig, min_hit_rate: float, sample: int = 50) -> SmokeResult:
+    """Ask the new build for some of its own titles: each should bring back its own article first."""
+    step = max(1, len(retriever.passages) // sample)
+    probes = retriever.passages[::step][:sample]
+    hits = sum(1 for p in probes if (top := retriever.search(p.title, config, k=1)) and top[0].title == p.title)
+    result = SmokeResult(questions=len(probes), hits=hits, hit_rate=hits / max(len(probes), 1))
+    if result.hit_rate < min_hit_rate:
+        raise KnowledgeBaseError(
+            f"smoke query failed on build {retriever.build_id}: only {hits} of {len(probes)} titles found their own article "
+            f"(at least {min_hit_rate:.0%} required); the previous build keeps serving"
+        )
+    return result
+
+
+def questions_for(documents: Sequence[Document], labelled: pd.DataFrame, limit: int) -> list[LabelledQuestion]:
+    """Labelled tickets (text, intent) as calibration questions, for the intents some article answers."""
+    by_intent: dict[str, set[str]] = {}
+    for document in documents:
+        if document.intent:
+            by_intent.setdefault(document.intent, set()).add(document.id)
+    usable = labelled[labelled["intent"].isin(list(by_intent))]
+    usable = usable.sample(n=min(limit, len(usable)), random_state=13) if len(usable) else usable
+    return [LabelledQuestion(text=text, relevant=by_intent[intent]) for text, intent in zip(usable["text"], usable["intent"], strict=True)]
+
+
+def build_knowledge_base(
+    settings: Settings,
+    sources: Sequence[Path] | None = None,
+    labelled: pd.DataFrame | None = None,
+    index: KeywordIndex | None = None,
+) -> BuildReport:
+    """One full build; returns its report once it serves. `labelled` (text, intent) calibrates the threshold."""
+    sources = list(sources or settings.kb_sources)
+    config = retrieval_config(settings)
+    index = index or keyword_index(settings)
+    started = datetime.now(UTC)
+    report = BuildReport(
+        build_id="",
+        created_at=started,
+        backend=settings.search_backend,
+        index_name=settings.kb_index_name,
+        sources=[str(s) for s in sources],
+        retrieval=settings.kb_retrieval,
+        previous_build=index.serving(),
+    )
+    loaded, report.redactions = _timed(report, "load", lambda: load_documents(sources, settings))
+    report.sanitised = loaded.sanitised
+    documents, invalid, report.by_rule = _timed(report, "validate", lambda: validate_documents(loaded.documents, settings))
+    report.skipped = loaded.skipped + invalid
+    if not documents:
+        reasons = "; ".join(f"{s.item}: {s.reason}" for s in report.skipped[:5]) or "no files found"
+        raise KnowledgeBaseError(
+            f"no usable knowledge-base document in {', '.join(report.sources)} ({reasons}); the previous build keeps serving"
+        )
+    passages = [p for d in documents for p in to_passages(d)]
+    report.documents, report.passages, report.content_hash = len(documents), len(passages), content_hash(passages)
+    report.build_id = f"{started:%Y%m%d%H%M%S}-{report.content_hash[:8]}"
+    folder = build_folder(settings, report.build_id)
+    try:
+        _timed(report, "index", lambda: index.create(report.build_id, passages))
+        model = embedder(settings.kb_model_cache)
+        vectors = _timed(report, "embed", lambda: embed_passages(passages, model))
+        _timed(report, "write", lambda: write_build(folder, passages, *vectors))
+        retriever = Retriever(passages, vectors[0], vectors[1], index, model, report.build_id)
+        report.smoke = _timed(report, "smoke", lambda: smoke_test(retriever, config, settings.kb_smoke_min_hit_rate))
+        questions = questions_for(documents, labelled, settings.kb_calibration_questions) if labelled is not None else []
+        if questions:
+            report.calibration = _timed(report, "calibrate", lambda: calibrate(retriever, config, questions, "labelled tickets"))
+        else:
+            report.calibration = Calibration(
+                threshold=settings.kb_default_threshold, source="default: no labelled questions for these documents"
+            )
+        (folder / "manifest.json").write_text(report.model_dump_json(indent=2))
+        _timed(report, "swap", lambda: index.promote(report.build_id))
+    except BaseException as error:
+        index.discard(report.build_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(error, SupportflowError | KeyboardInterrupt):
+            raise
+        raise KnowledgeBaseError(
+            f"knowledge-base build {report.build_id} failed ({type(error).__name__}: {error}); the previous build keeps serving"
+        ) from error
+    for old in (settings.kb_dir / "builds").iterdir():
+        if old.name != report.build_id:
+            shutil.rmtree(old, ignore_errors=True)
+    (folder / "manifest.json").write_text(report.model_dump_json(indent=2))
+    return report
+
+
+class Reply(BaseModel):
+    answers: list[Answer]
+    threshold: float
+    escalate: bool  # nothing scores above the threshold: hand the question to a person
+
+
+class KnowledgeBase:
+    """The served build: search it, and decide between answering and escalating."""
+
+    def __init__(self, retriever: Retriever, manifest: BuildReport, config: RetrievalConfig) -> None:
+        self.retriever = retriever
+        self.manifest = manifest
+        self.config = config
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.calibration.threshold if self.manifest.calibration else 0.0
+
+    def search(self, question: str, k: int = 3) -> list[Answer]:
+        return self.retriever.search(question, self.config, k)
+
+    def reply(self, question: str, k: int = 3) -> Reply:
+        answers = self.search(question, k)
+        return Reply(answers=answers, threshold=self.threshold, escalate=not answers or answers[0].score < self.threshold)
+
+
+def open_knowledge_base(settings: Settings, index: KeywordIndex | None = None) -> KnowledgeBase:
+    index = index or keyword_index(settings)
+    build_id = index.serving()
+    if build_id is None:
+        raise KnowledgeBaseError(f"no knowledge base is served as {settings.kb_index_name!r}; run `supportflow kb-index` first")
+    folder = build_folder(settings, build_id)
+    if not (folder / "manifest.json").exists():
+        raise KnowledgeBaseError(f"build {build_id} is served but {folder} is missing; rebuild with `supportflow kb-index`")
+    manifest = BuildReport.model_validate(json.loads((folder / "manifest.json").read_text()))
+    config = PRESETS.get(manifest.retrieval, retrieval_config(settings))
+    return KnowledgeBase(read_retriever(folder, index, embedder(settings.kb_model_cache), build_id), manifest, config)

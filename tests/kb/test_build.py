@@ -1,0 +1,105 @@
+"""Building the knowledge base end to end with the real model and tantivy: answers, escalation, swaps and failed builds."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import supportflow.kb.build as build_module
+from supportflow.errors import KnowledgeBaseError
+from supportflow.kb.build import build_knowledge_base, open_knowledge_base
+from supportflow.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_KB = ROOT / "kb" / "banking77"
+
+
+@pytest.fixture
+def demo_copy(tmp_path: Path) -> Path:
+    """A copy of a slice of the demo knowledge base, so tests can add bad documents to it."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    for name in ("card_arrival", "change_pin", "passcode_forgotten", "age_limit", "terminate_account", "exchange_rate"):
+        shutil.copy(DEMO_KB / f"{name}.md", folder)
+    return folder
+
+
+def test_demo_knowledge_base_answers_in_scope_and_escalates_out_of_scope(kb_settings: Settings) -> None:
+    labelled = pd.read_csv(ROOT / "data" / "banking77" / "test.csv").rename(columns={"category": "intent"}).sample(200, random_state=1)
+    report = build_knowledge_base(kb_settings, labelled=labelled)
+    assert report.documents == 77 and report.skipped == []
+    assert report.smoke and report.smoke.hit_rate == 1.0
+    calibration = report.calibration
+    assert calibration and calibration.source == "labelled tickets" and calibration.questions == 200
+    assert 0.3 < calibration.threshold < 0.95
+    assert calibration.accuracy and calibration.accuracy > 0.6  # most answer/escalate decisions right
+    kb = open_knowledge_base(kb_settings)
+    assert kb.manifest.build_id == report.build_id and kb.threshold == calibration.threshold
+    reply = kb.reply("I ordered my card two weeks ago and it still hasn't come")
+    assert reply.answers[0].doc_id == "card_arrival" and not reply.escalate
+    assert reply.answers[0].score > reply.answers[1].score
+    assert kb.reply("What is the best pizza topping?").escalate
+
+
+def test_documents_are_redacted_and_contract_breaks_skipped(kb_settings: Settings, demo_copy: Path) -> None:
+    (demo_copy / "contact.md").write_text("---\nid: contact\n---\n# Contact us\n\nWrite to help@bank.example or call +44 20 7946 0958.\n")
+    stray = "---\nid: unknown\nintent: not_an_intent\n---\n# Stray\n\nAn article for an intent we do not have.\n"
+    (demo_copy / "unknown.md").write_text(stray)
+    (demo_copy / "empty.md").write_text("")
+    (demo_copy / "hours.html").write_text("<h1>Opening hours</h1><script>track()</script><p>Support answers around the clock.</p>")
+    report = build_knowledge_base(kb_settings, sources=[demo_copy])
+    assert report.documents == 8
+    assert report.redactions == {"email": 1, "phone": 1}
+    assert report.sanitised == {"html_scripts_removed": 1}
+    skipped = sorted((Path(s.item.split(" (")[0]).name, s.reason.split(":")[0]) for s in report.skipped)
+    assert skipped == [("empty.md", "the file is empty"), ("unknown.md", "intent_in_catalogue")]
+    assert report.by_rule == {"intent_in_catalogue": 1}
+    assert report.calibration and report.calibration.source.startswith("default")
+    contact = open_knowledge_base(kb_settings).search("how can I contact you", k=1)[0]
+    assert contact.doc_id == "contact" and "help@" not in contact.body and "<EMAIL>" in contact.body and "<PHONE>" in contact.body
+
+
+def test_a_build_failing_midway_leaves_the_previous_build_serving(
+    kb_settings: Settings, demo_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = build_knowledge_base(kb_settings, sources=[demo_copy])
+    before = open_knowledge_base(kb_settings).search("forgot my passcode", k=3)
+    (demo_copy / "extra.md").write_text("# Savings\n\nOpen a savings pot in the app.\n")
+
+    def embedding_dies(*args: object) -> None:
+        raise MemoryError("the machine ran out of memory while embedding")
+
+    monkeypatch.setattr(build_module, "embed_passages", embedding_dies)  # the keyword index of the new build is written by then
+    with pytest.raises(KnowledgeBaseError, match=r"failed \(MemoryError.*the previous build keeps serving"):
+        build_knowledge_base(kb_settings, sources=[demo_copy])
+    monkeypatch.undo()
+
+    kb = open_knowledge_base(kb_settings)
+    assert kb.manifest.build_id == first.build_id
+    assert [a.doc_id for a in kb.search("forgot my passcode", k=3)] == [a.doc_id for a in before]
+    assert sorted(p.name for p in (kb_settings.kb_dir / "builds").iterdir()) == [first.build_id]
+    assert build_module.keyword_index(kb_settings).versions() == [first.build_id]
+
+    second = build_knowledge_base(kb_settings, sources=[demo_copy])  # the next good build swaps in and clears the old one
+    assert second.previous_build == first.build_id and second.documents == 7
+    assert sorted(p.name for p in (kb_settings.kb_dir / "builds").iterdir()) == [second.build_id]
+    assert open_knowledge_base(kb_settings).search("open a savings pot", k=1)[0].doc_id == "extra"
+
+
+def test_a_build_with_nothing_usable_is_refused_and_the_previous_build_serves(
+    kb_settings: Settings, demo_copy: Path, tmp_path: Path
+) -> None:
+    first = build_knowledge_base(kb_settings, sources=[demo_copy])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.md").write_text("")
+    (bad / "broken.pdf").write_bytes(b"not a pdf")
+    with pytest.raises(KnowledgeBaseError, match=r"no usable knowledge-base document.*empty\.md: the file is empty"):
+        build_knowledge_base(kb_settings, sources=[bad])
+    assert open_knowledge_base(kb_settings).manifest.build_id == first.build_id
+
+
+def test_opening_before_any_build_says_what_to_run(kb_settings: Settings) -> None:
+    with pytest.raises(KnowledgeBaseError, match="supportflow kb-index"):
+        open_knowledge_base(kb_settings)

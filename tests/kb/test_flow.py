@@ -1,0 +1,45 @@
+"""The kb_index Prefect flow: builds, swaps and leaves a record of the build in MLflow."""
+
+from collections.abc import Iterator
+
+import mlflow
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from supportflow.settings import Settings, get_settings
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def env_settings(kb_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The flow reads settings from the environment, like the CLI does."""
+    for name in ("kb_dir", "gx_root", "contracts_dir", "kb_model_cache", "lake_url", "mlflow_tracking_uri"):
+        monkeypatch.setenv(f"SUPPORTFLOW_{name.upper()}", str(getattr(kb_settings, name)))
+    monkeypatch.setenv("SUPPORTFLOW_KB_SOURCES", f'["{kb_settings.kb_sources[0]}"]')
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_kb_index_flow_builds_the_demo_kb_and_records_it_in_mlflow(prefect_api: None, env_settings: Settings) -> None:
+    from flows.kb_index import kb_index
+
+    report = kb_index()
+    assert report.documents == 77 and report.previous_build is None
+    assert report.calibration and report.calibration.source.startswith("default")  # the empty lake has no snapshot to calibrate on
+    mlflow.set_tracking_uri(env_settings.mlflow_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[env_settings.kb_experiment], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["build_id"] == report.build_id and run.data.tags["content_hash"] == report.content_hash
+    assert run.data.metrics["documents"] == 77 and run.data.metrics["passages"] == report.passages
+    assert run.data.metrics["seconds_embed"] > 0 and run.data.metrics["smoke_hit_rate"] == 1.0
+
+    again = kb_index()  # same content: a new build id, same hash, the old build swapped out
+    assert again.previous_build == report.build_id and again.content_hash == report.content_hash
+    assert sorted(p.name for p in (env_settings.kb_dir / "builds").iterdir()) == [again.build_id]
