@@ -1,0 +1,111 @@
+"""Serving latency and throughput, four endpoints measured the same way in one run, with wrk.
+
+noop (a BentoML endpoint returning a constant: the framework's floor here), classify, chat (no LLM)
+and rasa_parse (Rasa's own /model/parse with its DIET pipeline: the peer). wrk is a compiled load
+generator, so the client is not the bottleneck. Writes bench/results/serve_latency.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LUA_POST = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {BODIES}
+local n = 0
+request = function()
+  n = n + 1
+  local body = bodies[(n % #bodies) + 1]
+  body = string.gsub(body, "CONVERSATION", "bench-" .. math.random(1, 1000000000))
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
+QUESTIONS = [
+    "my card still has not arrived",
+    "how do I top up with a bank transfer?",
+    "why was I charged a fee for a cash withdrawal?",
+    "I think someone used my card without permission",
+    "what is the exchange rate for euros?",
+]
+
+
+def lua_script(folder: Path, name: str, bodies: list[dict]) -> Path:
+    quoted = ", ".join(json.dumps(json.dumps(body)) for body in bodies)
+    path = folder / f"{name}.lua"
+    path.write_text(LUA_POST.replace("{BODIES}", "{" + quoted + "}"))
+    return path
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "p50_ms": round(_ms(latency["50"]), 2),
+        "p99_ms": round(_ms(latency["99"]), 2),
+        "rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def measure(name: str, url: str, script: Path, seconds: int) -> dict[str, float]:
+    run_wrk(url, script, 1, 2)  # warm-up
+    single = run_wrk(url, script, 1, seconds)
+    loaded = run_wrk(url, script, 32, seconds)
+    result = {"p50_ms": single["p50_ms"], "p99_ms": single["p99_ms"], "rps_c32": loaded["rps"], "p50_ms_c32": loaded["p50_ms"]}
+    result["errors"] = single["non_2xx"] + loaded["non_2xx"]
+    print(name, result, flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_latency.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (or `make system-deps`)")
+
+    from bench.serve_stack import served_stack  # the demo's trained stack plus a DIET Rasa model
+
+    with tempfile.TemporaryDirectory() as tmp, served_stack(Path(tmp)) as (stack, diet_url, versions):
+        folder = Path(tmp)
+        classify = lua_script(folder, "classify", [{"texts": [q]} for q in QUESTIONS])
+        chat = lua_script(folder, "chat", [{"conversation_id": "CONVERSATION", "message": q} for q in QUESTIONS])
+        parse = lua_script(folder, "parse", [{"text": q} for q in QUESTIONS])
+        noop = lua_script(folder, "noop", [{}])
+        results = {
+            "noop": measure("noop", f"{stack.classifier_url}/noop", noop, args.seconds),
+            "classify": measure("classify", f"{stack.classifier_url}/classify", classify, args.seconds),
+            "chat": measure("chat", f"{stack.bot_url}/chat", chat, args.seconds),
+            "rasa_parse": measure("rasa_parse", f"{diet_url}/model/parse", parse, args.seconds),
+        }
+    results["versions"] = versions
+    results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; client wrk on the same machine"
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The bot's routing decisions, against the real demo knowledge base (tantivy + MiniLM)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from supportflow.bot.engine import ASK_WHICH_CARD, DOWN, GREETING, HANDOFF, WITH_AGENT, AnswerRequest, ChatError, SupportBot
+from supportflow.bot.handoff import HandoffQueue
+from supportflow.bot.llm import LLMResponder
+from supportflow.bot.turns import TurnLog, read_turns
+from supportflow.contracts import load_catalogue
+from supportflow.kb.build import KnowledgeBase, build_knowledge_base, open_knowledge_base
+from supportflow.lake import open_lake
+from supportflow.settings import Settings
+from tests.bot.openai_server import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def knowledge(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
+    folder = tmp_path_factory.mktemp("kb")
+    settings = Settings(
+        kb_dir=folder / "kb",
+        gx_root=folder / "gx",
+        kb_model_cache=ROOT / ".cache" / "models",
+        kb_sources=[ROOT / "kb" / "banking77"],
+        lake_url=str(folder / "lake"),
+        mlflow_tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+    )
+    build_knowledge_base(settings)
+    return open_knowledge_base(settings)
+
+
+@pytest.fixture
+def bot(knowledge: KnowledgeBase, local_settings: Settings, tmp_path: Path) -> Iterator[SupportBot]:
+    lake = open_lake(local_settings)
+    handoffs = HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", lake, load_catalogue(local_settings.contracts_dir).intents)
+    bot = SupportBot(
+        knowledge, LLMResponder(local_settings), handoffs, TurnLog(lake, flush_every=1), rasa_url="http://127.0.0.1:9", rasa_timeout_s=2
+    )
+    yield bot
+
+
+def ask(bot: SupportBot, text: str, intent: str | None, confidence: float = 0.95, **extra: object) -> object:
+    return bot.answer(AnswerRequest(conversation_id="c1", request_id="r1", text=text, intent=intent, confidence=confidence, **extra))
+
+
+def test_a_known_intent_is_answered_from_its_article(bot: SupportBot) -> None:
+    response = ask(bot, "my card still hasn't arrived", "card_arrival")
+    assert response.route == "kb" and response.kb_doc_id == "card_arrival"
+    assert "delivered" in response.messages[0] and "More: https://" in response.messages[0]
+    assert response.kb_score is not None
+
+
+def test_a_card_request_without_a_card_asks_which_then_answers(bot: SupportBot) -> None:
+    first = ask(bot, "I lost my card", "lost_or_stolen_card")
+    assert (first.messages, first.route, first.slots) == ([ASK_WHICH_CARD], "dialogue", {"pending_intent": "lost_or_stolen_card"})
+    second = ask(bot, "the virtual one", "inform_card", 1.0, slots={"pending_intent": "lost_or_stolen_card", "card_type": "virtual"})
+    assert second.route == "kb" and second.kb_doc_id == "lost_or_stolen_card" and second.slots == {"pending_intent": None}
+
+
+def test_dialogue_acts_clarification_and_handoff(bot: SupportBot) -> None:
+    assert ask(bot, "hello", "greet", 1.0).messages == [GREETING]
+    clarify = ask(
+        bot,
+        "how do I top up and why was my card declined?",
+        "multiple_requests",
+        0.8,
+        kind="clarify",
+        entities=[{"entity": "request", "value": "top_up_failed"}, {"entity": "request", "value": "declined_card_payment"}],
+    )
+    assert clarify.route == "clarify" and "(1) Top up failed" in clarify.messages[0] and "(2) Declined card payment" in clarify.messages[0]
+    human = ask(bot, "I want a person", "ask_human", 1.0, kind="handoff")
+    assert human.route == "handoff" and human.messages == [HANDOFF]
+    assert bot.handoffs.handoffs("waiting")[0]["reason"] == "asked for a person"
+
+
+def test_nothing_relevant_goes_to_a_person(bot: SupportBot) -> None:
+    response = ask(bot, "can you recommend a pizza topping for tonight?", None, 0.2)
+    assert response.route == "handoff" and bot.handoffs.handoffs()[0]["reason"] == "nothing relevant in the knowledge base"
+
+
+def test_a_classifier_that_is_down_degrades_to_a_handoff(bot: SupportBot) -> None:
+    response = ask(bot, "my card is lost", "nlu_fallback", 0.0, classifier_unavailable=True)
+    assert (response.route, response.messages, response.degraded) == ("handoff", [DOWN], True)
+
+
+def test_with_an_llm_the_reply_is_written_from_the_passages(knowledge: KnowledgeBase, bot: SupportBot) -> None:
+    server = FakeOpenAI()
+    try:
+        bot.llm = LLMResponder(Settings(openai_api_key=SecretStr("sk-test"), openai_base_url=server.url, openai_timeout_s=2))
+        response = ask(bot, "my card still hasn't arrived", "card_arrival")
+        assert response.route == "llm" and response.messages[0].startswith("According to 'My card hasn't arrived yet")
+        fallback = ask(bot, "this is unknown: my card still hasn't arrived", "card_arrival")
+        assert fallback.route == "kb"
+    finally:
+        server.close()
+
+
+def test_bad_messages_are_refused_with_a_fitting_status(bot: SupportBot) -> None:
+    with pytest.raises(ChatError, match="empty") as empty:
+        bot.chat("c2", "   ")
+    with pytest.raises(ChatError, match="100,000 characters long; at most 4,000") as huge:
+        bot.chat("c2", "x" * 100_000)
+    with pytest.raises(ChatError, match="conversation_id") as bad_id:
+        bot.chat("no spaces allowed", "hello")
+    assert (empty.value.status, huge.value.status, bad_id.value.status) == (400, 413, 400)
+
+
+def test_when_rasa_is_down_the_customer_gets_a_handoff_and_503(bot: SupportBot) -> None:
+    result = bot.chat("c3", "my card is lost")
+    assert (result.status, result.route, result.replies) == (503, "handoff", [DOWN])
+    again = bot.chat("c3", "hello?")
+    assert (again.status, again.replies) == (200, [WITH_AGENT])
+    turns = read_turns(bot.turns.lake)
+    assert list(turns["route"]) == ["handoff", "handoff"] and list(turns["conversation_id"]) == ["c3", "c3"]
