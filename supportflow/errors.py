@@ -19,3 +19,15 @@ class ContractError(SupportflowError):
 
 class LakeUnavailableError(SupportflowError):
     """The lake's storage (a local folder or an S3 endpoint) cannot be reached."""
+
+
+class BaseModelError(SupportflowError):
+    """The base model to fine-tune is missing, corrupt or of an architecture that cannot be used."""
+
+
+class TrainingDataError(SupportflowError):
+    """The training snapshot cannot train a classifier (too few intents or examples, unknown labels)."""
+
+
+class RegistryError(SupportflowError):
+    """The MLflow tracking store or model registry cannot be reached or holds no such model/version."""

@@ -8,8 +8,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrainingProfile(BaseModel):
+    """How hard to fine-tune: `quick` for the demo and CI, `full` for the benchmark and production."""
+
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(64, gt=8)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="Each lower encoder layer learns at this fraction of the one above.")
+    seed: int = 13
 
 
 class Settings(BaseSettings):
@@ -40,10 +54,24 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
 
+    # Intent classifier. base_model: a hub name (used when the hub answers), or a local folder holding a
+    # DistilBERT checkpoint or a BERT one to convert; offline the packaged all-MiniLM-L6-v2 is converted.
+    base_model: str = "distilbert-base-uncased"
+    models_dir: Path = Path("models")
+    train_profile: Literal["quick", "full"] = "quick"
+    train_threads: int = Field(2, ge=1)
+    min_train_examples_per_intent: int = Field(2, ge=1)
+    quick_profile: TrainingProfile = TrainingProfile(epochs=2, learning_rate=1e-4, batch_size=32, max_length=48)
+    full_profile: TrainingProfile = TrainingProfile(
+        epochs=5, learning_rate=1.5e-4, batch_size=32, max_length=64, label_smoothing=0.1, layer_lr_decay=0.9
+    )
+    onnx_parity_tolerance: float = Field(0.005, ge=0, description="Largest top-1 accuracy drop allowed for an ONNX variant.")
+
     # Tracking and registry.
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     registered_model_name: str = "intent-classifier"
     target_precision: float = Field(0.90, gt=0.0, le=1.0)
+    mlflow_experiment: str = "intent-classifier"
 
     # Knowledge base.
     search_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
@@ -57,6 +85,9 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
+
+    def training_profile(self) -> TrainingProfile:
+        return self.full_profile if self.train_profile == "full" else self.quick_profile
 
 
 @lru_cache
