@@ -71,7 +71,7 @@ def tfidf_logreg(splits: LabelledSplits) -> dict:
     return {**scores(model.predict(splits.test["text"]), splits.label_ids("test")), "train_seconds": round(seconds, 1)}
 
 
-def rasa_diet(splits: LabelledSplits, rasa_python: Path, epochs: int) -> dict:
+def rasa_diet(splits: LabelledSplits, rasa_python: Path, epochs: int, transformer_layers: int) -> dict:
     if not rasa_python.exists():
         raise SystemExit(f"{rasa_python} is missing: run `make rasa-venv` first (or pass --skip-rasa)")
     with tempfile.TemporaryDirectory(prefix="rasa-bench-") as folder:
@@ -80,18 +80,26 @@ def rasa_diet(splits: LabelledSplits, rasa_python: Path, epochs: int) -> dict:
             rows = getattr(splits, name)[["text", "intent"]].to_dict("records")
             (work / f"{name}.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
         env = {**os.environ, "RASA_TELEMETRY_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        subprocess.run([str(rasa_python), str(ROOT / "bench" / "rasa_diet.py"), str(work), "--epochs", str(epochs)], check=True, env=env)
+        command = [str(rasa_python), str(ROOT / "bench" / "rasa_diet.py"), str(work), "--epochs", str(epochs)]
+        subprocess.run([*command, "--transformer-layers", str(transformer_layers)], check=True, env=env)
         result = json.loads((work / "predictions.json").read_text())
     index = {label: i for i, label in enumerate(splits.labels)}
     predicted = [index.get(name, -1) for name in result["predicted"]]
-    return {**scores(predicted, splits.label_ids("test")), "train_seconds": round(result["train_seconds"], 1), "epochs": epochs}
+    return {
+        **scores(predicted, splits.label_ids("test")),
+        "train_seconds": round(result["train_seconds"], 1),
+        "epochs": epochs,
+        "transformer_layers": transformer_layers,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=["quick", "full"], default="full")
     parser.add_argument("--skip-rasa", action="store_true")
+    # DIET's default two transformer layers took ~150 s per epoch here; without them an epoch takes ~10 s.
     parser.add_argument("--rasa-epochs", type=int, default=40)
+    parser.add_argument("--rasa-transformer-layers", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     settings = get_settings().model_copy(update={"train_profile": args.profile})
@@ -105,7 +113,9 @@ def main() -> None:
         target = Path(folder) / "model"
         built = build_classifier(splits, base, profile, settings.train_threads, settings.target_precision, target, "banking77")
     print("classifier", built.test.accuracy, built.test.macro_f1, round(built.train_seconds), flush=True)
-    peers["rasa_diet"] = None if args.skip_rasa else rasa_diet(splits, settings.rasa_venv / "bin" / "python", args.rasa_epochs)
+    peers["rasa_diet"] = (
+        None if args.skip_rasa else rasa_diet(splits, settings.rasa_venv / "bin" / "python", args.rasa_epochs, args.rasa_transformer_layers)
+    )
     print("rasa_diet", peers["rasa_diet"], flush=True)
 
     result = {

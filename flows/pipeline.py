@@ -6,6 +6,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.ingest import ingest
+from flows.train import TrainingSummary, train
 from flows.validate import validate
 from supportflow.ingest import IngestReport
 from supportflow.snapshot import SnapshotManifest
@@ -16,10 +17,12 @@ BANKING77 = Path(__file__).resolve().parent.parent / "data" / "banking77"
 class PipelineSummary(BaseModel):
     ingest: list[IngestReport]
     snapshot: SnapshotManifest
+    training: TrainingSummary
 
 
 @flow(name="pipeline")
 def pipeline(paths: list[str] | None = None, source: str = "banking77") -> PipelineSummary:
     paths = paths or [str(BANKING77 / "train.csv"), str(BANKING77 / "test.csv")]
     reports = ingest(paths, source=source)
-    return PipelineSummary(ingest=reports, snapshot=validate())
+    snapshot = validate()
+    return PipelineSummary(ingest=reports, snapshot=snapshot, training=train())

@@ -15,7 +15,7 @@ from supportflow.calibrate import ThresholdChoice, at_threshold, choose_threshol
 from supportflow.evaluate_model import Evaluation, evaluate_predictions
 from supportflow.predict import ClassifierCard, predict_logits, softmax
 from supportflow.settings import TrainingProfile
-from supportflow.train import LabelledSplits, fine_tune
+from supportflow.train import FineTuned, LabelledSplits, fine_tune
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,14 @@ def build_classifier(
     snapshot_id: str,
 ) -> BuiltClassifier:
     tuned = fine_tune(base.location, splits, profile, threads, folder)
+    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id)
+
+
+def evaluate_classifier(
+    tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, profile: TrainingProfile, target_precision: float, snapshot_id: str
+) -> BuiltClassifier:
+    """Calibrate on validation, choose the threshold there, score on test; write the card into the folder."""
+    folder = tuned.model_dir
     model = DistilBertForSequenceClassification.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     validation_labels = np.array(splits.label_ids("validation"))

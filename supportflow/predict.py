@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, DistilBertForSequenceClassification, PreTrainedTokenizerBase
 
-from supportflow.errors import RegistryError
 from supportflow.settings import Settings
 
 CLASSIFIER_CARD = "classifier.json"
@@ -97,14 +96,7 @@ class IntentClassifier:
 
 
 def load_champion(settings: Settings, alias: str = "champion") -> IntentClassifier:
-    """Download the registry's aliased version and load it."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    """Download the registry's aliased version (serving's entry point) and load it."""
+    from supportflow.registry import download_classifier  # the registry imports this module
 
-    uri = f"models:/{settings.registered_model_name}@{alias}"
-    try:
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        local = Path(mlflow.artifacts.download_artifacts(f"{uri}/artifacts/{MODEL_ARTIFACT}"))
-    except MlflowException as error:
-        raise RegistryError(f"{uri} cannot be loaded from {settings.mlflow_tracking_uri}: {error.message}") from error
-    return IntentClassifier(local, threads=settings.train_threads)
+    return IntentClassifier(download_classifier(settings, f"@{alias}"), threads=settings.train_threads)

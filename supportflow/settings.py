@@ -23,6 +23,7 @@ class TrainingProfile(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="Each lower encoder layer learns at this fraction of the one above.")
+    freeze_word_embeddings: bool = Field(False, description="Keep the 30k-row vocabulary matrix fixed: a third less work per step on CPU.")
     seed: int = 13
 
 
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     min_train_examples_per_intent: int = Field(2, ge=1)
     quick_profile: TrainingProfile = TrainingProfile(epochs=2, learning_rate=1e-4, batch_size=32, max_length=48)
     full_profile: TrainingProfile = TrainingProfile(
-        epochs=5, learning_rate=1.5e-4, batch_size=32, max_length=64, label_smoothing=0.1, layer_lr_decay=0.9
+        epochs=3, learning_rate=2e-4, batch_size=32, max_length=64, label_smoothing=0.1, layer_lr_decay=0.9, freeze_word_embeddings=True
     )
     onnx_parity_tolerance: float = Field(0.005, ge=0, description="Largest top-1 accuracy drop allowed for an ONNX variant.")
 
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     registered_model_name: str = "intent-classifier"
     target_precision: float = Field(0.90, gt=0.0, le=1.0)
     mlflow_experiment: str = "intent-classifier"
+    mlflow_artifact_root: str | None = Field(None, description="Where new experiments keep artifacts; default: MLflow's (./mlartifacts).")
 
     # Knowledge base.
     search_backend: Literal["tantivy", "elasticsearch"] = "tantivy"

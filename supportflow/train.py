@@ -120,6 +120,8 @@ def layerwise_optimizer(model: DistilBertForSequenceClassification, profile: Tra
     n_layers = model.config.n_layers
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
         if name.startswith("distilbert.embeddings"):
             depth = n_layers + 1
         elif name.startswith("distilbert.transformer.layer."):
@@ -136,6 +138,8 @@ def fine_tune(base_location: str, splits: LabelledSplits, profile: TrainingProfi
     torch.set_num_threads(threads)
     torch.manual_seed(profile.seed)
     model, tokenizer = load_base(base_location, splits.labels)
+    if profile.freeze_word_embeddings:
+        model.distilbert.embeddings.word_embeddings.weight.requires_grad_(False)
     train_set = tokenized(splits.train, splits.label_ids("train"), tokenizer, profile.max_length)
     work = output_dir.with_name(output_dir.name + ".work")
     arguments = TrainingArguments(
