@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     train_profile: Literal["quick", "full"] = "quick"
     train_threads: int = Field(2, ge=1)
     min_train_examples_per_intent: int = Field(2, ge=1)
-    quick_profile: TrainingProfile = TrainingProfile(epochs=2, learning_rate=1e-4, batch_size=32, max_length=48)
+    quick_profile: TrainingProfile = TrainingProfile(
+        epochs=1, learning_rate=2e-4, batch_size=32, max_length=48, freeze_word_embeddings=True
+    )
     full_profile: TrainingProfile = TrainingProfile(
         epochs=3, learning_rate=2e-4, batch_size=32, max_length=64, label_smoothing=0.1, layer_lr_decay=0.9, freeze_word_embeddings=True
     )

@@ -101,6 +101,8 @@ def classifier_settings(folder: Path, base: Path) -> Iterator[Path]:
         patch.setenv("SUPPORTFLOW_MLFLOW_ARTIFACT_ROOT", str(folder / "mlartifacts"))
         patch.setenv("SUPPORTFLOW_BASE_MODEL", str(base))
         patch.setenv("SUPPORTFLOW_QUICK_PROFILE", json.dumps(TINY_PROFILE))
+        # One thread: a tiny model's many small ops stall on thread hand-offs when the cores are shared.
+        patch.setenv("SUPPORTFLOW_TRAIN_THREADS", "1")
         get_settings.cache_clear()
         try:
             yield folder
