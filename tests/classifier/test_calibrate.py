@@ -21,7 +21,7 @@ def test_threshold_reaches_target_precision_with_the_most_coverage() -> None:
     # Ten answers, most confident first; the wrong ones sit at 0.7 and 0.4.
     confidence = np.array([0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.5, 0.4])
     correct = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 0], dtype=bool)
-    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    probabilities = np.stack([confidence, (1 - confidence) / 2, (1 - confidence) / 2], axis=1)  # class 0 always on top
     labels = np.where(correct, 0, 1)
     # Precision of the top k: 1, 1, 1, 1, 1, .833, .857, .875, .889, .8
     strict = choose_threshold(probabilities, labels, target_precision=0.9)
