@@ -19,7 +19,7 @@ export RASA_TELEMETRY_ENABLED ?= false
 export BENTOML_DO_NOT_TRACK ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test lint lock bench-ingest clean
+.PHONY: install demo test lint lock bench-ingest clean rasa-venv bench-intent
 
 $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,3 +62,18 @@ kb-index: install
 
 bench-kb: install
 	$(BIN)/python bench/kb.py
+
+# Rasa 3.6 needs Python 3.10: its own venv, resolved through the pins that installed cleanly (deploy/rasa/constraints.txt).
+PYTHON310 ?= $(shell pyenv root 2>/dev/null)/versions/3.10.13/bin/python
+RASA_VENV := .venv-rasa
+
+$(RASA_VENV)/.installed: deploy/rasa/constraints.txt
+	test -x $(RASA_VENV)/bin/python || $(PYTHON310) -m venv $(RASA_VENV)
+	$(RASA_VENV)/bin/python -m pip install -q --disable-pip-version-check "pip<24.1"
+	$(RASA_VENV)/bin/python -m pip install -q --disable-pip-version-check -c deploy/rasa/constraints.txt rasa==3.6.21
+	touch $@
+
+rasa-venv: $(RASA_VENV)/.installed
+
+bench-intent: install rasa-venv
+	$(BIN)/python bench/intent.py

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from flows.ingest import ingest
 from flows.kb_index import kb_index
+from flows.train import TrainingSummary, train
 from flows.validate import validate
 from supportflow.ingest import IngestReport
 from supportflow.kb.build import BuildReport
@@ -18,6 +19,7 @@ BANKING77 = Path(__file__).resolve().parent.parent / "data" / "banking77"
 class PipelineSummary(BaseModel):
     ingest: list[IngestReport]
     snapshot: SnapshotManifest
+    training: TrainingSummary
     knowledge_base: BuildReport
 
 
@@ -26,4 +28,5 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77") -> Pipel
     paths = paths or [str(BANKING77 / "train.csv"), str(BANKING77 / "test.csv")]
     reports = ingest(paths, source=source)
     snapshot = validate()
-    return PipelineSummary(ingest=reports, snapshot=snapshot, knowledge_base=kb_index())
+    training = train()
+    return PipelineSummary(ingest=reports, snapshot=snapshot, training=training, knowledge_base=kb_index())

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from supportflow.errors import SupportflowError
 
 if TYPE_CHECKING:
+    from flows.train import TrainingSummary
     from supportflow.ingest import IngestReport
     from supportflow.kb.build import BuildReport
     from supportflow.snapshot import SnapshotManifest
@@ -80,6 +81,32 @@ def cmd_kb_search(args: argparse.Namespace) -> None:
     _print_kb_answers(" ".join(args.question), args.k)
 
 
+def _print_training(summary: "TrainingSummary") -> None:
+    print(f"  intent-classifier v{summary.version} @{', @'.join(summary.aliases)} (run {summary.run_id}, {summary.profile} profile)")
+    print(f"    test accuracy {summary.test_accuracy:.4f}, macro-F1 {summary.test_macro_f1:.4f}; base {summary.base_model}")
+    print(
+        f"    fallback threshold {summary.threshold:.3f}: routes {summary.coverage_at_threshold:.1%} of test messages"
+        f" at precision {summary.precision_at_threshold:.1%}; trained in {summary.train_seconds:.0f} s"
+    )
+    print(f"    gate: {summary.gate_reason}; champion is v{summary.champion_version}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from flows.train import train
+
+    print("train:")
+    _print_training(train(profile=args.profile))
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from supportflow.registry import rollback
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    before, after = rollback(settings)
+    print(f"{settings.registered_model_name}: champion moved back from v{before} to v{after}")
+
+
 def cmd_ingest(args: argparse.Namespace) -> None:
     from flows.ingest import ingest
 
@@ -105,6 +132,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_ingest(summary.ingest)
     print("validate:")
     _print_snapshot(summary.snapshot)
+    print("train:")
+    _print_training(summary.training)
     print("knowledge base:")
     _print_kb_build(summary.knowledge_base)
     for question in DEMO_QUESTIONS:
@@ -112,7 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("where to look:")
     print(f"  lake:          {settings.lake_url}/ (tickets/, quarantine/, snapshots/)")
     print(f"  data docs:     {summary.snapshot.validation.data_docs}")
-    print(f"  kb index:      {settings.kb_dir}/ (MLflow experiment {settings.kb_experiment!r} at {settings.mlflow_tracking_uri})")
+    print(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}, then http://127.0.0.1:5000")
+    print(f"  kb index:      {settings.kb_dir}/ (MLflow experiment {settings.kb_experiment!r})")
     print("  Prefect UI:    .venv/bin/prefect server start, then http://127.0.0.1:4200 (flow runs and their report artifacts)")
 
 
@@ -132,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     kb_search.add_argument("question", nargs="+")
     kb_search.add_argument("-k", type=int, default=3)
     kb_search.set_defaults(run=cmd_kb_search)
+    train = commands.add_parser("train", help="fine-tune the intent classifier on the latest snapshot, register it, gate promotion")
+    train.add_argument("--profile", choices=["quick", "full"], help="default: SUPPORTFLOW_TRAIN_PROFILE (quick)")
+    train.set_defaults(run=cmd_train)
+    commands.add_parser("rollback", help="move the classifier's champion alias back to the previous champion").set_defaults(
+        run=cmd_rollback
+    )
     commands.add_parser("demo", help="run the main job end to end on BANKING77").set_defaults(run=cmd_demo)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run

@@ -23,3 +23,15 @@ class LakeUnavailableError(SupportflowError):
 
 class KnowledgeBaseError(SupportflowError):
     """A knowledge-base build or search cannot go on (no usable document, a smoke query that fails, a search service down)."""
+
+
+class BaseModelError(SupportflowError):
+    """The base model to fine-tune is missing, corrupt or of an architecture that cannot be used."""
+
+
+class TrainingDataError(SupportflowError):
+    """The training snapshot cannot train a classifier (too few intents or examples, unknown labels)."""
+
+
+class RegistryError(SupportflowError):
+    """The MLflow tracking store or model registry cannot be reached or holds no such model/version."""

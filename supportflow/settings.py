@@ -9,10 +9,25 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class TrainingProfile(BaseModel):
+    """How hard to fine-tune: `quick` for the demo and CI, `full` for the benchmark and production."""
+
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(64, gt=8)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="Each lower encoder layer learns at this fraction of the one above.")
+    freeze_word_embeddings: bool = Field(False, description="Keep the 30k-row vocabulary matrix fixed: a third less work per step on CPU.")
+    seed: int = 13
 
 
 class Settings(BaseSettings):
@@ -47,10 +62,27 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
 
+    # Intent classifier. base_model: a hub name (used when the hub answers), or a local folder holding a
+    # DistilBERT checkpoint or a BERT one to convert; offline the packaged all-MiniLM-L6-v2 is converted.
+    base_model: str = "distilbert-base-uncased"
+    models_dir: Path = Path("models")
+    train_profile: Literal["quick", "full"] = "quick"
+    train_threads: int = Field(2, ge=1)
+    min_train_examples_per_intent: int = Field(2, ge=1)
+    quick_profile: TrainingProfile = TrainingProfile(
+        epochs=1, learning_rate=2e-4, batch_size=32, max_length=48, freeze_word_embeddings=True
+    )
+    full_profile: TrainingProfile = TrainingProfile(
+        epochs=3, learning_rate=2e-4, batch_size=32, max_length=64, label_smoothing=0.1, layer_lr_decay=0.9, freeze_word_embeddings=True
+    )
+    onnx_parity_tolerance: float = Field(0.005, ge=0, description="Largest top-1 accuracy drop allowed for an ONNX variant.")
+
     # Tracking and registry.
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     registered_model_name: str = "intent-classifier"
     target_precision: float = Field(0.90, gt=0.0, le=1.0)
+    mlflow_experiment: str = "intent-classifier"
+    mlflow_artifact_root: str | None = Field(None, description="Where new experiments keep artifacts; default: MLflow's (./mlartifacts).")
 
     # Knowledge base.
     search_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
@@ -87,6 +119,9 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_webhook_url: str | None = Field(None, description="The public URL Twilio calls; its signature covers it.")
     agent_token: SecretStr | None = Field(None, description="Bearer token for the agent API; unset means no token needed.")
+
+    def training_profile(self) -> TrainingProfile:
+        return self.full_profile if self.train_profile == "full" else self.quick_profile
 
 
 @lru_cache

@@ -1,0 +1,60 @@
+"""Make confidences mean what they say, then pick the fallback threshold from them.
+
+Temperature scaling (one scalar dividing the logits) is fitted on the validation split by minimising
+negative log-likelihood; it leaves the ranking unchanged. The threshold is then the lowest confidence
+at which the routed answers still reach the target precision on validation; below it the bot asks
+or hands off. Coverage is the share of messages it routes.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    threshold: float
+    coverage: float
+    precision: float
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature in [0.05, 20] that minimises validation NLL (searched on a log scale)."""
+    labels = np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target_precision: float) -> ThresholdChoice:
+    """Largest coverage whose routed answers (confidence >= threshold) reach the target precision.
+
+    When no threshold reaches it, nothing is routed (threshold above every confidence, coverage 0):
+    the product promise wins over coverage.
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    order = np.argsort(-confidence, kind="stable")
+    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    # Ties: a threshold routes every message at that confidence, so only the last of a run of equals counts.
+    sorted_confidence = confidence[order]
+    ends = np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True]
+    eligible = np.flatnonzero((precision >= target_precision) & ends)
+    if not len(eligible):
+        return ThresholdChoice(threshold=float(np.nextafter(sorted_confidence[0], np.inf)), coverage=0.0, precision=1.0)
+    k = int(eligible[-1])
+    return ThresholdChoice(threshold=float(sorted_confidence[k]), coverage=(k + 1) / len(order), precision=float(precision[k]))
+
+
+def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> ThresholdChoice:
+    """Coverage and precision that a fixed threshold gives on another split (the test split)."""
+    confidence = probabilities.max(axis=1)
+    routed = confidence >= threshold
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    precision = float(correct[routed].mean()) if routed.any() else 1.0
+    return ThresholdChoice(threshold=threshold, coverage=float(routed.mean()), precision=precision)

@@ -1,0 +1,85 @@
+"""One classifier build: fine-tune, calibrate on validation, score on test, write the classifier folder.
+
+The Prefect flow and the benchmark both call `build_classifier`, so the figures in the benchmark are
+those of the model the pipeline registers.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer, DistilBertForSequenceClassification
+
+from supportflow.base_model import BaseModelChoice
+from supportflow.calibrate import ThresholdChoice, at_threshold, choose_threshold, fit_temperature
+from supportflow.evaluate_model import Evaluation, evaluate_predictions
+from supportflow.predict import ClassifierCard, predict_logits, softmax
+from supportflow.settings import TrainingProfile
+from supportflow.train import FineTuned, LabelledSplits, fine_tune
+
+
+@dataclass(frozen=True)
+class BuiltClassifier:
+    folder: Path
+    card: ClassifierCard
+    train_seconds: float
+    train_loss: float
+    validation: Evaluation
+    test: Evaluation
+    test_at_threshold: ThresholdChoice
+    test_probabilities: np.ndarray
+    test_labels: np.ndarray
+
+
+def build_classifier(
+    splits: LabelledSplits,
+    base: BaseModelChoice,
+    profile: TrainingProfile,
+    threads: int,
+    target_precision: float,
+    folder: Path,
+    snapshot_id: str,
+) -> BuiltClassifier:
+    tuned = fine_tune(base.location, splits, profile, threads, folder)
+    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id)
+
+
+def evaluate_classifier(
+    tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, profile: TrainingProfile, target_precision: float, snapshot_id: str
+) -> BuiltClassifier:
+    """Calibrate on validation, choose the threshold there, score on test; write the card into the folder."""
+    folder = tuned.model_dir
+    model = DistilBertForSequenceClassification.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    validation_labels = np.array(splits.label_ids("validation"))
+    test_labels = np.array(splits.label_ids("test"))
+    validation_logits = predict_logits(model, tokenizer, splits.validation["text"].tolist(), profile.max_length)
+    test_logits = predict_logits(model, tokenizer, splits.test["text"].tolist(), profile.max_length)
+
+    temperature = fit_temperature(validation_logits, validation_labels)
+    validation_probabilities = softmax(validation_logits, temperature)
+    test_probabilities = softmax(test_logits, temperature)
+    chosen = choose_threshold(validation_probabilities, validation_labels, target_precision)
+    card = ClassifierCard(
+        labels=splits.labels,
+        temperature=temperature,
+        threshold=chosen.threshold,
+        coverage_at_threshold=chosen.coverage,
+        precision_at_threshold=chosen.precision,
+        target_precision=target_precision,
+        max_length=profile.max_length,
+        base_model=base.name,
+        snapshot_id=snapshot_id,
+    )
+    card.save(folder)
+    return BuiltClassifier(
+        folder=folder,
+        card=card,
+        train_seconds=tuned.train_seconds,
+        train_loss=tuned.train_loss,
+        validation=evaluate_predictions(validation_probabilities, validation_labels, splits.labels),
+        test=evaluate_predictions(test_probabilities, test_labels, splits.labels),
+        test_at_threshold=at_threshold(test_probabilities, test_labels, chosen.threshold),
+        test_probabilities=test_probabilities,
+        test_labels=test_labels,
+    )

@@ -1,0 +1,108 @@
+"""Export the fine-tuned classifier to ONNX, plus an int8 variant, and check both against torch.
+
+Serving picks the fastest variant whose top-1 accuracy on the test split stays within the
+configured tolerance of torch's; the parity figures travel with the model so that choice is recorded.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from transformers import AutoTokenizer, DistilBertForSequenceClassification, PreTrainedTokenizerBase
+
+ONNX_DIR = "onnx"
+VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model: DistilBertForSequenceClassification) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@dataclass(frozen=True)
+class VariantParity:
+    variant: str
+    accuracy: float
+    torch_accuracy: float
+    seconds_per_100: float
+
+    @property
+    def drop(self) -> float:
+        return self.torch_accuracy - self.accuracy
+
+
+def export_onnx(folder: Path) -> dict[str, Path]:
+    """Write `<folder>/onnx/model.onnx` and its int8 dynamic-quantised twin; return both paths."""
+    model = DistilBertForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager").eval()
+    target = folder / ONNX_DIR
+    target.mkdir(exist_ok=True)
+    paths = {name: target / file for name, file in VARIANTS.items()}
+    example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
+    with torch.inference_mode():
+        torch.onnx.export(
+            _LogitsOnly(model),
+            example,
+            str(paths["fp32"]),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    quantize_dynamic(str(paths["fp32"]), str(paths["int8"]), weight_type=QuantType.QInt8)
+    return paths
+
+
+def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(
+    session: ort.InferenceSession, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, batch_size: int = 128
+) -> np.ndarray:
+    order = np.argsort([len(text) for text in texts], kind="stable")
+    out: np.ndarray | None = None
+    for start in range(0, len(texts), batch_size):
+        chosen = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        inputs = {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+        logits = session.run(["logits"], inputs)[0]
+        if out is None:
+            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+        out[chosen] = logits
+    assert out is not None
+    return out
+
+
+def check_parity(
+    folder: Path, paths: dict[str, Path], texts: Sequence[str], labels: np.ndarray, torch_accuracy: float, max_length: int, threads: int
+) -> list[VariantParity]:
+    """Top-1 accuracy and speed of each ONNX variant on the same texts the torch model was scored on."""
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    results = []
+    for name, path in paths.items():
+        session = onnx_session(path, threads)
+        started = time.perf_counter()
+        logits = onnx_logits(session, tokenizer, texts, max_length)
+        seconds = time.perf_counter() - started
+        accuracy = float((logits.argmax(axis=1) == labels).mean())
+        results.append(VariantParity(name, accuracy, torch_accuracy, 100 * seconds / max(len(texts), 1)))
+    return results
+
+
+def fastest_within(parities: list[VariantParity], tolerance: float) -> str:
+    """The serving choice: the fastest ONNX variant whose accuracy drop is within tolerance, else torch."""
+    keeping = [p for p in parities if p.drop <= tolerance]
+    return min(keeping, key=lambda p: p.seconds_per_100).variant if keeping else "torch"

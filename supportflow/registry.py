@@ -1,0 +1,249 @@
+"""MLflow: log a training run, register the model, and let only a better model serve.
+
+A new version of `intent-classifier` gets the alias `challenger`. It takes `champion` only when its
+test macro-F1 beats the current champion's on the same test split (the champion is re-scored when it
+was measured on another snapshot); ties keep the champion. Aliases, not the deprecated stages. A
+version is registered only after its run is complete, and deleted again if the gate cannot finish,
+so the registry never holds a half-registered model and `champion` never points at a failed one.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from supportflow.classifier import BuiltClassifier
+from supportflow.errors import RegistryError
+from supportflow.evaluate_model import plot_confusion_matrix, plot_reliability
+from supportflow.metrics import load_metric
+from supportflow.onnx_export import VariantParity, fastest_within
+from supportflow.predict import MODEL_ARTIFACT, IntentClassifier
+from supportflow.settings import Settings, TrainingProfile
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_NAME_IN_RUN = "model"
+
+
+class IntentClassifierModel(PythonModel):
+    """The pyfunc face of a classifier folder: a list of texts in, the ranking contract out."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        self.classifier = IntentClassifier(Path(context.artifacts[MODEL_ARTIFACT]))
+
+    def predict(self, context: PythonModelContext, model_input: list[str], params: dict | None = None) -> list[dict]:
+        return self.classifier.classify(list(model_input))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    version: str
+    promoted: bool
+    reason: str
+    champion_version: str  # who serves after the gate
+    champion_macro_f1: float | None  # the previous champion's figure on this test split
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured store and prove it answers, before any training compute is spent."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise RegistryError(f"the MLflow store {uri} cannot be reached: the folder {folder} does not exist")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # connection refused, DNS, SQLite open errors, HTTP 5xx, ...
+        raise RegistryError(
+            f"the MLflow store {uri} cannot be reached ({type(error).__name__}: {str(error)[:200]}); "
+            "start it or fix SUPPORTFLOW_MLFLOW_TRACKING_URI"
+        ) from error
+    return client
+
+
+def log_training_run(
+    built: BuiltClassifier,
+    profile: TrainingProfile,
+    manifest: dict[str, Any],
+    parities: list[VariantParity],
+    settings: Settings,
+    base_source: str,
+) -> tuple[str, str]:
+    """One MLflow run with everything needed to judge and reproduce the model; returns (run id, model URI)."""
+    if settings.mlflow_artifact_root and mlflow.get_experiment_by_name(settings.mlflow_experiment) is None:
+        mlflow.create_experiment(settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_root)
+    mlflow.set_experiment(settings.mlflow_experiment)
+    card = built.card
+    serving_variant = fastest_within(parities, settings.onnx_parity_tolerance)
+    with mlflow.start_run(run_name=f"{card.snapshot_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
+        mlflow.log_params(
+            {
+                **{f"profile.{key}": value for key, value in profile.model_dump().items()},
+                "profile": settings.train_profile,
+                "base_model": card.base_model,
+                "base_model_source": base_source,
+                "threads": settings.train_threads,
+                "snapshot_id": card.snapshot_id,
+                "labels": len(card.labels),
+                "target_precision": card.target_precision,
+            }
+        )
+        mlflow.set_tags({"snapshot_id": card.snapshot_id, "serving_variant": serving_variant})
+        mlflow.log_dict(manifest, "snapshot/manifest.json")
+        metrics = {
+            "test_accuracy": built.test.accuracy,
+            "test_macro_f1": built.test.macro_f1,
+            "test_ece": built.test.expected_calibration_error,
+            "validation_accuracy": built.validation.accuracy,
+            "validation_macro_f1": built.validation.macro_f1,
+            "validation_ece": built.validation.expected_calibration_error,
+            "temperature": card.temperature,
+            "threshold": card.threshold,
+            "validation_coverage_at_threshold": card.coverage_at_threshold,
+            "validation_precision_at_threshold": card.precision_at_threshold,
+            "test_coverage_at_threshold": built.test_at_threshold.coverage,
+            "test_precision_at_threshold": built.test_at_threshold.precision,
+            "train_seconds": built.train_seconds,
+            "train_loss": built.train_loss,
+        }
+        for parity in parities:
+            metrics[f"onnx_{parity.variant}_test_accuracy"] = parity.accuracy
+            metrics[f"onnx_{parity.variant}_seconds_per_100"] = parity.seconds_per_100
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as scratch:
+            plots = Path(scratch)
+            mlflow.log_artifact(str(plot_confusion_matrix(built.test.confusion, card.labels, plots / "confusion_matrix.png")), "plots")
+            reliability = plot_reliability(built.test_probabilities, built.test_labels, plots / "reliability_diagram.png")
+            mlflow.log_artifact(str(reliability), "plots")
+        mlflow.log_table(built.test.per_intent, "reports/per_intent.json")
+        mlflow.log_dict(
+            {"pairs": built.test.most_confused(card.labels, top=20).to_dict("records")},
+            "reports/most_confused.json",
+        )
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=IntentClassifierModel(),
+            artifacts={MODEL_ARTIFACT: str(built.folder)},
+            pip_requirements=["torch", "transformers", "pandas", "numpy"],
+            metadata={"classifier": json.loads((built.folder / "classifier.json").read_text())},
+        )
+    return run.info.run_id, info.model_uri
+
+
+def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None  # no registered model yet, or no champion alias
+
+
+def register_and_gate(
+    client: MlflowClient,
+    settings: Settings,
+    run_id: str,
+    model_uri: str,
+    snapshot_id: str,
+    test_macro_f1: float,
+    score_on_test: Callable[[ModelVersion], float],
+) -> GateResult:
+    """Register as `challenger`, then promote to `champion` only if strictly better on this test split.
+
+    `score_on_test` re-scores a version on this run's test split; it is called for a champion that
+    was measured on another snapshot.
+    """
+    name = settings.registered_model_name
+    try:
+        registered = mlflow.register_model(model_uri, name, tags={"snapshot_id": snapshot_id, "test_macro_f1": f"{test_macro_f1:.6f}"})
+    except MlflowException as error:
+        raise RegistryError(f"registering {model_uri} as {name} in {settings.mlflow_tracking_uri} failed: {error.message}") from error
+    version = str(registered.version)  # an int in MLflow 3's entities, a string in its API
+    try:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        champion = _champion(client, name)
+        if champion is None:
+            champion_f1, promoted, reason = None, True, "no champion yet"
+        else:
+            same_split = champion.tags.get("snapshot_id") == snapshot_id and "test_macro_f1" in champion.tags
+            champion_f1 = float(champion.tags["test_macro_f1"]) if same_split else score_on_test(champion)
+            promoted = test_macro_f1 > champion_f1
+            verdict = "beats" if promoted else "does not beat"
+            reason = (
+                f"test macro-F1 {test_macro_f1:.4f} {verdict} champion v{champion.version}'s {champion_f1:.4f} on snapshot {snapshot_id}"
+            )
+        if promoted:
+            if champion is not None:
+                client.set_model_version_tag(name, version, "previous_champion", str(champion.version))
+            client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "gate", "passed" if promoted else "failed")
+        client.set_model_version_tag(name, version, "gate_reason", reason)
+        client.set_tag(run_id, "gate", "passed" if promoted else "failed")
+        client.set_tag(run_id, "gate_reason", reason)
+    except Exception as error:
+        _unregister(client, name, version)
+        if isinstance(error, RegistryError):
+            raise
+        raise RegistryError(f"the promotion gate for {name} v{version} failed ({error}); the version was removed again") from error
+    serving = version if promoted else str(champion.version)  # type: ignore[union-attr]
+    return GateResult(version=version, promoted=promoted, reason=reason, champion_version=serving, champion_macro_f1=champion_f1)
+
+
+def _unregister(client: MlflowClient, name: str, version: str) -> None:
+    """Undo a registration whose gate did not finish; the champion alias never moved onto it."""
+    current = _champion(client, name)
+    if current is not None and str(current.version) == version:
+        client.delete_registered_model_alias(name, CHAMPION)  # cannot happen by construction; belt and braces
+    client.delete_model_version(name, version)
+
+
+def rollback(settings: Settings) -> tuple[str, str]:
+    """Move `champion` back to the version it replaced; returns (from version, to version)."""
+    client = connect(settings)
+    name = settings.registered_model_name
+    champion = _champion(client, name)
+    if champion is None:
+        raise RegistryError(f"{name} has no champion in {settings.mlflow_tracking_uri}; nothing to roll back")
+    previous = champion.tags.get("previous_champion")
+    if not previous:
+        raise RegistryError(f"{name} v{champion.version} is the first champion; there is no earlier version to roll back to")
+    try:
+        client.get_model_version(name, previous)
+    except MlflowException as error:
+        raise RegistryError(f"{name} v{previous}, the previous champion, no longer exists: {error.message}") from error
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_model_version_tag(name, str(champion.version), "rolled_back_at", datetime.now(UTC).isoformat(timespec="seconds"))
+    return str(champion.version), previous
+
+
+def score_version(settings: Settings, version: str, texts: list[str], label_ids: Sequence[int], labels: list[str]) -> float:
+    """A registered version's macro-F1 on the given split, matched by intent name (its label map may differ)."""
+    classifier = IntentClassifier(download_classifier(settings, version), threads=settings.train_threads)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = len(labels)  # an intent this split does not know counts as a wrong answer
+    predicted = [index.get(result["intent"], unknown) for result in classifier.classify(texts, top_k=1)]
+    return load_metric("macro_f1").compute(predictions=predicted, references=list(label_ids))["macro_f1"]
+
+
+def download_classifier(settings: Settings, reference: str) -> Path:
+    """The classifier folder of a registered version (`"3"`) or alias (`"@champion"`), fetched locally."""
+    separator = "" if reference.startswith("@") else "/"
+    uri = f"models:/{settings.registered_model_name}{separator}{reference}"
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=settings.mlflow_tracking_uri))
+    except MlflowException as error:
+        raise RegistryError(f"{uri} cannot be downloaded from {settings.mlflow_tracking_uri}: {error.message}") from error
+    return local / "artifacts" / MODEL_ARTIFACT

@@ -1,0 +1,75 @@
+"""Snapshots that cannot give a trustworthy classifier are refused before any training, with the reason."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from supportflow.errors import TrainingDataError
+from supportflow.train import check_training_data
+
+CATALOGUE = ("card_arrival", "exchange_rate", "change_pin")
+
+
+def frame(*rows: tuple[str, str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["text", "intent"])
+
+
+GOOD_TRAIN = frame(
+    ("where is my card", "card_arrival"), ("card not here", "card_arrival"), ("rate?", "exchange_rate"), ("fx", "exchange_rate")
+)
+GOOD_HELD_OUT = frame(("card still missing", "card_arrival"), ("what rate", "exchange_rate"))
+
+
+def check(train: pd.DataFrame, validation: pd.DataFrame = GOOD_HELD_OUT, test: pd.DataFrame = GOOD_HELD_OUT):
+    return check_training_data(train, validation, test, CATALOGUE, min_examples=2, where="snapshot snap-test")
+
+
+def test_a_good_snapshot_gives_the_sorted_label_map() -> None:
+    splits = check(GOOD_TRAIN)
+    assert splits.labels == ["card_arrival", "exchange_rate"]
+    assert splits.label_ids("test") == [0, 1]
+
+
+def test_single_intent_is_refused() -> None:
+    with pytest.raises(TrainingDataError, match=r"single intent \(card_arrival\).*at least two"):
+        check(GOOD_TRAIN[GOOD_TRAIN["intent"] == "card_arrival"])
+
+
+def test_intent_with_one_example_is_refused() -> None:
+    thin = pd.concat([GOOD_TRAIN, frame(("new pin please", "change_pin"))])
+    with pytest.raises(TrainingDataError, match=r"fewer than 2 training examples: change_pin \(1\)"):
+        check(thin)
+
+
+def test_labels_outside_the_catalogue_are_refused() -> None:
+    with pytest.raises(TrainingDataError, match=r"test split has intents outside the catalogue: crypto_question.*intents\.yaml"):
+        check(GOOD_TRAIN, test=pd.concat([GOOD_HELD_OUT, frame(("buy bitcoin", "crypto_question"))]))
+
+
+def test_held_out_intent_without_training_examples_is_refused() -> None:
+    with pytest.raises(TrainingDataError, match="validation split with no training example: change_pin"):
+        check(GOOD_TRAIN, validation=pd.concat([GOOD_HELD_OUT, frame(("new pin", "change_pin"))]))
+
+
+def test_empty_snapshot_split_is_refused() -> None:
+    with pytest.raises(TrainingDataError, match="snap-test: the train split is empty"):
+        check(GOOD_TRAIN.iloc[0:0])
+
+
+@pytest.mark.slow
+def test_flow_refuses_an_empty_lake_and_an_unreachable_store(classifier_env: Path, prefect_harness: None, monkeypatch) -> None:
+    from flows.train import train
+    from supportflow.errors import ContractError, RegistryError
+    from supportflow.settings import get_settings
+
+    with pytest.raises(ContractError, match="no training snapshot"):
+        train()
+    monkeypatch.setenv("SUPPORTFLOW_MLFLOW_TRACKING_URI", f"sqlite:///{classifier_env / 'missing-folder' / 'mlflow.db'}")
+    get_settings.cache_clear()
+    with pytest.raises(RegistryError, match=r"cannot be reached: the folder .*missing-folder does not exist"):
+        train()
+    monkeypatch.setenv("SUPPORTFLOW_MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    get_settings.cache_clear()
+    with pytest.raises(RegistryError, match=r"MLflow store http://127\.0\.0\.1:9 cannot be reached"):
+        train()
