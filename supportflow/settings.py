@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     openai_timeout_s: float = 8.0
     openai_moderation_endpoint: bool = True
 
+    # Serving the classifier.
+    serving_variant: Literal["auto", "torch", "fp32", "int8"] = "auto"
+    serving_threads: int = Field(2, ge=1)
+
     # The bot and its channels.
     handoff_db_url: str = "sqlite:///handoff.db"
     classifier_url: str = "http://127.0.0.1:3001"

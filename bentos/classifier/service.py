@@ -16,7 +16,7 @@ MAX_TEXTS = 256
 @bentoml.service(name="supportflow-classifier", traffic={"timeout": 30})
 class ClassifierService:
     def __init__(self) -> None:
-        from supportflow.predict import load_serving_classifier
+        from supportflow.serve_classifier import load_serving_classifier
 
         self.classifier = load_serving_classifier(get_settings())
 

@@ -1,0 +1,74 @@
+"""The classifier as served: the registry's champion, in the variant its training run chose.
+
+Training exports ONNX (fp32 and int8) and records, as the run's `serving_variant` tag, the fastest variant
+whose accuracy stays within tolerance of torch's; serving honours that choice (or
+`SUPPORTFLOW_SERVING_VARIANT`), so the served model is exactly the one that passed the gate.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+
+from supportflow.errors import RegistryError
+from supportflow.onnx_export import ONNX_DIR, VARIANTS, onnx_logits, onnx_session
+from supportflow.predict import ClassifierCard, IntentClassifier, ranking, softmax
+from supportflow.registry import connect, download_classifier
+from supportflow.settings import Settings
+
+
+class ServingClassifier:
+    def __init__(self, folder: Path, variant: str, version: str, threads: int) -> None:
+        self.folder, self.variant, self.version = folder, variant, version
+        self.card = ClassifierCard.load(folder)
+        if variant == "torch":
+            self._torch = IntentClassifier(folder, threads=threads)
+            self.tokenizer = self._torch.tokenizer
+        else:
+            from transformers import AutoTokenizer
+
+            path = folder / ONNX_DIR / VARIANTS[variant]
+            if not path.exists():
+                raise RegistryError(f"version {version} has no {variant} ONNX export at {path}")
+            self.session = onnx_session(path, threads)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        if self.variant == "torch":
+            return self._torch.probabilities(texts)
+        return softmax(onnx_logits(self.session, self.tokenizer, list(texts), self.card.max_length), self.card.temperature)
+
+    def classify(self, texts: Sequence[str], top_k: int = 10) -> list[dict]:
+        if not texts:
+            return []
+        return ranking(self.probabilities(texts), self.card.labels, top_k)
+
+    def describe(self) -> dict:
+        return {
+            "version": self.version,
+            "variant": self.variant,
+            "intents": len(self.card.labels),
+            "threshold": self.card.threshold,
+            "temperature": self.card.temperature,
+            "snapshot_id": self.card.snapshot_id,
+        }
+
+
+def champion_version(settings: Settings, alias: str = "champion") -> tuple[str, str]:
+    """The aliased version and the serving variant its run chose."""
+    client: MlflowClient = connect(settings)
+    try:
+        version = client.get_model_version_by_alias(settings.registered_model_name, alias)
+    except Exception as error:
+        raise RegistryError(
+            f"{settings.registered_model_name} has no @{alias} in {settings.mlflow_tracking_uri}: train one first"
+        ) from error
+    variant = client.get_run(version.run_id).data.tags.get("serving_variant", "torch")
+    return version.version, variant
+
+
+def load_serving_classifier(settings: Settings, alias: str = "champion") -> ServingClassifier:
+    version, chosen = champion_version(settings, alias)
+    variant = chosen if settings.serving_variant == "auto" else settings.serving_variant
+    return ServingClassifier(download_classifier(settings, version), variant, version, settings.serving_threads)
