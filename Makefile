@@ -32,7 +32,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-demo: install
+demo: install rasa-venv
 	$(BIN)/supportflow demo
 
 test: install
@@ -77,3 +77,16 @@ rasa-venv: $(RASA_VENV)/.installed
 
 bench-intent: install rasa-venv
 	$(BIN)/python bench/intent.py
+
+# The served bot: classifier, Rasa, action server and bot (the demo leaves them running).
+.PHONY: serve stop system-deps
+serve: install rasa-venv
+	$(BIN)/supportflow serve
+
+stop:
+	$(BIN)/supportflow stop
+
+# Debian packages the webchat browser test and the serving benchmark use (root, as on the project's machines).
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk)

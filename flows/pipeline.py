@@ -5,10 +5,12 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel
 
+from flows.dialogue import dialogue
 from flows.ingest import ingest
 from flows.kb_index import kb_index
 from flows.train import TrainingSummary, train
 from flows.validate import validate
+from supportflow.dialogue.build import DialogueBuild
 from supportflow.ingest import IngestReport
 from supportflow.kb.build import BuildReport
 from supportflow.snapshot import SnapshotManifest
@@ -21,6 +23,7 @@ class PipelineSummary(BaseModel):
     snapshot: SnapshotManifest
     training: TrainingSummary
     knowledge_base: BuildReport
+    dialogue: DialogueBuild
 
 
 @flow(name="pipeline")
@@ -29,4 +32,5 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77") -> Pipel
     reports = ingest(paths, source=source)
     snapshot = validate()
     training = train()
-    return PipelineSummary(ingest=reports, snapshot=snapshot, training=training, knowledge_base=kb_index())
+    knowledge_base = kb_index()
+    return PipelineSummary(ingest=reports, snapshot=snapshot, training=training, knowledge_base=knowledge_base, dialogue=dialogue())

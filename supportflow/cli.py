@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from flows.train import TrainingSummary
     from supportflow.ingest import IngestReport
     from supportflow.kb.build import BuildReport
+    from supportflow.serving import Stack
     from supportflow.snapshot import SnapshotManifest
 
 
@@ -138,12 +139,92 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_kb_build(summary.knowledge_base)
     for question in DEMO_QUESTIONS:
         _print_kb_answers(question)
+    build = summary.dialogue
+    print("dialogue:")
+    threshold = f"fallback at {build.fallback_threshold:.3f}"
+    print(f"  Rasa model {build.model} for intent-classifier v{build.classifier_version}, {threshold} ({build.seconds:.0f} s)")
+    if not args.no_serve:
+        stack = _start_stack(background=True)
+        print("an example conversation through /chat:")
+        _converse(stack)
     print("where to look:")
     print(f"  lake:          {settings.lake_url}/ (tickets/, quarantine/, snapshots/)")
     print(f"  data docs:     {summary.snapshot.validation.data_docs}")
     print(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}, then http://127.0.0.1:5000")
     print(f"  kb index:      {settings.kb_dir}/ (MLflow experiment {settings.kb_experiment!r})")
     print("  Prefect UI:    .venv/bin/prefect server start, then http://127.0.0.1:4200 (flow runs and their report artifacts)")
+    if not args.no_serve:
+        _print_stack(stack)
+        print("the bot keeps serving in the background: `supportflow stop` (or `make stop`) ends it")
+
+
+DEMO_CONVERSATION = (
+    ("demo-answer", "I ordered a card two weeks ago and it still hasn't arrived, what should I do?"),
+    ("demo-clarify", "How do I top up my account by bank transfer and why was my card payment declined?"),
+    ("demo-handoff", "I want to speak to a human please"),
+)
+
+
+def _start_stack(background: bool) -> "Stack":
+    from supportflow.serving import RUN_DIR, record_stack, start_stack, stop_recorded_stack
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    model = settings.rasa_project_dir / "models" / "supportflow.tar.gz"
+    if not model.exists():
+        raise SupportflowError(f"no dialogue model at {model}: run `supportflow demo` (or the dialogue flow) first")
+    stop_recorded_stack()
+    print("starting the classifier, Rasa, the action server and the bot (about a minute)...", flush=True)
+    stack = start_stack(settings, settings.rasa_project_dir, model, RUN_DIR / "logs")
+    if background:
+        record_stack(stack)
+    return stack
+
+
+def _print_stack(stack: "Stack") -> None:
+    from supportflow.serving import RUN_DIR
+
+    print(f"  webchat:       {stack.bot_url}/  (POST {stack.bot_url}/chat, Twilio webhook {stack.bot_url}/twilio)")
+    print(f"  classifier:    {stack.classifier_url}/classify  (metrics at /metrics on both services)")
+    print(f"  agent API:     {stack.bot_url}/agent/handoffs")
+    print(f"  logs:          {RUN_DIR / 'logs'}/")
+
+
+def _converse(stack: "Stack") -> None:
+    import httpx
+
+    for conversation, message in DEMO_CONVERSATION:
+        reply = httpx.post(f"{stack.bot_url}/chat", json={"conversation_id": conversation, "message": message}, timeout=60).json()
+        print(f"  customer: {message}")
+        for text in reply.get("replies", [reply.get("detail")]):
+            print(f"  bot ({reply.get('route')}, {reply.get('intent')}): {text}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    stack = _start_stack(args.background)
+    print("supportflow is serving:")
+    _print_stack(stack)
+    if args.background:
+        print("stop it with `supportflow stop` (or `make stop`)")
+        return
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    from supportflow.serving import stop_recorded_stack
+
+    stopped = stop_recorded_stack()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("rollback", help="move the classifier's champion alias back to the previous champion").set_defaults(
         run=cmd_rollback
     )
-    commands.add_parser("demo", help="run the main job end to end on BANKING77").set_defaults(run=cmd_demo)
+    demo = commands.add_parser("demo", help="run the main job end to end on BANKING77, then serve the bot")
+    demo.add_argument("--no-serve", action="store_true", help="stop after the pipeline")
+    demo.set_defaults(run=cmd_demo)
+    serve = commands.add_parser("serve", help="serve the bot locally: classifier, Rasa, action server, bot")
+    serve.add_argument("--background", action="store_true", help="leave it running and return (stop with `supportflow stop`)")
+    serve.set_defaults(run=cmd_serve)
+    commands.add_parser("stop", help="stop a bot left serving in the background").set_defaults(run=cmd_stop)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     try:

@@ -120,3 +120,30 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+RUN_DIR = PROJECT_ROOT / ".run"
+STACK_FILE = RUN_DIR / "stack.json"
+
+
+def record_stack(stack: Stack) -> None:
+    """Remember a stack left running in the background, so `supportflow stop` can end it."""
+    RUN_DIR.mkdir(exist_ok=True)
+    STACK_FILE.write_text(json.dumps({"ports": stack.ports.__dict__, "pids": {p.name: p.pid for p in stack.processes}}, indent=2))
+
+
+def stop_recorded_stack() -> list[str]:
+    """Stop the background stack; returns the names of what was stopped."""
+    import signal
+
+    if not STACK_FILE.exists():
+        return []
+    stopped = []
+    for name, pid in json.loads(STACK_FILE.read_text())["pids"].items():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            stopped.append(name)
+        except ProcessLookupError:
+            pass
+    STACK_FILE.unlink()
+    return stopped

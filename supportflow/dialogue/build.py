@@ -1,0 +1,66 @@
+"""Build the dialogue model for the current champion: generate the Rasa project, validate, train,
+and log the archive to MLflow next to the classifier version it was built for."""
+
+import time
+from pathlib import Path
+
+import mlflow
+from pydantic import BaseModel
+
+from supportflow.contracts import load_catalogue
+from supportflow.dialogue.project import write_project
+from supportflow.dialogue.rasa_cli import train_model, validate_project
+from supportflow.lake import Lake
+from supportflow.predict import ClassifierCard
+from supportflow.registry import connect, download_classifier
+from supportflow.serve_classifier import champion_version
+from supportflow.settings import Settings
+from supportflow.snapshot import latest_snapshot, read_split
+
+EXPERIMENT = "dialogue"
+EXAMPLES_PER_INTENT = 5
+
+
+class DialogueBuild(BaseModel):
+    project: Path
+    model: Path
+    classifier_version: str
+    fallback_threshold: float
+    intents: int
+    seconds: float
+    run_id: str
+
+
+def nlu_examples(lake: Lake, per_intent: int = EXAMPLES_PER_INTENT) -> dict[str, list[str]]:
+    """A few real examples per intent from the training split: Rasa's data checks want them."""
+    train = read_split(lake, latest_snapshot(lake).snapshot_id, "train")
+    return {intent: group["text"].head(per_intent).tolist() for intent, group in train.groupby("intent")}
+
+
+def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
+    started = time.perf_counter()
+    version, _ = champion_version(settings)
+    card = ClassifierCard.load(download_classifier(settings, version))
+    intents = load_catalogue(settings.contracts_dir).intents
+    project = write_project(settings.rasa_project_dir, intents, nlu_examples(lake), card.threshold, f"{settings.classifier_url}/classify")
+    validate_project(settings, project)
+    model = train_model(settings, project)
+    seconds = time.perf_counter() - started
+    connect(settings)  # sets the tracking URI and fails clearly when the store is unreachable
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run(run_name=f"rasa-for-v{version}") as run:
+        mlflow.set_tags({"classifier_version": version, "registered_model": settings.registered_model_name})
+        mlflow.log_params({"classifier_version": version, "fallback_threshold": card.threshold, "intents": len(intents)})
+        mlflow.log_metric("build_seconds", seconds)
+        mlflow.log_artifact(str(model), artifact_path="rasa")
+        for name in ("domain.yml", "config.yml"):
+            mlflow.log_artifact(str(project / name), artifact_path="rasa/project")
+    return DialogueBuild(
+        project=project,
+        model=model,
+        classifier_version=version,
+        fallback_threshold=card.threshold,
+        intents=len(intents),
+        seconds=seconds,
+        run_id=run.info.run_id,
+    )
