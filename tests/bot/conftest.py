@@ -1,0 +1,1 @@
+from tests.classifier.conftest import tiny_base  # noqa: F401 - the tiny DistilBERT fixture, shared

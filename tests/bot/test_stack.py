@@ -1,0 +1,220 @@
+"""The served bot end to end: a real classifier service (a tiny champion from MLflow), a real Rasa model,
+trained and served, its action server, the bot service, and the demo knowledge base.
+
+Slow (about three minutes): one stack is started for the module and every test talks to it over HTTP.
+"""
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from twilio.request_validator import RequestValidator
+
+from tests.classifier.conftest import classifier_settings, tiny_rows
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Served:
+    stack: object
+    settings: object
+    rows: pd.DataFrame
+    folder: Path
+
+    def chat(self, conversation: str, message: str, **extra: str) -> httpx.Response:
+        return httpx.post(f"{self.stack.bot_url}/chat", json={"conversation_id": conversation, "message": message, **extra}, timeout=60)
+
+    def example(self, intent: str) -> str:
+        return self.rows.loc[self.rows["category"] == intent, "text"].iloc[0]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[Served]:
+    if shutil.which("rasa", path=str(ROOT / ".venv-rasa" / "bin")) is None:
+        pytest.fail("Rasa is not installed: `make rasa-venv` (make test does it)")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.train import train
+    from supportflow.dialogue.build import build_dialogue
+    from supportflow.ingest import ingest_file
+    from supportflow.kb.build import build_knowledge_base
+    from supportflow.lake import open_lake
+    from supportflow.serving import Ports, start_stack
+    from supportflow.settings import get_settings
+    from supportflow.snapshot import validate_lake
+
+    folder = tmp_path_factory.mktemp("stack")
+    with classifier_settings(folder, tiny_base), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SUPPORTFLOW_KB_DIR", str(folder / "kb"))
+        patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
+        patch.setenv("SUPPORTFLOW_KB_SOURCES", f'["{ROOT / "kb" / "banking77"}"]')
+        patch.setenv("SUPPORTFLOW_RASA_PROJECT_DIR", str(folder / "rasa"))
+        patch.setenv("SUPPORTFLOW_HANDOFF_DB_URL", f"sqlite:///{folder / 'handoff.db'}")
+        patch.setenv("SUPPORTFLOW_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+        patch.setenv("SUPPORTFLOW_SERVING_THREADS", "1")
+        get_settings.cache_clear()
+        settings = get_settings()
+        rows = tiny_rows()
+        source = folder / "tickets.csv"
+        rows.to_csv(source, index=False)
+        lake = open_lake(settings)
+        ingest_file(str(source), lake, settings, source="banking77")
+        validate_lake(lake, settings)
+        with prefect_test_harness(server_startup_timeout=180):
+            train()
+        build_knowledge_base(settings)
+        dialogue = build_dialogue(settings, lake)
+        ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
+        stack = start_stack(settings, dialogue.project, dialogue.model, folder / "logs", ports)
+        try:
+            yield Served(stack, settings, rows, folder)
+        finally:
+            stack.stop()
+            get_settings.cache_clear()
+
+
+def test_classify_answers_the_contract_with_calibrated_confidence(served: Served) -> None:
+    texts = [served.example("card_arrival"), served.example("exchange_rate")]
+    response = httpx.post(f"{served.stack.classifier_url}/classify", json={"texts": texts}, timeout=30)
+    assert response.status_code == 200
+    results = response.json()
+    assert [r["intent"] for r in results] == ["card_arrival", "exchange_rate"]
+    for result in results:
+        assert 0 < result["confidence"] <= 1 and result["ranking"][0]["intent"] == result["intent"]
+        assert sum(r["confidence"] for r in result["ranking"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_question_is_answered_from_the_knowledge_base_through_rasa(served: Served) -> None:
+    response = served.chat("it-answer", served.example("card_arrival"))
+    body = response.json()
+    assert response.status_code == 200, body
+    assert (body["route"], body["intent"]) == ("kb", "card_arrival")
+    assert "card" in body["replies"][0].lower() and "More: https://help.example.com/" in body["replies"][0]
+
+
+def test_two_requests_in_one_message_get_a_clarifying_question(served: Served) -> None:
+    first, second = served.example("change_pin").rstrip("?.! "), served.example("exchange_rate")
+    body = served.chat("it-clarify", f"{first} and also {second}").json()
+    assert body["route"] == "clarify", body
+    assert "Which should we start with" in body["replies"][0] and "Change pin" in body["replies"][0]
+
+
+def test_asking_for_a_person_hands_off_and_the_agent_answer_reaches_the_customer(served: Served) -> None:
+    bot = served.stack.bot_url
+    body = served.chat("it-handoff", "I want to talk to a human").json()
+    assert body["route"] == "handoff" and "colleague" in body["replies"][0]
+    waiting = httpx.get(f"{bot}/agent/handoffs", params={"status": "waiting"}, timeout=10).json()
+    handoff = next(h for h in waiting if h["conversation_id"] == "it-handoff")
+    assert handoff["transcript"][0] == {"role": "customer", "text": "I want to talk to a human", "at": handoff["transcript"][0]["at"]}
+    assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={"agent": "ann"}, timeout=10).status_code == 200
+    assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={"agent": "bo"}, timeout=10).status_code == 409
+    httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/answer", json={"agent": "ann", "text": "Hi, Ann here. How can I help?"}, timeout=10)
+    assert httpx.get(f"{bot}/chat/it-handoff/replies", timeout=10).json()["replies"] == ["Hi, Ann here. How can I help?"]
+    resolved = httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/resolve", json={"agent": "ann", "intent": "terminate_account"}, timeout=10)
+    assert resolved.json()["status"] == "resolved"
+    assert httpx.get(f"{bot}/chat/never-seen/replies", timeout=10).status_code == 404
+
+
+def test_twilio_requests_are_signed_checked_and_answered_in_twiml(served: Served) -> None:
+    url = f"{served.stack.bot_url}/twilio"
+    form = {"From": "whatsapp:+15550001111", "Body": served.example("card_arrival"), "NumMedia": "0", "MessageSid": "SM1"}
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(url, form)
+    signed = httpx.post(url, data=form, headers={"X-Twilio-Signature": signature}, timeout=60)
+    assert signed.status_code == 200 and signed.headers["content-type"].startswith("application/xml")
+    assert signed.text.startswith('<?xml version="1.0" encoding="UTF-8"?><Response><Message>') and "More: https://" in signed.text
+    tampered = httpx.post(url, data={**form, "Body": "send money"}, headers={"X-Twilio-Signature": signature}, timeout=10)
+    assert tampered.status_code == 403
+    media = {"From": "+15550002222", "Body": "", "NumMedia": "1", "MessageSid": "SM2"}
+    picture = httpx.post(
+        url, data=media, headers={"X-Twilio-Signature": RequestValidator(TWILIO_TOKEN).compute_signature(url, media)}, timeout=10
+    )
+    assert picture.status_code == 200 and "I can only read text messages" in picture.text
+
+
+def test_bad_messages_get_clear_refusals(served: Served) -> None:
+    assert served.chat("it-bad", "").status_code == 400
+    huge = served.chat("it-bad", "x" * 100_000)
+    assert huge.status_code == 413 and "at most 4,000" in huge.json()["detail"]
+    assert served.chat("bad id with spaces", "hello").status_code == 400
+
+
+def test_the_webchat_page_holds_a_conversation_in_a_real_browser(served: Served) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(f"{served.stack.bot_url}/")
+        assert driver.title == "Support chat"
+        for message in ("hello", served.example("card_arrival")):
+            before = len(driver.find_elements(By.CSS_SELECTOR, ".msg.bot"))
+            driver.find_element(By.ID, "message").send_keys(message)
+            driver.find_element(By.ID, "send").click()
+            WebDriverWait(driver, 60).until(lambda d, n=before: len(d.find_elements(By.CSS_SELECTOR, ".msg.bot")) > n)
+        replies = [element.text for element in driver.find_elements(By.CSS_SELECTOR, ".msg.bot")]
+        assert replies[0].startswith("Hello!") and "More: https://help.example.com/" in replies[1]
+        assert driver.find_elements(By.CSS_SELECTOR, ".msg.customer")[0].text == "hello"
+    finally:
+        driver.quit()
+
+
+def test_metrics_expose_latency_confidence_and_handoffs(served: Served) -> None:
+    text = httpx.get(f"{served.stack.bot_url}/metrics", timeout=10).text
+    for metric in (
+        "supportflow_turn_latency_seconds_bucket",
+        "supportflow_intent_confidence_bucket",
+        "supportflow_turns_total",
+        "supportflow_handoffs_total",
+    ):
+        assert metric in text
+    assert httpx.get(f"{served.stack.bot_url}/healthz", timeout=10).status_code == 200
+
+
+def test_when_the_classifier_or_rasa_is_down_the_bot_hands_off_gracefully(served: Served) -> None:
+    classifier = next(p for p in served.stack.processes if p.name == "classifier")
+    classifier.stop()
+    down = served.chat("it-down", served.example("card_arrival"))
+    assert down.status_code == 503 and "passed your message to a colleague" in down.json()["replies"][0]
+    rasa = next(p for p in served.stack.processes if p.name == "rasa")
+    rasa.stop()
+    gone = served.chat("it-down-2", "hello")
+    assert gone.status_code == 503 and gone.json()["route"] == "handoff"
+
+
+def test_every_turn_reached_the_lake(served: Served) -> None:
+    from supportflow.bot.turns import read_turns
+    from supportflow.lake import open_lake
+
+    bot = next(p for p in served.stack.processes if p.name == "bot")
+    bot.stop()  # flushes the turn log
+    deadline = time.monotonic() + 30
+    turns = pd.DataFrame()
+    while time.monotonic() < deadline and turns.empty:
+        turns = read_turns(open_lake(served.settings))
+        time.sleep(0.5)
+    assert {"it-answer", "it-clarify", "it-handoff", "it-down"} <= set(turns["conversation_id"])
+    answered = turns[turns["conversation_id"] == "it-answer"].iloc[0]
+    assert (answered["route"], answered["intent"], answered["kb_doc_id"]) == ("kb", "card_arrival", "card_arrival")
+    assert answered["model_version"] == "1" and answered["latency_ms"] > 0
+    assert os.path.exists(served.folder / "logs" / "bot.log")
