@@ -65,7 +65,7 @@ def champion_version(settings: Settings, alias: str = "champion") -> tuple[str, 
             f"{settings.registered_model_name} has no @{alias} in {settings.mlflow_tracking_uri}: train one first"
         ) from error
     variant = client.get_run(version.run_id).data.tags.get("serving_variant", "torch")
-    return version.version, variant
+    return str(version.version), variant
 
 
 def load_serving_classifier(settings: Settings, alias: str = "champion") -> ServingClassifier:
