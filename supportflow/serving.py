@@ -28,11 +28,11 @@ class Ports:
 def settings_environment(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = dict(os.environ)
-    for name, value in settings.model_dump().items():
+    for name, value in settings.model_dump(mode="json").items():
         key = f"SUPPORTFLOW_{name.upper()}"
         if value is None:
             env.pop(key, None)
-        elif hasattr(getattr(settings, name), "get_secret_value"):
+        elif hasattr(getattr(settings, name), "get_secret_value"):  # dumped as '**********': pass the real value
             env[key] = getattr(settings, name).get_secret_value()
         elif isinstance(value, dict | list):
             env[key] = json.dumps(value)
