@@ -14,6 +14,7 @@ import bentoml
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from supportflow.bot import metrics
 from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
@@ -126,7 +127,8 @@ class BotService:
         if not inbound.text:
             reply = "I can only read text messages. Please type your question." if inbound.media_count else "Please type your question."
             return Response(twiml([reply]), media_type="application/xml")
-        status, payload = self._respond(inbound.conversation_id, inbound.text, inbound.channel, uuid.uuid4().hex)
+        # The turn waits on Rasa, whose actions call back into this service: never block the event loop with it.
+        status, payload = await run_in_threadpool(self._respond, inbound.conversation_id, inbound.text, inbound.channel, uuid.uuid4().hex)
         replies = payload.get("replies") or [payload.get("detail", "Sorry, something went wrong.")]
         return Response(twiml(replies), media_type="application/xml", status_code=200 if status < 500 else status)
 
