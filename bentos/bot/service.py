@@ -55,6 +55,20 @@ def open_knowledge(settings: object) -> object | None:
         return None
 
 
+def served_model_version(settings: object) -> str | None:
+    """The classifier version the turns are attributed to: configured, or the registry's champion."""
+    if settings.model_version:
+        return settings.model_version
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        return str(client.get_model_version_by_alias(settings.registered_model_name, "champion").version)
+    except Exception as error:  # noqa: BLE001 - unknown is better than not serving
+        log.warning("champion version unknown: %s", error)
+        return None
+
+
 @bentoml.service(name="supportflow-bot", traffic={"timeout": 60})
 @bentoml.asgi_app(web, path="/")
 class BotService:
@@ -69,7 +83,7 @@ class BotService:
             handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(settings.contracts_dir).intents),
             turns=TurnLog(lake, flush_every=50),
             rasa_url=settings.rasa_url,
-            model_version=settings.model_version,
+            model_version=served_model_version(settings),
             max_message_chars=settings.max_message_chars,
         )
 
