@@ -64,7 +64,7 @@ def served_model_version(settings: object) -> str | None:
 
         client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
         return str(client.get_model_version_by_alias(settings.registered_model_name, "champion").version)
-    except Exception as error:  # noqa: BLE001 - unknown is better than not serving
+    except Exception as error:
         log.warning("champion version unknown: %s", error)
         return None
 
