@@ -35,7 +35,7 @@ install: $(VENV)/.installed
 demo: install rasa-venv
 	$(BIN)/supportflow demo
 
-test: install
+test: install rasa-venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
