@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, make_pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 
 from supportflow.base_model import resolve_base_model
-from supportflow.classifier import build_classifier
+from supportflow.classifier import BuiltClassifier, build_classifier
 from supportflow.contracts import load_catalogue
 from supportflow.metrics import load_metric
 from supportflow.settings import get_settings
@@ -55,7 +55,7 @@ def scores(predicted: list[int] | np.ndarray, references: list[int] | np.ndarray
     }
 
 
-def tfidf_logreg(splits: LabelledSplits) -> dict:
+def tfidf_logreg(splits: LabelledSplits) -> tuple[dict, Pipeline]:
     model = make_pipeline(
         FeatureUnion(
             [
@@ -68,7 +68,18 @@ def tfidf_logreg(splits: LabelledSplits) -> dict:
     started = time.perf_counter()
     model.fit(splits.train["text"], splits.label_ids("train"))
     seconds = time.perf_counter() - started
-    return {**scores(model.predict(splits.test["text"]), splits.label_ids("test")), "train_seconds": round(seconds, 1)}
+    return {**scores(model.predict(splits.test["text"]), splits.label_ids("test")), "train_seconds": round(seconds, 1)}, model
+
+
+def ensemble(built: BuiltClassifier, tfidf: Pipeline, splits: LabelledSplits) -> dict:
+    """Average the classifier's calibrated probabilities with TF-IDF's; the weight is chosen on validation only."""
+    validation_labels = np.array(splits.label_ids("validation"))
+    tfidf_validation = tfidf.predict_proba(splits.validation["text"])
+    weights = np.linspace(0.0, 1.0, 21)
+    accuracy = [((w * built.validation_probabilities + (1 - w) * tfidf_validation).argmax(1) == validation_labels).mean() for w in weights]
+    weight = float(weights[int(np.argmax(accuracy))])
+    mixed = weight * built.test_probabilities + (1 - weight) * tfidf.predict_proba(splits.test["text"])
+    return {**scores(mixed.argmax(1), splits.label_ids("test")), "classifier_weight": round(weight, 2), "weight_chosen_on": "validation"}
 
 
 def rasa_diet(splits: LabelledSplits, rasa_python: Path, epochs: int, transformer_layers: int) -> dict:
@@ -105,7 +116,8 @@ def main() -> None:
     settings = get_settings().model_copy(update={"train_profile": args.profile})
     profile = settings.training_profile()
     splits = banking77_splits(settings.contracts_dir, settings.min_train_examples_per_intent)
-    peers = {"tfidf_logreg": tfidf_logreg(splits)}
+    tfidf_result, tfidf = tfidf_logreg(splits)
+    peers = {"tfidf_logreg": tfidf_result}
     print("tfidf_logreg", peers["tfidf_logreg"], flush=True)
 
     base = resolve_base_model(settings)
@@ -127,6 +139,7 @@ def main() -> None:
         "coverage_at_threshold": round(built.test_at_threshold.coverage, 4),
         "precision_at_threshold": round(built.test_at_threshold.precision, 4),
         "peers": peers,
+        "ensemble_with_tfidf": ensemble(built, tfidf, splits),
         "target_precision": settings.target_precision,
         "temperature": round(built.card.temperature, 4),
         "validation_coverage_at_threshold": round(built.card.coverage_at_threshold, 4),

@@ -87,7 +87,7 @@ def gate(run_id: str, model_uri: str, built: BuiltClassifier, splits: LabelledSp
     texts = splits.test["text"].tolist()
 
     def score_on_test(version: ModelVersion) -> float:
-        return score_version(settings, version.version, texts, built.test_labels, splits.labels)
+        return score_version(settings, str(version.version), texts, built.test_labels, splits.labels)
 
     return register_and_gate(client, settings, run_id, model_uri, built.card.snapshot_id, built.test.macro_f1, score_on_test)
 

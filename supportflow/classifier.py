@@ -27,6 +27,7 @@ class BuiltClassifier:
     validation: Evaluation
     test: Evaluation
     test_at_threshold: ThresholdChoice
+    validation_probabilities: np.ndarray
     test_probabilities: np.ndarray
     test_labels: np.ndarray
 
@@ -80,6 +81,7 @@ def evaluate_classifier(
         validation=evaluate_predictions(validation_probabilities, validation_labels, splits.labels),
         test=evaluate_predictions(test_probabilities, test_labels, splits.labels),
         test_at_threshold=at_threshold(test_probabilities, test_labels, chosen.threshold),
+        validation_probabilities=validation_probabilities,
         test_probabilities=test_probabilities,
         test_labels=test_labels,
     )

@@ -172,6 +172,7 @@ def register_and_gate(
     except MlflowException as error:
         raise RegistryError(f"registering {model_uri} as {name} in {settings.mlflow_tracking_uri} failed: {error.message}") from error
     version = str(registered.version)  # an int in MLflow 3's entities, a string in its API
+    champion: ModelVersion | None = None
     try:
         client.set_registered_model_alias(name, CHALLENGER, version)
         champion = _champion(client, name)
@@ -194,7 +195,7 @@ def register_and_gate(
         client.set_tag(run_id, "gate", "passed" if promoted else "failed")
         client.set_tag(run_id, "gate_reason", reason)
     except Exception as error:
-        _unregister(client, name, version)
+        _unregister(client, name, version, None if champion is None else str(champion.version))
         if isinstance(error, RegistryError):
             raise
         raise RegistryError(f"the promotion gate for {name} v{version} failed ({error}); the version was removed again") from error
@@ -202,11 +203,14 @@ def register_and_gate(
     return GateResult(version=version, promoted=promoted, reason=reason, champion_version=serving, champion_macro_f1=champion_f1)
 
 
-def _unregister(client: MlflowClient, name: str, version: str) -> None:
-    """Undo a registration whose gate did not finish; the champion alias never moved onto it."""
+def _unregister(client: MlflowClient, name: str, version: str, previous_champion: str | None) -> None:
+    """Undo a registration whose gate did not finish, handing `champion` back if it had already moved."""
     current = _champion(client, name)
     if current is not None and str(current.version) == version:
-        client.delete_registered_model_alias(name, CHAMPION)  # cannot happen by construction; belt and braces
+        if previous_champion is None:
+            client.delete_registered_model_alias(name, CHAMPION)
+        else:
+            client.set_registered_model_alias(name, CHAMPION, previous_champion)
     client.delete_model_version(name, version)
 
 

@@ -65,6 +65,10 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     for metric in ("temperature", "threshold", "test_coverage_at_threshold", "onnx_fp32_test_accuracy", "onnx_int8_test_accuracy"):
         assert metric in run.data.metrics
     assert run.data.tags["gate"] == "passed"
+    # ONNX parity with torch: top-1 accuracy on the test split within 0.5 points, for fp32 and int8.
+    for variant in ("fp32", "int8"):
+        assert abs(run.data.metrics[f"onnx_{variant}_test_accuracy"] - first.test_accuracy) <= 0.005
+    assert run.data.tags["serving_variant"] in {"fp32", "int8"}
     artifacts = {a.path for folder in ("plots", "reports", "snapshot") for a in client.list_artifacts(first.run_id, folder)}
     expected = {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "reports/per_intent.json", "snapshot/manifest.json"}
     assert expected <= artifacts
