@@ -67,7 +67,7 @@ class Lake:
     def write_parquet(self, frame: pd.DataFrame | pa.Table, *parts: str) -> str:
         table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
+        pq.write_table(table, buffer, compression="snappy")
         return self.write_bytes(buffer.getvalue(), *parts)
 
     def write_json(self, obj: Any, *parts: str) -> str:

@@ -307,7 +307,7 @@ def _write_splits(lake: Lake, snapshot_id: str, parts: Iterable[dict[str, pa.Tab
     lake.remove("snapshots", snapshot_id)  # a half-written snapshot from a run that died
     lake.fs.makedirs(lake.path("snapshots", snapshot_id), exist_ok=True)
     handles = {split: lake.fs.open(lake.path("snapshots", snapshot_id, f"{split}.parquet"), "wb") for split in SPLITS}
-    writers = {split: pq.ParquetWriter(handles[split], TICKET_SCHEMA, compression="zstd") for split in SPLITS}
+    writers = {split: pq.ParquetWriter(handles[split], TICKET_SCHEMA, compression="snappy") for split in SPLITS}
     rows = dict.fromkeys(SPLITS, 0)
     try:
         for part in parts:

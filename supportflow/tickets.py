@@ -180,17 +180,28 @@ def id_keys(ids: pd.Series | list[str]) -> np.ndarray:
 
 
 class KnownIds:
-    """The ids a lake already holds, as a sorted array of 64-bit keys."""
+    """The ids a lake already holds, as sorted chunks of 64-bit keys (8 bytes a ticket).
+
+    Adding a batch sorts only that batch; the chunks are merged once there are many of them.
+    """
+
+    MAX_CHUNKS = 16
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
-        self._keys = np.unique(keys) if keys is not None else np.empty(0, dtype=np.uint64)
+        self._chunks: list[np.ndarray] = [] if keys is None else [np.unique(keys)]
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return sum(len(chunk) for chunk in self._chunks)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        positions = np.searchsorted(self._keys, keys).clip(max=max(len(self._keys) - 1, 0))
-        return (self._keys[positions] == keys) if len(self._keys) else np.zeros(len(keys), dtype=bool)
+        found = np.zeros(len(keys), dtype=bool)
+        for chunk in self._chunks:
+            positions = np.searchsorted(chunk, keys).clip(max=len(chunk) - 1)
+            found |= chunk[positions] == keys
+        return found
 
     def add(self, keys: np.ndarray) -> None:
-        self._keys = np.sort(np.concatenate([self._keys, keys]))
+        if len(keys):
+            self._chunks.append(np.sort(keys))
+        if len(self._chunks) > self.MAX_CHUNKS:
+            self._chunks = [np.unique(np.concatenate(self._chunks))]
