@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (or `make system-deps`)")
 
+    sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `bench` package importable
     from bench.serve_stack import served_stack  # the demo's trained stack plus a DIET Rasa model
 
     with tempfile.TemporaryDirectory() as tmp, served_stack(Path(tmp)) as (stack, diet_url, versions):

@@ -20,7 +20,7 @@ class ClassifierService:
 
         self.classifier = load_serving_classifier(get_settings())
 
-    @bentoml.api(route="/classify", batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=50)
+    @bentoml.api(route="/classify", batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=2000)
     def classify(self, texts: list[str]) -> list[dict]:
         if len(texts) > MAX_TEXTS:
             raise InvalidArgument(f"at most {MAX_TEXTS} texts per request")
