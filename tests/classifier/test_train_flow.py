@@ -65,10 +65,12 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     for metric in ("temperature", "threshold", "test_coverage_at_threshold", "onnx_fp32_test_accuracy", "onnx_int8_test_accuracy"):
         assert metric in run.data.metrics
     assert run.data.tags["gate"] == "passed"
-    # ONNX parity with torch: top-1 accuracy on the test split within 0.5 points, for fp32 and int8.
-    for variant in ("fp32", "int8"):
-        assert abs(run.data.metrics[f"onnx_{variant}_test_accuracy"] - first.test_accuracy) <= 0.005
-    assert run.data.tags["serving_variant"] in {"fp32", "int8"}
+    # ONNX parity with torch, top-1 accuracy on the test split: the fp32 export is faithful (within 0.5 points);
+    # int8 may drift more on a tiny model, and then serving must not choose it.
+    drop = {variant: first.test_accuracy - run.data.metrics[f"onnx_{variant}_test_accuracy"] for variant in ("fp32", "int8")}
+    assert abs(drop["fp32"]) <= 0.005
+    chosen = run.data.tags["serving_variant"]
+    assert chosen in {"fp32", "int8"} and drop[chosen] <= 0.005
     artifacts = {a.path for folder in ("plots", "reports", "snapshot") for a in client.list_artifacts(first.run_id, folder)}
     expected = {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "reports/per_intent.json", "snapshot/manifest.json"}
     assert expected <= artifacts
