@@ -65,8 +65,8 @@ def served_stack(work: Path) -> Iterator[tuple[Stack, str, dict]]:
             "--interface",
             "127.0.0.1",
         ],
-        work / "diet",
-        rasa_environment(work / "diet"),
+        diet_folder,
+        rasa_environment(diet_folder),
         f"http://127.0.0.1:{DIET_PORT}/status",
         work / "logs" / "diet.log",
     )
