@@ -73,16 +73,15 @@ def _serve(r: dict) -> list[Row]:
         "chat": "p50 <= 60 ms",
         "rasa_parse": "peer: Rasa DIET /model/parse",
     }
-    return [
-        (
-            f"Serving `{name}` over HTTP (wrk)",
-            f"p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms at c=1; {m['rps_c32']:,} req/s at c=32",
-            targets[name],
-            "serve_latency.json",
-        )
-        for name, m in r.items()
-        if name in targets
-    ]
+    rows = []
+    for name, target in targets.items():
+        m = r.get(name)
+        if m is None:
+            continue
+        single = f"p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms at c=1" if m["p50_ms"] is not None else "no request completed at c=1"
+        loaded = f"{m['rps_c32']:,} req/s at c=32" + (f" ({m['timeouts_c32']} timed out)" if m.get("timeouts_c32") else "")
+        rows.append((f"Serving `{name}` over HTTP (wrk)", f"{single}; {loaded}", target, "serve_latency.json"))
+    return rows
 
 
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {

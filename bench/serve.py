@@ -62,11 +62,16 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str,
     ).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
+    completed = re.search(r"(\d+) requests in", out)
     return {
-        "p50_ms": round(_ms(latency["50"]), 2),
-        "p99_ms": round(_ms(latency["99"]), 2),
+        # No latency distribution means no request completed in time: recorded as such, not skipped.
+        "p50_ms": round(_ms(latency["50"]), 2) if "50" in latency else None,
+        "p99_ms": round(_ms(latency["99"]), 2) if "99" in latency else None,
         "rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+        "completed": int(completed.group(1)) if completed else 0,
         "non_2xx": int(errors.group(1)) if errors else 0,
+        "timeouts": int(timeouts.group(1)) if timeouts else 0,
     }
 
 
@@ -84,6 +89,7 @@ def measure(name: str, url: str, script: Path, seconds: int, body: dict) -> dict
     loaded = run_wrk(url, script, 32, seconds)
     result = {"p50_ms": single["p50_ms"], "p99_ms": single["p99_ms"], "rps_c32": loaded["rps"], "p50_ms_c32": loaded["p50_ms"]}
     result["errors"] = single["non_2xx"] + loaded["non_2xx"]
+    result["timeouts_c32"] = loaded["timeouts"]
     print(name, result, flush=True)
     return result
 
