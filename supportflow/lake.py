@@ -9,7 +9,6 @@ import io
 import json
 import posixpath
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,11 +79,6 @@ class Lake:
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pd.DataFrame:
         with self.fs.open(path, "rb") as handle:
             return pq.read_table(handle, columns=columns).to_pandas()
-
-    def iter_parquet(self, path: str, batch_rows: int) -> Iterator[pd.DataFrame]:
-        with self.fs.open(path, "rb") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows):
-                yield batch.to_pandas()
 
     def remove(self, *parts: str) -> None:
         target = self.path(*parts)

@@ -270,7 +270,8 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         keys = np.concatenate([check.keys[mask] for check, mask in zip(checks, chosen, strict=True)])
         codes = np.concatenate([check.intent_codes[mask] for check, mask in zip(checks, chosen, strict=True)])
         cutoffs = split_cutoffs(codes, split_rank(keys, settings.snapshot_seed), settings.validation_fraction, settings.test_fraction)
-        snapshot_id = f"snap-{_content_hash(keys, contract, settings)[:16]}"
+        content_hash = _content_hash(keys, contract, settings)
+        snapshot_id = f"snap-{content_hash[:16]}"
         if lake.exists("snapshots", snapshot_id, "manifest.json"):
             lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
             return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
@@ -286,7 +287,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
     manifest = SnapshotManifest(
         snapshot_id=snapshot_id,
         created_at=datetime.now(UTC),
-        content_hash=_content_hash(keys, contract, settings),
+        content_hash=content_hash,
         contract_version=contract.version,
         intent_catalogue=contract.catalogue.name,
         intent_catalogue_version=contract.catalogue.version,

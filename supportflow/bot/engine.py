@@ -175,7 +175,7 @@ class SupportBot:
     ) -> AnswerResponse:
         if self.knowledge is None:
             return self._handoff(request, "no knowledge base is served")
-        reply = self.knowledge.reply(question if intent is None else f"{question}", k=5)
+        reply = self.knowledge.reply(question, k=5)
         matching = [a for a in reply.answers if intent and a.intent == intent]
         chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])
         if chosen is None:
