@@ -90,6 +90,7 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77", profile:
 
     def timed(name: str, stage: Callable[[], T]) -> T:
         begun = time.perf_counter()
+        logger.info("stage %s: started", name)
         result = stage()
         stages[name] = round(time.perf_counter() - begun, 2)
         logger.info("stage %s: %.1f s", name, stages[name])

@@ -98,7 +98,7 @@ def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, exp
     ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
     accuracy, route, failure = 0.0, None, None
     try:
-        with start_stack(smoke_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles) as stack:
+        with start_stack(smoke_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles, die_with_parent=True) as stack:
             accuracy = _check_classifier(stack.classifier_url, bundles, examples)
             if accuracy < expected_accuracy - settings.smoke_max_accuracy_drop:
                 raise ReleaseError(

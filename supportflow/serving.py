@@ -101,6 +101,7 @@ def start_stack(
     ports: Ports = Ports(),
     timeout: float = 300,
     bundles: Bundles | None = None,
+    die_with_parent: bool = False,
 ) -> Stack:
     """Launch all four services at once (they start in parallel), then wait until each is healthy.
 
@@ -134,6 +135,8 @@ def start_stack(
         ),
         bot_service(settings, ports.bot, log_dir, bundles.bot if bundles else BOT_SOURCE),
     ]
+    for process in stack.processes:
+        process.die_with_parent = die_with_parent
     try:
         for process in stack.processes:
             process.launch()

@@ -114,7 +114,8 @@ class Settings(BaseSettings):
 
     # Serving the classifier.
     serving_variant: Literal["auto", "torch", "fp32", "int8"] = "auto"
-    serving_threads: int = Field(2, ge=1)
+    # One thread: measured on 2 shared cores, a second intra-op thread made one short message 2-3x slower.
+    serving_threads: int = Field(1, ge=1)
 
     # The bot and its channels.
     handoff_db_url: str = "sqlite:///handoff.db"
