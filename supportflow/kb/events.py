@@ -4,7 +4,6 @@ The deployment's trigger (prefect.yaml) waits for `supportflow.kb.changed` on a 
 passes the event's `sources` to `kb_index`; an event without sources rebuilds from the configured ones.
 """
 
-import asyncio
 from collections.abc import Sequence
 
 from supportflow.errors import KnowledgeBaseError
@@ -25,6 +24,7 @@ def emit_kb_changed(settings: Settings, sources: Sequence[str] = ()) -> str:
     from prefect.events import Event
     from prefect.events.clients import get_events_client
     from prefect.settings import PREFECT_API_URL
+    from prefect.utilities.asyncutils import run_coro_as_sync
 
     if not PREFECT_API_URL.value():
         raise KnowledgeBaseError("no Prefect server to tell: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) and deploy prefect.yaml")
@@ -39,7 +39,7 @@ def emit_kb_changed(settings: Settings, sources: Sequence[str] = ()) -> str:
             await client.emit(event)
 
     try:
-        asyncio.run(send())
+        run_coro_as_sync(send())  # also from code already inside an event loop
     except OSError as error:
         raise KnowledgeBaseError(f"the Prefect server at {PREFECT_API_URL.value()} did not take the event: {error}") from error
     return str(event.id)
