@@ -45,7 +45,9 @@ def test_prefect_yaml_is_read_by_prefects_own_model() -> None:
         limit = deployment.concurrency_limit
         if limit is not None and not isinstance(limit, int):
             ConcurrencyLimitStrategy(limit.collision_strategy)
-    schedules = {d["name"]: [CronSchedule(cron=s["cron"], timezone=s["timezone"]) for s in d.get("schedules", [])] for d in RAW["deployments"]}
+    schedules = {
+        d["name"]: [CronSchedule(cron=s["cron"], timezone=s["timezone"]) for s in d.get("schedules", [])] for d in RAW["deployments"]
+    }
     assert schedules["pipeline-nightly"][0].cron == "0 2 * * *"  # nightly
     assert schedules["drift-monitor-hourly"][0].cron.split()[1:] == ["*", "*", "*", "*"]  # every hour
     assert not schedules["retrain-on-drift"] and not schedules["kb-index-on-change"]  # events only
