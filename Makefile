@@ -53,7 +53,7 @@ bench-ingest: install
 	$(BIN)/python bench/report.py
 
 clean:
-	rm -rf .lake gx mlflow.db mlruns .pytest_cache
+	rm -rf .lake gx mlflow.db mlruns mlartifacts .pytest_cache .kb .rasa .bentoml .run handoff.db
 
 # Knowledge base: rebuild the index from kb/ (SUPPORTFLOW_KB_SOURCES), and the StackFAQ retrieval benchmark.
 .PHONY: kb-index bench-kb

@@ -127,8 +127,34 @@ class Settings(BaseSettings):
     twilio_webhook_url: str | None = Field(None, description="The public URL Twilio calls; its signature covers it.")
     agent_token: SecretStr | None = Field(None, description="Bearer token for the agent API; unset means no token needed.")
 
+    # Bundles and releases: `bentoml build` output, the smoke test, and what production serves.
+    bentoml_home: Path = PROJECT_ROOT / ".bentoml"
+    run_dir: Path = PROJECT_ROOT / ".run"  # the background stack's pids, ports and logs
+    follow_production: bool = Field(
+        True, description="Served classifier and bot follow the `production` alias (one machine); off where rollouts replace images."
+    )
+    release_poll_seconds: float = Field(10.0, gt=0)
+    smoke_examples: int = Field(60, ge=1, description="Test examples the smoke test classifies through the new bundle.")
+    smoke_max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="Largest drop from the registered test accuracy on them.")
+
     def training_profile(self) -> TrainingProfile:
         return self.full_profile if self.train_profile == "full" else self.quick_profile
+
+    def anchored(self) -> "Settings":
+        """The same settings with every relative location made absolute from here, for a child process that
+        runs elsewhere (a bento serves from its own folder)."""
+        update: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                update[name] = value.resolve()
+            elif isinstance(value, list) and value and all(isinstance(item, Path) for item in value):
+                update[name] = [item.resolve() for item in value]
+            elif isinstance(value, str) and value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+                update[name] = f"sqlite:///{Path(value.removeprefix('sqlite:///')).resolve()}"
+        if "://" not in self.lake_url:
+            update["lake_url"] = str(Path(self.lake_url).resolve())
+        return self.model_copy(update=update)
 
 
 @lru_cache
