@@ -110,3 +110,12 @@ def test_metric_names_are_read_out_of_promql() -> None:
     used = referenced_metric_names(PROMETHEUS / "alerts.yml", DASHBOARD)
     assert "up" not in used and {"supportflow_fallbacks_total", "supportflow_turns_total"} <= set(used)
     assert any(where.startswith("alert SupportflowFallbackRateHigh") for where in used["supportflow_fallbacks_total"])
+
+
+def test_grafana_provisioning_loads_the_dashboard_from_prometheus() -> None:
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] and source["url"] == "${PROMETHEUS_URL}"
+    assert source["jsonData"]["timeInterval"] == yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "supportflow.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"].endswith("/supportflow")

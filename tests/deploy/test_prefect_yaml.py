@@ -162,3 +162,18 @@ def test_kb_changed_without_a_prefect_server_says_what_to_set(capsys: pytest.Cap
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         assert main(["kb-changed"]) == 2
     assert "set PREFECT_API_URL" in capsys.readouterr().err
+
+
+def test_kb_changed_with_the_server_down_names_it(capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from supportflow.cli import main
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+        assert main(["kb-changed"]) == 2
+    assert f"the Prefect server at http://127.0.0.1:{port}/api did not take the event" in capsys.readouterr().err
