@@ -16,8 +16,9 @@ from supportflow.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.32.0"
-MANIFESTS = sorted(path for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml")
+MANIFESTS = sorted(path for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml" and not path.name.endswith(".example.yaml"))
 DOCUMENTS = [(path.name, document) for path in MANIFESTS for document in yaml.safe_load_all(path.read_text()) if document]
+SECRETS_TEMPLATE = K8S / "secrets.example.yaml"
 
 
 def objects(kind: str) -> dict[str, dict[str, Any]]:
@@ -33,7 +34,8 @@ def test_every_document_is_a_valid_kubernetes_object() -> None:
     import kubernetes_validate
 
     assert DOCUMENTS, "no manifests in deploy/k8s"
-    for name, document in DOCUMENTS:
+    template = [(SECRETS_TEMPLATE.name, document) for document in yaml.safe_load_all(SECRETS_TEMPLATE.read_text())]
+    for name, document in DOCUMENTS + template:
         assert {"apiVersion", "kind", "metadata"} <= set(document) and document["metadata"].get("name"), name
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
@@ -121,6 +123,13 @@ def test_tokens_reach_the_bot_from_secrets() -> None:
         reference = env[f"SUPPORTFLOW_{setting.upper()}"]
         assert reference["name"] == "supportflow-secrets" and reference["key"] == setting
     assert not env["SUPPORTFLOW_HANDOFF_DB_URL"].get("optional"), "replicas must share one handoff queue: no silent SQLite default"
+    # every secret key a manifest reads is in the template operators fill in
+    template = {d["metadata"]["name"]: set(d["stringData"]) for d in yaml.safe_load_all(SECRETS_TEMPLATE.read_text())}
+    for _, document in DOCUMENTS:
+        for spec in document.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            for variable in spec.get("env", []):
+                if reference := variable.get("valueFrom", {}).get("secretKeyRef"):
+                    assert reference["key"] in template[reference["name"]], f"{reference} is not in {SECRETS_TEMPLATE.name}"
     mlflow = container("mlflow")
     backend = next(e for e in mlflow["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"]
     assert backend == {"name": "mlflow-secrets", "key": "backend_store_uri"} and "--serve-artifacts" in mlflow["command"]
