@@ -86,7 +86,9 @@ serve: install rasa-venv
 stop:
 	$(BIN)/supportflow stop
 
-# Debian packages the webchat browser test and the serving benchmark use (root, as on the project's machines).
+# Debian packages the webchat browser test, the serving benchmark and the alert-rule tests (promtool) use
+# (root, as on the project's machines).
 system-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)

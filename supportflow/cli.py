@@ -79,6 +79,15 @@ def cmd_kb_index(args: argparse.Namespace) -> None:
     _print_kb_build(kb_index(args.sources or None))
 
 
+def cmd_kb_changed(args: argparse.Namespace) -> None:
+    from supportflow.kb.events import KB_CHANGED, emit_kb_changed
+    from supportflow.settings import get_settings
+
+    event_id = emit_kb_changed(get_settings(), args.sources)
+    sources = ", ".join(args.sources) or "the configured sources"
+    print(f"emitted {KB_CHANGED} ({event_id}): the kb-index-on-change deployment rebuilds from {sources}")
+
+
 def cmd_kb_search(args: argparse.Namespace) -> None:
     _print_kb_answers(" ".join(args.question), args.k)
 
@@ -283,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     kb_index = commands.add_parser("kb-index", help="build the knowledge-base index from its sources and swap it in")
     kb_index.add_argument("sources", nargs="*", help="files and folders (default: SUPPORTFLOW_KB_SOURCES)")
     kb_index.set_defaults(run=cmd_kb_index)
+    kb_changed = commands.add_parser("kb-changed", help="tell the Prefect server the KB sources changed (the on-change rebuild runs)")
+    kb_changed.add_argument("sources", nargs="*", help="the changed files and folders (default: rebuild from SUPPORTFLOW_KB_SOURCES)")
+    kb_changed.set_defaults(run=cmd_kb_changed)
     kb_search = commands.add_parser("kb-search", help="ask the served knowledge base a question")
     kb_search.add_argument("question", nargs="+")
     kb_search.add_argument("-k", type=int, default=3)
