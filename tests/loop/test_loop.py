@@ -1,6 +1,12 @@
-"""Kill the pipeline in the middle of each stage, run it again: it completes, and nothing is duplicated
-in the lake, the registry, the bundle store or the release history. Each run is a real `supportflow
-pipeline` process (killed with SIGKILL) against one Prefect API, so the stages' caches are the real ones."""
+"""The whole loop, in order, on one tiny store:
+
+1. kill the pipeline in the middle of each stage and run it again: it completes, and nothing is duplicated
+   in the lake, the registry, the bundle store or the release history (each run is a real `supportflow
+   pipeline` process, killed with SIGKILL, against one Prefect API, so the stages' caches are the real ones);
+2. a bundle that fails its smoke test is not promoted, and the first release cannot be rolled back;
+3. drifting traffic through the served bot: the monitor detects it, retraining runs, the new model wins its
+   gate and is promoted, `/classify` answers without errors throughout; then rollback restores release one.
+"""
 
 import os
 import signal
@@ -77,7 +83,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_har
     from prefect.settings import PREFECT_API_URL
 
     folder = tmp_path_factory.mktemp("loop")
-    with loop_settings(folder, tiny_base):
+    with loop_settings(folder, tiny_base):  # stays active for every test of this module
         csv = folder / "tickets.csv"
         first_tickets().to_csv(csv, index=False)
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
@@ -104,11 +110,9 @@ def test_a_pipeline_killed_in_every_stage_finishes_when_run_again(chain: Chain) 
 def test_nothing_was_duplicated(chain: Chain) -> None:
     from supportflow.lake import open_lake
     from supportflow.release import current_release
-    from supportflow.settings import Settings
+    from supportflow.settings import get_settings
 
-    folder = chain.folder
-    store = f"sqlite:///{folder / 'mlflow.db'}"
-    settings = Settings(lake_url=str(folder / "lake"), mlflow_tracking_uri=store, bentoml_home=folder / "bentoml")
+    settings = get_settings()
     lake = open_lake(settings)
     tickets = [lake.read_parquet(path, columns=["ticket_id"]) for path in lake.files("tickets")]
     ids = [ticket for frame in tickets for ticket in frame["ticket_id"]]
@@ -128,3 +132,25 @@ def test_nothing_was_duplicated(chain: Chain) -> None:
     production = current_release(lake)
     assert production is not None and len(history) == 1 and history[0].endswith(f"{production.release_id}.json")
     assert production.smoke.passed and production.bundles.classifier_version == "1"
+    assert production.bundles.labels["classifier_version"] == "1" and production.bundles.kb_build
+
+
+def test_a_bundle_that_fails_its_smoke_test_is_not_promoted(chain: Chain) -> None:
+    from supportflow.lake import open_lake
+    from supportflow.release import ReleaseError, current_release, promote, rollback_release, smoke_test
+    from supportflow.settings import get_settings
+    from supportflow.snapshot import latest_snapshot, read_split
+
+    settings = get_settings()
+    lake = open_lake(settings)
+    production = current_release(lake)
+    assert production is not None
+    test = read_split(lake, latest_snapshot(lake).snapshot_id, "test").head(20)
+    # The real bundles, served on spare ports, held to an accuracy no model reaches: the smoke test says no.
+    report = smoke_test(settings, production.bundles, test, expected_accuracy=1.5, log_dir=chain.folder / "smoke-fail")
+    assert not report.passed and "test examples right" in (report.failure or "")
+    with pytest.raises(ReleaseError, match="failed its smoke test"):
+        promote(settings, lake, production.bundles, report)
+    assert current_release(lake) == production
+    with pytest.raises(ReleaseError, match="first one"):
+        rollback_release(settings, lake)
