@@ -78,6 +78,12 @@ rasa-venv: $(RASA_VENV)/.installed
 bench-intent: install rasa-venv
 	$(BIN)/python bench/intent.py
 
+# The whole loop at full quality from an empty store: bench/results/pipeline.json (about 25 min on 2 cores).
+.PHONY: bench-pipeline
+bench-pipeline: install rasa-venv
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/report.py
+
 # The served bot: classifier, Rasa, action server and bot (the demo leaves them running).
 .PHONY: serve stop system-deps
 serve: install rasa-venv

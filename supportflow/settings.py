@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     bot_url: str = "http://127.0.0.1:3000"
     action_server_url: str = "http://127.0.0.1:5055"
     max_message_chars: int = 4000
+    turn_flush_every: int = Field(50, ge=1, description="Turns buffered before they are written to the lake.")
+    turn_flush_seconds: float = Field(30.0, gt=0, description="...or at least this often, so the drift monitor sees a quiet bot.")
     model_version: str | None = Field(None, description="The classifier version being served, for the turn log.")
     twilio_auth_token: SecretStr | None = None
     twilio_webhook_url: str | None = Field(None, description="The public URL Twilio calls; its signature covers it.")

@@ -90,7 +90,7 @@ class BotService:
             knowledge=open_knowledge(settings),
             llm=LLMResponder(settings),
             handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(settings.contracts_dir).intents),
-            turns=TurnLog(lake, flush_every=50),
+            turns=TurnLog(lake, flush_every=settings.turn_flush_every, flush_seconds=settings.turn_flush_seconds).start(),
             rasa_url=settings.rasa_url,
             model_version=served_model_version(settings),
             max_message_chars=settings.max_message_chars,
@@ -106,7 +106,7 @@ class BotService:
 
     @bentoml.on_shutdown
     def flush_turns(self) -> None:
-        self.bot.turns.flush()
+        self.bot.turns.stop()
 
     def _respond(self, conversation_id: str, text: str, channel: str, request_id: str) -> tuple[int, dict]:
         try:
