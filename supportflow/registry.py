@@ -251,6 +251,7 @@ def download_classifier(settings: Settings, reference: str) -> Path:
     """The classifier folder of a registered version (`"3"`) or alias (`"@champion"`), fetched locally."""
     separator = "" if reference.startswith("@") else "/"
     uri = f"models:/{settings.registered_model_name}{separator}{reference}"
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # `models:/` resolves through the registry URI, not the tracking one
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=settings.mlflow_tracking_uri))
     except MlflowException as error:

@@ -4,6 +4,7 @@ Every child gets the same configuration as the caller (the settings, passed as S
 variables). Used by `supportflow serve`, the demo, the integration tests and the serving benchmark.
 """
 
+import gc
 import json
 import os
 import sys
@@ -146,6 +147,14 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+def freeze_startup_objects() -> None:
+    """Call at the end of a service's start-up. Measured with py-spy on the served classifier: full garbage
+    collections scanned the millions of objects that importing transformers, torch and MLflow leaves, pausing
+    every request for 0.5-0.9 s every few seconds. Frozen objects are never scanned again."""
+    gc.collect()
+    gc.freeze()
 
 
 def stack_file(settings: Settings) -> Path:

@@ -25,6 +25,7 @@ from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
 from supportflow.contracts import load_catalogue
 from supportflow.lake import open_lake
 from supportflow.logging import configure_json_logging
+from supportflow.serving import freeze_startup_objects
 from supportflow.settings import get_settings
 
 log = logging.getLogger("supportflow.bot")
@@ -103,6 +104,7 @@ class BotService:
 
             self.follower = ProductionFollower(settings, self.bot.model_version, attribute)
             self.follower.start()
+        freeze_startup_objects()
 
     @bentoml.on_shutdown
     def flush_turns(self) -> None:

@@ -17,6 +17,7 @@ from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from pydantic import BaseModel
 
+from supportflow.serving import freeze_startup_objects
 from supportflow.settings import get_settings
 
 MAX_TEXTS = 256
@@ -53,6 +54,7 @@ class ClassifierService:
 
             self.follower = ProductionFollower(settings, self.classifier.version, swap)
             self.follower.start()
+        freeze_startup_objects()
 
     @bentoml.api(route="/classify", batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=2000)
     def classify(self, texts: list[str]) -> Annotated[list[dict], JSON]:
