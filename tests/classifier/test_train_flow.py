@@ -71,8 +71,9 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     assert abs(drop["fp32"]) <= 0.005
     chosen = run.data.tags["serving_variant"]
     assert chosen in {"fp32", "int8"} and drop[chosen] <= 0.005
-    artifacts = {a.path for folder in ("plots", "reports", "snapshot") for a in client.list_artifacts(first.run_id, folder)}
+    artifacts = {a.path for folder in ("plots", "reports", "snapshot", "reference") for a in client.list_artifacts(first.run_id, folder)}
     expected = {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "reports/per_intent.json", "snapshot/manifest.json"}
+    expected |= {"reference/drift_reference.json"}  # what the drift monitor compares traffic with
     assert expected <= artifacts
     assert mlflow.artifacts.load_dict(f"runs:/{first.run_id}/snapshot/manifest.json")["snapshot_id"] == store.snapshot_id
     # The logged model carries its label map, temperature and threshold.
