@@ -1,19 +1,17 @@
 """The drift monitor's reads and writes in MLflow: the served model's training reference in, the report out.
 
 Kept apart from `supportflow.drift` so the figures stay plain functions, and light (no `registry`
-import, which pulls in transformers): the monitor runs hourly and the notebook imports this.
+import, which pulls in transformers): the monitor runs hourly and the notebook imports this. Plots are
+drawn on bare matplotlib Figures, so importing this never changes an importer's (a notebook's) backend.
 """
 
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -61,7 +59,8 @@ def load_reference(settings: Settings, version: str | None) -> DriftReference:
 
 
 def plot_confidences(window: np.ndarray, reference: np.ndarray, threshold: float, bins: int, path: Path) -> Path:
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure = Figure(figsize=(6.5, 4))
+    axes = figure.subplots()
     edges = np.linspace(0, 1, bins + 1)
     axes.hist(reference, edges, weights=np.full(len(reference), 1 / len(reference)), alpha=0.5, label=f"reference ({len(reference)})")
     axes.hist(window, edges, weights=np.full(len(window), 1 / max(len(window), 1)), alpha=0.5, label=f"window ({len(window)})")
@@ -70,12 +69,12 @@ def plot_confidences(window: np.ndarray, reference: np.ndarray, threshold: float
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
 def plot_intent_changes(changes: list[IntentShare], path: Path) -> Path:
-    figure, axes = plt.subplots(figsize=(6.5, 0.45 * len(changes) + 1.5))
+    figure = Figure(figsize=(6.5, 0.45 * len(changes) + 1.5))
+    axes = figure.subplots()
     rows = np.arange(len(changes))
     axes.barh(rows - 0.2, [c.reference for c in changes], height=0.4, label="reference")
     axes.barh(rows + 0.2, [c.window for c in changes], height=0.4, label="window")
@@ -85,7 +84,6 @@ def plot_intent_changes(changes: list[IntentShare], path: Path) -> Path:
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 

@@ -8,17 +8,19 @@ the schema the bot writes, drawn either like the reference or with one thing cha
 import os
 from datetime import UTC, datetime, timedelta
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from mlflow import MlflowClient
 
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
     os.environ.setdefault(_name, "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from supportflow.bot.turns import TURN_SCHEMA  # noqa: E402
-from supportflow.drift import DriftReference, build_reference  # noqa: E402
+from supportflow.drift import REFERENCE_ARTIFACT, DriftReference, build_reference  # noqa: E402
 from tests.classifier.conftest import TINY_INTENTS, tiny_rows  # noqa: E402
 
 THRESHOLD = 0.5
@@ -104,3 +106,14 @@ def window(
 
 
 START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def register(client: MlflowClient, reference: DriftReference | None, name: str = "intent-classifier") -> str:
+    """A registered version whose training run holds (or lacks) the drift reference; no weights are needed."""
+    mlflow.set_experiment("intent-classifier")
+    with mlflow.start_run() as run:
+        if reference is not None:
+            mlflow.log_dict(reference.model_dump(), REFERENCE_ARTIFACT)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    return str(client.create_model_version(name, f"{run.info.artifact_uri}/reference", run_id=run.info.run_id).version)

@@ -16,27 +16,15 @@ import pytest
 from mlflow import MlflowClient
 
 from supportflow.bot.turns import Turn, TurnLog
-from supportflow.drift import REFERENCE_ARTIFACT, DriftReference
+from supportflow.drift import DriftReference
 from supportflow.errors import DriftReferenceError, SupportflowError
-from tests.drift.conftest import START, window
+from tests.drift.conftest import START, register, window
 
-NAME = "intent-classifier"
 FAMILIAR, SPIKE, ONE_TURN, EMPTY, UNMONITORED = (START + timedelta(hours=h) for h in range(5))
 
 
 def end_of(start: object) -> str:
     return (start + timedelta(hours=1)).isoformat()  # type: ignore[operator]
-
-
-def register(client: MlflowClient, reference: DriftReference | None) -> str:
-    """A registered version whose training run holds (or lacks) the drift reference; no weights are needed."""
-    mlflow.set_experiment("intent-classifier")
-    with mlflow.start_run() as run:
-        if reference is not None:
-            mlflow.log_dict(reference.model_dump(), REFERENCE_ARTIFACT)
-    if not client.search_registered_models(f"name='{NAME}'"):
-        client.create_registered_model(NAME)
-    return str(client.create_model_version(NAME, f"{run.info.artifact_uri}/reference", run_id=run.info.run_id).version)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +43,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, reference: DriftReference, t
         mlflow.create_experiment("intent-classifier", artifact_location=str(folder / "mlartifacts"))
         client = MlflowClient(settings.mlflow_tracking_uri)
         assert register(client, reference) == "1" and register(client, None) == "2"
-        client.set_registered_model_alias(NAME, "champion", "1")
+        client.set_registered_model_alias("intent-classifier", "champion", "1")
 
         rng = np.random.default_rng(11)
         log = TurnLog(open_lake(settings), flush_every=10_000)
