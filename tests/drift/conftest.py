@@ -117,3 +117,15 @@ def register(client: MlflowClient, reference: DriftReference | None, name: str =
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
     return str(client.create_model_version(name, f"{run.info.artifact_uri}/reference", run_id=run.info.run_id).version)
+
+
+def use_store(patch: pytest.MonkeyPatch, uri: str) -> MlflowClient:
+    """Point the settings and MLflow at a test's store. MLflow's setters write MLFLOW_* environment variables,
+    which notebook kernels inherit; setting them through `patch` puts them back when the test ends."""
+    patch.setenv("SUPPORTFLOW_MLFLOW_TRACKING_URI", uri)
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.setenv("MLFLOW_REGISTRY_URI", uri)
+    patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from supportflow.bot.turns import Turn, TurnLog
 from supportflow.drift import DriftReference
 from supportflow.errors import DriftReferenceError, SupportflowError
-from tests.drift.conftest import START, register, window
+from tests.drift.conftest import START, register, use_store, window
 
 FAMILIAR, SPIKE, ONE_TURN, EMPTY, UNMONITORED = (START + timedelta(hours=h) for h in range(5))
 
@@ -35,13 +35,11 @@ def store(tmp_path_factory: pytest.TempPathFactory, reference: DriftReference, t
     folder = tmp_path_factory.mktemp("drift")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SUPPORTFLOW_LAKE_URL", str(folder / "lake"))
-        patch.setenv("SUPPORTFLOW_MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        client = use_store(patch, f"sqlite:///{folder / 'mlflow.db'}")
         patch.setenv("SUPPORTFLOW_MLFLOW_ARTIFACT_ROOT", str(folder / "mlartifacts"))
         get_settings.cache_clear()
         settings = get_settings()
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         mlflow.create_experiment("intent-classifier", artifact_location=str(folder / "mlartifacts"))
-        client = MlflowClient(settings.mlflow_tracking_uri)
         assert register(client, reference) == "1" and register(client, None) == "2"
         client.set_registered_model_alias("intent-classifier", "champion", "1")
 

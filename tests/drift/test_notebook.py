@@ -8,13 +8,12 @@ import mlflow
 import nbformat
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from nbclient import NotebookClient
 
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.turns import Turn, TurnLog
 from supportflow.drift import DriftReference
-from tests.drift.conftest import LABELS, START, register, window
+from tests.drift.conftest import LABELS, START, register, use_store, window
 
 ROOT = Path(__file__).resolve().parents[2]
 # Handed-off messages and what the agent who resolved each said it was.
@@ -32,12 +31,10 @@ def store(tmp_path: Path, reference: DriftReference, texts: dict) -> Iterator[Pa
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SUPPORTFLOW_LAKE_URL", str(tmp_path / "lake"))
-        patch.setenv("SUPPORTFLOW_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        client = use_store(patch, f"sqlite:///{tmp_path / 'mlflow.db'}")
         get_settings.cache_clear()
         settings = get_settings()
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         mlflow.create_experiment("intent-classifier", artifact_location=str(tmp_path / "mlartifacts"))
-        client = MlflowClient(settings.mlflow_tracking_uri)
         client.set_registered_model_alias("intent-classifier", "champion", register(client, reference))
 
         lake = open_lake(settings)
