@@ -90,3 +90,8 @@ stop:
 system-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk)
+
+# Drift monitor: the last hour of the turn log against the served model's training reference (docs/drift.md).
+.PHONY: drift
+drift: install
+	$(BIN)/supportflow drift

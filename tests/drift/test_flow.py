@@ -163,3 +163,16 @@ def test_bad_window_arguments_are_clear_errors(store: Path) -> None:
         drift_monitor(window_hours=0)
     with pytest.raises(SupportflowError, match="not an ISO date-time"):
         drift_monitor(end="yesterday")
+
+
+def test_the_cli_prints_the_report_and_errors_without_a_traceback(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from supportflow.cli import main
+
+    assert main(["drift", "--end", end_of(ONE_TURN)]) == 0
+    out = capsys.readouterr().out
+    assert "too few turns in 2026-11-20 11:00-12:00 UTC (1 turns)" in out and "would breach: fallback rate 100.0%" in out
+    assert "fallback_rate 1.000" in out and "retraining: not requested" in out
+
+    assert main(["drift", "--end", end_of(UNMONITORED)]) == 2
+    err = capsys.readouterr().err
+    assert "\nsupportflow: error: intent-classifier v2 (MLflow run" in err and "retrain it" in err and "Traceback" not in err
