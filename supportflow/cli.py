@@ -132,7 +132,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
         print(f"    - {line}")
     if report.n_turns:
         figures = report.figures()
-        shown = ("fallback_rate", "handoff_rate", "confidence_psi", "confidence_ks_pvalue", "intent_mix_js", "oov_rate")
+        shown = ("fallback_rate", "handoff_rate", "confidence_psi", "confidence_ks_pvalue", "intent_mix_js_excess", "oov_rate")
         print("    " + ", ".join(f"{name} {figures[name]:.3f}" for name in shown if name in figures))
     print(f"  retraining: {report.retraining}")
 

@@ -10,8 +10,9 @@ Two facts of the served bot shape the definitions:
   Confidences below the threshold are therefore censored at the threshold on both sides of every
   comparison, and the intent mix compares only the intents the bot acted on (at or above it).
 - Small windows are noisy: on 50 turns, PSI over ten bins averages ~0.2 and the Jensen-Shannon distance
-  over 77 intents is large by sampling alone. A statistical figure alarms only with an effect size
-  above its threshold *and* a p-value below the significance level.
+  over 77 intents is ~0.6 by sampling alone. A statistical figure alarms only with an effect size above
+  its threshold *and* a p-value below the significance level, and the intent mix's effect size is the
+  distance beyond the median distance between samples of the reference of the same sizes.
 """
 
 import re
@@ -82,6 +83,7 @@ class DriftReport(BaseModel):
     confidence_ks: float | None = None
     confidence_ks_pvalue: float | None = None
     intent_mix_js: float | None = None
+    intent_mix_js_excess: float | None = Field(None, description="The JS distance minus its median between samples of the reference.")
     intent_mix_pvalue: float | None = None
     intent_changes: list[IntentShare] = Field(default_factory=list, description="The largest changes of share, largest first.")
     oov_rate: float | None = None
@@ -102,6 +104,7 @@ class DriftReport(BaseModel):
         "confidence_ks",
         "confidence_ks_pvalue",
         "intent_mix_js",
+        "intent_mix_js_excess",
         "intent_mix_pvalue",
         "oov_rate",
         "reference_oov_rate",
@@ -182,17 +185,18 @@ def intent_mix(intents: Iterable[str], labels: Sequence[str]) -> np.ndarray:
     return np.array([counts[label] / total if total else 0.0 for label in labels])
 
 
-def intent_mix_shift(window: Sequence[str], reference: Sequence[str], labels: Sequence[str], seed: int = 0) -> tuple[float, float]:
-    """(JS distance, p-value). The p-value is the share of pairs of samples of the same two sizes, both
-    drawn from the reference mix, that lie at least as far apart: a small window's sparse mix, far from
-    the reference by sampling alone, raises no alarm."""
+def intent_mix_shift(window: Sequence[str], reference: Sequence[str], labels: Sequence[str], seed: int = 0) -> tuple[float, float, float]:
+    """(JS distance, its excess over sampling noise, p-value). Noise: pairs of samples of the same two sizes,
+    both drawn from the reference mix; the excess is the distance minus their median distance, the p-value
+    the share of them at least as far apart. A small window's sparse mix, far from the reference by
+    sampling alone, thus raises no alarm."""
     expected, observed = intent_mix(reference, labels), intent_mix(window, labels)
     distance = float(js_distance(observed, expected)[0])
     rng = np.random.default_rng(seed)
     window_draws = rng.multinomial(len(window), expected, size=NULL_DRAWS) / len(window)
     reference_draws = rng.multinomial(len(reference), expected, size=NULL_DRAWS) / len(reference)
     null = js_distance(window_draws, reference_draws)
-    return distance, float((1 + np.sum(null >= distance - 1e-12)) / (1 + NULL_DRAWS))
+    return distance, distance - float(np.median(null)), float((1 + np.sum(null >= distance - 1e-12)) / (1 + NULL_DRAWS))
 
 
 def fallback_turns(turns: pd.DataFrame, reference: DriftReference) -> pd.Series:
@@ -269,11 +273,12 @@ def compute_drift(
     window_intents = acted_on(decided["intent"].tolist(), decided["confidence"].tolist(), threshold)
     reference_intents = acted_on(reference.predicted_intents, reference.confidences, threshold)
     if window_intents and reference_intents:
-        distance, pvalue = intent_mix_shift(window_intents, reference_intents, reference.labels)
+        distance, excess, pvalue = intent_mix_shift(window_intents, reference_intents, reference.labels)
         window_mix, reference_mix = intent_mix(window_intents, reference.labels), intent_mix(reference_intents, reference.labels)
         shares = zip(reference.labels, window_mix, reference_mix, strict=True)
         changes = sorted((IntentShare(intent=i, window=float(w), reference=float(r)) for i, w, r in shares), key=lambda s: -abs(s.change))
-        figures |= {"intent_mix_js": distance, "intent_mix_pvalue": pvalue, "intent_changes": changes[:top_changes]}
+        figures |= {"intent_mix_js": distance, "intent_mix_js_excess": excess, "intent_mix_pvalue": pvalue}
+        figures["intent_changes"] = changes[:top_changes]
     rate, n_words = oov(turns["text"].dropna(), set(reference.vocabulary))
     figures |= {"oov_rate": rate, "reference_oov_rate": reference.oov_rate, "n_words": n_words}
 
@@ -303,10 +308,19 @@ def _breaches(figures: dict[str, object], thresholds: DriftThresholds, n: int, r
             f"confidence distribution shifted: PSI {psi_value:.3f} > {thresholds.max_confidence_psi} and KS p-value {ks_p:.2g}"
             f" < {thresholds.significance} (mean {value('mean_confidence'):.3f} against {value('reference_mean_confidence'):.3f})"
         )
-    js, js_p = value("intent_mix_js"), value("intent_mix_pvalue")
-    if js is not None and js_p is not None and js > thresholds.max_intent_mix_js and js_p < thresholds.significance:
+    js, excess, js_p = value("intent_mix_js"), value("intent_mix_js_excess"), value("intent_mix_pvalue")
+    if (
+        js is not None
+        and excess is not None
+        and js_p is not None
+        and excess > thresholds.max_intent_mix_js_excess
+        and js_p < thresholds.significance
+    ):
         moved = ", ".join(f"{s.intent} {s.reference:.0%}->{s.window:.0%}" for s in figures["intent_changes"][:3])  # type: ignore[index]
-        breaches.append(f"intent mix changed: Jensen-Shannon distance {js:.3f} > {thresholds.max_intent_mix_js} (p {js_p:.2g}; {moved})")
+        breaches.append(
+            f"intent mix changed: Jensen-Shannon distance {js:.3f}, {excess:.3f} beyond sampling noise"
+            f" > {thresholds.max_intent_mix_js_excess} (p {js_p:.2g}; {moved})"
+        )
     rate = value("oov_rate")
     if rate is not None and rate > reference.oov_rate + thresholds.max_oov_increase:
         breaches.append(

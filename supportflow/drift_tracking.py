@@ -134,6 +134,7 @@ def report_markdown(report: DriftReport, run_id: str) -> str:
         ("confidence PSI", report.confidence_psi, None),
         ("confidence KS (p)", report.confidence_ks, report.confidence_ks_pvalue),
         ("intent mix JS distance (p)", report.intent_mix_js, report.intent_mix_pvalue),
+        ("intent mix JS beyond sampling noise", report.intent_mix_js_excess, None),
     ]
     for name, value, other in pairs:
         lines.append(f"| {name} | {'-' if value is None else f'{value:.3f}'} | {'-' if other is None else f'{other:.3g}'} |")

@@ -34,7 +34,8 @@ class DriftThresholds(BaseModel):
     """When the drift monitor raises the alarm; each figure is documented in docs/drift.md.
 
     The statistical figures need both an effect size and a p-value: on a window of 50 turns, PSI over
-    ten bins and the Jensen-Shannon distance over 77 intents are large from sampling noise alone.
+    ten bins and the Jensen-Shannon distance over 77 intents are large from sampling noise alone (the
+    latter ~0.6), so the intent-mix effect size is the distance beyond the median of that noise.
     """
 
     min_turns: int = Field(50, ge=1, description="Fewer turns in the window: figures are reported, no alarm is raised.")
@@ -42,7 +43,9 @@ class DriftThresholds(BaseModel):
     max_handoff_rate: float | None = Field(None, ge=0, le=1, description="None: the handoff rate is reported, never alarmed on.")
     confidence_bins: int = Field(10, ge=2, description="Fixed equal-width bins on [0, 1] for the confidence PSI.")
     max_confidence_psi: float = Field(0.25, gt=0, description="The conventional 'significant shift' level of the PSI.")
-    max_intent_mix_js: float = Field(0.30, gt=0, le=1, description="Jensen-Shannon distance (base 2) between intent mixes.")
+    max_intent_mix_js_excess: float = Field(
+        0.10, gt=0, le=1, description="Jensen-Shannon distance (base 2) between intent mixes beyond what sampling alone gives."
+    )
     significance: float = Field(0.01, gt=0, lt=1, description="KS and intent-mix p-values must be below this too.")
     max_oov_increase: float = Field(0.10, ge=0, le=1, description="Out-of-vocabulary rate above the reference's by more than this.")
 
