@@ -72,6 +72,7 @@ def main() -> None:
     foreign = pd.read_csv(STACKFAQ)["query"].dropna().tolist()
     reference = make_reference(rng, train)
     held_in = sorted(test["category"].unique())[:10]
+    half = sorted(test["category"].unique())[::2][:40]
     thresholds = DriftThresholds()
 
     def familiar(n: int) -> pd.DataFrame:
@@ -94,12 +95,28 @@ def main() -> None:
         rows = test.sample(n, replace=True, random_state=int(rng.integers(1 << 31)))
         return turns([str(t) for t in rng.choice(foreign, n)], rows["category"].tolist(), confident(rng, n))
 
+    def mild_confidence_shift(n: int) -> pd.DataFrame:
+        rows = test.sample(n, replace=True, random_state=int(rng.integers(1 << 31)))
+        return turns(rows["text"].tolist(), rows["category"].tolist(), rng.beta(4, 1.2, n))
+
+    def mild_intent_mix(n: int) -> pd.DataFrame:
+        rows = test[test["category"].isin(half)].sample(n, replace=True, random_state=int(rng.integers(1 << 31)))
+        return turns(rows["text"].tolist(), rows["category"].tolist(), confident(rng, n))
+
+    def some_new_vocabulary(n: int) -> pd.DataFrame:
+        window = familiar(n)
+        texts = [str(rng.choice(foreign)) if rng.random() < 0.25 else text for text in window["text"]]
+        return turns(texts, window["intent"].tolist(), confident(rng, n))
+
     kinds: dict[str, Callable[[int], pd.DataFrame]] = {
         "familiar": familiar,
         "fallback_spike_40pct": fallback_spike,
         "confidence_shift_0.52_0.75": confidence_shift,
         "intent_mix_10_of_77": intent_mix,
         "new_vocabulary_stackfaq": new_vocabulary,
+        "mild_confidence_shift_beta_4_1.2": mild_confidence_shift,
+        "mild_intent_mix_40_of_77": mild_intent_mix,
+        "new_vocabulary_25pct_of_turns": some_new_vocabulary,
     }
     results: dict[str, dict] = {}
     for kind, make in kinds.items():

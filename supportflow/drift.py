@@ -222,8 +222,10 @@ def censored(confidences: Iterable[float], threshold: float) -> np.ndarray:
     return np.maximum(np.asarray(list(confidences), dtype=float), threshold)
 
 
-def acted_on(intents: Sequence[str], confidences: Sequence[float], threshold: float) -> list[str]:
-    return [intent for intent, confidence in zip(intents, confidences, strict=True) if confidence >= threshold]
+def acted_on(intents: Sequence[str], confidences: Sequence[float], threshold: float, labels: Sequence[str]) -> list[str]:
+    """The catalogue intents the bot acted on; `nlu_fallback`, logged at exactly the threshold, is not one."""
+    known = set(labels)
+    return [intent for intent, confidence in zip(intents, confidences, strict=True) if confidence >= threshold and intent in known]
 
 
 def compute_drift(
@@ -270,8 +272,8 @@ def compute_drift(
             "confidence_ks": float(ks.statistic),
             "confidence_ks_pvalue": float(ks.pvalue),
         }
-    window_intents = acted_on(decided["intent"].tolist(), decided["confidence"].tolist(), threshold)
-    reference_intents = acted_on(reference.predicted_intents, reference.confidences, threshold)
+    window_intents = acted_on(decided["intent"].tolist(), decided["confidence"].tolist(), threshold, reference.labels)
+    reference_intents = acted_on(reference.predicted_intents, reference.confidences, threshold, reference.labels)
     if window_intents and reference_intents:
         distance, excess, pvalue = intent_mix_shift(window_intents, reference_intents, reference.labels)
         window_mix, reference_mix = intent_mix(window_intents, reference.labels), intent_mix(reference_intents, reference.labels)

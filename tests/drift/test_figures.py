@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from supportflow.bot.turns import TURN_SCHEMA
-from supportflow.drift import DriftReference, build_reference, compute_drift, fallback_turns, oov, psi, served_version, words
+from supportflow.drift import DriftReference, acted_on, build_reference, compute_drift, fallback_turns, oov, psi, served_version, words
 from supportflow.settings import DriftThresholds
 from tests.drift.conftest import LABELS, START, THRESHOLD, confident, probabilities, window
 
@@ -70,6 +70,8 @@ def test_a_fallback_spike_is_drift(reference: DriftReference, texts: dict) -> No
     assert report.status == "drift" and report.drifted
     assert report.fallback_rate > 0.4 and report.handoff_rate == pytest.approx(report.fallback_rate)
     assert any(b.startswith("fallback rate") and "above 30%" in b for b in report.breaches)
+    # nlu_fallback turns, logged at exactly the threshold, are not part of the intent mix: it has not changed.
+    assert not any(b.startswith("intent mix") for b in report.breaches) and report.intent_mix_js_excess < 0.05
 
 
 def test_a_confidence_shift_is_drift_without_more_fallbacks(reference: DriftReference, texts: dict) -> None:
@@ -139,6 +141,12 @@ def test_fallback_definition(reference: DriftReference) -> None:
     )
     # confident answer; nlu_fallback; below threshold; clarify; asked for a person; already with an agent; greeting; KB had nothing
     assert fallback_turns(turns, reference).tolist() == [False, True, True, True, False, False, False, True]
+
+
+def test_the_intent_mix_counts_only_catalogue_intents_the_bot_acted_on() -> None:
+    """nlu_fallback is logged at exactly the threshold: counting it would shrink the mix's sample and inflate the noise test."""
+    intents = ["card_arrival", "nlu_fallback", "change_pin", "greet", "card_arrival"]
+    assert acted_on(intents, [0.9, 0.5, 0.4, 1.0, 0.5], 0.5, LABELS) == ["card_arrival", "card_arrival"]
 
 
 def test_the_reference_is_the_model_that_served_most_turns() -> None:
