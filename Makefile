@@ -92,6 +92,9 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk)
 
 # Drift monitor: the last hour of the turn log against the served model's training reference (docs/drift.md).
-.PHONY: drift
+.PHONY: drift bench-drift
 drift: install
 	$(BIN)/supportflow drift
+
+bench-drift: install
+	$(BIN)/python bench/drift.py
