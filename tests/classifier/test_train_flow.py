@@ -80,6 +80,16 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     card = mlflow.artifacts.load_dict(f"models:/{name}/1/artifacts/classifier/classifier.json")
     assert card["labels"] == sorted(TINY_INTENTS) and card["threshold"] == pytest.approx(first.threshold)
     assert card["temperature"] > 0
+    # The drift monitor finds the served version's training reference, calibrated like its card.
+    from supportflow.drift_tracking import load_reference
+    from supportflow.lake import open_lake
+    from supportflow.snapshot import read_split
+
+    reference = load_reference(get_settings(), None)
+    validation = read_split(open_lake(get_settings()), store.snapshot_id, "validation")
+    assert reference.model_version == "1" and reference.run_id == first.run_id and reference.labels == card["labels"]
+    assert reference.threshold == pytest.approx(card["threshold"]) and len(reference.confidences) == len(validation)
+    assert {"card", "pin"} <= set(reference.vocabulary) and 0 <= reference.oov_rate < 0.2
 
 
 def test_notebook_reads_the_runs(store: Store) -> None:
