@@ -53,7 +53,7 @@ bench-ingest: install
 	$(BIN)/python bench/report.py
 
 clean:
-	rm -rf .lake gx mlflow.db mlruns .pytest_cache
+	rm -rf .lake gx mlflow.db mlruns mlartifacts .pytest_cache .kb .rasa .bentoml .run handoff.db
 
 # Knowledge base: rebuild the index from kb/ (SUPPORTFLOW_KB_SOURCES), and the StackFAQ retrieval benchmark.
 .PHONY: kb-index bench-kb
@@ -78,6 +78,12 @@ rasa-venv: $(RASA_VENV)/.installed
 bench-intent: install rasa-venv
 	$(BIN)/python bench/intent.py
 
+# The whole loop at full quality from an empty store: bench/results/pipeline.json (about 25 min on 2 cores).
+.PHONY: bench-pipeline
+bench-pipeline: install rasa-venv
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/report.py
+
 # The served bot: classifier, Rasa, action server and bot (the demo leaves them running).
 .PHONY: serve stop system-deps
 serve: install rasa-venv
@@ -86,10 +92,12 @@ serve: install rasa-venv
 stop:
 	$(BIN)/supportflow stop
 
-# Debian packages the webchat browser test and the serving benchmark use (root, as on the project's machines).
+# Debian packages the webchat browser test, the serving benchmark and the alert-rule tests (promtool) use
+# (root, as on the project's machines).
 system-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 # Drift monitor: the last hour of the turn log against the served model's training reference (docs/drift.md).
 .PHONY: drift bench-drift

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from supportflow.errors import SupportflowError
 
 if TYPE_CHECKING:
+    from flows.pipeline import PipelineSummary
     from flows.train import TrainingSummary
     from supportflow.ingest import IngestReport
     from supportflow.kb.build import BuildReport
@@ -78,6 +79,15 @@ def cmd_kb_index(args: argparse.Namespace) -> None:
     _print_kb_build(kb_index(args.sources or None))
 
 
+def cmd_kb_changed(args: argparse.Namespace) -> None:
+    from supportflow.kb.events import KB_CHANGED, emit_kb_changed
+    from supportflow.settings import get_settings
+
+    event_id = emit_kb_changed(get_settings(), args.sources)
+    sources = ", ".join(args.sources) or "the configured sources"
+    print(f"emitted {KB_CHANGED} ({event_id}): the kb-index-on-change deployment rebuilds from {sources}")
+
+
 def cmd_kb_search(args: argparse.Namespace) -> None:
     _print_kb_answers(" ".join(args.question), args.k)
 
@@ -100,12 +110,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
+    from supportflow.lake import open_lake
     from supportflow.registry import rollback
+    from supportflow.release import current_release, rollback_release
     from supportflow.settings import get_settings
 
     settings = get_settings()
-    before, after = rollback(settings)
-    print(f"{settings.registered_model_name}: champion moved back from v{before} to v{after}")
+    lake = open_lake(settings)
+    if current_release(lake) is None:  # nothing released yet: only the registry's champion moves back
+        before, after = rollback(settings)
+        print(f"{settings.registered_model_name}: champion moved back from v{before} to v{after}")
+        return
+    replaced, restored = rollback_release(settings, lake)
+    print(f"production rolled back from release {replaced.release_id} to {restored.release_id}:")
+    print(f"  bundles {restored.bundles.classifier}, {restored.bundles.bot}")
+    print(f"  @production and @champion on {settings.registered_model_name} v{restored.bundles.classifier_version}")
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -137,13 +156,26 @@ def cmd_drift(args: argparse.Namespace) -> None:
     print(f"  retraining: {report.retraining}")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from flows.pipeline import pipeline
-    from supportflow.settings import get_settings
+def _print_release(summary: "PipelineSummary") -> None:
+    released = summary.release
+    smoke = released.smoke
+    print(f"  bundles {released.bundles.classifier} and {released.bundles.bot}")
+    print(f"    labels: {released.bundles.labels}")
+    print(
+        f"    smoke test on spare ports: {smoke.accuracy:.1%} of {smoke.examples} test examples right"
+        f" (registered {smoke.expected_accuracy:.1%}), /chat routed {smoke.chat_route}, {smoke.seconds:.0f} s"
+    )
+    replaced = f", replacing {released.release.previous_release}" if released.release.previous_release else ""
+    print(f"  production release {released.release.release_id}{replaced}: @production is v{released.bundles.classifier_version}")
+    print("stages (seconds): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in summary.stages.items()))
+    print(f"  total {summary.total_seconds:.0f} s")
 
-    summary = pipeline()
-    settings = get_settings()
-    print("\nsupportflow demo finished")
+
+def _run_pipeline(args: argparse.Namespace) -> "PipelineSummary":
+    from flows.pipeline import pipeline
+
+    summary = pipeline(paths=args.paths, profile=args.profile)
+    print("\nsupportflow pipeline finished")
     print("ingest:")
     _print_ingest(summary.ingest)
     print("validate:")
@@ -152,21 +184,37 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_training(summary.training)
     print("knowledge base:")
     _print_kb_build(summary.knowledge_base)
-    for question in DEMO_QUESTIONS:
-        _print_kb_answers(question)
     build = summary.dialogue
     print("dialogue:")
     threshold = f"fallback at {build.fallback_threshold:.3f}"
     print(f"  Rasa model {build.model} for intent-classifier v{build.classifier_version}, {threshold} ({build.seconds:.0f} s)")
+    print("release:")
+    _print_release(summary)
+    return summary
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    _run_pipeline(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from supportflow.settings import get_settings
+
+    args.paths = None
+    summary = _run_pipeline(args)
+    settings = get_settings()
+    for question in DEMO_QUESTIONS:
+        _print_kb_answers(question)
     if not args.no_serve:
         stack = _start_stack(background=True)
-        print("an example conversation through /chat:")
+        print("an example conversation through /chat, served by the production release:")
         _converse(stack)
     print("where to look:")
-    print(f"  lake:          {settings.lake_url}/ (tickets/, quarantine/, snapshots/)")
+    print(f"  lake:          {settings.lake_url}/ (tickets/, quarantine/, snapshots/, turns/, releases/)")
     print(f"  data docs:     {summary.snapshot.validation.data_docs}")
     print(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}, then http://127.0.0.1:5000")
     print(f"  kb index:      {settings.kb_dir}/ (MLflow experiment {settings.kb_experiment!r})")
+    print(f"  bundles:       BENTOML_HOME={settings.bentoml_home} .venv/bin/bentoml list")
     print("  Prefect UI:    .venv/bin/prefect server start, then http://127.0.0.1:4200 (flow runs and their report artifacts)")
     if not args.no_serve:
         _print_stack(stack)
@@ -181,28 +229,32 @@ DEMO_CONVERSATION = (
 
 
 def _start_stack(background: bool) -> "Stack":
-    from supportflow.serving import RUN_DIR, record_stack, start_stack, stop_recorded_stack
+    from supportflow.lake import open_lake
+    from supportflow.release import current_release
+    from supportflow.serving import record_stack, start_stack, stop_recorded_stack
     from supportflow.settings import get_settings
 
     settings = get_settings()
+    production = current_release(open_lake(settings))
     model = settings.rasa_project_dir / "models" / "supportflow.tar.gz"
-    if not model.exists():
-        raise SupportflowError(f"no dialogue model at {model}: run `supportflow demo` (or the dialogue flow) first")
-    stop_recorded_stack()
+    if production is None and not model.exists():
+        raise SupportflowError(f"no release and no dialogue model at {model}: run `supportflow demo` (or the pipeline) first")
+    stop_recorded_stack(settings)
     print("starting the classifier, Rasa, the action server and the bot (about a minute)...", flush=True)
-    stack = start_stack(settings, settings.rasa_project_dir, model, RUN_DIR / "logs")
+    bundles = production.bundles if production else None
+    stack = start_stack(settings, settings.rasa_project_dir, model, settings.run_dir / "logs", bundles=bundles)
     if background:
-        record_stack(stack)
+        record_stack(settings, stack)
     return stack
 
 
 def _print_stack(stack: "Stack") -> None:
-    from supportflow.serving import RUN_DIR
+    from supportflow.settings import get_settings
 
     print(f"  webchat:       {stack.bot_url}/  (POST {stack.bot_url}/chat, Twilio webhook {stack.bot_url}/twilio)")
     print(f"  classifier:    {stack.classifier_url}/classify  (metrics at /metrics on both services)")
     print(f"  agent API:     {stack.bot_url}/agent/handoffs")
-    print(f"  logs:          {RUN_DIR / 'logs'}/")
+    print(f"  logs:          {get_settings().run_dir / 'logs'}/")
 
 
 def _converse(stack: "Stack") -> None:
@@ -237,8 +289,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_stop(args: argparse.Namespace) -> None:
     from supportflow.serving import stop_recorded_stack
+    from supportflow.settings import get_settings
 
-    stopped = stop_recorded_stack()
+    stopped = stop_recorded_stack(get_settings())
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -254,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     kb_index = commands.add_parser("kb-index", help="build the knowledge-base index from its sources and swap it in")
     kb_index.add_argument("sources", nargs="*", help="files and folders (default: SUPPORTFLOW_KB_SOURCES)")
     kb_index.set_defaults(run=cmd_kb_index)
+    kb_changed = commands.add_parser("kb-changed", help="tell the Prefect server the KB sources changed (the on-change rebuild runs)")
+    kb_changed.add_argument("sources", nargs="*", help="the changed files and folders (default: rebuild from SUPPORTFLOW_KB_SOURCES)")
+    kb_changed.set_defaults(run=cmd_kb_changed)
     kb_search = commands.add_parser("kb-search", help="ask the served knowledge base a question")
     kb_search.add_argument("question", nargs="+")
     kb_search.add_argument("-k", type=int, default=3)
@@ -261,17 +317,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = commands.add_parser("train", help="fine-tune the intent classifier on the latest snapshot, register it, gate promotion")
     train.add_argument("--profile", choices=["quick", "full"], help="default: SUPPORTFLOW_TRAIN_PROFILE (quick)")
     train.set_defaults(run=cmd_train)
-    commands.add_parser("rollback", help="move the classifier's champion alias back to the previous champion").set_defaults(
-        run=cmd_rollback
-    )
+    commands.add_parser(
+        "rollback", help="restore the previous release: its bundles, and @production and @champion on its model"
+    ).set_defaults(run=cmd_rollback)
     drift = commands.add_parser("drift", help="compare the last window of the turn log with the served model's training")
     drift.add_argument("--hours", type=float, default=1.0, help="the window's length (default 1 hour)")
     drift.add_argument("--end", help="the window's end, ISO date-time (default now)")
     drift.add_argument("--retrain", action="store_true", help="on drift, run the pipeline on the lake's tickets and agents' labels")
     drift.set_defaults(run=cmd_drift)
-    demo = commands.add_parser("demo", help="run the main job end to end on BANKING77, then serve the bot")
+    demo = commands.add_parser("demo", help="run the whole loop on BANKING77, then serve the promoted bot")
     demo.add_argument("--no-serve", action="store_true", help="stop after the pipeline")
+    demo.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
     demo.set_defaults(run=cmd_demo)
+    run = commands.add_parser("pipeline", help="run the whole loop: ingest, validate, train, kb, dialogue, bundle, smoke test, promote")
+    run.add_argument("paths", nargs="*", help="ticket exports to ingest first (none: retrain on the lake as it is)")
+    run.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
+    run.set_defaults(run=cmd_pipeline)
     serve = commands.add_parser("serve", help="serve the bot locally: classifier, Rasa, action server, bot")
     serve.add_argument("--background", action="store_true", help="leave it running and return (stop with `supportflow stop`)")
     serve.set_defaults(run=cmd_serve)

@@ -2,9 +2,12 @@
 healthy, stop. Each runs in its own process group and logs to its own file."""
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,9 +20,24 @@ class ServiceStartError(SupportflowError):
     """A service exited or did not become healthy in time; the message names its log."""
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class ManagedProcess:
-    def __init__(self, name: str, command: list[str], cwd: Path, env: dict[str, str], health_url: str, log_path: Path) -> None:
+    """`die_with_parent`: for services that must not outlive their caller (a smoke test killed mid-way);
+    a stack left serving in the background must not set it."""
+
+    def __init__(
+        self, name: str, command: list[str], cwd: Path, env: dict[str, str], health_url: str, log_path: Path, die_with_parent: bool = False
+    ) -> None:
         self.name, self.command, self.cwd, self.env, self.health_url, self.log_path = name, command, cwd, env, health_url, log_path
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -30,7 +48,13 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent and sys.platform == "linux" else None,
             )
         return self
 

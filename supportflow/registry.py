@@ -84,6 +84,7 @@ def log_training_run(
     parities: list[VariantParity],
     settings: Settings,
     base_source: str,
+    training_key: str = "",
     drift_reference: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """One MLflow run with everything needed to judge and reproduce the model; returns (run id, model URI).
@@ -108,7 +109,7 @@ def log_training_run(
                 "target_precision": card.target_precision,
             }
         )
-        mlflow.set_tags({"snapshot_id": card.snapshot_id, "serving_variant": serving_variant})
+        mlflow.set_tags({"snapshot_id": card.snapshot_id, "serving_variant": serving_variant, "training_key": training_key})
         mlflow.log_dict(manifest, "snapshot/manifest.json")
         if drift_reference is not None:
             mlflow.log_dict(drift_reference, REFERENCE_ARTIFACT)
@@ -167,6 +168,7 @@ def register_and_gate(
     snapshot_id: str,
     test_macro_f1: float,
     score_on_test: Callable[[ModelVersion], float],
+    registered_version: str | None = None,
 ) -> GateResult:
     """Register as `challenger`, then promote to `champion` only if strictly better on this test split.
 
@@ -174,11 +176,14 @@ def register_and_gate(
     was measured on another snapshot.
     """
     name = settings.registered_model_name
-    try:
-        registered = mlflow.register_model(model_uri, name, tags={"snapshot_id": snapshot_id, "test_macro_f1": f"{test_macro_f1:.6f}"})
-    except MlflowException as error:
-        raise RegistryError(f"registering {model_uri} as {name} in {settings.mlflow_tracking_uri} failed: {error.message}") from error
-    version = str(registered.version)  # an int in MLflow 3's entities, a string in its API
+    if registered_version is None:
+        try:
+            tags = {"snapshot_id": snapshot_id, "test_macro_f1": f"{test_macro_f1:.6f}"}
+            registered = mlflow.register_model(model_uri, name, tags=tags)
+        except MlflowException as error:
+            raise RegistryError(f"registering {model_uri} as {name} in {settings.mlflow_tracking_uri} failed: {error.message}") from error
+        registered_version = str(registered.version)  # an int in MLflow 3's entities, a string in its API
+    version = registered_version  # a re-run gates the version a killed run registered, instead of registering another
     champion: ModelVersion | None = None
     try:
         client.set_registered_model_alias(name, CHALLENGER, version)
@@ -258,3 +263,24 @@ def download_classifier(settings: Settings, reference: str) -> Path:
     except MlflowException as error:
         raise RegistryError(f"{uri} cannot be downloaded from {settings.mlflow_tracking_uri}: {error.message}") from error
     return local / "artifacts" / MODEL_ARTIFACT
+
+
+def find_trained(client: MlflowClient, settings: Settings, training_key: str) -> tuple[str, ModelVersion | None] | None:
+    """A finished training run for this key, and its registered version if it got that far.
+
+    The pipeline's resume: a run killed after training and logging must not train and register again.
+    """
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.training_key = '{training_key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    versions = client.search_model_versions(f"name = '{settings.registered_model_name}' and run_id = '{run_id}'")
+    return run_id, (versions[0] if versions else None)

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from mlflow import MlflowClient
 
 from supportflow.errors import RegistryError
 from supportflow.onnx_export import ONNX_DIR, VARIANTS, onnx_logits, onnx_session
 from supportflow.predict import ClassifierCard, IntentClassifier, ranking, softmax
-from supportflow.registry import connect, download_classifier
+from supportflow.production import served_version
+from supportflow.registry import download_classifier
 from supportflow.settings import Settings
 
 
@@ -55,20 +55,16 @@ class ServingClassifier:
         }
 
 
-def champion_version(settings: Settings, alias: str = "champion") -> tuple[str, str]:
-    """The aliased version and the serving variant its run chose."""
-    client: MlflowClient = connect(settings)
-    try:
-        version = client.get_model_version_by_alias(settings.registered_model_name, alias)
-    except Exception as error:
-        raise RegistryError(
-            f"{settings.registered_model_name} has no @{alias} in {settings.mlflow_tracking_uri}: train one first"
-        ) from error
-    variant = client.get_run(version.run_id).data.tags.get("serving_variant", "torch")
-    return str(version.version), variant
-
-
-def load_serving_classifier(settings: Settings, alias: str = "champion") -> ServingClassifier:
-    version, chosen = champion_version(settings, alias)
-    variant = chosen if settings.serving_variant == "auto" else settings.serving_variant
+def load_version(settings: Settings, version: str, chosen_variant: str) -> ServingClassifier:
+    variant = chosen_variant if settings.serving_variant == "auto" else settings.serving_variant
     return ServingClassifier(download_classifier(settings, version), variant, version, settings.serving_threads)
+
+
+def load_serving_classifier(settings: Settings) -> ServingClassifier:
+    return load_version(settings, *served_version(settings))
+
+
+def load_bundled_classifier(settings: Settings, folder: Path, labels: dict[str, str]) -> ServingClassifier:
+    """The model a bundle carries: the version and variant its bundle stage recorded."""
+    variant = labels.get("variant", "torch") if settings.serving_variant == "auto" else settings.serving_variant
+    return ServingClassifier(folder, variant, labels.get("version", "unknown"), settings.serving_threads)

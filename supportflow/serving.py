@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supportflow.bundle import Bundles, dialogue_archive
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
 from supportflow.processes import ManagedProcess
 from supportflow.settings import PROJECT_ROOT, Settings
@@ -28,6 +29,7 @@ class Ports:
 def settings_environment(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = dict(os.environ)
+    settings = settings.anchored()
     for name, value in settings.model_dump(mode="json").items():
         key = f"SUPPORTFLOW_{name.upper()}"
         if value is None:
@@ -38,19 +40,26 @@ def settings_environment(settings: Settings, **overrides: str) -> dict[str, str]
             env[key] = json.dumps(value)
         else:
             env[key] = str(value)
-    env.update(BENTOML_DO_NOT_TRACK="true", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false", **overrides)
+    env.update(
+        BENTOML_HOME=str(settings.bentoml_home), BENTOML_DO_NOT_TRACK="true", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false", **overrides
+    )
     return env
 
 
-def classifier_service(settings: Settings, port: int, log_dir: Path) -> ManagedProcess:
-    command = [BENTOML, "serve", "bentos.classifier.service:ClassifierService", "--host", "127.0.0.1", "--port", str(port)]
+CLASSIFIER_SOURCE = "bentos.classifier.service:ClassifierService"
+BOT_SOURCE = "bentos.bot.service:BotService"
+
+
+def classifier_service(settings: Settings, port: int, log_dir: Path, target: str = CLASSIFIER_SOURCE) -> ManagedProcess:
+    """`target` is the service in the source tree, or a bento tag (a built bundle)."""
+    command = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     return ManagedProcess(
         "classifier", command, PROJECT_ROOT, settings_environment(settings), f"http://127.0.0.1:{port}/readyz", log_dir / "classifier.log"
     )
 
 
-def bot_service(settings: Settings, port: int, log_dir: Path) -> ManagedProcess:
-    command = [BENTOML, "serve", "bentos.bot.service:BotService", "--host", "127.0.0.1", "--port", str(port)]
+def bot_service(settings: Settings, port: int, log_dir: Path, target: str = BOT_SOURCE) -> ManagedProcess:
+    command = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     return ManagedProcess(
         "bot", command, PROJECT_ROOT, settings_environment(settings), f"http://127.0.0.1:{port}/readyz", log_dir / "bot.log"
     )
@@ -85,9 +94,24 @@ class Stack:
 
 
 def start_stack(
-    settings: Settings, rasa_project: Path, rasa_model: Path, log_dir: Path, ports: Ports = Ports(), timeout: float = 300
+    settings: Settings,
+    rasa_project: Path,
+    rasa_model: Path | None,
+    log_dir: Path,
+    ports: Ports = Ports(),
+    timeout: float = 300,
+    bundles: Bundles | None = None,
+    die_with_parent: bool = False,
 ) -> Stack:
-    """Launch all four services at once (they start in parallel), then wait until each is healthy."""
+    """Launch all four services at once (they start in parallel), then wait until each is healthy.
+
+    With `bundles`, the classifier and bot run from those bentos and Rasa from the dialogue model the bot
+    bundle carries; otherwise from the source tree and `rasa_model`.
+    """
+    if bundles is not None:
+        rasa_model = dialogue_archive(settings, bundles.dialogue_model)
+    if rasa_model is None:
+        raise ValueError("start_stack needs a Rasa model or bundles")
     settings = settings.model_copy(
         update={
             "classifier_url": f"http://127.0.0.1:{ports.classifier}",
@@ -98,7 +122,7 @@ def start_stack(
     )
     stack = Stack(ports)
     stack.processes = [
-        classifier_service(settings, ports.classifier, log_dir),
+        classifier_service(settings, ports.classifier, log_dir, bundles.classifier if bundles else CLASSIFIER_SOURCE),
         action_server(settings, rasa_project, ports.actions, settings.bot_url, log_dir / "actions.log"),
         rasa_server(
             settings,
@@ -109,8 +133,10 @@ def start_stack(
             f"{settings.action_server_url}/webhook",
             log_dir / "rasa.log",
         ),
-        bot_service(settings, ports.bot, log_dir),
+        bot_service(settings, ports.bot, log_dir, bundles.bot if bundles else BOT_SOURCE),
     ]
+    for process in stack.processes:
+        process.die_with_parent = die_with_parent
     try:
         for process in stack.processes:
             process.launch()
@@ -122,28 +148,30 @@ def start_stack(
     return stack
 
 
-RUN_DIR = PROJECT_ROOT / ".run"
-STACK_FILE = RUN_DIR / "stack.json"
+def stack_file(settings: Settings) -> Path:
+    return settings.run_dir / "stack.json"
 
 
-def record_stack(stack: Stack) -> None:
-    """Remember a stack left running in the background, so `supportflow stop` can end it."""
-    RUN_DIR.mkdir(exist_ok=True)
-    STACK_FILE.write_text(json.dumps({"ports": stack.ports.__dict__, "pids": {p.name: p.pid for p in stack.processes}}, indent=2))
+def record_stack(settings: Settings, stack: Stack) -> None:
+    """Remember a stack left running in the background, so `supportflow stop` and promotions can find it."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"ports": stack.ports.__dict__, "pids": {p.name: p.pid for p in stack.processes}}
+    stack_file(settings).write_text(json.dumps(record, indent=2))
 
 
-def stop_recorded_stack() -> list[str]:
+def stop_recorded_stack(settings: Settings) -> list[str]:
     """Stop the background stack; returns the names of what was stopped."""
     import signal
 
-    if not STACK_FILE.exists():
+    path = stack_file(settings)
+    if not path.exists():
         return []
     stopped = []
-    for name, pid in json.loads(STACK_FILE.read_text())["pids"].items():
+    for name, pid in json.loads(path.read_text())["pids"].items():
         try:
             os.killpg(pid, signal.SIGTERM)
             stopped.append(name)
         except ProcessLookupError:
             pass
-    STACK_FILE.unlink()
+    path.unlink()
     return stopped

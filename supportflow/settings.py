@@ -134,7 +134,8 @@ class Settings(BaseSettings):
 
     # Serving the classifier.
     serving_variant: Literal["auto", "torch", "fp32", "int8"] = "auto"
-    serving_threads: int = Field(2, ge=1)
+    # One thread: measured on 2 shared cores, a second intra-op thread made one short message 2-3x slower.
+    serving_threads: int = Field(1, ge=1)
 
     # The bot and its channels.
     handoff_db_url: str = "sqlite:///handoff.db"
@@ -142,17 +143,44 @@ class Settings(BaseSettings):
     bot_url: str = "http://127.0.0.1:3000"
     action_server_url: str = "http://127.0.0.1:5055"
     max_message_chars: int = 4000
+    turn_flush_every: int = Field(50, ge=1, description="Turns buffered before they are written to the lake.")
+    turn_flush_seconds: float = Field(30.0, gt=0, description="...or at least this often, so the drift monitor sees a quiet bot.")
     model_version: str | None = Field(None, description="The classifier version being served, for the turn log.")
     twilio_auth_token: SecretStr | None = None
     twilio_webhook_url: str | None = Field(None, description="The public URL Twilio calls; its signature covers it.")
     agent_token: SecretStr | None = Field(None, description="Bearer token for the agent API; unset means no token needed.")
 
+    # Bundles and releases: `bentoml build` output, the smoke test, and what production serves.
+    bentoml_home: Path = PROJECT_ROOT / ".bentoml"
+    run_dir: Path = PROJECT_ROOT / ".run"  # the background stack's pids, ports and logs
+    follow_production: bool = Field(
+        True, description="Served classifier and bot follow the `production` alias (one machine); off where rollouts replace images."
+    )
+    release_poll_seconds: float = Field(10.0, gt=0)
+    smoke_examples: int = Field(60, ge=1, description="Test examples the smoke test classifies through the new bundle.")
+    smoke_max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="Largest drop from the registered test accuracy on them.")
     # Drift monitor: thresholds as one JSON object in SUPPORTFLOW_DRIFT, its reports in this MLflow experiment.
     drift: DriftThresholds = DriftThresholds()
     drift_experiment: str = "drift-monitor"
 
     def training_profile(self) -> TrainingProfile:
         return self.full_profile if self.train_profile == "full" else self.quick_profile
+
+    def anchored(self) -> "Settings":
+        """The same settings with every relative location made absolute from here, for a child process that
+        runs elsewhere (a bento serves from its own folder)."""
+        update: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                update[name] = value.resolve()
+            elif isinstance(value, list) and value and all(isinstance(item, Path) for item in value):
+                update[name] = [item.resolve() for item in value]
+            elif isinstance(value, str) and value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+                update[name] = f"sqlite:///{Path(value.removeprefix('sqlite:///')).resolve()}"
+        if "://" not in self.lake_url:
+            update["lake_url"] = str(Path(self.lake_url).resolve())
+        return self.model_copy(update=update)
 
 
 @lru_cache

@@ -56,22 +56,31 @@ def open_knowledge(settings: object) -> object | None:
 
 
 def served_model_version(settings: object) -> str | None:
-    """The classifier version the turns are attributed to: configured, or the registry's champion."""
+    """The classifier version the turns are attributed to: configured, or the production release's."""
     if settings.model_version:
         return settings.model_version
     try:
-        from mlflow import MlflowClient
+        from supportflow.production import served_version
 
-        client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-        return str(client.get_model_version_by_alias(settings.registered_model_name, "champion").version)
+        return served_version(settings)[0]
     except Exception as error:
-        log.warning("champion version unknown: %s", error)
+        log.warning("served classifier version unknown: %s", error)
         return None
+
+
+class BundleArguments(BaseModel):
+    dialogue: str | None = None  # the BentoML model tag of the Rasa archive a bundle carries
+
+
+ARGUMENTS = bentoml.use_arguments(BundleArguments)
 
 
 @bentoml.service(name="supportflow-bot", traffic={"timeout": 60})
 @bentoml.asgi_app(web, path="/")
 class BotService:
+    if ARGUMENTS.dialogue:
+        dialogue = bentoml.models.BentoModel(ARGUMENTS.dialogue)  # Rasa serves it; the bundle carries it
+
     def __init__(self) -> None:
         configure_json_logging()
         settings = get_settings()
@@ -81,15 +90,23 @@ class BotService:
             knowledge=open_knowledge(settings),
             llm=LLMResponder(settings),
             handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(settings.contracts_dir).intents),
-            turns=TurnLog(lake, flush_every=50),
+            turns=TurnLog(lake, flush_every=settings.turn_flush_every, flush_seconds=settings.turn_flush_seconds).start(),
             rasa_url=settings.rasa_url,
             model_version=served_model_version(settings),
             max_message_chars=settings.max_message_chars,
         )
+        if settings.follow_production and not settings.model_version:
+            from supportflow.production import ProductionFollower
+
+            def attribute(version: str, variant: str) -> None:
+                self.bot.model_version = version
+
+            self.follower = ProductionFollower(settings, self.bot.model_version, attribute)
+            self.follower.start()
 
     @bentoml.on_shutdown
     def flush_turns(self) -> None:
-        self.bot.turns.flush()
+        self.bot.turns.stop()
 
     def _respond(self, conversation_id: str, text: str, channel: str, request_id: str) -> tuple[int, dict]:
         try:
@@ -113,6 +130,12 @@ class BotService:
             "request_id": request_id,
         }
         return result.status, body
+
+    @web.get("/status")
+    def status(self) -> dict:
+        """What this bot serves: the knowledge-base build and the classifier version its turns are attributed to."""
+        manifest = getattr(self.bot.knowledge, "manifest", None)
+        return {"knowledge_base": manifest.build_id if manifest else None, "model_version": self.bot.model_version}
 
     @web.get("/", response_class=HTMLResponse)
     def webchat(self) -> str:

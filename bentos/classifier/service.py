@@ -1,24 +1,53 @@
-"""The intent classifier service: the registry's `champion`, answering the classify contract.
+"""The intent classifier service, answering the classify contract.
 
 `POST /classify {"texts": [...]}` returns, per text, `{"intent", "confidence", "ranking": [...]}` with
 calibrated confidences. Adaptive batching merges concurrent requests into one forward pass.
-`bentoml serve bentos.classifier.service:ClassifierService` from the repository root.
+
+Built as a bundle (`--arg model=<BentoML model tag>`), it serves the model the bundle carries; served
+from source (`bentoml serve bentos.classifier.service:ClassifierService`), it asks the registry for the
+production release's version (the champion before the first release). With `follow_production` on it
+then follows the `production` alias, swapping the model in place when a release is promoted or rolled back.
 """
+
+from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
+from pydantic import BaseModel
 
 from supportflow.settings import get_settings
 
 MAX_TEXTS = 256
 
 
+class BundleArguments(BaseModel):
+    model: str | None = None  # the BentoML model tag a bundle carries
+
+
+ARGUMENTS = bentoml.use_arguments(BundleArguments)
+
+
 @bentoml.service(name="supportflow-classifier", traffic={"timeout": 30})
 class ClassifierService:
-    def __init__(self) -> None:
-        from supportflow.serve_classifier import load_serving_classifier
+    if ARGUMENTS.model:
+        bundled = bentoml.models.BentoModel(ARGUMENTS.model)
 
-        self.classifier = load_serving_classifier(get_settings())
+    def __init__(self) -> None:
+        from supportflow.production import ProductionFollower
+        from supportflow.serve_classifier import load_bundled_classifier, load_serving_classifier, load_version
+
+        self.settings = settings = get_settings()
+        if ARGUMENTS.model:
+            self.classifier = load_bundled_classifier(settings, Path(self.bundled.path), self.bundled.info.labels)
+        else:
+            self.classifier = load_serving_classifier(settings)
+        if settings.follow_production:
+
+            def swap(version: str, variant: str) -> None:
+                self.classifier = load_version(settings, version, variant)  # one assignment: requests see old or new
+
+            self.follower = ProductionFollower(settings, self.classifier.version, swap)
+            self.follower.start()
 
     @bentoml.api(route="/classify", batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=2000)
     def classify(self, texts: list[str]) -> list[dict]:

@@ -4,6 +4,7 @@ Turns are buffered and written as one Parquet file per flush (a file per turn wo
 small files); a flush happens every `flush_every` turns, on `flush()`, and at shutdown.
 """
 
+import logging
 import threading
 import uuid
 from datetime import UTC, date, datetime
@@ -54,13 +55,34 @@ class Turn(BaseModel):
 
 
 class TurnLog:
-    """Thread-safe buffer of turns, flushed to `turns/date=YYYY-MM-DD/<uuid>.parquet`."""
+    """Thread-safe buffer of turns, flushed to `turns/date=YYYY-MM-DD/<uuid>.parquet`.
 
-    def __init__(self, lake: Lake, flush_every: int = 200) -> None:
+    Flushed every `flush_every` turns and, once `start()`ed, at least every `flush_seconds`: a quiet bot
+    must not hold its turns back from the hourly drift monitor.
+    """
+
+    def __init__(self, lake: Lake, flush_every: int = 200, flush_seconds: float = 60.0) -> None:
         self.lake = lake
         self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
         self._buffer: list[Turn] = []
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def start(self) -> "TurnLog":
+        def flush_periodically() -> None:
+            while not self._stopped.wait(self.flush_seconds):
+                try:
+                    self.flush()
+                except Exception as error:  # the lake may be down for a while: the turns stay buffered
+                    logging.getLogger("supportflow.turns").error("flushing turns failed: %s", error)
+
+        threading.Thread(target=flush_periodically, name="turn-log-flush", daemon=True).start()
+        return self
+
+    def stop(self) -> list[str]:
+        self._stopped.set()
+        return self.flush()
 
     def record(self, turn: Turn) -> None:
         """Keep a turn; its text is redacted here so no caller can forget to."""
@@ -74,6 +96,14 @@ class TurnLog:
     def flush(self) -> list[str]:
         with self._lock:
             turns, self._buffer = self._buffer, []
+        try:
+            return self._write(turns)
+        except Exception:
+            with self._lock:  # nothing is lost: the turns go back in front of any newer ones
+                self._buffer = turns + self._buffer
+            raise
+
+    def _write(self, turns: list[Turn]) -> list[str]:
         written = []
         by_day: dict[date, list[Turn]] = {}
         for turn in turns:

@@ -12,8 +12,8 @@ from supportflow.dialogue.project import write_project
 from supportflow.dialogue.rasa_cli import train_model, validate_project
 from supportflow.lake import Lake
 from supportflow.predict import ClassifierCard
+from supportflow.production import CHAMPION, alias_version
 from supportflow.registry import connect, download_classifier
-from supportflow.serve_classifier import champion_version
 from supportflow.settings import Settings
 from supportflow.snapshot import latest_snapshot, read_split
 
@@ -39,7 +39,7 @@ def nlu_examples(lake: Lake, per_intent: int = EXAMPLES_PER_INTENT) -> dict[str,
 
 def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
     started = time.perf_counter()
-    version, _ = champion_version(settings)
+    version, _ = alias_version(settings, CHAMPION)
     card = ClassifierCard.load(download_classifier(settings, version))
     intents = load_catalogue(settings.contracts_dir).intents
     project = write_project(settings.rasa_project_dir, intents, nlu_examples(lake), card.threshold, f"{settings.classifier_url}/classify")

@@ -145,9 +145,11 @@ def write_project(
         },
     )
     # Rasa substitutes ${VARIABLES} in its endpoint file: the action server's address is set at start-up.
-    _dump(folder / "endpoints.yml", {"action_endpoint": {"url": "${SUPPORTFLOW_ACTION_WEBHOOK_URL}"}})
+    # Selective domain: the actions never read the domain, so Rasa need not serialise all of it into every call.
+    _dump(folder / "endpoints.yml", {"action_endpoint": {"url": "${SUPPORTFLOW_ACTION_WEBHOOK_URL}", "enable_selective_domain": True}})
     _dump(folder / "credentials.yml", {"rest": None})
     shutil.copy(RASA_FILES / "supportflow_classifier.py", folder / "supportflow_classifier.py")
+    shutil.copy(RASA_FILES / "rasa_speedups.py", folder / "rasa_speedups.py")
     (folder / "actions").mkdir()
     shutil.copy(RASA_FILES / "actions.py", folder / "actions" / "actions.py")
     (folder / "actions" / "__init__.py").write_text("")

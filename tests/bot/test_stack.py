@@ -192,6 +192,28 @@ def test_metrics_expose_latency_confidence_and_handoffs(served: Served) -> None:
     assert httpx.get(f"{served.stack.bot_url}/healthz", timeout=10).status_code == 200
 
 
+def test_deploy_files_use_only_metrics_the_services_export(served: Served) -> None:
+    """Every metric the alert rules and the Grafana dashboard select is on the real bot's or classifier's /metrics
+    (after the turns above; a labelled family with no sample yet still has its `# TYPE` line)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from supportflow.ops import exported_metric_names, referenced_metric_names
+
+    served.chat("it-metrics", served.example("exchange_rate"))
+    exported = set()
+    for url in (served.stack.bot_url, served.stack.classifier_url):
+        exported |= exported_metric_names(httpx.get(f"{url}/metrics", timeout=10).text)
+    deploy = ROOT / "deploy"
+    used = referenced_metric_names(deploy / "prometheus" / "alerts.yml", deploy / "grafana" / "supportflow-dashboard.json")
+    missing = {name: sorted(where) for name, where in used.items() if name not in exported}
+    assert not missing, f"deploy/ uses metrics no service exports: {missing}"
+    assert {"supportflow_turns_total", "bentoml_service_request_duration_seconds_bucket"} <= set(used)
+    # the label values the classifier alerts and panels select on
+    families = text_string_to_metric_families(httpx.get(f"{served.stack.classifier_url}/metrics", timeout=10).text)
+    classify = [s.labels for f in families for s in f.samples if s.name.startswith("bentoml_") and s.labels.get("endpoint") == "/classify"]
+    assert classify and all(labels["service_name"] == "supportflow-classifier" for labels in classify)
+
+
 def test_when_the_classifier_or_rasa_is_down_the_bot_hands_off_gracefully(served: Served) -> None:
     classifier = next(p for p in served.stack.processes if p.name == "classifier")
     classifier.stop()

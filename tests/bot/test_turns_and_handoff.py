@@ -1,4 +1,6 @@
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -27,6 +29,26 @@ def test_turns_are_redacted_partitioned_by_day_and_read_back_by_window(lake: Lak
 
     log.flush()
     assert len(read_turns(lake)) == 4
+
+
+def test_a_quiet_bot_still_writes_its_turns_and_a_failed_write_loses_none(local_lake: Lake, tmp_path: Path) -> None:
+    log = TurnLog(local_lake, flush_every=1000, flush_seconds=0.2).start()
+    log.record(Turn(conversation_id="quiet", channel="webchat", text="where is my card", route="kb"))
+    deadline = time.monotonic() + 10
+    while not local_lake.files("turns") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_turns(local_lake)["conversation_id"].tolist() == ["quiet"]
+    log.stop()
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the lake should be")
+    broken = TurnLog(Lake(fs=local_lake.fs, root=str(blocked), url=str(blocked)), flush_every=1000)
+    broken.record(Turn(conversation_id="kept", channel="sms", text="hello", route="handoff"))
+    with pytest.raises(Exception):  # noqa: B017 - whatever the filesystem raises
+        broken.flush()
+    broken.lake = local_lake  # the lake is back: the buffered turn is written
+    broken.flush()
+    assert sorted(read_turns(local_lake)["conversation_id"]) == ["kept", "quiet"]
 
 
 def test_an_empty_turn_log_reads_as_an_empty_frame(local_lake: Lake) -> None:

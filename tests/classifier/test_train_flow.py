@@ -92,6 +92,18 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     assert {"card", "pin"} <= set(reference.vocabulary) and 0 <= reference.oov_rate < 0.2
 
 
+def test_training_the_same_snapshot_again_resumes_instead_of_retraining(store: Store) -> None:
+    from flows.train import train
+    from supportflow.settings import get_settings
+
+    again = train()
+    settings = get_settings()
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    assert again.version == store.first.version and again.run_id == store.first.run_id
+    assert "resumed" in again.gate_reason and again.test_macro_f1 == pytest.approx(store.first.test_macro_f1)
+    assert [v.version for v in client.search_model_versions(f"name='{settings.registered_model_name}'")] == [1]
+
+
 def test_notebook_reads_the_runs(store: Store) -> None:
     from supportflow.settings import get_settings
 

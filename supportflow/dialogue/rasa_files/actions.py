@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Any, Dict, List, Text
 
-import requests
+import aiohttp
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import CollectingDispatcher
@@ -17,6 +17,16 @@ from rasa_sdk.executor import CollectingDispatcher
 log = logging.getLogger(__name__)
 BOT_URL = os.environ.get("SUPPORTFLOW_BOT_URL", "http://127.0.0.1:3000")
 FALLBACK = "Sorry, something went wrong on our side. Let me connect you with a colleague."
+TIMEOUT = aiohttp.ClientTimeout(total=30)
+_session: "aiohttp.ClientSession | None" = None
+
+
+def session() -> aiohttp.ClientSession:
+    """One pooled session for the server's event loop: concurrent turns must not queue behind each other."""
+    global _session
+    if _session is None or _session.closed:
+        _session = aiohttp.ClientSession(timeout=TIMEOUT)
+    return _session
 
 
 class _ForwardToBot(Action):
@@ -25,7 +35,7 @@ class _ForwardToBot(Action):
     def name(self) -> Text:
         return f"action_{self.kind}"
 
-    def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[Dict[Text, Any]]:
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[Dict[Text, Any]]:
         latest = tracker.latest_message or {}
         metadata = latest.get("metadata") or {}
         payload = {
@@ -42,10 +52,10 @@ class _ForwardToBot(Action):
             "classifier_unavailable": bool(latest.get("classifier_unavailable")),
         }
         try:
-            response = requests.post(f"{BOT_URL}/internal/answer", json=payload, timeout=30)
-            response.raise_for_status()
-            answer = response.json()
-        except (requests.RequestException, ValueError) as error:
+            async with session().post(f"{BOT_URL}/internal/answer", json=payload) as response:
+                response.raise_for_status()
+                answer = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             log.error("request %s: the bot is unavailable: %s", payload["request_id"], error)
             dispatcher.utter_message(text=FALLBACK)
             return []

@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Text
 
+import rasa_speedups
 import requests
 from rasa.engine.graph import ExecutionContext, GraphComponent
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
@@ -20,6 +21,7 @@ from rasa.nlu.classifiers.classifier import IntentClassifier
 from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
 
+rasa_speedups.install()
 log = logging.getLogger(__name__)
 
 DIALOGUE_ACTS = [

@@ -1,0 +1,194 @@
+"""Releases: a bundle reaches production only after it served real requests on spare ports.
+
+The lake keeps `releases/production.json` (what serves) and `releases/history/<release_id>.json` (every
+release, each naming the one it replaced). Promotion sets the registry's `production` alias and then the
+pointer; both are idempotent, so a run killed in between finishes the job when re-run. A failed smoke
+test promotes nothing: the current release keeps serving. Rollback restores the previous release's
+bundle and moves `production` and `champion` back to its classifier version, together.
+"""
+
+import json
+import shutil
+import socket
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from mlflow import MlflowClient
+from pydantic import BaseModel
+
+from supportflow.bundle import Bundles, dialogue_archive
+from supportflow.errors import SupportflowError
+from supportflow.lake import Lake
+from supportflow.production import CHAMPION, PRODUCTION
+from supportflow.settings import Settings
+
+AREA = "releases"
+
+
+class ReleaseError(SupportflowError):
+    """A release cannot be promoted or rolled back; the current one keeps serving."""
+
+
+class SmokeReport(BaseModel):
+    passed: bool
+    classifier_version: str
+    examples: int
+    accuracy: float
+    expected_accuracy: float
+    chat_route: str | None
+    failure: str | None
+    seconds: float
+
+
+class Release(BaseModel):
+    release_id: str
+    bundles: Bundles
+    smoke: SmokeReport
+    promoted_at: datetime
+    previous_release: str | None = None
+    note: str = "promoted"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _check_classifier(url: str, bundles: Bundles, examples: pd.DataFrame) -> float:
+    described = httpx.post(f"{url}/model", json={}, timeout=30).raise_for_status().json()
+    if described["version"] != bundles.classifier_version:
+        raise ReleaseError(f"the bundle serves v{described['version']}, not v{bundles.classifier_version}")
+    results = httpx.post(f"{url}/classify", json={"texts": examples["text"].tolist()}, timeout=60).raise_for_status().json()
+    if len(results) != len(examples) or not all({"intent", "confidence", "ranking"} <= set(r) for r in results):
+        raise ReleaseError("/classify broke its contract: one {intent, confidence, ranking} per text expected")
+    return sum(r["intent"] == intent for r, intent in zip(results, examples["intent"], strict=True)) / len(examples)
+
+
+def _check_bot(url: str, question: str, bundles: Bundles) -> str:
+    status = httpx.get(f"{url}/status", timeout=30).raise_for_status().json()
+    if bundles.kb_build is not None and status["knowledge_base"] != bundles.kb_build:
+        raise ReleaseError(f"the bot serves knowledge base {status['knowledge_base']}, not build {bundles.kb_build}")
+    refused = httpx.post(f"{url}/chat", json={"conversation_id": "smoke-empty", "message": ""}, timeout=30)
+    if refused.status_code != 400:
+        raise ReleaseError(f"an empty message got status {refused.status_code}, not a 400 refusal")
+    reply = httpx.post(f"{url}/chat", json={"conversation_id": "smoke-question", "message": question}, timeout=60)
+    body = reply.json()
+    if reply.status_code != 200 or not body.get("replies"):
+        raise ReleaseError(f"/chat answered {reply.status_code} {body}: the dialogue path is broken")
+    return str(body["route"])
+
+
+def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, expected_accuracy: float, log_dir: Path) -> SmokeReport:
+    """Serve the new bundles (with Rasa and the action server) on spare ports and talk to them.
+
+    They run against a scratch lake and handoff queue, so smoke turns never reach the drift monitor.
+    """
+    from supportflow.serving import Ports, start_stack
+
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="smoke-"))
+    smoke_settings = settings.model_copy(
+        update={"follow_production": False, "lake_url": str(scratch / "lake"), "handoff_db_url": f"sqlite:///{scratch / 'handoff.db'}"}
+    )
+    ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
+    accuracy, route, failure = 0.0, None, None
+    try:
+        with start_stack(smoke_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles, die_with_parent=True) as stack:
+            accuracy = _check_classifier(stack.classifier_url, bundles, examples)
+            if accuracy < expected_accuracy - settings.smoke_max_accuracy_drop:
+                raise ReleaseError(
+                    f"the bundle classified {accuracy:.1%} of {len(examples)} test examples right; its registered accuracy is"
+                    f" {expected_accuracy:.1%}"
+                )
+            route = _check_bot(stack.bot_url, str(examples["text"].iloc[0]), bundles)
+    except (SupportflowError, httpx.HTTPError, KeyError, ValueError) as error:
+        failure = f"{type(error).__name__}: {error}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return SmokeReport(
+        passed=failure is None,
+        classifier_version=bundles.classifier_version,
+        examples=len(examples),
+        accuracy=accuracy,
+        expected_accuracy=expected_accuracy,
+        chat_route=route,
+        failure=failure,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def current_release(lake: Lake) -> Release | None:
+    if not lake.exists(AREA, "production.json"):
+        return None
+    return Release.model_validate(lake.read_json(AREA, "production.json"))
+
+
+def release_history(lake: Lake, release_id: str) -> Release:
+    if not lake.exists(AREA, "history", f"{release_id}.json"):
+        raise ReleaseError(f"release {release_id} is not in {lake.uri(AREA, 'history')}")
+    return Release.model_validate(lake.read_json(AREA, "history", f"{release_id}.json"))
+
+
+def _point_production(settings: Settings, lake: Lake, release: Release) -> None:
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client.set_registered_model_alias(settings.registered_model_name, PRODUCTION, release.bundles.classifier_version)
+    lake.write_json(release.model_dump(mode="json"), AREA, "production.json")
+
+
+def promote(settings: Settings, lake: Lake, bundles: Bundles, smoke: SmokeReport) -> Release:
+    """Make these bundles production, if their smoke test passed; re-running it is harmless."""
+    if not smoke.passed:
+        raise ReleaseError(f"bundle {bundles.bot} failed its smoke test ({smoke.failure}); production is unchanged")
+    current = current_release(lake)
+    release_id = bundles.bot.split(":")[1]
+    if current is not None and current.release_id == release_id:
+        _point_production(settings, lake, current)  # finishes a promotion that was cut short
+        return current
+    release = Release(
+        release_id=release_id,
+        bundles=bundles,
+        smoke=smoke,
+        promoted_at=datetime.now(UTC),
+        previous_release=current.release_id if current else None,
+    )
+    lake.write_json(release.model_dump(mode="json"), AREA, "history", f"{release_id}.json")
+    _point_production(settings, lake, release)
+    apply_to_running_stack(settings, release)
+    return release
+
+
+def rollback_release(settings: Settings, lake: Lake) -> tuple[Release, Release]:
+    """Back to the release the current one replaced: its bundle, and `production` and `champion` on its model."""
+    current = current_release(lake)
+    if current is None:
+        raise ReleaseError(f"no release in {lake.uri(AREA)}: nothing to roll back")
+    if current.previous_release is None:
+        raise ReleaseError(f"release {current.release_id} is the first one; there is no earlier release to roll back to")
+    previous = release_history(lake, current.previous_release)
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client.set_registered_model_alias(settings.registered_model_name, CHAMPION, previous.bundles.classifier_version)
+    restored = previous.model_copy(update={"note": f"restored by rollback from {current.release_id}", "promoted_at": datetime.now(UTC)})
+    _point_production(settings, lake, restored)
+    apply_to_running_stack(settings, restored)
+    return current, restored
+
+
+def apply_to_running_stack(settings: Settings, release: Release) -> bool:
+    """On one machine: load the release's dialogue model into the running Rasa (the classifier and bot
+    follow the `production` alias by themselves). Returns whether a running stack was updated."""
+    from supportflow.serving import stack_file
+
+    if not stack_file(settings).exists():
+        return False
+    port = json.loads(stack_file(settings).read_text())["ports"]["rasa"]
+    archive = dialogue_archive(settings, release.bundles.dialogue_model)
+    try:
+        httpx.put(f"http://127.0.0.1:{port}/model", json={"model_file": str(archive)}, timeout=120).raise_for_status()
+    except httpx.HTTPError as error:
+        raise ReleaseError(f"the running Rasa on port {port} did not load {archive}: {error}") from error
+    return True

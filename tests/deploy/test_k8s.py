@@ -1,0 +1,156 @@
+"""The Kubernetes manifests: valid objects (Kubernetes' own schemas, offline), one kustomization listing them,
+and the names, ports, probes and settings the services really use."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from supportflow.serving import Ports
+from supportflow.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.32.0"
+MANIFESTS = sorted(path for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml" and not path.name.endswith(".example.yaml"))
+DOCUMENTS = [(path.name, document) for path in MANIFESTS for document in yaml.safe_load_all(path.read_text()) if document]
+SECRETS_TEMPLATE = K8S / "secrets.example.yaml"
+
+
+def objects(kind: str) -> dict[str, dict[str, Any]]:
+    return {document["metadata"]["name"]: document for _, document in DOCUMENTS if document["kind"] == kind}
+
+
+def container(deployment: str) -> dict[str, Any]:
+    (only,) = objects("Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def test_every_document_is_a_valid_kubernetes_object() -> None:
+    import kubernetes_validate
+
+    assert DOCUMENTS, "no manifests in deploy/k8s"
+    template = [(SECRETS_TEMPLATE.name, document) for document in yaml.safe_load_all(SECRETS_TEMPLATE.read_text())]
+    for name, document in DOCUMENTS + template:
+        assert {"apiVersion", "kind", "metadata"} <= set(document) and document["metadata"].get("name"), name
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{name}: {document['kind']} {document['metadata']['name']}: {error.message} at {list(error.path)}")
+
+
+def test_the_kustomization_lists_every_manifest_and_names_the_images() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(path.name for path in MANIFESTS)
+    assert kustomization["namespace"] == "supportflow"
+    images = {c["image"] for _, d in DOCUMENTS if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]}
+    assert {image["name"] for image in kustomization["images"]} == {image for image in images if not image.startswith("prefecthq/")}
+
+
+def test_kustomize_builds_the_whole_set() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the kustomize build is not run (the manifests were validated one by one)")
+    built = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    kinds = [document["kind"] for document in yaml.safe_load_all(built.stdout)]
+    assert len(kinds) == len(DOCUMENTS) and kinds.count("Deployment") == 6
+
+
+def test_bentos_rasa_and_action_server_use_their_images_ports_and_health_paths() -> None:
+    ports = Ports()
+    bentos = {
+        "classifier": ("supportflow-classifier", ROOT / "bentos" / "classifier" / "service.py", ports.classifier),
+        "bot": ("supportflow-bot", ROOT / "bentos" / "bot" / "service.py", ports.bot),
+    }
+    for deployment, (image, service_file, port) in bentos.items():
+        spec = container(deployment)
+        assert spec["image"] == image and f'@bentoml.service(name="{image}"' in service_file.read_text()
+        assert {"name": "BENTOML_PORT", "value": str(port)} in spec["env"]  # the bento container's own port setting
+        assert spec["ports"][0]["containerPort"] == port
+        assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz" and spec["livenessProbe"]["httpGet"]["path"] == "/livez"
+        annotations = objects("Deployment")[deployment]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics", "prometheus.io/port": str(port)}
+    rasa, actions = container("rasa"), container("actions")
+    assert rasa["image"] == actions["image"] == "supportflow-rasa"
+    assert rasa["args"][rasa["args"].index("--port") + 1] == str(ports.rasa) == str(rasa["ports"][0]["containerPort"])
+    assert (rasa["readinessProbe"]["httpGet"]["path"], rasa["livenessProbe"]["httpGet"]["path"]) == ("/status", "/")
+    assert actions["args"][:2] == ["run", "actions"] and actions["args"][actions["args"].index("--port") + 1] == str(ports.actions)
+    assert actions["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert {e["name"]: e["value"] for e in rasa["env"]} == {
+        "SUPPORTFLOW_CLASSIFY_URL": f"http://classifier:{ports.classifier}/classify",
+        "SUPPORTFLOW_ACTION_WEBHOOK_URL": f"http://actions:{ports.actions}/webhook",
+    }
+    # what the generated Rasa project (supportflow/dialogue) reads from the environment and writes to disk
+    project = (ROOT / "supportflow" / "dialogue" / "project.py").read_text()
+    assert "${SUPPORTFLOW_ACTION_WEBHOOK_URL}" in project and '"endpoints.yml"' in project and '"credentials.yml"' in project
+    assert "SUPPORTFLOW_CLASSIFY_URL" in (ROOT / "supportflow" / "dialogue" / "rasa_files" / "supportflow_classifier.py").read_text()
+    assert "SUPPORTFLOW_BOT_URL" in (ROOT / "supportflow" / "dialogue" / "rasa_files" / "actions.py").read_text()
+    assert rasa["args"][rasa["args"].index("--model") + 1] == "models/supportflow.tar.gz"
+    for name, service in objects("Service").items():
+        deployment = objects("Deployment")[name]
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"], name
+        assert service["spec"]["ports"][0]["port"] == container(name)["ports"][0]["containerPort"], name
+
+
+def test_the_settings_configmap_holds_real_settings_and_the_urls_point_at_the_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = objects("ConfigMap")["supportflow-settings"]["data"]
+    fields = Settings.model_fields
+    unknown = [key for key in data if not key.startswith("SUPPORTFLOW_") or key.removeprefix("SUPPORTFLOW_").lower() not in fields]
+    assert not unknown, f"not supportflow settings: {unknown}"
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)  # pydantic-settings parses and type-checks every value
+    services = {name: container(name)["ports"][0]["containerPort"] for name in ("bot", "classifier", "rasa", "actions", "mlflow")}
+    assert settings.classifier_url == f"http://classifier:{services['classifier']}"
+    assert settings.bot_url == f"http://bot:{services['bot']}"
+    assert settings.rasa_url == f"http://rasa:{services['rasa']}"
+    assert settings.action_server_url == f"http://actions:{services['actions']}"
+    assert settings.mlflow_tracking_uri == f"http://mlflow:{services['mlflow']}"
+    secrets = [name for name, field in fields.items() if "SecretStr" in str(field.annotation)]
+    assert not [key for key in data if key.removeprefix("SUPPORTFLOW_").lower() in secrets], "tokens belong in a Secret"
+    allowed = objects("ConfigMap")["mlflow-settings"]["data"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert settings.mlflow_tracking_uri.removeprefix("http://") in allowed  # MLflow 3 refuses other Host headers
+
+
+def test_tokens_reach_the_bot_from_secrets() -> None:
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container("bot")["env"]}
+    for setting in ("twilio_auth_token", "agent_token", "openai_api_key", "handoff_db_url"):
+        reference = env[f"SUPPORTFLOW_{setting.upper()}"]
+        assert reference["name"] == "supportflow-secrets" and reference["key"] == setting
+    assert not env["SUPPORTFLOW_HANDOFF_DB_URL"].get("optional"), "replicas must share one handoff queue: no silent SQLite default"
+    # every secret key a manifest reads is in the template operators fill in
+    template = {d["metadata"]["name"]: set(d["stringData"]) for d in yaml.safe_load_all(SECRETS_TEMPLATE.read_text())}
+    for _, document in DOCUMENTS:
+        for spec in document.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            for variable in spec.get("env", []):
+                if reference := variable.get("valueFrom", {}).get("secretKeyRef"):
+                    assert reference["key"] in template[reference["name"]], f"{reference} is not in {SECRETS_TEMPLATE.name}"
+    mlflow = container("mlflow")
+    backend = next(e for e in mlflow["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"]
+    assert backend == {"name": "mlflow-secrets", "key": "backend_store_uri"} and "--serve-artifacts" in mlflow["command"]
+
+
+def test_the_prefect_worker_serves_the_kubernetes_pool_of_prefect_yaml() -> None:
+    prefect_yaml = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    pool = prefect_yaml["definitions"]["work_pools"]["kubernetes"]
+    worker = container("prefect-worker")
+    command = worker["command"]
+    assert command[:3] == ["prefect", "worker", "start"] and command[command.index("--pool") + 1] == pool["name"]
+    assert command[command.index("--type") + 1] == "kubernetes"
+    assert re.fullmatch(r"prefecthq/prefect:3\.8\.\d+-python3\.11-kubernetes", worker["image"])
+    role = objects("Role")["prefect-worker"]
+    assert any("jobs" in rule["resources"] and "create" in rule["verbs"] for rule in role["rules"])
+    assert objects("Deployment")["prefect-worker"]["spec"]["template"]["spec"]["serviceAccountName"] == "prefect-worker"
+
+
+def test_the_rasa_image_installs_the_pinned_rasa_on_python_3_10() -> None:
+    dockerfile = (ROOT / "deploy" / "rasa" / "Dockerfile").read_text()
+    assert "FROM python:3.10-slim" in dockerfile and "-c /tmp/constraints.txt rasa==3.6.21" in dockerfile
+    assert "COPY deploy/rasa/constraints.txt" in dockerfile and "COPY --chown=1001:1001 .rasa/ /app/" in dockerfile
+    pins = (ROOT / "deploy" / "rasa" / "constraints.txt").read_text().split()
+    assert "rasa==3.6.21" in pins and any(pin.startswith("rasa-sdk==") for pin in pins)
