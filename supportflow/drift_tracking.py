@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from supportflow.drift import REFERENCE_ARTIFACT, DriftReference, DriftReport, IntentShare, censored, classified
@@ -37,14 +38,22 @@ def tracking_client(settings: Settings) -> MlflowClient:
     return client
 
 
+def _served(client: MlflowClient, name: str) -> ModelVersion:
+    """What serves when the turns do not say: the `production` release's version, before the first release the champion."""
+    try:
+        return client.get_model_version_by_alias(name, "production")
+    except MlflowException:
+        return client.get_model_version_by_alias(name, "champion")
+
+
 def load_reference(settings: Settings, version: str | None) -> DriftReference:
-    """The training reference of a registered version (the `champion` when the turns do not name one)."""
+    """The training reference of a registered version (the served one when the turns do not name one)."""
     client = tracking_client(settings)
     name = settings.registered_model_name
     try:
-        model = client.get_model_version_by_alias(name, "champion") if version is None else client.get_model_version(name, version)
+        model = _served(client, name) if version is None else client.get_model_version(name, version)
     except MlflowException as error:
-        wanted = "a champion" if version is None else f"a version {version}"
+        wanted = "a production or champion version" if version is None else f"a version {version}"
         raise DriftReferenceError(
             f"{name} has no {wanted} in {settings.mlflow_tracking_uri}, so the turns cannot be compared with its training: {error.message}"
         ) from error

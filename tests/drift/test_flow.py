@@ -176,3 +176,18 @@ def test_the_cli_prints_the_report_and_errors_without_a_traceback(store: Path, c
     assert main(["drift", "--end", end_of(UNMONITORED)]) == 2
     err = capsys.readouterr().err
     assert "\nsupportflow: error: intent-classifier v2 (MLflow run" in err and "retrain it" in err and "Traceback" not in err
+
+
+def test_turns_without_a_version_are_compared_with_production_else_the_champion(store: Path) -> None:
+    from supportflow.drift_tracking import load_reference
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    assert load_reference(settings, None).model_version == "1"  # no release yet: the champion
+    client.set_registered_model_alias("intent-classifier", "production", "2")
+    try:
+        with pytest.raises(DriftReferenceError, match=r"intent-classifier v2 "):
+            load_reference(settings, None)
+    finally:
+        client.delete_registered_model_alias("intent-classifier", "production")
