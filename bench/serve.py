@@ -98,11 +98,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_latency.json")
+    parser.add_argument("--store", type=Path, help="a store bench/pipeline.py left (default: the project's own, from `make demo`)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (or `make system-deps`)")
 
     sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `bench` package importable
+    if args.store:
+        from bench.pipeline import fresh_store
+
+        os.environ.update({k: v for k, v in fresh_store(args.store.resolve(), "full").items() if k != "SUPPORTFLOW_TRAIN_PROFILE"})
     from bench.serve_stack import served_stack  # the demo's trained stack plus a DIET Rasa model
 
     with tempfile.TemporaryDirectory() as tmp, served_stack(Path(tmp)) as (stack, diet_url, versions):

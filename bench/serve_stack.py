@@ -1,5 +1,6 @@
-"""The stack the serving benchmark measures: the demo's trained bot (run `make demo` first), plus a Rasa
-server with the DIET pipeline of the intent benchmark's peer, trained on BANKING77, for `/model/parse`."""
+"""The stack the serving benchmark measures: the production release (run `make demo` or bench/pipeline.py
+first), served as `supportflow serve` serves it, plus a Rasa server with the DIET pipeline of the intent
+benchmark's peer, trained on BANKING77, for `/model/parse`."""
 
 import subprocess
 import time
@@ -12,7 +13,9 @@ import pandas as pd
 
 from bench.rasa_diet import CONFIG, write_nlu
 from supportflow.dialogue.rasa_cli import rasa_environment, rasa_executable
+from supportflow.lake import open_lake
 from supportflow.processes import ManagedProcess
+from supportflow.release import current_release
 from supportflow.serving import Ports, Stack, start_stack
 from supportflow.settings import get_settings
 
@@ -47,9 +50,10 @@ def train_diet(folder: Path) -> Path:
 @contextmanager
 def served_stack(work: Path) -> Iterator[tuple[Stack, str, dict]]:
     settings = get_settings()
+    production = current_release(open_lake(settings))
     model = settings.rasa_project_dir / "models" / "supportflow.tar.gz"
-    if not model.exists():
-        raise SystemExit(f"no dialogue model at {model}: run `make demo` first")
+    if production is None:
+        raise SystemExit(f"no release in {settings.lake_url}: run `make demo` (or bench/pipeline.py) first")
     diet_folder = ROOT / ".cache" / "bench-diet"
     diet_model = train_diet(diet_folder)
     diet = ManagedProcess(
@@ -70,11 +74,13 @@ def served_stack(work: Path) -> Iterator[tuple[Stack, str, dict]]:
         f"http://127.0.0.1:{DIET_PORT}/status",
         work / "logs" / "diet.log",
     )
-    stack = start_stack(settings, settings.rasa_project_dir, model, work / "logs", PORTS)
+    stack = start_stack(settings, settings.rasa_project_dir, model, work / "logs", PORTS, bundles=production.bundles)
     try:
         diet.start(timeout=600)
         versions = {
             "classifier": httpx.post(f"{stack.classifier_url}/model", json={}, timeout=10).json(),
+            "release": production.release_id,
+            "bundles": [production.bundles.classifier, production.bundles.bot],
             "rasa_peer": "DIET, 40 epochs, no transformer layers",
         }
         yield stack, f"http://127.0.0.1:{DIET_PORT}", versions

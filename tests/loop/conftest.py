@@ -33,6 +33,7 @@ def loop_settings(folder: Path, base: Path) -> Iterator[Path]:
         patch.setenv("SUPPORTFLOW_RUN_DIR", str(folder / "run"))
         patch.setenv("SUPPORTFLOW_RELEASE_POLL_SECONDS", "1")
         patch.setenv("SUPPORTFLOW_SERVING_THREADS", "1")
+        patch.setenv("SUPPORTFLOW_TURN_FLUSH_SECONDS", "1")
         get_settings.cache_clear()
         try:
             yield folder

@@ -12,16 +12,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import pandas as pd
 import psutil
 import pytest
 from mlflow import MlflowClient
 
-from tests.loop.conftest import first_tickets, loop_settings
+from tests.loop.conftest import HELD_BACK, first_tickets, loop_settings, tiny_rows
 
 SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
 # (the log line to wait for, seconds to wait after it): each lands inside a stage that is still running.
@@ -154,3 +157,118 @@ def test_a_bundle_that_fails_its_smoke_test_is_not_promoted(chain: Chain) -> Non
     assert current_release(lake) == production
     with pytest.raises(ReleaseError, match="first one"):
         rollback_release(settings, lake)
+
+
+class ClassifyProbe(threading.Thread):
+    """Asks the production classifier all along, as a customer-facing service would, and counts failures."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.requests, self.errors = url, 0, []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stopped.wait(0.05):
+                try:
+                    response = client.post(f"{self.url}/classify", json={"texts": ["I lost my phone, what do I do?"]})
+                    if response.status_code != 200 or not response.json()[0]["ranking"]:
+                        self.errors.append(f"{response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as error:
+                    self.errors.append(repr(error))
+                self.requests += 1
+
+
+def served_version(url: str) -> str:
+    return httpx.post(f"{url}/model", json={}, timeout=30).json()["version"]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def drifting_messages() -> tuple[list[tuple[str, str]], pd.DataFrame]:
+    """The replayed traffic (mostly the two held-back intents, phrased the way a chat customer types) and the
+    desk's newer export, which holds the held-back intents too."""
+    rows = tiny_rows()
+    held = rows[rows["category"].isin(HELD_BACK)]
+    replay = held.sample(n=60, random_state=7)
+    known = first_tickets().sample(n=20, random_state=7)
+    chatty = [(f"hi, {text.lower().rstrip('?.!')} pls", intent) for text, intent in zip(replay["text"], replay["category"], strict=True)]
+    messages = chatty + list(zip(known["text"], known["category"], strict=True))
+    return messages, held.drop(replay.index)
+
+
+def test_drifting_traffic_is_detected_retrained_on_and_promoted_while_classify_keeps_answering(chain: Chain) -> None:
+    from flows.drift_monitor import drift_monitor
+    from flows.ingest import ingest
+    from supportflow.bot.turns import read_turns
+    from supportflow.lake import open_lake
+    from supportflow.release import current_release, free_port, rollback_release
+    from supportflow.serving import Ports, start_stack
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    lake = open_lake(settings)
+    first = current_release(lake)
+    assert first is not None
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    name = settings.registered_model_name
+    ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
+    with start_stack(settings, settings.rasa_project_dir, None, chain.folder / "production", ports, bundles=first.bundles) as stack:
+        probe = ClassifyProbe(stack.classifier_url)
+        probe.start()
+        try:
+            messages, newer_export = drifting_messages()
+            intent_of = {}
+            for i, (text, intent) in enumerate(messages):
+                conversation = f"drift-{i}"
+                intent_of[conversation] = intent
+                reply = httpx.post(f"{stack.bot_url}/chat", json={"conversation_id": conversation, "message": text}, timeout=60)
+                assert reply.status_code == 200, reply.text
+            # Agents take the handoffs and confirm what each customer wanted: labels for the next training.
+            waiting = httpx.get(f"{stack.bot_url}/agent/handoffs", params={"status": "waiting"}, timeout=30).json()
+            assert len(waiting) >= 20, f"only {len(waiting)} handoffs: the unseen intents were not handed off"
+            for handoff in waiting:
+                act = f"{stack.bot_url}/agent/handoffs/{handoff['id']}"
+                httpx.post(f"{act}/claim", json={"agent": "ana"}, timeout=30).raise_for_status()
+                intent = intent_of[handoff["conversation_id"]]
+                httpx.post(f"{act}/resolve", json={"agent": "ana", "intent": intent}, timeout=30).raise_for_status()
+            # ...and the desk's newest export arrives, with the new intents in it.
+            export = chain.folder / "newer-tickets.csv"
+            newer_export.to_csv(export, index=False)
+            ingest([str(export)], source="helpdesk")
+            wait_for(lambda: len(read_turns(lake)) >= len(messages), "the bot's turns to reach the lake")
+
+            report = drift_monitor(window_hours=1.0, retrain=True)
+
+            assert report.drifted and report.n_turns >= len(messages)
+            assert report.fallback_rate is not None and report.fallback_rate > settings.drift.max_fallback_rate
+            assert any("fallback" in breach for breach in report.breaches)
+            assert report.retraining.startswith("ran the pipeline")
+            second = current_release(lake)
+            assert second is not None and second.previous_release == first.release_id
+            assert second.bundles.classifier_version == "2" and second.smoke.passed
+            for alias in ("champion", "production"):
+                assert str(client.get_model_version_by_alias(name, alias).version) == "2"
+            # The running classifier follows the promotion, and now knows the intents it had never seen.
+            wait_for(lambda: served_version(stack.classifier_url) == "2", "the served classifier to follow @production")
+            unseen = [text for text, _ in messages[:20]]
+            answers = httpx.post(f"{stack.classifier_url}/classify", json={"texts": unseen}, timeout=30).json()
+            assert sum(a["intent"] in HELD_BACK for a in answers) >= 15
+
+            # Rollback restores release one: its bundles, and @production and @champion on v1, together.
+            replaced, restored = rollback_release(settings, lake)
+            assert replaced.release_id == second.release_id and restored.release_id == first.release_id
+            assert current_release(lake).bundles == first.bundles
+            for alias in ("champion", "production"):
+                assert str(client.get_model_version_by_alias(name, alias).version) == "1"
+            wait_for(lambda: served_version(stack.classifier_url) == "1", "the served classifier to follow the rollback")
+        finally:
+            probe.stopped.set()
+            probe.join(timeout=30)
+    assert probe.requests > 100 and probe.errors == [], probe.errors[:5]
