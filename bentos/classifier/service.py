@@ -10,14 +10,19 @@ then follows the `production` alias, swapping the model in place when a release 
 """
 
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
+from bentoml.validators import ContentType
 from pydantic import BaseModel
 
 from supportflow.settings import get_settings
 
 MAX_TEXTS = 256
+# Declared, so BentoML need not derive the media type from the output's JSON schema on every response
+# (measured with py-spy: a tenth of a served request's time).
+JSON = ContentType("application/json")
 
 
 class BundleArguments(BaseModel):
@@ -50,16 +55,16 @@ class ClassifierService:
             self.follower.start()
 
     @bentoml.api(route="/classify", batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=2000)
-    def classify(self, texts: list[str]) -> list[dict]:
+    def classify(self, texts: list[str]) -> Annotated[list[dict], JSON]:
         if len(texts) > MAX_TEXTS:
             raise InvalidArgument(f"at most {MAX_TEXTS} texts per request")
         return self.classifier.classify([text if isinstance(text, str) else str(text) for text in texts])
 
     @bentoml.api(route="/noop")
-    def noop(self) -> dict:
+    def noop(self) -> Annotated[dict, JSON]:
         """A constant: the framework's own floor, measured beside /classify."""
         return {"ok": True}
 
     @bentoml.api(route="/model")
-    def model(self) -> dict:
+    def model(self) -> Annotated[dict, JSON]:
         return self.classifier.describe()
