@@ -98,3 +98,11 @@ system-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk && \
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+
+# Drift monitor: the last hour of the turn log against the served model's training reference (docs/drift.md).
+.PHONY: drift bench-drift
+drift: install
+	$(BIN)/supportflow drift
+
+bench-drift: install
+	$(BIN)/python bench/drift.py

@@ -14,6 +14,7 @@ from supportflow.base_model import BaseModelChoice, resolve_base_model
 from supportflow.classifier import BuiltClassifier, evaluate_classifier
 from supportflow.contracts import load_catalogue
 from supportflow.digest import text_digest
+from supportflow.drift import build_reference
 from supportflow.lake import open_lake
 from supportflow.onnx_export import check_parity, export_onnx
 from supportflow.registry import (
@@ -87,7 +88,24 @@ def register(
         built.card.max_length,
         settings.train_threads,
     )
-    return log_training_run(built, settings.training_profile(), manifest.model_dump(mode="json"), parities, settings, base.source, key)
+    reference = build_reference(
+        built.validation_probabilities,
+        built.card.labels,
+        built.card.threshold,
+        splits.train["text"],
+        splits.validation["text"],
+        built.card.snapshot_id,
+    )
+    return log_training_run(
+        built,
+        settings.training_profile(),
+        manifest.model_dump(mode="json"),
+        parities,
+        settings,
+        base.source,
+        key,
+        drift_reference=reference.model_dump(),
+    )
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE)

@@ -141,6 +141,21 @@ def cmd_validate(args: argparse.Namespace) -> None:
     _print_snapshot(validate())
 
 
+def cmd_drift(args: argparse.Namespace) -> None:
+    from flows.drift_monitor import drift_monitor
+
+    report = drift_monitor(window_hours=args.hours, end=args.end, retrain=args.retrain)
+    print("drift monitor:")
+    print(f"  {report.headline()}")
+    for line in report.breaches + report.notes:
+        print(f"    - {line}")
+    if report.n_turns:
+        figures = report.figures()
+        shown = ("fallback_rate", "handoff_rate", "confidence_psi", "confidence_ks_pvalue", "intent_mix_js_excess", "oov_rate")
+        print("    " + ", ".join(f"{name} {figures[name]:.3f}" for name in shown if name in figures))
+    print(f"  retraining: {report.retraining}")
+
+
 def _print_release(summary: "PipelineSummary") -> None:
     released = summary.release
     smoke = released.smoke
@@ -305,6 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "rollback", help="restore the previous release: its bundles, and @production and @champion on its model"
     ).set_defaults(run=cmd_rollback)
+    drift = commands.add_parser("drift", help="compare the last window of the turn log with the served model's training")
+    drift.add_argument("--hours", type=float, default=1.0, help="the window's length (default 1 hour)")
+    drift.add_argument("--end", help="the window's end, ISO date-time (default now)")
+    drift.add_argument("--retrain", action="store_true", help="on drift, run the pipeline on the lake's tickets and agents' labels")
+    drift.set_defaults(run=cmd_drift)
     demo = commands.add_parser("demo", help="run the whole loop on BANKING77, then serve the promoted bot")
     demo.add_argument("--no-serve", action="store_true", help="stop after the pipeline")
     demo.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")

@@ -35,3 +35,7 @@ class TrainingDataError(SupportflowError):
 
 class RegistryError(SupportflowError):
     """The MLflow tracking store or model registry cannot be reached or holds no such model/version."""
+
+
+class DriftReferenceError(SupportflowError):
+    """The model that served the turns has no training reference to compare them with."""

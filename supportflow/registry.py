@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from supportflow.classifier import BuiltClassifier
+from supportflow.drift import REFERENCE_ARTIFACT
 from supportflow.errors import RegistryError
 from supportflow.evaluate_model import plot_confusion_matrix, plot_reliability
 from supportflow.metrics import load_metric
@@ -84,8 +85,12 @@ def log_training_run(
     settings: Settings,
     base_source: str,
     training_key: str = "",
+    drift_reference: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
-    """One MLflow run with everything needed to judge and reproduce the model; returns (run id, model URI)."""
+    """One MLflow run with everything needed to judge and reproduce the model; returns (run id, model URI).
+
+    `drift_reference` (`supportflow.drift.build_reference`) is what the drift monitor compares traffic with.
+    """
     if settings.mlflow_artifact_root and mlflow.get_experiment_by_name(settings.mlflow_experiment) is None:
         mlflow.create_experiment(settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_root)
     mlflow.set_experiment(settings.mlflow_experiment)
@@ -106,6 +111,8 @@ def log_training_run(
         )
         mlflow.set_tags({"snapshot_id": card.snapshot_id, "serving_variant": serving_variant, "training_key": training_key})
         mlflow.log_dict(manifest, "snapshot/manifest.json")
+        if drift_reference is not None:
+            mlflow.log_dict(drift_reference, REFERENCE_ARTIFACT)
         metrics = {
             "test_accuracy": built.test.accuracy,
             "test_macro_f1": built.test.macro_f1,

@@ -30,6 +30,26 @@ class TrainingProfile(BaseModel):
     seed: int = 13
 
 
+class DriftThresholds(BaseModel):
+    """When the drift monitor raises the alarm; each figure is documented in docs/drift.md.
+
+    The statistical figures need both an effect size and a p-value: on a window of 50 turns, PSI over
+    ten bins and the Jensen-Shannon distance over 77 intents are large from sampling noise alone (the
+    latter ~0.6), so the intent-mix effect size is the distance beyond the median of that noise.
+    """
+
+    min_turns: int = Field(50, ge=1, description="Fewer turns in the window: figures are reported, no alarm is raised.")
+    max_fallback_rate: float = Field(0.30, ge=0, le=1, description="The issue's default: retrain when fallbacks exceed 30% of turns.")
+    max_handoff_rate: float | None = Field(None, ge=0, le=1, description="None: the handoff rate is reported, never alarmed on.")
+    confidence_bins: int = Field(10, ge=2, description="Fixed equal-width bins on [0, 1] for the confidence PSI.")
+    max_confidence_psi: float = Field(0.25, gt=0, description="The conventional 'significant shift' level of the PSI.")
+    max_intent_mix_js_excess: float = Field(
+        0.10, gt=0, le=1, description="Jensen-Shannon distance (base 2) between intent mixes beyond what sampling alone gives."
+    )
+    significance: float = Field(0.01, gt=0, lt=1, description="KS and intent-mix p-values must be below this too.")
+    max_oov_increase: float = Field(0.10, ge=0, le=1, description="Out-of-vocabulary rate above the reference's by more than this.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SUPPORTFLOW_", env_file=".env", extra="ignore")
 
@@ -139,6 +159,9 @@ class Settings(BaseSettings):
     release_poll_seconds: float = Field(10.0, gt=0)
     smoke_examples: int = Field(60, ge=1, description="Test examples the smoke test classifies through the new bundle.")
     smoke_max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="Largest drop from the registered test accuracy on them.")
+    # Drift monitor: thresholds as one JSON object in SUPPORTFLOW_DRIFT, its reports in this MLflow experiment.
+    drift: DriftThresholds = DriftThresholds()
+    drift_experiment: str = "drift-monitor"
 
     def training_profile(self) -> TrainingProfile:
         return self.full_profile if self.train_profile == "full" else self.quick_profile

@@ -71,14 +71,25 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     assert abs(drop["fp32"]) <= 0.005
     chosen = run.data.tags["serving_variant"]
     assert chosen in {"fp32", "int8"} and drop[chosen] <= 0.005
-    artifacts = {a.path for folder in ("plots", "reports", "snapshot") for a in client.list_artifacts(first.run_id, folder)}
+    artifacts = {a.path for folder in ("plots", "reports", "snapshot", "reference") for a in client.list_artifacts(first.run_id, folder)}
     expected = {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "reports/per_intent.json", "snapshot/manifest.json"}
+    expected |= {"reference/drift_reference.json"}  # what the drift monitor compares traffic with
     assert expected <= artifacts
     assert mlflow.artifacts.load_dict(f"runs:/{first.run_id}/snapshot/manifest.json")["snapshot_id"] == store.snapshot_id
     # The logged model carries its label map, temperature and threshold.
     card = mlflow.artifacts.load_dict(f"models:/{name}/1/artifacts/classifier/classifier.json")
     assert card["labels"] == sorted(TINY_INTENTS) and card["threshold"] == pytest.approx(first.threshold)
     assert card["temperature"] > 0
+    # The drift monitor finds the served version's training reference, calibrated like its card.
+    from supportflow.drift_tracking import load_reference
+    from supportflow.lake import open_lake
+    from supportflow.snapshot import read_split
+
+    reference = load_reference(get_settings(), None)
+    validation = read_split(open_lake(get_settings()), store.snapshot_id, "validation")
+    assert reference.model_version == "1" and reference.run_id == first.run_id and reference.labels == card["labels"]
+    assert reference.threshold == pytest.approx(card["threshold"]) and len(reference.confidences) == len(validation)
+    assert {"card", "pin"} <= set(reference.vocabulary) and 0 <= reference.oov_rate < 0.2
 
 
 def test_training_the_same_snapshot_again_resumes_instead_of_retraining(store: Store) -> None:
