@@ -20,9 +20,9 @@ CHAMPION = "champion"
 log = logging.getLogger("supportflow.production")
 
 
-def alias_version(settings: Settings, alias: str) -> tuple[str, str]:
+def alias_version(settings: Settings, alias: str, client: MlflowClient | None = None) -> tuple[str, str]:
     """The aliased version and the serving variant its training run chose."""
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = client or MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     try:
         version = client.get_model_version_by_alias(settings.registered_model_name, alias)
     except Exception as error:
@@ -33,12 +33,12 @@ def alias_version(settings: Settings, alias: str) -> tuple[str, str]:
     return str(version.version), variant
 
 
-def served_version(settings: Settings) -> tuple[str, str]:
+def served_version(settings: Settings, client: MlflowClient | None = None) -> tuple[str, str]:
     """The `production` release's version, or before the first release the champion."""
     try:
-        return alias_version(settings, PRODUCTION)
+        return alias_version(settings, PRODUCTION, client)
     except RegistryError:
-        return alias_version(settings, CHAMPION)
+        return alias_version(settings, CHAMPION, client)
 
 
 class ProductionFollower(threading.Thread):
@@ -48,7 +48,13 @@ class ProductionFollower(threading.Thread):
     def __init__(self, settings: Settings, current: str | None, on_change: Callable[[str, str], None]) -> None:
         super().__init__(name="production-follower", daemon=True)
         self.settings, self.current, self.on_change = settings, current, on_change
+        self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)  # one client: no new store per poll
         self.stopped = threading.Event()
+
+    def start(self) -> None:
+        """Checks once right away (the registry client's imports and caches then belong to start-up), then polls."""
+        self.check()
+        super().start()
 
     def run(self) -> None:
         while not self.stopped.wait(self.settings.release_poll_seconds):
@@ -56,7 +62,7 @@ class ProductionFollower(threading.Thread):
 
     def check(self) -> None:
         try:
-            version, variant = served_version(self.settings)
+            version, variant = served_version(self.settings, self.client)
             if version != self.current:
                 log.info("production moved from v%s to v%s: loading it", self.current, version)
                 self.on_change(version, variant)
