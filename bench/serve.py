@@ -15,9 +15,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+REST_SECONDS = 45
 
 LUA_POST = """
 wrk.method = "POST"
@@ -61,7 +63,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str,
         text=True,
         check=True,
     ).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # wrk pads "1.43s " with a space
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
     completed = re.search(r"(\d+) requests in", out)
@@ -145,7 +147,9 @@ def main() -> None:
         # batching keeps the wait it learnt under load for about half a minute (measured: classify at c=1 went
         # from 4 ms to 19.5 ms right after c=32), and c=1 here means a service at rest.
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in endpoints}
-        for _ in range(args.rounds):
+        for round_number in range(args.rounds):
+            if round_number:
+                time.sleep(REST_SECONDS)  # c=1 measures services at rest, not recovering from the last burst
             at_rest = {name: single(name, url, script, args.seconds, body) for name, (url, script, body) in endpoints.items()}
             for name, (url, script, body) in endpoints.items():
                 burst = loaded(name, url, script, args.seconds, body)

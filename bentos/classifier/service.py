@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from pydantic import BaseModel
@@ -24,6 +25,12 @@ MAX_TEXTS = 256
 # Declared, so BentoML need not derive the media type from the output's JSON schema on every response
 # (measured with py-spy: a tenth of a served request's time).
 JSON = ContentType("application/json")
+
+# BentoML's batching dispatcher polls every 1 ms and, while a lone request waits, keeps the average wait it
+# learnt. Measured on 2 cores: after one burst at 32 connections the learnt wait settled at about 26 ms and
+# stayed there, so every later single request waited 26 ms. Polling every 5 ms, the wait decays back to none
+# within about 30 s, and the burst itself ran faster (545 against 430 requests/s).
+CorkDispatcher.TICKET_INTERVAL = 0.005
 
 
 class BundleArguments(BaseModel):
