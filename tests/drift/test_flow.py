@@ -62,14 +62,18 @@ def store(tmp_path_factory: pytest.TempPathFactory, reference: DriftReference, t
             get_settings.cache_clear()
 
 
-def drift_events() -> list:
+def drift_events(event_id: str | None = None) -> list:
+    """Drift events on the test API, newest first (other tests of the session emit some too)."""
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.filters import EventFilter, EventIDFilter, EventNameFilter, EventOrder
 
     from flows.drift_monitor import DRIFT_EVENT
 
+    chosen = EventFilter(event=EventNameFilter(name=[DRIFT_EVENT]), order=EventOrder.DESC)
+    if event_id is not None:
+        chosen.id = EventIDFilter(id=[event_id])
     with get_client(sync_client=True) as client:
-        return client.read_events(EventFilter(event=EventNameFilter(name=[DRIFT_EVENT])), limit=50).events
+        return client.read_events(chosen, limit=50).events
 
 
 def logged_run(run_id: str) -> tuple[object, set[str], dict]:
@@ -120,7 +124,7 @@ def test_a_fallback_spike_emits_the_drift_event(store: Path) -> None:
 
     deadline, found = time.monotonic() + 60, []
     while not found and time.monotonic() < deadline:
-        found = [event for event in drift_events() if str(event.id) == event_id]
+        found = drift_events(event_id)
         time.sleep(0.5)
     assert found, "the drift event never reached the Prefect API"
     event = found[0]
