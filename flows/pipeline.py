@@ -12,7 +12,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
-from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
@@ -28,6 +27,7 @@ from supportflow.dialogue.build import DialogueBuild
 from supportflow.digest import files_digest, text_digest
 from supportflow.ingest import IngestReport
 from supportflow.kb.build import BuildReport, keyword_index
+from supportflow.production import registry_client
 from supportflow.settings import PROJECT_ROOT, Settings, get_settings
 from supportflow.snapshot import SnapshotManifest
 
@@ -74,7 +74,7 @@ def dialogue_stage(settings: Settings, champion_version: str, snapshot_id: str) 
 
 
 def registered_accuracy(settings: Settings, version: str) -> float:
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = registry_client(settings)
     run_id = client.get_model_version(settings.registered_model_name, version).run_id
     return client.get_run(run_id).data.metrics["test_accuracy"]
 

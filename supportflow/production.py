@@ -20,9 +20,15 @@ CHAMPION = "champion"
 log = logging.getLogger("supportflow.production")
 
 
+def registry_client(settings: Settings) -> MlflowClient:
+    """A client whose registry is the configured store. Without `registry_uri`, MLflow uses the process-wide
+    registry URI, which another store's `mlflow.set_registry_uri` may have set (the tests caught exactly that)."""
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+
+
 def alias_version(settings: Settings, alias: str, client: MlflowClient | None = None) -> tuple[str, str]:
     """The aliased version and the serving variant its training run chose."""
-    client = client or MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = client or registry_client(settings)
     try:
         version = client.get_model_version_by_alias(settings.registered_model_name, alias)
     except Exception as error:
@@ -48,7 +54,7 @@ class ProductionFollower(threading.Thread):
     def __init__(self, settings: Settings, current: str | None, on_change: Callable[[str, str], None]) -> None:
         super().__init__(name="production-follower", daemon=True)
         self.settings, self.current, self.on_change = settings, current, on_change
-        self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)  # one client: no new store per poll
+        self.client = registry_client(settings)  # one client: no new store per poll
         self.stopped = threading.Event()
 
     def start(self) -> None:

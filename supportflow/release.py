@@ -18,13 +18,12 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
-from mlflow import MlflowClient
 from pydantic import BaseModel
 
 from supportflow.bundle import Bundles, dialogue_archive
 from supportflow.errors import SupportflowError
 from supportflow.lake import Lake
-from supportflow.production import CHAMPION, PRODUCTION
+from supportflow.production import CHAMPION, PRODUCTION, registry_client
 from supportflow.settings import Settings
 
 AREA = "releases"
@@ -137,7 +136,7 @@ def release_history(lake: Lake, release_id: str) -> Release:
 
 
 def _point_production(settings: Settings, lake: Lake, release: Release) -> None:
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = registry_client(settings)
     client.set_registered_model_alias(settings.registered_model_name, PRODUCTION, release.bundles.classifier_version)
     lake.write_json(release.model_dump(mode="json"), AREA, "production.json")
 
@@ -173,7 +172,7 @@ def rollback_release(settings: Settings, lake: Lake) -> tuple[Release, Release]:
     if current.previous_release is None:
         raise ReleaseError(f"release {current.release_id} is the first one; there is no earlier release to roll back to")
     previous = release_history(lake, current.previous_release)
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = registry_client(settings)
     client.set_registered_model_alias(settings.registered_model_name, CHAMPION, previous.bundles.classifier_version)
     restored = previous.model_copy(update={"note": f"restored by rollback from {current.release_id}", "promoted_at": datetime.now(UTC)})
     _point_production(settings, lake, restored)

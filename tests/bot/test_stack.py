@@ -45,11 +45,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_harness: None) -> Iterator[Served]:
     if shutil.which("rasa", path=str(ROOT / ".venv-rasa" / "bin")) is None:
         pytest.fail("Rasa is not installed: `make rasa-venv` (make test does it)")
-    from prefect.testing.utilities import prefect_test_harness
-
     from flows.train import train
     from supportflow.dialogue.build import build_dialogue
     from supportflow.ingest import ingest_file
@@ -76,8 +74,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterato
         lake = open_lake(settings)
         ingest_file(str(source), lake, settings, source="banking77")
         validate_lake(lake, settings)
-        with prefect_test_harness(server_startup_timeout=180):
-            train()
+        train()  # on the session's Prefect test API: a second harness would leave the events client on a dead server
         build_knowledge_base(settings)
         dialogue = build_dialogue(settings, lake)
         ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())

@@ -79,14 +79,6 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 @contextmanager
 def classifier_settings(folder: Path, base: Path) -> Iterator[Path]:
     """Settings for a test: its own lake, models folder and MLflow store; the tiny base; a tiny profile."""

@@ -49,7 +49,7 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     from supportflow.settings import get_settings
 
     first, settings = store.first, get_settings()
-    client = MlflowClient(settings.mlflow_tracking_uri)
+    client = MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     name = settings.registered_model_name
     assert first.promoted and first.version == "1" and first.champion_version == "1"
     assert first.gate_reason == "no champion yet"
@@ -98,7 +98,7 @@ def test_training_the_same_snapshot_again_resumes_instead_of_retraining(store: S
 
     again = train()
     settings = get_settings()
-    client = MlflowClient(settings.mlflow_tracking_uri)
+    client = MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     assert again.version == store.first.version and again.run_id == store.first.run_id
     assert "resumed" in again.gate_reason and again.test_macro_f1 == pytest.approx(store.first.test_macro_f1)
     assert [v.version for v in client.search_model_versions(f"name='{settings.registered_model_name}'")] == [1]

@@ -80,7 +80,7 @@ def logged_run(run_id: str) -> tuple[object, set[str], dict]:
     from supportflow.drift_tracking import REPORT_ARTIFACT
     from supportflow.settings import get_settings
 
-    client = MlflowClient(get_settings().mlflow_tracking_uri)
+    client = MlflowClient(get_settings().mlflow_tracking_uri, registry_uri=get_settings().mlflow_tracking_uri)
     run = client.get_run(run_id)
     artifacts = {a.path for folder in ("report", "plots") for a in client.list_artifacts(run_id, folder)}
     return run, artifacts, mlflow.artifacts.load_dict(f"runs:/{run_id}/{REPORT_ARTIFACT}")
@@ -91,7 +91,7 @@ def drift_runs() -> dict[str, object]:
     from supportflow.settings import get_settings
 
     settings = get_settings()
-    client = MlflowClient(settings.mlflow_tracking_uri)
+    client = MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(settings.drift_experiment)
     return {run.data.params["window_end"]: run for run in client.search_runs([experiment.experiment_id])}
 

@@ -4,15 +4,13 @@ from collections.abc import Iterator
 
 import mlflow
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from supportflow.settings import Settings, get_settings
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+@pytest.fixture
+def prefect_api(prefect_harness: None) -> None:
+    """The session's Prefect test API (one per session: tests/conftest.py)."""
 
 
 @pytest.fixture
