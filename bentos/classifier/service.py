@@ -28,8 +28,8 @@ JSON = ContentType("application/json")
 
 # BentoML's batching dispatcher polls every 1 ms and, while a lone request waits, keeps the average wait it
 # learnt. Measured on 2 cores: after one burst at 32 connections the learnt wait settled at about 26 ms and
-# stayed there, so every later single request waited 26 ms. Polling every 5 ms, the wait decays back to none
-# within about 30 s, and the burst itself ran faster (545 against 430 requests/s).
+# stayed there. Polling every 5 ms it decayed within about 30 s in one check, and the burst ran faster (545
+# against 430 requests/s); it can still stick (docs/bot.md).
 CorkDispatcher.TICKET_INTERVAL = 0.005
 
 
