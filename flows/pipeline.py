@@ -103,10 +103,9 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77", profile:
     served = keyword_index(settings).serving() is not None
     knowledge = timed("kb_index", lambda: kb_stage.with_options(refresh_cache=not served)(settings, snapshot.snapshot_id))
     champion = training.champion_version
-    archive_missing = not (settings.rasa_project_dir / "models").is_dir()
-    built = timed("dialogue", lambda: dialogue_stage.with_options(refresh_cache=archive_missing)(settings, champion, snapshot.snapshot_id))
+    built = timed("dialogue", lambda: dialogue_stage(settings, champion, snapshot.snapshot_id))
     if not built.model.exists():  # the cached build's archive was removed since: build it again
-        built = dialogue_stage.with_options(refresh_cache=True)(settings, champion, snapshot.snapshot_id)
+        built = timed("dialogue", lambda: dialogue_stage.with_options(refresh_cache=True)(settings, champion, snapshot.snapshot_id))
     accuracy = registered_accuracy(settings, training.champion_version)
     released = timed("release", lambda: release(training.champion_version, str(built.model), knowledge.build_id, accuracy))
     summary = PipelineSummary(

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,13 @@ from pathlib import Path
 import httpx
 
 from supportflow.errors import SupportflowError
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a service started next (smoke tests, test servers)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class ServiceStartError(SupportflowError):

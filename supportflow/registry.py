@@ -29,9 +29,9 @@ from supportflow.evaluate_model import plot_confusion_matrix, plot_reliability
 from supportflow.metrics import load_metric
 from supportflow.onnx_export import VariantParity, fastest_within
 from supportflow.predict import MODEL_ARTIFACT, IntentClassifier
+from supportflow.production import CHAMPION
 from supportflow.settings import Settings, TrainingProfile
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_NAME_IN_RUN = "model"
 

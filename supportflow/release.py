@@ -10,7 +10,6 @@ bundle and moves `production` and `champion` back to its classifier version, tog
 import json
 import logging
 import shutil
-import socket
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 from supportflow.bundle import Bundles, dialogue_archive
 from supportflow.errors import SupportflowError
 from supportflow.lake import Lake
+from supportflow.processes import free_port
 from supportflow.production import CHAMPION, PRODUCTION, registry_client
 from supportflow.settings import Settings
 
@@ -52,12 +52,6 @@ class Release(BaseModel):
     promoted_at: datetime
     previous_release: str | None = None
     note: str = "promoted"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _check_classifier(url: str, bundles: Bundles, examples: pd.DataFrame) -> float:

@@ -18,23 +18,18 @@ for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"
     os.environ.setdefault(_variable, "1")
 
 from supportflow.lake import Lake, open_lake  # noqa: E402
+from supportflow.processes import free_port  # noqa: E402
 from supportflow.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BANKING77 = ROOT / "data" / "banking77"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real moto S3 server in its own process, answering on 127.0.0.1."""
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -6,7 +6,6 @@ Slow (about three minutes): one stack is started for the module and every test t
 
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +21,6 @@ from tests.classifier.conftest import classifier_settings, tiny_rows
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -53,6 +46,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_ha
     from supportflow.ingest import ingest_file
     from supportflow.kb.build import build_knowledge_base
     from supportflow.lake import open_lake
+    from supportflow.processes import free_port
     from supportflow.serving import Ports, start_stack
     from supportflow.settings import get_settings
     from supportflow.snapshot import validate_lake

@@ -208,7 +208,8 @@ def test_drifting_traffic_is_detected_retrained_on_and_promoted_while_classify_k
     from flows.ingest import ingest
     from supportflow.bot.turns import read_turns
     from supportflow.lake import open_lake
-    from supportflow.release import current_release, free_port, rollback_release
+    from supportflow.processes import free_port
+    from supportflow.release import current_release, rollback_release
     from supportflow.serving import Ports, start_stack
     from supportflow.settings import get_settings
 
