@@ -2,11 +2,16 @@
 
 Each build is its own folder `<name>-<build_id>/`; a small pointer file names the one being
 served and is replaced atomically (a rename), which is this backend's alias swap.
+
+A discarded build is first renamed out of the build namespace, then deleted: tantivy's own threads
+can still be finishing with its files, and a deletion that races them must not leave a build that
+looks alive. Whatever a deletion leaves behind is swept up on the next promote.
 """
 
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,7 +96,20 @@ class TantivyIndex:
 
     def discard(self, build_id: str) -> None:
         self._open.pop(build_id, None)
-        shutil.rmtree(self._folder(build_id), ignore_errors=True)
+        folder = self._folder(build_id)
+        doomed = self.root / f".discarded-{folder.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.rename(doomed)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise KnowledgeBaseError(f"cannot discard knowledge-base build {build_id} at {folder}: {error}") from error
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete renamed-away builds; one a deletion could not finish is retried next time."""
+        for doomed in self.root.glob(f".discarded-{self.name}-*"):
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def serving(self) -> str | None:
         return self._pointer.read_text().strip() if self._pointer.exists() else None
