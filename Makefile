@@ -84,6 +84,12 @@ bench-pipeline: install rasa-venv
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/report.py
 
+# `make demo` as a new user meets it: a fresh clone, installs without package caches (bench/results/demo.json).
+.PHONY: bench-demo
+bench-demo: install
+	$(BIN)/python bench/demo.py
+	$(BIN)/python bench/report.py
+
 # The served bot: classifier, Rasa, action server and bot (the demo leaves them running).
 .PHONY: serve stop system-deps
 serve: install rasa-venv
