@@ -162,6 +162,14 @@ def freeze_startup_objects() -> None:
 GC_THRESHOLDS = (700, 10, 1000)  # CPython's defaults are (700, 10, 10): full passes 100 times rarer
 
 
+def bentoml_service_config(settings: Settings) -> dict:
+    """BentoML's per-request access log and spans, as the settings say (both off by default)."""
+    return {
+        "logging": {"access": {"enabled": settings.access_log}},
+        "tracing": {} if settings.trace_requests else {"excluded_urls": [".*"]},  # patterns searched in each URL
+    }
+
+
 def stack_file(settings: Settings) -> Path:
     return settings.run_dir / "stack.json"
 

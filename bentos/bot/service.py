@@ -25,7 +25,7 @@ from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
 from supportflow.contracts import load_catalogue
 from supportflow.lake import open_lake
 from supportflow.logging import configure_json_logging
-from supportflow.serving import freeze_startup_objects
+from supportflow.serving import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
 
 log = logging.getLogger("supportflow.bot")
@@ -76,7 +76,7 @@ class BundleArguments(BaseModel):
 ARGUMENTS = bentoml.use_arguments(BundleArguments)
 
 
-@bentoml.service(name="supportflow-bot", traffic={"timeout": 60})
+@bentoml.service(name="supportflow-bot", traffic={"timeout": 60}, **bentoml_service_config(get_settings()))
 @bentoml.asgi_app(web, path="/")
 class BotService:
     if ARGUMENTS.dialogue:

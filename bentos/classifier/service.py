@@ -19,7 +19,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel
 
 from supportflow.batching import use_in_bentoml_dispatchers
-from supportflow.serving import freeze_startup_objects
+from supportflow.serving import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
 
 MAX_TEXTS = 256
@@ -41,7 +41,7 @@ class BundleArguments(BaseModel):
 ARGUMENTS = bentoml.use_arguments(BundleArguments)
 
 
-@bentoml.service(name="supportflow-classifier", traffic={"timeout": 30})
+@bentoml.service(name="supportflow-classifier", traffic={"timeout": 30}, **bentoml_service_config(get_settings()))
 class ClassifierService:
     if ARGUMENTS.model:
         bundled = bentoml.models.BentoModel(ARGUMENTS.model)

@@ -1,9 +1,11 @@
-"""The classifier's batching learns its wait from calls that batched, so a burst leaves no wait behind."""
+"""What the served requests are spared: a batching wait left behind by a burst, and per-request logs and spans."""
 
 import pytest
 from bentoml._internal.marshal import dispatcher
 
 from supportflow.batching import LoneRequestsTeachNoWait, use_in_bentoml_dispatchers
+from supportflow.serving import bentoml_service_config
+from supportflow.settings import Settings
 
 BURST_WAIT = 0.026  # what 32 connections taught BentoML's optimizer here
 LATE_LONE_WAIT = 0.024  # a lone request held back for most of that, then woken late
@@ -35,3 +37,14 @@ def test_batching_endpoints_built_after_the_switch_use_it(monkeypatch: pytest.Mo
         cork.optimizer.log_outbound(n=n, wait=0.01, duration=0.001 * n + 0.002)
     cork.optimizer.trigger_refresh()
     assert cork.optimizer.o_a == pytest.approx(0.001) and cork.optimizer.o_b == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_access_log_and_spans_follow_the_settings_in_a_config_bentoml_accepts(on: bool) -> None:
+    from _bentoml_sdk.service.config import validate
+    from opentelemetry.util.http import ExcludeList
+
+    config = validate(bentoml_service_config(Settings(access_log=on, trace_requests=on)))
+    assert config["logging"]["access"]["enabled"] is on
+    excluded = ExcludeList(config["tracing"].get("excluded_urls", []))  # as BentoML builds it for its middleware
+    assert excluded.url_disabled("http://127.0.0.1:3001/classify") is not on
