@@ -5,7 +5,7 @@ served and is replaced atomically (a rename), which is this backend's alias swap
 
 A discarded build is first renamed out of the build namespace, then deleted: tantivy's own threads
 can still be finishing with its files, and a deletion that races them must not leave a build that
-looks alive. Whatever a deletion leaves behind is swept up on the next promote.
+looks alive. Whatever a deletion leaves behind is swept up on the next discard.
 """
 
 import os
