@@ -1,6 +1,6 @@
 """How often the drift monitor's alarm is right: false alarms on familiar traffic, detection of each kind of drift.
 
-Simulated windows over BANKING77 (77 intents), judged by `supportflow.drift.compute_drift` with the default
+Simulated windows over BANKING77 (77 intents), judged by `supportflow.drift.figures.compute_drift` with the default
 thresholds. The texts and intents are real: the reference's vocabulary is BANKING77's training text, familiar
 windows draw unseen phrasings from its test split, and the new-vocabulary windows are StackFAQ questions
 (web-application help, read in place from ../shared/data/stackfaq). The confidences are simulated (a
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from supportflow.drift import DriftReference, build_reference, compute_drift
+from supportflow.drift.figures import DriftReference, build_reference, compute_drift
 from supportflow.settings import DriftThresholds
 
 ROOT = Path(__file__).resolve().parent.parent

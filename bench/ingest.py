@@ -130,11 +130,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SUPPORTFLOW_LAKE_URL"] = f"{tmp}/lake"
         os.environ["SUPPORTFLOW_GX_ROOT"] = f"{tmp}/gx"
-        from supportflow.contracts import load_catalogue
-        from supportflow.ingest import ingest_file
+        from supportflow.ingest.load import ingest_file
         from supportflow.lake import open_lake
         from supportflow.settings import Settings
-        from supportflow.snapshot import validate_lake
+        from supportflow.validate.contracts import load_catalogue
+        from supportflow.validate.snapshot import validate_lake
 
         settings = Settings()
         source = Path(tmp) / "tickets.csv"

@@ -25,12 +25,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 
-from supportflow.base_model import resolve_base_model
-from supportflow.classifier import BuiltClassifier, build_classifier
-from supportflow.contracts import load_catalogue
-from supportflow.metrics import load_metric
+from supportflow.classifier.base_weights import resolve_base_model
+from supportflow.classifier.build import BuiltClassifier, build_classifier
+from supportflow.classifier.evaluate_metrics import load_metric
+from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
 from supportflow.settings import get_settings
-from supportflow.train import LabelledSplits, check_training_data
+from supportflow.validate.contracts import load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "banking77"

@@ -15,8 +15,8 @@ from bench.rasa_diet import CONFIG, write_nlu
 from supportflow.dialogue.rasa_cli import rasa_environment, rasa_executable
 from supportflow.lake import open_lake
 from supportflow.processes import ManagedProcess
-from supportflow.release import current_release
-from supportflow.serving import Ports, Stack, start_stack
+from supportflow.release.promote import current_release
+from supportflow.release.stack import Ports, Stack, start_stack
 from supportflow.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent

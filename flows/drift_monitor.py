@@ -15,8 +15,8 @@ from prefect.events import emit_event
 from prefect.states import State
 
 from supportflow.bot.turns import read_turns
-from supportflow.drift import DriftReference, DriftReport, compute_drift, served_version
-from supportflow.drift_tracking import load_reference, log_report, report_markdown, tag_run
+from supportflow.drift.figures import DriftReference, DriftReport, compute_drift, served_version
+from supportflow.drift.tracking import load_reference, log_report, report_markdown, tag_run
 from supportflow.errors import DriftReferenceError, SupportflowError
 from supportflow.lake import open_lake
 from supportflow.settings import Settings, get_settings

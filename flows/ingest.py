@@ -4,11 +4,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from supportflow.ingest import IngestReport, existing_ticket_ids, ingest_file
+from supportflow.ingest.load import IngestReport, existing_ticket_ids, ingest_file
+from supportflow.ingest.readers import Format
+from supportflow.ingest.tickets import KnownIds
 from supportflow.lake import open_lake
-from supportflow.readers import Format
 from supportflow.settings import get_settings
-from supportflow.tickets import KnownIds
 
 
 @task(name="ingest-file", cache_policy=NO_CACHE)

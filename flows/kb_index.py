@@ -11,7 +11,7 @@ from supportflow.kb.build import BuildReport, build_knowledge_base
 from supportflow.kb.tracking import log_build
 from supportflow.lake import open_lake
 from supportflow.settings import get_settings
-from supportflow.snapshot import latest_snapshot, read_split
+from supportflow.validate.snapshot import latest_snapshot, read_split
 
 
 def labelled_questions() -> pd.DataFrame | None:

@@ -25,11 +25,11 @@ from flows.train import TrainingSummary, train
 from flows.validate import validate
 from supportflow.dialogue.build import DialogueBuild
 from supportflow.digest import files_digest, text_digest
-from supportflow.ingest import IngestReport
+from supportflow.ingest.load import IngestReport
 from supportflow.kb.build import BuildReport, keyword_index
-from supportflow.production import registry_client
+from supportflow.release.production import registry_client
 from supportflow.settings import PROJECT_ROOT, Settings, get_settings
-from supportflow.snapshot import SnapshotManifest
+from supportflow.validate.snapshot import SnapshotManifest
 
 BANKING77 = PROJECT_ROOT / "data" / "banking77"
 CACHE_FOR = timedelta(days=30)

@@ -9,12 +9,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
-from supportflow.bundle import Bundles, build_bundles
 from supportflow.digest import text_digest
 from supportflow.lake import open_lake
-from supportflow.release import Release, ReleaseError, SmokeReport, promote, smoke_test
+from supportflow.release.bundle import Bundles, build_bundles
+from supportflow.release.promote import Release, ReleaseError, SmokeReport, promote, smoke_test
 from supportflow.settings import Settings, get_settings
-from supportflow.snapshot import latest_snapshot, read_split
+from supportflow.validate.snapshot import latest_snapshot, read_split
 
 
 class ReleaseSummary(BaseModel):

@@ -10,14 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from supportflow.base_model import BaseModelChoice, resolve_base_model
-from supportflow.classifier import BuiltClassifier, evaluate_classifier
-from supportflow.contracts import load_catalogue
-from supportflow.digest import text_digest
-from supportflow.drift import build_reference
-from supportflow.lake import open_lake
-from supportflow.onnx_export import check_parity, export_onnx
-from supportflow.registry import (
+from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
+from supportflow.classifier.build import BuiltClassifier, evaluate_classifier
+from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data, fine_tune
+from supportflow.classifier.onnx_export import check_parity, export_onnx
+from supportflow.classifier.registry import (
     MODEL_NAME_IN_RUN,
     GateResult,
     connect,
@@ -26,9 +23,12 @@ from supportflow.registry import (
     register_and_gate,
     score_version,
 )
+from supportflow.digest import text_digest
+from supportflow.drift.figures import build_reference
+from supportflow.lake import open_lake
 from supportflow.settings import Settings, get_settings
-from supportflow.snapshot import SnapshotManifest, latest_snapshot, read_split
-from supportflow.train import FineTuned, LabelledSplits, check_training_data, fine_tune
+from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.snapshot import SnapshotManifest, latest_snapshot, read_split
 
 
 class TrainingSummary(BaseModel):

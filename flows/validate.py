@@ -5,7 +5,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from supportflow.lake import open_lake
 from supportflow.settings import get_settings
-from supportflow.snapshot import SnapshotManifest, validate_lake
+from supportflow.validate.snapshot import SnapshotManifest, validate_lake
 
 
 @flow(name="validate")

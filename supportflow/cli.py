@@ -14,10 +14,10 @@ from supportflow.errors import SupportflowError
 if TYPE_CHECKING:
     from flows.pipeline import PipelineSummary
     from flows.train import TrainingSummary
-    from supportflow.ingest import IngestReport
+    from supportflow.ingest.load import IngestReport
     from supportflow.kb.build import BuildReport
-    from supportflow.serving import Stack
-    from supportflow.snapshot import SnapshotManifest
+    from supportflow.release.stack import Stack
+    from supportflow.validate.snapshot import SnapshotManifest
 
 
 def _print_ingest(reports: Sequence["IngestReport"]) -> None:
@@ -110,9 +110,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
+    from supportflow.classifier.registry import rollback
     from supportflow.lake import open_lake
-    from supportflow.registry import rollback
-    from supportflow.release import current_release, rollback_release
+    from supportflow.release.promote import current_release, rollback_release
     from supportflow.settings import get_settings
 
     settings = get_settings()
@@ -230,8 +230,8 @@ DEMO_CONVERSATION = (
 
 def _start_stack(background: bool) -> "Stack":
     from supportflow.lake import open_lake
-    from supportflow.release import current_release
-    from supportflow.serving import record_stack, start_stack, stop_recorded_stack
+    from supportflow.release.promote import current_release
+    from supportflow.release.stack import record_stack, start_stack, stop_recorded_stack
     from supportflow.settings import get_settings
 
     settings = get_settings()
@@ -288,7 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
-    from supportflow.serving import stop_recorded_stack
+    from supportflow.release.stack import stop_recorded_stack
     from supportflow.settings import get_settings
 
     stopped = stop_recorded_stack(get_settings())

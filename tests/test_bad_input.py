@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from supportflow.errors import ContractError, IngestError, LakeUnavailableError
-from supportflow.ingest import ingest_file
+from supportflow.ingest.load import ingest_file
 from supportflow.lake import Lake, open_lake
 from supportflow.settings import Settings
-from supportflow.snapshot import validate_lake
+from supportflow.validate.snapshot import validate_lake
 
 
 def quarantined(lake: Lake, *area: str) -> pd.DataFrame:

@@ -22,11 +22,11 @@ from supportflow.bot.handoff import HandoffError, HandoffQueue
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog
 from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
-from supportflow.contracts import load_catalogue
 from supportflow.lake import open_lake
-from supportflow.logging import configure_json_logging
-from supportflow.serving import bentoml_service_config, freeze_startup_objects
+from supportflow.logs import configure_json_logging
+from supportflow.release.stack import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
+from supportflow.validate.contracts import load_catalogue
 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")
@@ -61,7 +61,7 @@ def served_model_version(settings: object) -> str | None:
     if settings.model_version:
         return settings.model_version
     try:
-        from supportflow.production import served_version
+        from supportflow.release.production import served_version
 
         return served_version(settings)[0]
     except Exception as error:
@@ -97,7 +97,7 @@ class BotService:
             max_message_chars=settings.max_message_chars,
         )
         if settings.follow_production and not settings.model_version:
-            from supportflow.production import ProductionFollower
+            from supportflow.release.production import ProductionFollower
 
             def attribute(version: str, variant: str) -> None:
                 self.bot.model_version = version

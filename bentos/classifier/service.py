@@ -18,8 +18,8 @@ from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from pydantic import BaseModel
 
-from supportflow.batching import use_in_bentoml_dispatchers
-from supportflow.serving import bentoml_service_config, freeze_startup_objects
+from supportflow.classifier.batching import use_in_bentoml_dispatchers
+from supportflow.release.stack import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
 
 MAX_TEXTS = 256
@@ -27,7 +27,7 @@ MAX_TEXTS = 256
 # (measured with py-spy: a tenth of a served request's time).
 JSON = ContentType("application/json")
 
-# A burst must leave no wait behind for lone requests (supportflow/batching.py has the arithmetic).
+# A burst must leave no wait behind for lone requests (supportflow/classifier/batching.py has the arithmetic).
 use_in_bentoml_dispatchers()
 # While requests do queue, the dispatcher polls every 5 ms instead of 1: measured on 2 cores at 32 connections,
 # 545 against 430 requests/s, the polling loop competing less with the forward passes.
@@ -47,8 +47,8 @@ class ClassifierService:
         bundled = bentoml.models.BentoModel(ARGUMENTS.model)
 
     def __init__(self) -> None:
-        from supportflow.production import ProductionFollower
-        from supportflow.serve_classifier import load_bundled_classifier, load_serving_classifier, load_version
+        from supportflow.classifier.served import load_bundled_classifier, load_serving_classifier, load_version
+        from supportflow.release.production import ProductionFollower
 
         self.settings = settings = get_settings()
         if ARGUMENTS.model:

@@ -13,9 +13,9 @@ from sqlalchemy import ForeignKey, String, Text, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from supportflow.errors import SupportflowError
+from supportflow.ingest.tickets import to_table, to_tickets
 from supportflow.lake import Lake
 from supportflow.redact import Redactor
-from supportflow.tickets import to_table, to_tickets
 
 Status = Literal["waiting", "claimed", "answered", "resolved"]
 AGENT_LABEL_SOURCE = "agent_label"

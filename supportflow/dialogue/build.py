@@ -7,15 +7,15 @@ from pathlib import Path
 import mlflow
 from pydantic import BaseModel
 
-from supportflow.contracts import load_catalogue
+from supportflow.classifier.predict import ClassifierCard
+from supportflow.classifier.registry import connect, download_classifier
 from supportflow.dialogue.project import write_project
 from supportflow.dialogue.rasa_cli import train_model, validate_project
 from supportflow.lake import Lake
-from supportflow.predict import ClassifierCard
-from supportflow.production import CHAMPION, alias_version
-from supportflow.registry import connect, download_classifier
+from supportflow.release.production import CHAMPION, alias_version
 from supportflow.settings import Settings
-from supportflow.snapshot import latest_snapshot, read_split
+from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.snapshot import latest_snapshot, read_split
 
 EXPERIMENT = "dialogue"
 EXAMPLES_PER_INTENT = 5

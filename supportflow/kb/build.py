@@ -99,7 +99,10 @@ def load_documents(sources: Sequence[Path], settings: Settings) -> tuple[LoadRes
 
 def validate_documents(documents: list[Document], settings: Settings) -> tuple[list[Document], list[Skipped], dict[str, int]]:
     """The knowledge-base contract (data_contracts/kb_documents.suite.json): breaking rows are skipped with the rule's reason."""
-    from supportflow.contracts import ContractChecker, load_contract  # Great Expectations is slow to import; serving never needs it
+    from supportflow.validate.contracts import (  # Great Expectations is slow to import; serving never needs it
+        ContractChecker,
+        load_contract,
+    )
 
     if not documents:
         return [], [], {}

@@ -10,10 +10,10 @@ from supportflow.bot.engine import ASK_WHICH_CARD, DOWN, GREETING, HANDOFF, WITH
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog, read_turns
-from supportflow.contracts import load_catalogue
 from supportflow.kb.build import KnowledgeBase, build_knowledge_base, open_knowledge_base
 from supportflow.lake import open_lake
 from supportflow.settings import Settings
+from supportflow.validate.contracts import load_catalogue
 from tests.bot.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -43,13 +43,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_ha
         pytest.fail("Rasa is not installed: `make rasa-venv` (make test does it)")
     from flows.train import train
     from supportflow.dialogue.build import build_dialogue
-    from supportflow.ingest import ingest_file
+    from supportflow.ingest.load import ingest_file
     from supportflow.kb.build import build_knowledge_base
     from supportflow.lake import open_lake
     from supportflow.processes import free_port
-    from supportflow.serving import Ports, start_stack
+    from supportflow.release.stack import Ports, start_stack
     from supportflow.settings import get_settings
-    from supportflow.snapshot import validate_lake
+    from supportflow.validate.snapshot import validate_lake
 
     folder = tmp_path_factory.mktemp("stack")
     with classifier_settings(folder, tiny_base), pytest.MonkeyPatch.context() as patch:

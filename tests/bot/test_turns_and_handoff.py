@@ -7,10 +7,10 @@ import pytest
 
 from supportflow.bot.handoff import HandoffError, HandoffQueue
 from supportflow.bot.turns import Turn, TurnLog, read_turns
-from supportflow.contracts import load_catalogue
 from supportflow.lake import Lake
 from supportflow.settings import Settings
-from supportflow.snapshot import validate_lake
+from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.snapshot import validate_lake
 
 
 def test_turns_are_redacted_partitioned_by_day_and_read_back_by_window(lake: Lake) -> None:
@@ -64,7 +64,7 @@ def queue(local_lake: Lake, local_settings: Settings, tmp_path) -> HandoffQueue:
 def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
     queue: HandoffQueue, local_lake: Lake, local_settings: Settings, banking77_sample
 ) -> None:
-    from supportflow.ingest import ingest_file
+    from supportflow.ingest.load import ingest_file
 
     ingest_file(str(banking77_sample), local_lake, local_settings)
     handoff = queue.enqueue(

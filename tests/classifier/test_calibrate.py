@@ -5,7 +5,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import f1_score
 
-from supportflow.calibrate import at_threshold, choose_threshold, fit_temperature
+from supportflow.classifier.calibrate import at_threshold, choose_threshold, fit_temperature
 
 
 def test_temperature_recovers_the_one_that_generated_the_labels() -> None:
@@ -40,7 +40,7 @@ def test_unreachable_precision_routes_nothing() -> None:
 
 
 def test_local_metric_modules_load_offline_and_agree_with_sklearn() -> None:
-    from supportflow.metrics import load_metric
+    from supportflow.classifier.evaluate_metrics import load_metric
 
     predictions, references = [0, 1, 2, 2, 1, 0], [0, 1, 1, 2, 1, 2]
     assert load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"] == pytest.approx(4 / 6)

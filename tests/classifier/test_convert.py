@@ -14,7 +14,7 @@ def test_offline_base_is_converted_minilm_with_identical_hidden_states(tmp_path:
     import torch
     from transformers import AutoTokenizer, BertModel, DistilBertModel
 
-    from supportflow.base_model import MINILM_NAME, packaged_minilm, resolve_base_model
+    from supportflow.classifier.base_weights import MINILM_NAME, packaged_minilm, resolve_base_model
 
     choice = resolve_base_model(Settings(models_dir=tmp_path, base_model="distilbert-base-uncased"))
     assert choice.source == "converted" and choice.name == MINILM_NAME  # the hub is unreachable (HF_HUB_OFFLINE)
@@ -38,7 +38,7 @@ def test_offline_base_is_converted_minilm_with_identical_hidden_states(tmp_path:
 
 
 def _minilm_copy(tmp_path: Path) -> Path:
-    from supportflow.base_model import packaged_minilm
+    from supportflow.classifier.base_weights import packaged_minilm
 
     source = packaged_minilm()
     copy = tmp_path / "bert"
@@ -49,7 +49,7 @@ def _minilm_copy(tmp_path: Path) -> Path:
 
 
 def test_corrupt_base_model_weights_name_the_file(tmp_path: Path) -> None:
-    from supportflow.base_model import resolve_base_model
+    from supportflow.classifier.base_weights import resolve_base_model
 
     bert = _minilm_copy(tmp_path)
     (bert / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
@@ -58,7 +58,7 @@ def test_corrupt_base_model_weights_name_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_base_model_weights_and_folder(tmp_path: Path) -> None:
-    from supportflow.base_model import resolve_base_model
+    from supportflow.classifier.base_weights import resolve_base_model
 
     bert = _minilm_copy(tmp_path)
     with pytest.raises(BaseModelError, match=r"model\.safetensors: missing"):
@@ -74,7 +74,7 @@ def test_missing_base_model_weights_and_folder(tmp_path: Path) -> None:
 
 
 def test_corrupt_distilbert_checkpoint_fails_when_loaded(tiny_base: Path, tmp_path: Path) -> None:
-    from supportflow.train import load_base
+    from supportflow.classifier.fine_tune import load_base
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_base, broken)

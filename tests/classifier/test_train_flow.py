@@ -29,10 +29,10 @@ class Store:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_harness: None) -> Iterator[Store]:
     from flows.train import train
-    from supportflow.ingest import ingest_file
+    from supportflow.ingest.load import ingest_file
     from supportflow.lake import open_lake
     from supportflow.settings import get_settings
-    from supportflow.snapshot import validate_lake
+    from supportflow.validate.snapshot import validate_lake
 
     with classifier_settings(tmp_path_factory.mktemp("store"), tiny_base) as folder:
         settings = get_settings()
@@ -45,7 +45,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_har
 
 
 def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None:
-    from supportflow.registry import CHALLENGER, CHAMPION
+    from supportflow.classifier.registry import CHALLENGER, CHAMPION
     from supportflow.settings import get_settings
 
     first, settings = store.first, get_settings()
@@ -81,9 +81,9 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     assert card["labels"] == sorted(TINY_INTENTS) and card["threshold"] == pytest.approx(first.threshold)
     assert card["temperature"] > 0
     # The drift monitor finds the served version's training reference, calibrated like its card.
-    from supportflow.drift_tracking import load_reference
+    from supportflow.drift.tracking import load_reference
     from supportflow.lake import open_lake
-    from supportflow.snapshot import read_split
+    from supportflow.validate.snapshot import read_split
 
     reference = load_reference(get_settings(), None)
     validation = read_split(open_lake(get_settings()), store.snapshot_id, "validation")
@@ -122,11 +122,11 @@ def test_notebook_reads_the_runs(store: Store) -> None:
 
 def test_gate_keeps_champion_rolls_back_and_serves(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.train import train
+    from supportflow.classifier.predict import load_champion
+    from supportflow.classifier.registry import CHALLENGER, CHAMPION, connect, register_and_gate, rollback, score_version
     from supportflow.lake import open_lake
-    from supportflow.predict import load_champion
-    from supportflow.registry import CHALLENGER, CHAMPION, connect, register_and_gate, rollback, score_version
     from supportflow.settings import get_settings
-    from supportflow.snapshot import read_split
+    from supportflow.validate.snapshot import read_split
 
     first = store.first
     name = get_settings().registered_model_name

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from supportflow.classifier.fine_tune import check_training_data
 from supportflow.errors import TrainingDataError
-from supportflow.train import check_training_data
 
 CATALOGUE = ("card_arrival", "exchange_rate", "change_pin")
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from supportflow.serving import Ports
+from supportflow.release.stack import Ports
 from supportflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from supportflow.bot.turns import TURN_SCHEMA  # noqa: E402
-from supportflow.drift import REFERENCE_ARTIFACT, DriftReference, build_reference  # noqa: E402
+from supportflow.drift.figures import REFERENCE_ARTIFACT, DriftReference, build_reference  # noqa: E402
 from tests.classifier.conftest import TINY_INTENTS, tiny_rows  # noqa: E402
 
 THRESHOLD = 0.5

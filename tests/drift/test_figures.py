@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 
 from supportflow.bot.turns import TURN_SCHEMA
-from supportflow.drift import DriftReference, acted_on, build_reference, compute_drift, fallback_turns, oov, psi, served_version, words
+from supportflow.drift.figures import (
+    DriftReference,
+    acted_on,
+    build_reference,
+    compute_drift,
+    fallback_turns,
+    oov,
+    psi,
+    served_version,
+    words,
+)
 from supportflow.settings import DriftThresholds
 from tests.drift.conftest import LABELS, START, THRESHOLD, confident, probabilities, window
 

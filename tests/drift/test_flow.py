@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from supportflow.bot.turns import Turn, TurnLog
-from supportflow.drift import DriftReference
+from supportflow.drift.figures import DriftReference
 from supportflow.errors import DriftReferenceError, SupportflowError
 from tests.drift.conftest import START, register, use_store, window
 
@@ -77,7 +77,7 @@ def drift_events(event_id: str | None = None) -> list:
 
 
 def logged_run(run_id: str) -> tuple[object, set[str], dict]:
-    from supportflow.drift_tracking import REPORT_ARTIFACT
+    from supportflow.drift.tracking import REPORT_ARTIFACT
     from supportflow.settings import get_settings
 
     client = MlflowClient(get_settings().mlflow_tracking_uri, registry_uri=get_settings().mlflow_tracking_uri)
@@ -183,7 +183,7 @@ def test_the_cli_prints_the_report_and_errors_without_a_traceback(store: Path, c
 
 
 def test_turns_without_a_version_are_compared_with_production_else_the_champion(store: Path) -> None:
-    from supportflow.drift_tracking import load_reference
+    from supportflow.drift.tracking import load_reference
     from supportflow.settings import get_settings
 
     settings = get_settings()

@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.turns import Turn, TurnLog
-from supportflow.drift import DriftReference
+from supportflow.drift.figures import DriftReference
 from tests.drift.conftest import LABELS, START, register, use_store, window
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from supportflow.production import registry_client
+from supportflow.release.production import registry_client
 from tests.loop.conftest import HELD_BACK, first_tickets, loop_settings, tiny_rows
 
 SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
@@ -112,7 +112,7 @@ def test_a_pipeline_killed_in_every_stage_finishes_when_run_again(chain: Chain) 
 
 def test_nothing_was_duplicated(chain: Chain) -> None:
     from supportflow.lake import open_lake
-    from supportflow.release import current_release
+    from supportflow.release.promote import current_release
     from supportflow.settings import get_settings
 
     settings = get_settings()
@@ -140,9 +140,9 @@ def test_nothing_was_duplicated(chain: Chain) -> None:
 
 def test_a_bundle_that_fails_its_smoke_test_is_not_promoted(chain: Chain) -> None:
     from supportflow.lake import open_lake
-    from supportflow.release import ReleaseError, current_release, promote, rollback_release, smoke_test
+    from supportflow.release.promote import ReleaseError, current_release, promote, rollback_release, smoke_test
     from supportflow.settings import get_settings
-    from supportflow.snapshot import latest_snapshot, read_split
+    from supportflow.validate.snapshot import latest_snapshot, read_split
 
     settings = get_settings()
     lake = open_lake(settings)
@@ -209,8 +209,8 @@ def test_drifting_traffic_is_detected_retrained_on_and_promoted_while_classify_k
     from supportflow.bot.turns import read_turns
     from supportflow.lake import open_lake
     from supportflow.processes import free_port
-    from supportflow.release import current_release, rollback_release
-    from supportflow.serving import Ports, start_stack
+    from supportflow.release.promote import current_release, rollback_release
+    from supportflow.release.stack import Ports, start_stack
     from supportflow.settings import get_settings
 
     settings = get_settings()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
-from supportflow.metrics import load_metric
+from supportflow.classifier.evaluate_metrics import load_metric
 
 RELIABILITY_BINS = 15
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from supportflow.ingest import existing_ticket_ids, ingest_file
+from supportflow.ingest.load import existing_ticket_ids, ingest_file
+from supportflow.ingest.tickets import TICKET_COLUMNS
 from supportflow.lake import Lake
 from supportflow.settings import Settings
-from supportflow.tickets import TICKET_COLUMNS
 
 
 def read_tickets(lake: Lake) -> pd.DataFrame:

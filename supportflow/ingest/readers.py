@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from supportflow.errors import IngestError
-from supportflow.tickets import RAW_FIELDS, resolve_columns
+from supportflow.ingest.tickets import RAW_FIELDS, resolve_columns
 
 Format = Literal["csv", "jsonl", "zendesk"]
 

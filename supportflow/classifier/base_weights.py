@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from supportflow.convert import convert_bert_to_distilbert
+from supportflow.classifier.convert import convert_bert_to_distilbert
 from supportflow.errors import BaseModelError
 from supportflow.settings import Settings
 

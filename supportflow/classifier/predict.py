@@ -97,6 +97,6 @@ class IntentClassifier:
 
 def load_champion(settings: Settings, alias: str = "champion") -> IntentClassifier:
     """Download the registry's aliased version (serving's entry point) and load it."""
-    from supportflow.registry import download_classifier  # the registry imports this module
+    from supportflow.classifier.registry import download_classifier  # the registry imports this module
 
     return IntentClassifier(download_classifier(settings, f"@{alias}"), threads=settings.train_threads)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from supportflow.classifier.onnx_export import ONNX_DIR, VARIANTS, onnx_logits, onnx_session
+from supportflow.classifier.predict import ClassifierCard, IntentClassifier, ranking, softmax
+from supportflow.classifier.registry import download_classifier
 from supportflow.errors import RegistryError
-from supportflow.onnx_export import ONNX_DIR, VARIANTS, onnx_logits, onnx_session
-from supportflow.predict import ClassifierCard, IntentClassifier, ranking, softmax
-from supportflow.production import served_version
-from supportflow.registry import download_classifier
+from supportflow.release.production import served_version
 from supportflow.settings import Settings
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from supportflow.classifier.registry import connect, download_classifier
 from supportflow.digest import files_digest
 from supportflow.errors import SupportflowError
-from supportflow.registry import connect, download_classifier
 from supportflow.settings import PROJECT_ROOT, Settings
 
 CLASSIFIER_MODEL = "supportflow-intent-classifier"

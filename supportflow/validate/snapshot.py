@@ -19,12 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from supportflow.contracts import Contract, ContractChecker, load_contract
 from supportflow.errors import ContractError
+from supportflow.ingest.tickets import TICKET_SCHEMA, KnownIds, id_keys
 from supportflow.lake import Lake, open_lake
 from supportflow.parallel import ordered_map, process_pool
 from supportflow.settings import Settings
-from supportflow.tickets import TICKET_SCHEMA, KnownIds, id_keys
+from supportflow.validate.contracts import Contract, ContractChecker, load_contract
 
 SPLITS = ("train", "validation", "test")
 DERIVED_SUPPORT = "intent_support"

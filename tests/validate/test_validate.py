@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from supportflow.contracts import load_contract
-from supportflow.ingest import ingest_file
+from supportflow.ingest.load import ingest_file
 from supportflow.lake import Lake
 from supportflow.settings import Settings
-from supportflow.snapshot import SPLITS, assign_splits, latest_snapshot, read_split, split_cutoffs, split_rank, validate_lake
+from supportflow.validate.contracts import load_contract
+from supportflow.validate.snapshot import SPLITS, assign_splits, latest_snapshot, read_split, split_cutoffs, split_rank, validate_lake
 
 
 def test_the_snapshot_is_stratified_complete_and_described_by_its_manifest(lake: Lake, settings: Settings, banking77_sample: Path) -> None:
@@ -79,7 +79,7 @@ def test_splits_do_not_depend_on_the_order_of_the_rows() -> None:
 
 
 def test_validation_in_worker_processes_gives_the_same_result(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
-    sample = pd.read_csv(Path(__file__).parent.parent / "data" / "banking77" / "train.csv").groupby("category").head(24)
+    sample = pd.read_csv(Path(__file__).resolve().parents[2] / "data" / "banking77" / "train.csv").groupby("category").head(24)
     sample.loc[sample.index[:7], "category"] = "not_an_intent"
     path = tmp_path / "sample.csv"
     sample.to_csv(path, index=False)

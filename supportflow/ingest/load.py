@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from supportflow.ingest.readers import Format, RawBatch, Reject, open_source
+from supportflow.ingest.tickets import KnownIds, id_keys, parse_created_at, to_table, to_tickets
 from supportflow.lake import Lake
 from supportflow.parallel import ordered_map, process_pool
-from supportflow.readers import Format, RawBatch, Reject, open_source
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
-from supportflow.tickets import KnownIds, id_keys, parse_created_at, to_table, to_tickets
 
 QUARANTINE_COLUMNS = ["source_file", "line", "reason", "raw", "quarantined_at"]
 

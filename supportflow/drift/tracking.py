@@ -1,6 +1,6 @@
 """The drift monitor's reads and writes in MLflow: the served model's training reference in, the report out.
 
-Kept apart from `supportflow.drift` so the figures stay plain functions, and light (no `registry`
+Kept apart from `supportflow.drift.figures` so the figures stay plain functions, and light (no `registry`
 import, which pulls in transformers): the monitor runs hourly and the notebook imports this. Plots are
 drawn on bare matplotlib Figures, so importing this never changes an importer's (a notebook's) backend.
 """
@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from supportflow.drift import REFERENCE_ARTIFACT, DriftReference, DriftReport, IntentShare, censored, classified
+from supportflow.drift.figures import REFERENCE_ARTIFACT, DriftReference, DriftReport, IntentShare, censored, classified
 from supportflow.errors import DriftReferenceError, RegistryError
 from supportflow.settings import Settings
 

@@ -22,14 +22,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from supportflow.classifier import BuiltClassifier
-from supportflow.drift import REFERENCE_ARTIFACT
+from supportflow.classifier.build import BuiltClassifier
+from supportflow.classifier.evaluate import plot_confusion_matrix, plot_reliability
+from supportflow.classifier.evaluate_metrics import load_metric
+from supportflow.classifier.onnx_export import VariantParity, fastest_within
+from supportflow.classifier.predict import MODEL_ARTIFACT, IntentClassifier
+from supportflow.drift.figures import REFERENCE_ARTIFACT
 from supportflow.errors import RegistryError
-from supportflow.evaluate_model import plot_confusion_matrix, plot_reliability
-from supportflow.metrics import load_metric
-from supportflow.onnx_export import VariantParity, fastest_within
-from supportflow.predict import MODEL_ARTIFACT, IntentClassifier
-from supportflow.production import CHAMPION
+from supportflow.release.production import CHAMPION
 from supportflow.settings import Settings, TrainingProfile
 
 CHALLENGER = "challenger"
@@ -89,7 +89,7 @@ def log_training_run(
 ) -> tuple[str, str]:
     """One MLflow run with everything needed to judge and reproduce the model; returns (run id, model URI).
 
-    `drift_reference` (`supportflow.drift.build_reference`) is what the drift monitor compares traffic with.
+    `drift_reference` (`supportflow.drift.figures.build_reference`) is what the drift monitor compares traffic with.
     """
     if settings.mlflow_artifact_root and mlflow.get_experiment_by_name(settings.mlflow_experiment) is None:
         mlflow.create_experiment(settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_root)

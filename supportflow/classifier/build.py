@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, DistilBertForSequenceClassification
 
-from supportflow.base_model import BaseModelChoice
-from supportflow.calibrate import ThresholdChoice, at_threshold, choose_threshold, fit_temperature
-from supportflow.evaluate_model import Evaluation, evaluate_predictions
-from supportflow.predict import ClassifierCard, predict_logits, softmax
+from supportflow.classifier.base_weights import BaseModelChoice
+from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choose_threshold, fit_temperature
+from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
+from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
+from supportflow.classifier.predict import ClassifierCard, predict_logits, softmax
 from supportflow.settings import TrainingProfile
-from supportflow.train import FineTuned, LabelledSplits, fine_tune
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What production serves: the registry version the `production` alias names, and following it.
 
-A release sets `production` only after its bundle passed the smoke test (supportflow/release.py). On
+A release sets `production` only after its bundle passed the smoke test (supportflow/release/promote.py). On
 one machine the running services follow the alias, so a promotion or a rollback reaches them within
 `release_poll_seconds` with no restart and no failed request; where rollouts replace images
 (Kubernetes), `follow_production` is off and each pod keeps the model its bundle carries.
@@ -17,7 +17,7 @@ from supportflow.settings import Settings
 
 PRODUCTION = "production"
 CHAMPION = "champion"
-log = logging.getLogger("supportflow.production")
+log = logging.getLogger("supportflow.release.production")
 
 
 def registry_client(settings: Settings) -> MlflowClient:

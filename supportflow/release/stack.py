@@ -11,9 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supportflow.bundle import Bundles, dialogue_archive
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
 from supportflow.processes import ManagedProcess
+from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import PROJECT_ROOT, Settings
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))

@@ -19,15 +19,15 @@ import httpx
 import pandas as pd
 from pydantic import BaseModel
 
-from supportflow.bundle import Bundles, dialogue_archive
 from supportflow.errors import SupportflowError
 from supportflow.lake import Lake
 from supportflow.processes import free_port
-from supportflow.production import CHAMPION, PRODUCTION, registry_client
+from supportflow.release.bundle import Bundles, dialogue_archive
+from supportflow.release.production import CHAMPION, PRODUCTION, registry_client
 from supportflow.settings import Settings
 
 AREA = "releases"
-log = logging.getLogger("supportflow.release")
+log = logging.getLogger("supportflow.release.promote")
 
 
 class ReleaseError(SupportflowError):
@@ -83,7 +83,7 @@ def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, exp
 
     They run against a scratch lake and handoff queue, so smoke turns never reach the drift monitor.
     """
-    from supportflow.serving import Ports, start_stack
+    from supportflow.release.stack import Ports, start_stack
 
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="smoke-"))
@@ -178,7 +178,7 @@ def apply_to_running_stack(settings: Settings, release: Release) -> bool:
     """On one machine: load the release's dialogue model into the running Rasa (the classifier and bot
     follow the `production` alias by themselves). Returns whether a running stack was updated; a Rasa that
     cannot load it keeps its model and says so in the log (the release itself stands)."""
-    from supportflow.serving import stack_file
+    from supportflow.release.stack import stack_file
 
     if not stack_file(settings).exists():
         return False

@@ -1,0 +1,1 @@
+"""Ingest: ticket exports (CSV, JSON Lines, Zendesk) read, normalised, redacted and deduplicated into the lake."""

@@ -1,0 +1,1 @@
+"""Validate: the lake's tickets against the data contracts (Great Expectations), quarantine, and the training snapshot."""
