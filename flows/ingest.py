@@ -35,10 +35,7 @@ def ingest(paths: list[str], source: str | None = None, fmt: Format | None = Non
             report.redactions,
         )
         reports.append(report)
-    rows = "\n".join(f"| {r.file} | {r.rows_read} | {r.written} | {r.duplicates} | {r.quarantined} | {r.redactions} |" for r in reports)
     create_markdown_artifact(
-        key="ingest-report",
-        markdown="| file | read | written | duplicates | quarantined | redactions |\n|---|---|---|---|---|---|\n" + rows,
-        description="What the ingest run landed and what it quarantined",
+        key="ingest-report", markdown=IngestReport.markdown(reports), description="What the ingest run landed and what it quarantined"
     )
     return reports

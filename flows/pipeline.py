@@ -15,52 +15,29 @@ from typing import TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
-from pydantic import BaseModel
 
 from flows.dialogue import dialogue
 from flows.ingest import ingest
 from flows.kb_index import kb_index
-from flows.release import ReleaseSummary, release
-from flows.train import TrainingSummary, train
+from flows.release import release
+from flows.train import train
 from flows.validate import validate
+from supportflow.classifier.registry import registered_accuracy
 from supportflow.dialogue.build import DialogueBuild
-from supportflow.digest import files_digest, text_digest
-from supportflow.ingest.load import IngestReport
 from supportflow.kb.build import BuildReport, keyword_index
-from supportflow.release.production import registry_client
-from supportflow.settings import PROJECT_ROOT, Settings, get_settings
-from supportflow.validate.snapshot import SnapshotManifest
+from supportflow.pipeline import DEMO_EXPORTS, PipelineSummary, dialogue_stage_key, kb_stage_key
+from supportflow.settings import Settings, get_settings
 
-BANKING77 = PROJECT_ROOT / "data" / "banking77"
 CACHE_FOR = timedelta(days=30)
 T = TypeVar("T")
 
 
-class PipelineSummary(BaseModel):
-    ingest: list[IngestReport]
-    snapshot: SnapshotManifest
-    training: TrainingSummary
-    knowledge_base: BuildReport
-    dialogue: DialogueBuild
-    release: ReleaseSummary
-    stages: dict[str, float]  # seconds per stage, this run (a cached stage takes about nothing)
-    total_seconds: float
-
-
-def _stores(settings: Settings) -> str:
-    return text_digest(settings.lake_url, settings.mlflow_tracking_uri, settings.kb_dir.resolve(), settings.rasa_project_dir)
-
-
 def _kb_key(context: TaskRunContext, parameters: dict) -> str:
-    settings: Settings = parameters["settings"]
-    kb_settings = settings.model_dump_json(include={name for name in Settings.model_fields if name.startswith(("kb_", "search_", "es_"))})
-    return text_digest("kb", files_digest(settings.kb_sources), kb_settings, parameters["snapshot_id"], _stores(settings))
+    return kb_stage_key(parameters["settings"], parameters["snapshot_id"])
 
 
 def _dialogue_key(context: TaskRunContext, parameters: dict) -> str:
-    settings: Settings = parameters["settings"]
-    code = files_digest([PROJECT_ROOT / "supportflow" / "dialogue", settings.contracts_dir])
-    return text_digest("dialogue", parameters["champion_version"], parameters["snapshot_id"], code, _stores(settings))
+    return dialogue_stage_key(parameters["settings"], parameters["champion_version"], parameters["snapshot_id"])
 
 
 @task(name="kb-index-stage", cache_key_fn=_kb_key, cache_expiration=CACHE_FOR, persist_result=True)
@@ -71,12 +48,6 @@ def kb_stage(settings: Settings, snapshot_id: str) -> BuildReport:
 @task(name="dialogue-stage", cache_key_fn=_dialogue_key, cache_expiration=CACHE_FOR, persist_result=True)
 def dialogue_stage(settings: Settings, champion_version: str, snapshot_id: str) -> DialogueBuild:
     return dialogue()
-
-
-def registered_accuracy(settings: Settings, version: str) -> float:
-    client = registry_client(settings)
-    run_id = client.get_model_version(settings.registered_model_name, version).run_id
-    return client.get_run(run_id).data.metrics["test_accuracy"]
 
 
 @flow(name="pipeline")
@@ -96,7 +67,7 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77", profile:
         logger.info("stage %s: %.1f s", name, stages[name])
         return result
 
-    files = [str(BANKING77 / "train.csv"), str(BANKING77 / "test.csv")] if paths is None else paths
+    files = DEMO_EXPORTS if paths is None else paths
     reports = timed("ingest", lambda: ingest(files, source=source) if files else [])
     snapshot = timed("validate", validate)
     training = timed("train", lambda: train(profile=profile))
@@ -106,8 +77,8 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77", profile:
     built = timed("dialogue", lambda: dialogue_stage(settings, champion, snapshot.snapshot_id))
     if not built.model.exists():  # the cached build's archive was removed since: build it again
         built = timed("dialogue", lambda: dialogue_stage.with_options(refresh_cache=True)(settings, champion, snapshot.snapshot_id))
-    accuracy = registered_accuracy(settings, training.champion_version)
-    released = timed("release", lambda: release(training.champion_version, str(built.model), knowledge.build_id, accuracy))
+    accuracy = registered_accuracy(settings, champion)
+    released = timed("release", lambda: release(champion, str(built.model), knowledge.build_id, accuracy))
     summary = PipelineSummary(
         ingest=reports,
         snapshot=snapshot,
@@ -118,14 +89,5 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77", profile:
         stages=stages,
         total_seconds=round(time.perf_counter() - started, 2),
     )
-    rows = "\n".join(f"| {name} | {seconds:.1f} |" for name, seconds in stages.items())
-    create_markdown_artifact(
-        key="pipeline-report",
-        markdown=(
-            f"**Pipeline** on snapshot `{snapshot.snapshot_id}`: intent-classifier v{training.version} ({training.gate_reason});"
-            f" production release `{released.release.release_id}` serves v{training.champion_version}\n\n"
-            f"| stage | seconds |\n|---|---|\n{rows}\n| total | {summary.total_seconds:.1f} |"
-        ),
-        description="The whole loop: figures, versions, timings",
-    )
+    create_markdown_artifact(key="pipeline-report", markdown=summary.markdown(), description="The whole loop: figures, versions, timings")
     return summary

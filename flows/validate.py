@@ -22,14 +22,5 @@ def validate() -> SnapshotManifest:
         report.by_rule,
         manifest.rows,
     )
-    create_markdown_artifact(
-        key="validation-report",
-        markdown=(
-            f"**Snapshot** `{manifest.snapshot_id}` (contract {manifest.contract_version}, "
-            f"catalogue {manifest.intent_catalogue}@{manifest.intent_catalogue_version})\n\n"
-            f"rows read {report.rows_read} = accepted {report.accepted} + quarantined {report.quarantined}\n\n"
-            f"by rule: {report.by_rule}\n\nsplits: {manifest.rows}\n\ndata docs: {report.data_docs}"
-        ),
-        description="Validation and snapshot summary",
-    )
+    create_markdown_artifact(key="validation-report", markdown=manifest.markdown(), description="Validation and snapshot summary")
     return manifest

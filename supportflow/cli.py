@@ -12,49 +12,20 @@ from typing import TYPE_CHECKING
 from supportflow.errors import SupportflowError
 
 if TYPE_CHECKING:
-    from flows.pipeline import PipelineSummary
-    from flows.train import TrainingSummary
-    from supportflow.ingest.load import IngestReport
-    from supportflow.kb.build import BuildReport
+    from supportflow.pipeline import PipelineSummary
     from supportflow.release.stack import Stack
-    from supportflow.validate.snapshot import SnapshotManifest
 
 
-def _print_ingest(reports: Sequence["IngestReport"]) -> None:
-    for report in reports:
-        print(
-            f"  {report.file}: read {report.rows_read:,} = written {report.written:,} + duplicates {report.duplicates:,}"
-            f" + quarantined {report.quarantined:,}; redactions {report.redactions or 'none'}"
-        )
-        if report.ignored_columns:
-            print(f"    ignored columns: {', '.join(report.ignored_columns)}")
-        for path in report.quarantine_files:
-            print(f"    quarantine: {path}")
-
-
-def _print_snapshot(manifest: "SnapshotManifest") -> None:
-    report = manifest.validation
-    print(f"  snapshot {manifest.snapshot_id} at {manifest.uri}")
-    print(f"    rows read {report.rows_read:,} = accepted {report.accepted:,} + quarantined {report.quarantined:,} {report.by_rule or ''}")
-    catalogue = f"{manifest.intent_catalogue}@{manifest.intent_catalogue_version}"
-    print(f"    splits {manifest.rows}, {manifest.intents} intents, contract {manifest.contract_version}, catalogue {catalogue}")
-    print(f"    data docs: {report.data_docs}")
+def _print_section(title: str, lines: Sequence[str]) -> None:
+    print(f"{title}:")
+    for line in lines:
+        print(f"  {line}")
 
 
 DEMO_QUESTIONS = (
     "I ordered a card two weeks ago and it still hasn't arrived, what should I do?",
     "Can you recommend a good pizza place near me?",  # nothing in a bank's knowledge base answers this: it escalates
 )
-
-
-def _print_kb_build(report: "BuildReport") -> None:
-    calibration = report.calibration
-    print(f"  build {report.build_id} ({report.backend}, {report.retrieval}): {report.documents} documents, {report.passages} passages")
-    if report.skipped:
-        print(f"    skipped {len(report.skipped)}: {report.skipped_by_reason}")
-    if calibration:
-        measured = f", {calibration.accuracy:.0%} right decisions on {calibration.questions} questions" if calibration.accuracy else ""
-        print(f"    answer/escalate threshold {calibration.threshold:.3f} ({calibration.source}{measured})")
 
 
 def _print_kb_answers(question: str, k: int = 3) -> None:
@@ -75,8 +46,7 @@ def _print_kb_answers(question: str, k: int = 3) -> None:
 def cmd_kb_index(args: argparse.Namespace) -> None:
     from flows.kb_index import kb_index
 
-    print("kb_index:")
-    _print_kb_build(kb_index(args.sources or None))
+    _print_section("kb_index", kb_index(args.sources or None).lines())
 
 
 def cmd_kb_changed(args: argparse.Namespace) -> None:
@@ -92,21 +62,10 @@ def cmd_kb_search(args: argparse.Namespace) -> None:
     _print_kb_answers(" ".join(args.question), args.k)
 
 
-def _print_training(summary: "TrainingSummary") -> None:
-    print(f"  intent-classifier v{summary.version} @{', @'.join(summary.aliases)} (run {summary.run_id}, {summary.profile} profile)")
-    print(f"    test accuracy {summary.test_accuracy:.4f}, macro-F1 {summary.test_macro_f1:.4f}; base {summary.base_model}")
-    print(
-        f"    fallback threshold {summary.threshold:.3f}: routes {summary.coverage_at_threshold:.1%} of test messages"
-        f" at precision {summary.precision_at_threshold:.1%}; trained in {summary.train_seconds:.0f} s"
-    )
-    print(f"    gate: {summary.gate_reason}; champion is v{summary.champion_version}")
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from flows.train import train
 
-    print("train:")
-    _print_training(train(profile=args.profile))
+    _print_section("train", train(profile=args.profile).lines())
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
@@ -130,45 +89,20 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from flows.ingest import ingest
 
-    print("ingest:")
-    _print_ingest(ingest(args.paths, source=args.source, fmt=args.format))
+    _print_section("ingest", [line for report in ingest(args.paths, source=args.source, fmt=args.format) for line in report.lines()])
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from flows.validate import validate
 
-    print("validate:")
-    _print_snapshot(validate())
+    _print_section("validate", validate().lines())
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
     from flows.drift_monitor import drift_monitor
 
     report = drift_monitor(window_hours=args.hours, end=args.end, retrain=args.retrain)
-    print("drift monitor:")
-    print(f"  {report.headline()}")
-    for line in report.breaches + report.notes:
-        print(f"    - {line}")
-    if report.n_turns:
-        figures = report.figures()
-        shown = ("fallback_rate", "handoff_rate", "confidence_psi", "confidence_ks_pvalue", "intent_mix_js_excess", "oov_rate")
-        print("    " + ", ".join(f"{name} {figures[name]:.3f}" for name in shown if name in figures))
-    print(f"  retraining: {report.retraining}")
-
-
-def _print_release(summary: "PipelineSummary") -> None:
-    released = summary.release
-    smoke = released.smoke
-    print(f"  bundles {released.bundles.classifier} and {released.bundles.bot}")
-    print(f"    labels: {released.bundles.labels}")
-    print(
-        f"    smoke test on spare ports: {smoke.accuracy:.1%} of {smoke.examples} test examples right"
-        f" (registered {smoke.expected_accuracy:.1%}), /chat routed {smoke.chat_route}, {smoke.seconds:.0f} s"
-    )
-    replaced = f", replacing {released.release.previous_release}" if released.release.previous_release else ""
-    print(f"  production release {released.release.release_id}{replaced}: @production is v{released.bundles.classifier_version}")
-    print("stages (seconds): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in summary.stages.items()))
-    print(f"  total {summary.total_seconds:.0f} s")
+    _print_section("drift monitor", report.lines())
 
 
 def _run_pipeline(args: argparse.Namespace) -> "PipelineSummary":
@@ -176,20 +110,8 @@ def _run_pipeline(args: argparse.Namespace) -> "PipelineSummary":
 
     summary = pipeline(paths=args.paths, profile=args.profile)
     print("\nsupportflow pipeline finished")
-    print("ingest:")
-    _print_ingest(summary.ingest)
-    print("validate:")
-    _print_snapshot(summary.snapshot)
-    print("train:")
-    _print_training(summary.training)
-    print("knowledge base:")
-    _print_kb_build(summary.knowledge_base)
-    build = summary.dialogue
-    print("dialogue:")
-    threshold = f"fallback at {build.fallback_threshold:.3f}"
-    print(f"  Rasa model {build.model} for intent-classifier v{build.classifier_version}, {threshold} ({build.seconds:.0f} s)")
-    print("release:")
-    _print_release(summary)
+    for title, lines in summary.sections().items():
+        _print_section(title, lines)
     return summary
 
 

@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     rasa_venv: Path = PROJECT_ROOT / ".venv-rasa"
     rasa_url: str = "http://127.0.0.1:5005"
     rasa_project_dir: Path = PROJECT_ROOT / ".rasa"  # generated from the catalogue; never edited by hand
+    dialogue_experiment: str = "dialogue"
 
     # LLM: optional; without a key the bot answers from the knowledge base or hands off.
     openai_api_key: SecretStr | None = None

@@ -8,7 +8,6 @@ so the registry never holds a half-registered model and `champion` never points 
 """
 
 import json
-import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,9 @@ from supportflow.classifier.onnx_export import VariantParity, fastest_within
 from supportflow.classifier.predict import MODEL_ARTIFACT, IntentClassifier
 from supportflow.drift.figures import REFERENCE_ARTIFACT
 from supportflow.errors import RegistryError
-from supportflow.release.production import CHAMPION
 from supportflow.settings import Settings, TrainingProfile
+from supportflow.tracking import CHALLENGER, CHAMPION, connect, start_run
 
-CHALLENGER = "challenger"
 MODEL_NAME_IN_RUN = "model"
 
 
@@ -55,28 +53,6 @@ class GateResult:
     champion_macro_f1: float | None  # the previous champion's figure on this test split
 
 
-def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured store and prove it answers, before any training compute is spent."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise RegistryError(f"the MLflow store {uri} cannot be reached: the folder {folder} does not exist")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as error:  # connection refused, DNS, SQLite open errors, HTTP 5xx, ...
-        raise RegistryError(
-            f"the MLflow store {uri} cannot be reached ({type(error).__name__}: {str(error)[:200]}); "
-            "start it or fix SUPPORTFLOW_MLFLOW_TRACKING_URI"
-        ) from error
-    return client
-
-
 def log_training_run(
     built: BuiltClassifier,
     profile: TrainingProfile,
@@ -91,12 +67,9 @@ def log_training_run(
 
     `drift_reference` (`supportflow.drift.figures.build_reference`) is what the drift monitor compares traffic with.
     """
-    if settings.mlflow_artifact_root and mlflow.get_experiment_by_name(settings.mlflow_experiment) is None:
-        mlflow.create_experiment(settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_root)
-    mlflow.set_experiment(settings.mlflow_experiment)
     card = built.card
     serving_variant = fastest_within(parities, settings.onnx_parity_tolerance)
-    with mlflow.start_run(run_name=f"{card.snapshot_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
+    with start_run(settings, settings.mlflow_experiment, f"{card.snapshot_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
         mlflow.log_params(
             {
                 **{f"profile.{key}": value for key, value in profile.model_dump().items()},
@@ -252,6 +225,13 @@ def score_version(settings: Settings, version: str, texts: list[str], label_ids:
     unknown = len(labels)  # an intent this split does not know counts as a wrong answer
     predicted = [index.get(result["intent"], unknown) for result in classifier.classify(texts, top_k=1)]
     return load_metric("macro_f1").compute(predictions=predicted, references=list(label_ids))["macro_f1"]
+
+
+def registered_accuracy(settings: Settings, version: str) -> float:
+    """The test accuracy a version was registered with: what its bundle must come close to in the smoke test."""
+    client = connect(settings)
+    run_id = client.get_model_version(settings.registered_model_name, version).run_id
+    return client.get_run(run_id).data.metrics["test_accuracy"]
 
 
 def download_classifier(settings: Settings, reference: str) -> Path:

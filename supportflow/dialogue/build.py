@@ -8,16 +8,16 @@ import mlflow
 from pydantic import BaseModel
 
 from supportflow.classifier.predict import ClassifierCard
-from supportflow.classifier.registry import connect, download_classifier
+from supportflow.classifier.registry import download_classifier
 from supportflow.dialogue.project import write_project
 from supportflow.dialogue.rasa_cli import train_model, validate_project
 from supportflow.lake import Lake
-from supportflow.release.production import CHAMPION, alias_version
+from supportflow.release.production import alias_version
 from supportflow.settings import Settings
+from supportflow.tracking import CHAMPION, start_run
 from supportflow.validate.contracts import load_catalogue
 from supportflow.validate.snapshot import latest_snapshot, read_split
 
-EXPERIMENT = "dialogue"
 EXAMPLES_PER_INTENT = 5
 
 
@@ -29,6 +29,12 @@ class DialogueBuild(BaseModel):
     intents: int
     seconds: float
     run_id: str
+
+    def lines(self) -> list[str]:
+        return [
+            f"Rasa model {self.model} for intent-classifier v{self.classifier_version},"
+            f" fallback at {self.fallback_threshold:.3f} ({self.seconds:.0f} s)"
+        ]
 
 
 def nlu_examples(lake: Lake, per_intent: int = EXAMPLES_PER_INTENT) -> dict[str, list[str]]:
@@ -46,9 +52,7 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
     validate_project(settings, project)
     model = train_model(settings, project)
     seconds = time.perf_counter() - started
-    connect(settings)  # sets the tracking URI and fails clearly when the store is unreachable
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=f"rasa-for-v{version}") as run:
+    with start_run(settings, settings.dialogue_experiment, f"rasa-for-v{version}") as run:
         mlflow.set_tags({"classifier_version": version, "registered_model": settings.registered_model_name})
         mlflow.log_params({"classifier_version": version, "fallback_threshold": card.threshold, "intents": len(intents)})
         mlflow.log_metric("build_seconds", seconds)

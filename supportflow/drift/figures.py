@@ -122,6 +122,35 @@ class DriftReport(BaseModel):
             return f"drift in {window} ({self.n_turns} turns): " + "; ".join(self.breaches)
         return f"{self.status} in {window} ({self.n_turns} turns)" + (f": {self.notes[0]}" if self.notes else "")
 
+    def lines(self) -> list[str]:
+        lines = [self.headline()] + [f"  - {line}" for line in self.breaches + self.notes]
+        if self.n_turns:
+            figures = self.figures()
+            shown = ("fallback_rate", "handoff_rate", "confidence_psi", "confidence_ks_pvalue", "intent_mix_js_excess", "oov_rate")
+            lines.append("  " + ", ".join(f"{name} {figures[name]:.3f}" for name in shown if name in figures))
+        return [*lines, f"retraining: {self.retraining}"]
+
+    def markdown(self, run_id: str) -> str:
+        """The Prefect artifact: the verdict first, then the figures against their thresholds."""
+        lines = [f"**{self.status}**: {self.headline()}", "", f"MLflow run `{run_id}`", ""]
+        lines += [f"- {breach}" for breach in self.breaches] + [f"- {note}" for note in self.notes]
+        lines += ["", "| figure | window | reference |", "|---|---|---|"]
+        pairs = [
+            ("fallback rate", self.fallback_rate, self.reference_fallback_rate),
+            ("handoff rate", self.handoff_rate, None),
+            ("mean confidence", self.mean_confidence, self.reference_mean_confidence),
+            ("out-of-vocabulary rate", self.oov_rate, self.reference_oov_rate),
+            ("confidence PSI", self.confidence_psi, None),
+            ("confidence KS (p)", self.confidence_ks, self.confidence_ks_pvalue),
+            ("intent mix JS distance (p)", self.intent_mix_js, self.intent_mix_pvalue),
+            ("intent mix JS beyond sampling noise", self.intent_mix_js_excess, None),
+        ]
+        for name, value, other in pairs:
+            lines.append(f"| {name} | {'-' if value is None else f'{value:.3f}'} | {'-' if other is None else f'{other:.3g}'} |")
+        lines.append(f"\nturns {self.n_turns} (classified {self.n_classified}) by model version {self.model_versions or '-'}")
+        lines.append(f"\nretraining: {self.retraining}")
+        return "\n".join(lines)
+
 
 def words(text: str) -> list[str]:
     """Lower-case word tokens, with redaction placeholders removed first."""

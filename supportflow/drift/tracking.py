@@ -17,38 +17,24 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from supportflow.drift.figures import REFERENCE_ARTIFACT, DriftReference, DriftReport, IntentShare, censored, classified
-from supportflow.errors import DriftReferenceError, RegistryError
+from supportflow.errors import DriftReferenceError
 from supportflow.settings import Settings
+from supportflow.tracking import CHAMPION, PRODUCTION, connect, start_run
 
 REPORT_ARTIFACT = "report/drift_report.json"
-
-
-def tracking_client(settings: Settings) -> MlflowClient:
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as error:  # connection refused, SQLite open errors, HTTP 5xx, ...
-        raise RegistryError(
-            f"the MLflow store {uri} cannot be reached ({type(error).__name__}: {str(error)[:200]}); "
-            "start it or fix SUPPORTFLOW_MLFLOW_TRACKING_URI"
-        ) from error
-    return client
 
 
 def _served(client: MlflowClient, name: str) -> ModelVersion:
     """What serves when the turns do not say: the `production` release's version, before the first release the champion."""
     try:
-        return client.get_model_version_by_alias(name, "production")
+        return client.get_model_version_by_alias(name, PRODUCTION)
     except MlflowException:
-        return client.get_model_version_by_alias(name, "champion")
+        return client.get_model_version_by_alias(name, CHAMPION)
 
 
 def load_reference(settings: Settings, version: str | None) -> DriftReference:
     """The training reference of a registered version (the served one when the turns do not name one)."""
-    client = tracking_client(settings)
+    client = connect(settings)
     name = settings.registered_model_name
     try:
         model = _served(client, name) if version is None else client.get_model_version(name, version)
@@ -98,12 +84,7 @@ def plot_intent_changes(changes: list[IntentShare], path: Path) -> Path:
 
 def log_report(report: DriftReport, turns: pd.DataFrame, reference: DriftReference | None, settings: Settings) -> str:
     """One run in the drift experiment: figures as metrics, thresholds as params, the report and its plots."""
-    tracking_client(settings)
-    experiment = settings.drift_experiment
-    if settings.mlflow_artifact_root and mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=settings.mlflow_artifact_root)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"drift-{report.window_end:%Y%m%dT%H%M%S}") as run:
+    with start_run(settings, settings.drift_experiment, f"drift-{report.window_end:%Y%m%dT%H%M%S}") as run:
         mlflow.log_params(
             {f"threshold.{key}": str(value) for key, value in report.thresholds.model_dump().items()}
             | {"window_start": report.window_start.isoformat(), "window_end": report.window_end.isoformat()}
@@ -127,26 +108,4 @@ def log_report(report: DriftReport, turns: pd.DataFrame, reference: DriftReferen
 
 def tag_run(settings: Settings, run_id: str, key: str, value: str) -> None:
     """What happened after the report was logged (the event, the retraining) goes on its run as a tag."""
-    tracking_client(settings).set_tag(run_id, key, value)
-
-
-def report_markdown(report: DriftReport, run_id: str) -> str:
-    """The Prefect artifact: the verdict first, then the figures against their thresholds."""
-    lines = [f"**{report.status}**: {report.headline()}", "", f"MLflow run `{run_id}` (experiment drift-monitor)", ""]
-    lines += [f"- {breach}" for breach in report.breaches] + [f"- {note}" for note in report.notes]
-    lines += ["", "| figure | window | reference |", "|---|---|---|"]
-    pairs = [
-        ("fallback rate", report.fallback_rate, report.reference_fallback_rate),
-        ("handoff rate", report.handoff_rate, None),
-        ("mean confidence", report.mean_confidence, report.reference_mean_confidence),
-        ("out-of-vocabulary rate", report.oov_rate, report.reference_oov_rate),
-        ("confidence PSI", report.confidence_psi, None),
-        ("confidence KS (p)", report.confidence_ks, report.confidence_ks_pvalue),
-        ("intent mix JS distance (p)", report.intent_mix_js, report.intent_mix_pvalue),
-        ("intent mix JS beyond sampling noise", report.intent_mix_js_excess, None),
-    ]
-    for name, value, other in pairs:
-        lines.append(f"| {name} | {'-' if value is None else f'{value:.3f}'} | {'-' if other is None else f'{other:.3g}'} |")
-    lines.append(f"\nturns {report.n_turns} (classified {report.n_classified}) by model version {report.model_versions or '-'}")
-    lines.append(f"\nretraining: {report.retraining}")
-    return "\n".join(lines)
+    connect(settings).set_tag(run_id, key, value)

@@ -43,6 +43,22 @@ class IngestReport(BaseModel):
     def balanced(self) -> bool:
         return self.rows_read == self.written + self.duplicates + self.quarantined
 
+    def lines(self) -> list[str]:
+        lines = [
+            f"{self.file}: read {self.rows_read:,} = written {self.written:,} + duplicates {self.duplicates:,}"
+            f" + quarantined {self.quarantined:,}; redactions {self.redactions or 'none'}"
+        ]
+        if self.ignored_columns:
+            lines.append(f"  ignored columns: {', '.join(self.ignored_columns)}")
+        lines += [f"  quarantine: {path}" for path in self.quarantine_files]
+        return lines
+
+    @staticmethod
+    def markdown(reports: list["IngestReport"]) -> str:
+        """One table for a run's files: a run ingests several, and a person compares them side by side."""
+        rows = "\n".join(f"| {r.file} | {r.rows_read} | {r.written} | {r.duplicates} | {r.quarantined} | {r.redactions} |" for r in reports)
+        return "| file | read | written | duplicates | quarantined | redactions |\n|---|---|---|---|---|---|\n" + rows
+
 
 def existing_ticket_ids(lake: Lake) -> KnownIds:
     """Every ticket id in the lake: the only column read, kept as 64-bit keys."""

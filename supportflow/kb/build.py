@@ -25,6 +25,7 @@ from supportflow.kb.index import KeywordIndex
 from supportflow.kb.loaders import LoadResult, load_sources
 from supportflow.kb.retrieval import PRESETS, Answer, RetrievalConfig, Retriever, article_keys, passage_text
 from supportflow.kb.threshold import Calibration, LabelledQuestion, calibrate
+from supportflow.lake import open_lake
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
 
@@ -61,6 +62,37 @@ class BuildReport(BaseModel):
     @property
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(item.reason.split(" (")[0].split(":")[0] for item in self.skipped))
+
+    def lines(self) -> list[str]:
+        lines = [f"build {self.build_id} ({self.backend}, {self.retrieval}): {self.documents} documents, {self.passages} passages"]
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)}: {self.skipped_by_reason}")
+        if self.calibration:
+            measured = self.calibration.accuracy
+            right = f", {measured:.0%} right decisions on {self.calibration.questions} questions" if measured else ""
+            lines.append(f"  answer/escalate threshold {self.calibration.threshold:.3f} ({self.calibration.source}{right})")
+        return lines
+
+    def markdown(self) -> str:
+        skipped = "\n".join(f"| {item.item} | {item.reason} |" for item in self.skipped) or "| - | - |"
+        return (
+            f"**Build** `{self.build_id}` ({self.backend}, retrieval {self.retrieval}) replaced `{self.previous_build}`\n\n"
+            f"documents {self.documents}, passages {self.passages}, content hash `{self.content_hash[:16]}`\n\n"
+            f"threshold {self.calibration.threshold if self.calibration else '-'}, timings {self.timings_s}\n\n"
+            f"| skipped | reason |\n|---|---|\n{skipped}"
+        )
+
+
+def labelled_questions(settings: Settings) -> tuple[pd.DataFrame | None, str]:
+    """The latest snapshot's validation split, which calibrates the answer/escalate threshold, or why there is none."""
+    from supportflow.validate.snapshot import latest_snapshot, read_split  # the validate stage, which the served bot never needs
+
+    try:
+        lake = open_lake(settings)
+        snapshot = latest_snapshot(lake).snapshot_id
+        return read_split(lake, snapshot, "validation")[["text", "intent"]], f"the validation split of snapshot {snapshot}"
+    except SupportflowError as error:
+        return None, f"no labelled questions to calibrate the threshold ({error}); the default threshold is used"
 
 
 def keyword_index(settings: Settings) -> KeywordIndex:

@@ -4,13 +4,12 @@ import mlflow
 
 from supportflow.kb.build import BuildReport
 from supportflow.settings import Settings
+from supportflow.tracking import start_run
 
 
 def log_build(report: BuildReport, settings: Settings) -> str:
     """One run per build in the `kb-index` experiment; returns the run id."""
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(settings.kb_experiment)
-    with mlflow.start_run(run_name=f"kb-{report.build_id}") as run:
+    with start_run(settings, settings.kb_experiment, f"kb-{report.build_id}") as run:
         mlflow.set_tags({"build_id": report.build_id, "content_hash": report.content_hash, "backend": report.backend})
         mlflow.log_params(
             {

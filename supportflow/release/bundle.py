@@ -15,10 +15,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from supportflow.classifier.registry import connect, download_classifier
+from supportflow.classifier.registry import download_classifier
 from supportflow.digest import files_digest
 from supportflow.errors import SupportflowError
 from supportflow.settings import PROJECT_ROOT, Settings
+from supportflow.tracking import connect
 
 CLASSIFIER_MODEL = "supportflow-intent-classifier"
 DIALOGUE_MODEL = "supportflow-dialogue"

@@ -14,21 +14,14 @@ from mlflow import MlflowClient
 
 from supportflow.errors import RegistryError
 from supportflow.settings import Settings
+from supportflow.tracking import CHAMPION, PRODUCTION, connect
 
-PRODUCTION = "production"
-CHAMPION = "champion"
 log = logging.getLogger("supportflow.release.production")
-
-
-def registry_client(settings: Settings) -> MlflowClient:
-    """A client whose registry is the configured store. Without `registry_uri`, MLflow uses the process-wide
-    registry URI, which another store's `mlflow.set_registry_uri` may have set (the tests caught exactly that)."""
-    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
 def alias_version(settings: Settings, alias: str, client: MlflowClient | None = None) -> tuple[str, str]:
     """The aliased version and the serving variant its training run chose."""
-    client = client or registry_client(settings)
+    client = client or connect(settings, check=False)
     try:
         version = client.get_model_version_by_alias(settings.registered_model_name, alias)
     except Exception as error:
@@ -54,7 +47,7 @@ class ProductionFollower(threading.Thread):
     def __init__(self, settings: Settings, current: str | None, on_change: Callable[[str, str], None]) -> None:
         super().__init__(name="production-follower", daemon=True)
         self.settings, self.current, self.on_change = settings, current, on_change
-        self.client = registry_client(settings)  # one client: no new store per poll
+        self.client = connect(settings, check=False)  # one client: no new store per poll
         self.stopped = threading.Event()
 
     def start(self) -> None:

@@ -19,12 +19,14 @@ import httpx
 import pandas as pd
 from pydantic import BaseModel
 
+from supportflow.digest import text_digest
 from supportflow.errors import SupportflowError
-from supportflow.lake import Lake
+from supportflow.lake import Lake, open_lake
 from supportflow.processes import free_port
 from supportflow.release.bundle import Bundles, dialogue_archive
-from supportflow.release.production import CHAMPION, PRODUCTION, registry_client
 from supportflow.settings import Settings
+from supportflow.tracking import CHAMPION, PRODUCTION, connect
+from supportflow.validate.snapshot import latest_snapshot, read_split
 
 AREA = "releases"
 log = logging.getLogger("supportflow.release.promote")
@@ -52,6 +54,33 @@ class Release(BaseModel):
     promoted_at: datetime
     previous_release: str | None = None
     note: str = "promoted"
+
+
+class ReleaseSummary(BaseModel):
+    bundles: Bundles
+    smoke: SmokeReport
+    release: Release
+
+    def lines(self) -> list[str]:
+        bundles, smoke, release = self.bundles, self.smoke, self.release
+        replaced = f", replacing {release.previous_release}" if release.previous_release else ""
+        return [
+            f"bundles {bundles.classifier} and {bundles.bot}",
+            f"  labels: {bundles.labels}",
+            f"  smoke test on spare ports: {smoke.accuracy:.1%} of {smoke.examples} test examples right"
+            f" (registered {smoke.expected_accuracy:.1%}), /chat routed {smoke.chat_route}, {smoke.seconds:.0f} s",
+            f"production release {release.release_id}{replaced}: @production is v{bundles.classifier_version}",
+        ]
+
+    def markdown(self) -> str:
+        bundles, smoke, release = self.bundles, self.smoke, self.release
+        return (
+            f"**Release** `{release.release_id}` (replaced `{release.previous_release}`)\n\n"
+            f"bundles `{bundles.classifier}`, `{bundles.bot}`; classifier v{bundles.classifier_version} ({bundles.serving_variant}),"
+            f" dialogue `{bundles.dialogue_model}`, knowledge base `{bundles.kb_build}`\n\n"
+            f"smoke test: {smoke.accuracy:.1%} of {smoke.examples} test examples right (registered {smoke.expected_accuracy:.1%}),"
+            f" /chat routed `{smoke.chat_route}`, {smoke.seconds:.0f} s"
+        )
 
 
 def _check_classifier(url: str, bundles: Bundles, examples: pd.DataFrame) -> float:
@@ -117,6 +146,23 @@ def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, exp
     )
 
 
+def smoke_key(settings: Settings, bundles: Bundles) -> str:
+    """A passed smoke test of the same bundles, against the same stores, need not run again."""
+    return text_digest("smoke", bundles.classifier, bundles.bot, settings.mlflow_tracking_uri, settings.lake_url, settings.bentoml_home)
+
+
+def smoke_test_release(settings: Settings, bundles: Bundles, expected_accuracy: float) -> SmokeReport:
+    """The smoke test on a seeded sample of the latest snapshot's test split; a failure raises, so it is never
+    cached as a pass and the flow stops before promotion."""
+    lake = open_lake(settings)
+    test = read_split(lake, latest_snapshot(lake).snapshot_id, "test")
+    examples = test.sample(n=min(settings.smoke_examples, len(test)), random_state=settings.snapshot_seed)
+    report = smoke_test(settings, bundles, examples, expected_accuracy, settings.run_dir / "smoke-logs")
+    if not report.passed:
+        raise ReleaseError(f"bundle {bundles.bot} failed its smoke test: {report.failure}; production is unchanged")
+    return report
+
+
 def current_release(lake: Lake) -> Release | None:
     if not lake.exists(AREA, "production.json"):
         return None
@@ -130,7 +176,7 @@ def release_history(lake: Lake, release_id: str) -> Release:
 
 
 def _point_production(settings: Settings, lake: Lake, release: Release) -> None:
-    client = registry_client(settings)
+    client = connect(settings)
     client.set_registered_model_alias(settings.registered_model_name, PRODUCTION, release.bundles.classifier_version)
     lake.write_json(release.model_dump(mode="json"), AREA, "production.json")
 
@@ -166,7 +212,7 @@ def rollback_release(settings: Settings, lake: Lake) -> tuple[Release, Release]:
     if current.previous_release is None:
         raise ReleaseError(f"release {current.release_id} is the first one; there is no earlier release to roll back to")
     previous = release_history(lake, current.previous_release)
-    client = registry_client(settings)
+    client = connect(settings)
     client.set_registered_model_alias(settings.registered_model_name, CHAMPION, previous.bundles.classifier_version)
     restored = previous.model_copy(update={"note": f"restored by rollback from {current.release_id}", "promoted_at": datetime.now(UTC)})
     _point_production(settings, lake, restored)

@@ -59,6 +59,25 @@ class SnapshotManifest(BaseModel):
     validation: ValidationReport
     uri: str
 
+    def lines(self) -> list[str]:
+        report = self.validation
+        catalogue = f"{self.intent_catalogue}@{self.intent_catalogue_version}"
+        return [
+            f"snapshot {self.snapshot_id} at {self.uri}",
+            f"  rows read {report.rows_read:,} = accepted {report.accepted:,} + quarantined {report.quarantined:,} {report.by_rule or ''}",
+            f"  splits {self.rows}, {self.intents} intents, contract {self.contract_version}, catalogue {catalogue}",
+            f"  data docs: {report.data_docs}",
+        ]
+
+    def markdown(self) -> str:
+        report = self.validation
+        return (
+            f"**Snapshot** `{self.snapshot_id}` (contract {self.contract_version}, "
+            f"catalogue {self.intent_catalogue}@{self.intent_catalogue_version})\n\n"
+            f"rows read {report.rows_read} = accepted {report.accepted} + quarantined {report.quarantined}\n\n"
+            f"by rule: {report.by_rule}\n\nsplits: {self.rows}\n\ndata docs: {report.data_docs}"
+        )
+
 
 def split_rank(keys: np.ndarray, seed: int) -> np.ndarray:
     """A seeded shuffle of the id keys (splitmix64): the order in which an intent's tickets are dealt to the splits."""

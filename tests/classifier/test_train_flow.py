@@ -45,8 +45,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_har
 
 
 def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None:
-    from supportflow.classifier.registry import CHALLENGER, CHAMPION
     from supportflow.settings import get_settings
+    from supportflow.tracking import CHALLENGER, CHAMPION
 
     first, settings = store.first, get_settings()
     client = MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
@@ -123,9 +123,10 @@ def test_notebook_reads_the_runs(store: Store) -> None:
 def test_gate_keeps_champion_rolls_back_and_serves(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.train import train
     from supportflow.classifier.predict import load_champion
-    from supportflow.classifier.registry import CHALLENGER, CHAMPION, connect, register_and_gate, rollback, score_version
+    from supportflow.classifier.registry import register_and_gate, rollback, score_version
     from supportflow.lake import open_lake
     from supportflow.settings import get_settings
+    from supportflow.tracking import CHALLENGER, CHAMPION, connect
     from supportflow.validate.snapshot import read_split
 
     first = store.first

@@ -67,7 +67,7 @@ def drift_events(event_id: str | None = None) -> list:
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventIDFilter, EventNameFilter, EventOrder
 
-    from flows.drift_monitor import DRIFT_EVENT
+    from supportflow.drift.events import DRIFT_EVENT
 
     chosen = EventFilter(event=EventNameFilter(name=[DRIFT_EVENT]), order=EventOrder.DESC)
     if event_id is not None:

@@ -23,7 +23,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from supportflow.release.production import registry_client
+from supportflow.tracking import connect
 from tests.loop.conftest import HELD_BACK, first_tickets, loop_settings, tiny_rows
 
 SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
@@ -122,7 +122,7 @@ def test_nothing_was_duplicated(chain: Chain) -> None:
     assert ids and len(ids) == len(set(ids))
     assert len(lake.files("snapshots", suffix="manifest.json")) == 1
 
-    client = registry_client(settings)
+    client = connect(settings)
     versions = client.search_model_versions(f"name = '{settings.registered_model_name}'")
     assert [str(v.version) for v in versions] == ["1"]
     aliases = client.get_model_version(settings.registered_model_name, "1").aliases  # search results leave aliases out
@@ -217,7 +217,7 @@ def test_drifting_traffic_is_detected_retrained_on_and_promoted_while_classify_k
     lake = open_lake(settings)
     first = current_release(lake)
     assert first is not None
-    client = registry_client(settings)
+    client = connect(settings)
     name = settings.registered_model_name
     ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
     with start_stack(settings, settings.rasa_project_dir, None, chain.folder / "production", ports, bundles=first.bundles) as stack:
