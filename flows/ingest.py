@@ -8,6 +8,7 @@ from supportflow.ingest.load import IngestReport, existing_ticket_ids, ingest_fi
 from supportflow.ingest.readers import Format
 from supportflow.ingest.tickets import KnownIds
 from supportflow.lake import open_lake
+from supportflow.progress import Step
 from supportflow.settings import get_settings
 
 
@@ -23,18 +24,13 @@ def ingest(paths: list[str], source: str | None = None, fmt: Format | None = Non
     logger = get_run_logger()
     known = existing_ticket_ids(open_lake(get_settings()))
     reports = []
-    for path in paths:
-        report = ingest_one(path, source, fmt, known)
-        logger.info(
-            "%s: read %d, written %d, duplicates %d, quarantined %d, redactions %s",
-            path,
-            report.rows_read,
-            report.written,
-            report.duplicates,
-            report.quarantined,
-            report.redactions,
-        )
-        reports.append(report)
+    with Step("ingest", total=len(paths)) as step:
+        for path in paths:
+            step.describe(path)
+            report = ingest_one(path, source, fmt, known)
+            logger.info("%s", "; ".join(report.lines()))
+            reports.append(report)
+            step.advance()
     create_markdown_artifact(
         key="ingest-report", markdown=IngestReport.markdown(reports), description="What the ingest run landed and what it quarantined"
     )

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from supportflow.errors import SupportflowError
+from supportflow.progress import bars
 
 if TYPE_CHECKING:
     from supportflow.pipeline import PipelineSummary
@@ -262,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     try:
-        run(args)
+        with bars(enabled=sys.stderr.isatty()):
+            run(args)
     except SupportflowError as error:
         print(f"supportflow: error: {error}", file=sys.stderr)
         return 2

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     kb_sources: list[Path] = Field(default_factory=lambda: [Path("kb/banking77")])  # files and folders the KB is built from
     kb_dir: Path = Path(".kb")  # builds on disk: the tantivy index and each build's vectors and manifest
     kb_index_name: str = "kb"  # the served name: the tantivy pointer file, or the Elasticsearch alias
-    kb_model_cache: Path = Path(".cache/models")  # the embedding model's ONNX export
+    kb_model_cache: Path = Path("models/embedder")  # the embedding model's ONNX export
     kb_retrieval: str = Field("hybrid", description="A preset of supportflow.kb.retrieval.PRESETS.")
     kb_max_file_mb: float = Field(10.0, gt=0)
     kb_default_threshold: float = Field(0.5, description="Used only when no labelled questions can calibrate one.")

@@ -20,10 +20,14 @@ from transformers import (
     DistilBertForSequenceClassification,
     PreTrainedTokenizerBase,
     Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
     TrainingArguments,
 )
 
 from supportflow.errors import BaseModelError, TrainingDataError
+from supportflow.progress import Step
 from supportflow.settings import TrainingProfile
 
 
@@ -133,6 +137,31 @@ def layerwise_optimizer(model: DistilBertForSequenceClassification, profile: Tra
     return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()], lr=profile.learning_rate)
 
 
+class TrainingProgress(TrainerCallback):
+    """Every optimiser step moves the bar; every logged loss shows beside it with the epoch, so a person sees
+    that training learns, and how long it has left, while it runs."""
+
+    def __init__(self) -> None:
+        self.step: Step | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
+        self.step = Step("fine-tune", total=state.max_steps)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
+        if self.step is not None:
+            self.step.advance(detail=f"epoch {state.epoch or 0:.2f}/{args.num_train_epochs:g}")
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, **kwargs: object
+    ) -> None:
+        if self.step is not None and logs and "loss" in logs:
+            self.step.describe(f"epoch {state.epoch or 0:.2f}/{args.num_train_epochs:g}, loss {logs['loss']:.3f}")
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
+        if self.step is not None:
+            self.step.close()
+
+
 def fine_tune(base_location: str, splits: LabelledSplits, profile: TrainingProfile, threads: int, output_dir: Path) -> FineTuned:
     """Train, then save model and tokenizer to `output_dir` (replaced whole, never half-written)."""
     torch.set_num_threads(threads)
@@ -169,6 +198,7 @@ def fine_tune(base_location: str, splits: LabelledSplits, profile: TrainingProfi
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         optimizers=(layerwise_optimizer(model, profile), None),
+        callbacks=[TrainingProgress()],
     )
     started = time.perf_counter()
     result = trainer.train()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from supportflow.progress import Step
+
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -106,9 +108,11 @@ class Embedder:
         """Batched, longest texts together so padding costs little."""
         out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start : start + self.batch_size]
-            out[chosen] = self._run([texts[i] for i in chosen])
+        with Step("embed", total=len(texts)) as step:
+            for start in range(0, len(order), self.batch_size):
+                chosen = order[start : start + self.batch_size]
+                out[chosen] = self._run([texts[i] for i in chosen])
+                step.advance(len(chosen))
         return out
 
     def embed_query(self, text: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from supportflow.classifier.registry import download_classifier
 from supportflow.digest import files_digest
 from supportflow.errors import SupportflowError
+from supportflow.progress import Step
 from supportflow.settings import PROJECT_ROOT, Settings
 from supportflow.tracking import connect
 
@@ -121,8 +122,11 @@ def _build(settings: Settings, name: str, version: str, labels: dict[str, str], 
 
 def build_bundles(settings: Settings, classifier_version: str, dialogue_model: Path, kb_build: str | None) -> Bundles:
     """Both bentos for this classifier version, dialogue model and code; existing ones are reused."""
+    step = Step("build bundles", total=4)
     classifier_model, variant = import_classifier(settings, classifier_version)
+    step.advance(detail="classifier model imported")
     dialogue = import_dialogue(settings, dialogue_model, classifier_version)
+    step.advance(detail="dialogue model imported")
     code = code_digest()
     labels = {
         "classifier_version": classifier_version,
@@ -136,7 +140,10 @@ def build_bundles(settings: Settings, classifier_version: str, dialogue_model: P
     inside = hashlib.sha256(f"{code}|{classifier_model}|{dialogue}|{kb_build}".encode()).hexdigest()[:12]
     version = f"v{classifier_version}-{inside}"
     classifier = _build(settings, CLASSIFIER_BENTO, version, labels, {"model": classifier_model})
+    step.advance(detail=classifier)
     bot = _build(settings, BOT_BENTO, version, labels, {"dialogue": dialogue})
+    step.advance(detail=bot)
+    step.close()
     return Bundles(
         classifier=classifier,
         bot=bot,

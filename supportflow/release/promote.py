@@ -23,6 +23,7 @@ from supportflow.digest import text_digest
 from supportflow.errors import SupportflowError
 from supportflow.lake import Lake, open_lake
 from supportflow.processes import free_port
+from supportflow.progress import Step
 from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import Settings
 from supportflow.tracking import CHAMPION, PRODUCTION, connect
@@ -121,18 +122,23 @@ def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, exp
     )
     ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
     accuracy, route, failure = 0.0, None, None
+    step = Step("smoke test", total=3)
     try:
         with start_stack(smoke_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles, die_with_parent=True) as stack:
+            step.advance(detail="served on spare ports")
             accuracy = _check_classifier(stack.classifier_url, bundles, examples)
+            step.advance(detail=f"{accuracy:.1%} of {len(examples)} classified right")
             if accuracy < expected_accuracy - settings.smoke_max_accuracy_drop:
                 raise ReleaseError(
                     f"the bundle classified {accuracy:.1%} of {len(examples)} test examples right; its registered accuracy is"
                     f" {expected_accuracy:.1%}"
                 )
             route = _check_bot(stack.bot_url, str(examples["text"].iloc[0]), bundles)
+            step.advance(detail=f"/chat routed {route}")
     except (SupportflowError, httpx.HTTPError, KeyError, ValueError) as error:
         failure = f"{type(error).__name__}: {error}"
     finally:
+        step.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return SmokeReport(
         passed=failure is None,

@@ -23,6 +23,7 @@ from supportflow.errors import ContractError
 from supportflow.ingest.tickets import TICKET_SCHEMA, KnownIds, id_keys
 from supportflow.lake import Lake, open_lake
 from supportflow.parallel import ordered_map, process_pool
+from supportflow.progress import Step
 from supportflow.settings import Settings
 from supportflow.validate.contracts import Contract, ContractChecker, load_contract
 
@@ -262,9 +263,11 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
     seen = KnownIds()
     checks: list[_FileCheck] = []
     pool = process_pool(settings.workers if size >= settings.parallel_min_bytes // 8 else 1)
+    step = Step("validate", total=len(files))
     try:
         jobs = (_CheckJob(path, settings, contract, dict(support)) for path in files)
         for check in ordered_map(pool, _check_file, jobs, in_flight=settings.workers + 1):
+            step.advance(detail=posixpath.basename(check.path))
             if check.failure:
                 raise ContractError(check.failure)
             by_rule.update(check.rule_counts)
@@ -301,6 +304,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         ]
         rows = _write_splits(lake, snapshot_id, ordered_map(pool, _split_file, split_jobs, in_flight=settings.workers + 1))
     finally:
+        step.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     manifest = SnapshotManifest(

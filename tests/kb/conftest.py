@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_KB = ROOT / "kb" / "banking77"
-MODEL_CACHE = ROOT / ".cache" / "models"  # the ONNX export is reused across runs; it is never committed
+MODEL_CACHE = ROOT / "models" / "embedder"  # the ONNX export is reused across runs; it is never committed
 
 
 @pytest.fixture
