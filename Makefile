@@ -84,6 +84,12 @@ bench-pipeline: install rasa-venv
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/report.py
 
+# The CLI's common commands: a 3-row ingest on Prefect's ephemeral API against the background server (bench/results/cli.json).
+.PHONY: bench-cli
+bench-cli: install
+	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/report.py
+
 # `make demo` as a new user meets it: a fresh clone, installs without package caches (bench/results/demo.json).
 .PHONY: bench-demo
 bench-demo: install

@@ -1,20 +1,24 @@
 """The `supportflow` command: runs the flows and prints what they produced and where to look.
 
-Expected failures print one line that says what is wrong and exit with status 2; the user never
-sees a traceback for bad input.
+Expected failures print one line that says what is wrong (in red on a terminal) and exit with status 2; the
+user never sees a traceback for bad input. Commands that run flows share one background Prefect server
+(supportflow/prefect_server.py) instead of starting Prefect's ephemeral one each time.
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from supportflow import __version__
 from supportflow.errors import SupportflowError
 from supportflow.progress import bars
 
 if TYPE_CHECKING:
     from supportflow.pipeline import PipelineSummary
     from supportflow.release.stack import Stack
+    from supportflow.status import ProductionStatus
 
 
 def _print_section(title: str, lines: Sequence[str]) -> None:
@@ -138,7 +142,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}, then http://127.0.0.1:5000")
     print(f"  kb index:      {settings.kb_dir}/ (MLflow experiment {settings.kb_experiment!r})")
     print(f"  bundles:       BENTOML_HOME={settings.bentoml_home} .venv/bin/bentoml list")
-    print("  Prefect UI:    .venv/bin/prefect server start, then http://127.0.0.1:4200 (flow runs and their report artifacts)")
+    if os.environ.get("PREFECT_API_URL"):  # the background server, or the user's own
+        print(f"  Prefect UI:    {os.environ['PREFECT_API_URL'].removesuffix('/api')} (flow runs and their report artifacts)")
+    else:
+        print("  Prefect UI:    .venv/bin/prefect server start, then http://127.0.0.1:4200 (flow runs and their report artifacts)")
     if not args.no_serve:
         _print_stack(stack)
         print("the bot keeps serving in the background: `supportflow stop` (or `make stop`) ends it")
@@ -211,25 +218,129 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
+    from supportflow.prefect_server import stop_server
     from supportflow.release.stack import stop_recorded_stack
     from supportflow.settings import get_settings
 
-    stopped = stop_recorded_stack(get_settings())
+    settings = get_settings()
+    stopped = stop_recorded_stack(settings)
+    if stop_server(settings):
+        stopped.append("prefect server")
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def _print_status(status: "ProductionStatus") -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    def dim(text: str | None) -> Text:
+        return Text(text or "", style="dim")
+
+    table = Table(title="supportflow in production", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    release = status.release
+    if release is None:
+        table.add_row("release", dim("nothing released yet"))
+    else:
+        replaced = f", replacing {release.previous_release}" if release.previous_release else ""
+        table.add_row("release", f"{release.release_id}, {release.note} {release.promoted_at:%Y-%m-%d %H:%M} UTC{replaced}")
+        table.add_row("bundles", f"{release.bundles.classifier}\n{release.bundles.bot}")
+    classifier = status.classifier
+    aliases = (("production", classifier.production), ("champion", classifier.champion))
+    versions = ", ".join(f"@{alias} v{version}" for alias, version in aliases if version)
+    table.add_row("classifier", versions or dim(classifier.note))
+    kb = status.knowledge_base
+    table.add_row("knowledge base", f"build {kb.build} ({kb.backend})" if kb.build else dim(kb.note))
+    dialogue = status.dialogue
+    table.add_row("dialogue model", f"{dialogue.model} ({dialogue.source})" if dialogue.model else dim("none built yet"))
+    for service in status.services:
+        health = Text("up", style="green") if service.healthy else Text(f"not answering at {service.health_url}", style="red")
+        table.add_row(service.name, Text(f"{service.url}  ") + health)
+    if not status.services:
+        table.add_row("served", dim("nothing serving: `supportflow serve --background`"))
+    prefect = status.prefect
+    idle = dim("no server up: the next command that runs a flow starts one")
+    table.add_row("Prefect", f"{prefect.ui_url} ({prefect.source})" if prefect.ui_url else idle)
+    Console(highlight=False).print(table)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from supportflow.settings import get_settings
+    from supportflow.status import production_status
+
+    status = production_status(get_settings())
+    if args.json:
+        print(status.model_dump_json(indent=2))
+    else:
+        _print_status(status)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    from supportflow.bot.client import BotConversation, served_bot_url
+    from supportflow.settings import get_settings
+
+    console = Console(highlight=False, soft_wrap=True)
+    with BotConversation(args.url or served_bot_url(get_settings())) as conversation:
+        conversation.check()
+        console.print(Text(f"chatting with {conversation.url} as {conversation.conversation_id}; /quit or Ctrl-D ends", style="dim"))
+        prompt = "you: " if sys.stdin.isatty() else ""  # piped input: only the bot's side is printed
+        while True:
+            try:
+                message = input(prompt).strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+            if message == "/quit":
+                break
+            if not message:
+                continue
+            reply = conversation.send(message)
+            if reply.detail and not reply.replies:  # the bot refused the message (too long, malformed)
+                console.print(Text("bot: ", style="bold") + Text(reply.detail, style="yellow"))
+                continue
+            for text in reply.replies or ["(no reply)"]:
+                console.print(Text("bot: ", style="bold") + Text(text) + Text(f"  ({reply.route}, {reply.intent})", style="dim"))
+
+
+def _use_prefect_server() -> None:
+    from supportflow.prefect_server import use_background_server
+    from supportflow.settings import get_settings
+
+    def starting() -> None:
+        print("starting a Prefect server in the background, once: later commands reuse it...", file=sys.stderr, flush=True)
+
+    used = use_background_server(get_settings(), on_start=starting)
+    if used is not None and used[1]:
+        print(f"Prefect server up: UI at {used[0].ui_url} (`supportflow stop` ends it)", file=sys.stderr, flush=True)
+
+
+def _print_error(message: str) -> None:
+    """Red on a terminal; plain where stderr is not one or NO_COLOR is set (rich decides both)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False).print(Text(f"supportflow: error: {message}", style="red"), soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supportflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"supportflow {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     ingest = commands.add_parser("ingest", help="ingest ticket exports (CSV, JSONL, Zendesk JSON) into the lake")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--source", help="the source system's name (default: the file's name)")
     ingest.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
-    ingest.set_defaults(run=cmd_ingest)
-    commands.add_parser("validate", help="validate the lake against the data contracts and cut a snapshot").set_defaults(run=cmd_validate)
+    ingest.set_defaults(run=cmd_ingest, prefect=True)
+    validate = commands.add_parser("validate", help="validate the lake against the data contracts and cut a snapshot")
+    validate.set_defaults(run=cmd_validate, prefect=True)
     kb_index = commands.add_parser("kb-index", help="build the knowledge-base index from its sources and swap it in")
     kb_index.add_argument("sources", nargs="*", help="files and folders (default: SUPPORTFLOW_KB_SOURCES)")
-    kb_index.set_defaults(run=cmd_kb_index)
+    kb_index.set_defaults(run=cmd_kb_index, prefect=True)
     kb_changed = commands.add_parser("kb-changed", help="tell the Prefect server the KB sources changed (the on-change rebuild runs)")
     kb_changed.add_argument("sources", nargs="*", help="the changed files and folders (default: rebuild from SUPPORTFLOW_KB_SOURCES)")
     kb_changed.set_defaults(run=cmd_kb_changed)
@@ -239,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kb_search.set_defaults(run=cmd_kb_search)
     train = commands.add_parser("train", help="fine-tune the intent classifier on the latest snapshot, register it, gate promotion")
     train.add_argument("--profile", choices=["quick", "full"], help="default: SUPPORTFLOW_TRAIN_PROFILE (quick)")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(run=cmd_train, prefect=True)
     commands.add_parser(
         "rollback", help="restore the previous release: its bundles, and @production and @champion on its model"
     ).set_defaults(run=cmd_rollback)
@@ -247,26 +358,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     drift.add_argument("--hours", type=float, default=1.0, help="the window's length (default 1 hour)")
     drift.add_argument("--end", help="the window's end, ISO date-time (default now)")
     drift.add_argument("--retrain", action="store_true", help="on drift, run the pipeline on the lake's tickets and agents' labels")
-    drift.set_defaults(run=cmd_drift)
+    drift.set_defaults(run=cmd_drift, prefect=True)
     demo = commands.add_parser("demo", help="run the whole loop on BANKING77, then serve the promoted bot")
     demo.add_argument("--no-serve", action="store_true", help="stop after the pipeline")
     demo.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
-    demo.set_defaults(run=cmd_demo)
+    demo.set_defaults(run=cmd_demo, prefect=True)
     run = commands.add_parser("pipeline", help="run the whole loop: ingest, validate, train, kb, dialogue, bundle, smoke test, promote")
     run.add_argument("paths", nargs="*", help="ticket exports to ingest first (none: retrain on the lake as it is)")
     run.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
-    run.set_defaults(run=cmd_pipeline)
+    run.set_defaults(run=cmd_pipeline, prefect=True)
     serve = commands.add_parser("serve", help="serve the bot locally: classifier, Rasa, action server, bot")
     serve.add_argument("--background", action="store_true", help="leave it running and return (stop with `supportflow stop`)")
     serve.set_defaults(run=cmd_serve)
-    commands.add_parser("stop", help="stop a bot left serving in the background").set_defaults(run=cmd_stop)
+    commands.add_parser("stop", help="stop the bot left serving in the background, and the background Prefect server").set_defaults(
+        run=cmd_stop
+    )
+    status = commands.add_parser("status", help="what is in production: release, models, knowledge base, served URLs and their health")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    status.set_defaults(run=cmd_status)
+    chat = commands.add_parser("chat", help="talk to the served bot in the terminal (/quit or Ctrl-D ends)")
+    chat.add_argument("--url", help="the bot's address (default: the one `supportflow serve --background` left running)")
+    chat.set_defaults(run=cmd_chat)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     try:
+        if getattr(args, "prefect", False):
+            _use_prefect_server()
         with bars(enabled=sys.stderr.isatty()):
             run(args)
     except SupportflowError as error:
-        print(f"supportflow: error: {error}", file=sys.stderr)
+        _print_error(str(error))
         return 2
     return 0
 

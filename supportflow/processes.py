@@ -24,6 +24,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def signal_group(pid: int, signum: int = signal.SIGTERM) -> bool:
+    """Signal a recorded service's whole process group (a service started with ManagedProcess leads its own,
+    so its workers go too); returns whether the group still existed."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class ServiceStartError(SupportflowError):
     """A service exited or did not become healthy in time; the message names its log."""
 

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     # Bundles and releases: `bentoml build` output, the smoke test, and what production serves.
     bentoml_home: Path = PROJECT_ROOT / ".bentoml"
     run_dir: Path = PROJECT_ROOT / ".run"  # the background stack's pids, ports and logs
+    prefect_server: Literal["background", "ephemeral"] = Field(
+        "background",
+        description="The CLI's Prefect API: one local server started once and reused (supportflow/prefect_server.py), "
+        "or Prefect's own ephemeral server started and stopped by every command.",
+    )
     follow_production: bool = Field(
         True, description="Served classifier and bot follow the `production` alias (one machine); off where rollouts replace images."
     )

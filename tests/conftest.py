@@ -14,6 +14,8 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The CLI's background Prefect server (supportflow/prefect_server.py) is off: tests run flows under the test harness.
+os.environ["SUPPORTFLOW_PREFECT_SERVER"] = "ephemeral"
 for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
     os.environ.setdefault(_variable, "1")
 

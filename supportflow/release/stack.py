@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
-from supportflow.processes import ManagedProcess
+from supportflow.processes import ManagedProcess, signal_group
 from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import PROJECT_ROOT, Settings
 
@@ -177,23 +177,39 @@ def stack_file(settings: Settings) -> Path:
 def record_stack(settings: Settings, stack: Stack) -> None:
     """Remember a stack left running in the background, so `supportflow stop` and promotions can find it."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"ports": stack.ports.__dict__, "pids": {p.name: p.pid for p in stack.processes}}
+    record = {
+        "ports": stack.ports.__dict__,
+        "pids": {p.name: p.pid for p in stack.processes},
+        "health": {p.name: p.health_url for p in stack.processes},
+    }
     stack_file(settings).write_text(json.dumps(record, indent=2))
+
+
+@dataclass(frozen=True)
+class RecordedStack:
+    """A stack `record_stack` left serving in the background, as `supportflow status` and `chat` find it."""
+
+    ports: Ports
+    health: dict[str, str]  # service name -> the URL that answers 200 while it is ready
+
+    @property
+    def bot_url(self) -> str:
+        return Stack(self.ports).bot_url
+
+
+def recorded_stack(settings: Settings) -> RecordedStack | None:
+    path = stack_file(settings)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return RecordedStack(Ports(**record["ports"]), record.get("health", {}))
 
 
 def stop_recorded_stack(settings: Settings) -> list[str]:
     """Stop the background stack; returns the names of what was stopped."""
-    import signal
-
     path = stack_file(settings)
     if not path.exists():
         return []
-    stopped = []
-    for name, pid in json.loads(path.read_text())["pids"].items():
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            stopped.append(name)
-        except ProcessLookupError:
-            pass
+    stopped = [name for name, pid in json.loads(path.read_text())["pids"].items() if signal_group(pid)]
     path.unlink()
     return stopped
