@@ -6,6 +6,7 @@ user never sees a traceback for bad input. Commands that run flows share one bac
 """
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,8 @@ from supportflow.errors import SupportflowError
 from supportflow.progress import bars
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from supportflow.pipeline import PipelineSummary
     from supportflow.release.stack import Stack
     from supportflow.status import ProductionStatus
@@ -25,6 +28,15 @@ def _print_section(title: str, lines: Sequence[str]) -> None:
     print(f"{title}:")
     for line in lines:
         print(f"  {line}")
+
+
+def _report(args: argparse.Namespace, title: str, reports: "BaseModel | Sequence[BaseModel]") -> None:
+    """A command's report: its lines for a person, or with `--json` one JSON document for a program."""
+    many = isinstance(reports, Sequence)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in reports] if many else reports.model_dump(mode="json"), indent=2))
+    else:
+        _print_section(title, [line for r in reports for line in r.lines()] if many else reports.lines())
 
 
 DEMO_QUESTIONS = (
@@ -51,7 +63,7 @@ def _print_kb_answers(question: str, k: int = 3) -> None:
 def cmd_kb_index(args: argparse.Namespace) -> None:
     from flows.kb_index import kb_index
 
-    _print_section("kb_index", kb_index(args.sources or None).lines())
+    _report(args, "kb_index", kb_index(args.sources or None))
 
 
 def cmd_kb_changed(args: argparse.Namespace) -> None:
@@ -70,7 +82,7 @@ def cmd_kb_search(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from flows.train import train
 
-    _print_section("train", train(profile=args.profile).lines())
+    _report(args, "train", train(profile=args.profile))
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
@@ -94,26 +106,28 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from flows.ingest import ingest
 
-    _print_section("ingest", [line for report in ingest(args.paths, source=args.source, fmt=args.format) for line in report.lines()])
+    _report(args, "ingest", ingest(args.paths, source=args.source, fmt=args.format))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from flows.validate import validate
 
-    _print_section("validate", validate().lines())
+    _report(args, "validate", validate())
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
     from flows.drift_monitor import drift_monitor
 
-    report = drift_monitor(window_hours=args.hours, end=args.end, retrain=args.retrain)
-    _print_section("drift monitor", report.lines())
+    _report(args, "drift monitor", drift_monitor(window_hours=args.hours, end=args.end, retrain=args.retrain))
 
 
 def _run_pipeline(args: argparse.Namespace) -> "PipelineSummary":
     from flows.pipeline import pipeline
 
     summary = pipeline(paths=args.paths, profile=args.profile)
+    if getattr(args, "json", False):
+        print(summary.model_dump_json(indent=2))
+        return summary
     print("\nsupportflow pipeline finished")
     for title, lines in summary.sections().items():
         _print_section(title, lines)
@@ -335,11 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--source", help="the source system's name (default: the file's name)")
     ingest.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.set_defaults(run=cmd_ingest, prefect=True)
     validate = commands.add_parser("validate", help="validate the lake against the data contracts and cut a snapshot")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(run=cmd_validate, prefect=True)
     kb_index = commands.add_parser("kb-index", help="build the knowledge-base index from its sources and swap it in")
     kb_index.add_argument("sources", nargs="*", help="files and folders (default: SUPPORTFLOW_KB_SOURCES)")
+    kb_index.add_argument("--json", action="store_true", help="print the report as JSON")
     kb_index.set_defaults(run=cmd_kb_index, prefect=True)
     kb_changed = commands.add_parser("kb-changed", help="tell the Prefect server the KB sources changed (the on-change rebuild runs)")
     kb_changed.add_argument("sources", nargs="*", help="the changed files and folders (default: rebuild from SUPPORTFLOW_KB_SOURCES)")
@@ -350,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kb_search.set_defaults(run=cmd_kb_search)
     train = commands.add_parser("train", help="fine-tune the intent classifier on the latest snapshot, register it, gate promotion")
     train.add_argument("--profile", choices=["quick", "full"], help="default: SUPPORTFLOW_TRAIN_PROFILE (quick)")
+    train.add_argument("--json", action="store_true", help="print the report as JSON")
     train.set_defaults(run=cmd_train, prefect=True)
     commands.add_parser(
         "rollback", help="restore the previous release: its bundles, and @production and @champion on its model"
@@ -358,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     drift.add_argument("--hours", type=float, default=1.0, help="the window's length (default 1 hour)")
     drift.add_argument("--end", help="the window's end, ISO date-time (default now)")
     drift.add_argument("--retrain", action="store_true", help="on drift, run the pipeline on the lake's tickets and agents' labels")
+    drift.add_argument("--json", action="store_true", help="print the report as JSON")
     drift.set_defaults(run=cmd_drift, prefect=True)
     demo = commands.add_parser("demo", help="run the whole loop on BANKING77, then serve the promoted bot")
     demo.add_argument("--no-serve", action="store_true", help="stop after the pipeline")
@@ -366,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("pipeline", help="run the whole loop: ingest, validate, train, kb, dialogue, bundle, smoke test, promote")
     run.add_argument("paths", nargs="*", help="ticket exports to ingest first (none: retrain on the lake as it is)")
     run.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.set_defaults(run=cmd_pipeline, prefect=True)
     serve = commands.add_parser("serve", help="serve the bot locally: classifier, Rasa, action server, bot")
     serve.add_argument("--background", action="store_true", help="leave it running and return (stop with `supportflow stop`)")

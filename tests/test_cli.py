@@ -272,3 +272,22 @@ def test_the_background_prefect_server_starts_once_is_reused_and_stops(tmp_path:
         assert stop_server(settings) is False
     finally:
         stop_server(settings)
+
+
+def test_ingest_and_validate_print_their_reports_as_json(
+    empty_store: Settings, banking77_sample: Path, prefect_harness: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from supportflow.cli import main
+
+    assert main(["ingest", str(banking77_sample), "--json"]) == 0
+    (ingested,) = json.loads(capsys.readouterr().out)
+    assert ingested["file"] == str(banking77_sample)
+    assert ingested["written"] > 0
+    assert ingested["rows_read"] == ingested["written"] + ingested["duplicates"] + ingested["quarantined"]
+    assert main(["validate", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["snapshot_id"].startswith("snap-")
+    assert manifest["validation"]["accepted"] == sum(manifest["rows"].values())
+    assert main(["validate"]) == 0  # the same snapshot, for a person: its lines, not JSON
+    printed = capsys.readouterr().out
+    assert printed.startswith("validate:\n") and f"snapshot {manifest['snapshot_id']}" in printed
