@@ -7,8 +7,8 @@ from pathlib import Path
 import mlflow
 from pydantic import BaseModel
 
-from supportflow.classifier.predict import ClassifierCard
-from supportflow.classifier.registry import connect, download_classifier
+from supportflow.classifier.artifacts import ClassifierCard, download_classifier
+from supportflow.classifier.registry import connect
 from supportflow.dialogue.project import write_project
 from supportflow.dialogue.rasa_cli import train_model, validate_project
 from supportflow.lake import Lake

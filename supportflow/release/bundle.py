@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from supportflow.classifier.registry import connect, download_classifier
+from supportflow.classifier.artifacts import download_classifier
+from supportflow.classifier.registry import connect
 from supportflow.digest import files_digest
 from supportflow.errors import SupportflowError
 from supportflow.settings import PROJECT_ROOT, Settings
