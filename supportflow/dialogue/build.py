@@ -14,7 +14,7 @@ from supportflow.dialogue.rasa_cli import train_model, validate_project
 from supportflow.lake import Lake
 from supportflow.release.production import CHAMPION, alias_version
 from supportflow.settings import Settings
-from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import latest_snapshot, read_split
 
 EXPERIMENT = "dialogue"
