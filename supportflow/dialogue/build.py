@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from supportflow.classifier.artifacts import ClassifierCard, download_classifier
 from supportflow.classifier.registry import connect
 from supportflow.dialogue.project import write_project
-from supportflow.dialogue.rasa_cli import train_model, validate_project
+from supportflow.dialogue.rasa_cli import train_rasa_model, validate_project
 from supportflow.lake import Lake
 from supportflow.release.production import CHAMPION, alias_version
 from supportflow.settings import Settings
@@ -44,7 +44,7 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
     intents = load_catalogue(settings.contracts_dir).intents
     project = write_project(settings.rasa_project_dir, intents, nlu_examples(lake), card.threshold, f"{settings.classifier_url}/classify")
     validate_project(settings, project)
-    model = train_model(settings, project)
+    model = train_rasa_model(settings, project)
     seconds = time.perf_counter() - started
     connect(settings)  # sets the tracking URI and fails clearly when the store is unreachable
     mlflow.set_experiment(EXPERIMENT)
