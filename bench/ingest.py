@@ -133,7 +133,7 @@ def main() -> None:
         from supportflow.ingest.load import ingest_file
         from supportflow.lake import open_lake
         from supportflow.settings import Settings
-        from supportflow.validate.contracts import load_catalogue
+        from supportflow.validate.catalogue import load_catalogue
         from supportflow.validate.snapshot import validate_lake
 
         settings = Settings()

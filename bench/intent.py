@@ -30,7 +30,7 @@ from supportflow.classifier.build import BuiltClassifier, build_classifier
 from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
 from supportflow.settings import get_settings
-from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.catalogue import load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "banking77"

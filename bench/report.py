@@ -106,6 +106,26 @@ def _cli(r: dict) -> list[Row]:
     return [("`supportflow ingest` of a 3-row CSV, a new process each time", measured, "later commands start no server", "cli.json")]
 
 
+def _service_imports(r: dict) -> list[Row]:
+    training_only = set(r["training_only_modules"])
+    before = r.get("before", {})
+    rows = []
+    for name, m in r["services"].items():
+        loaded = [module for module in m["startup_heavy_modules"] if module in training_only]
+        measured = (
+            f"module {m['import_seconds_median']} s, {m['rss_mb']:,} MB; with its start-up's imports"
+            f" {m['startup_import_seconds_median']} s, {m['startup_rss_mb']:,} MB; training-only packages: {', '.join(loaded) or 'none'}"
+        )
+        if name in before.get("services", {}):
+            b = before["services"][name]
+            was = [module for module in b["startup_heavy_modules"] if module in training_only]
+            measured += f" (at {before['commit']}: {b['startup_import_seconds_median']} s, {b['startup_rss_mb']:,} MB;"
+            measured += f" {', '.join(was) or 'none'})"
+        what = f"Importing the {name} service (`{m['module']}`) in a fresh interpreter, median of {r['runs']}"
+        rows.append((what, measured, "no training, orchestration or validation package", "service_imports.json"))
+    return rows
+
+
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "ingest.json": _ingest,
     "intent_banking77.json": _intent,
@@ -114,6 +134,7 @@ RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "pipeline.json": _pipeline,
     "demo.json": _demo,
     "cli.json": _cli,
+    "service_imports.json": _service_imports,
 }
 
 

@@ -15,7 +15,7 @@ from prefect.states import State
 
 from supportflow.bot.turns import read_turns
 from supportflow.drift.events import DRIFT_EVENT, emit_drift_event, window_bounds
-from supportflow.drift.figures import DriftReference, DriftReport, compute_drift, served_version
+from supportflow.drift.figures import DriftReference, DriftReport, compute_drift, window_model_version
 from supportflow.drift.tracking import load_reference, log_report, tag_run
 from supportflow.errors import DriftReferenceError
 from supportflow.lake import open_lake
@@ -55,7 +55,7 @@ def drift_monitor(window_hours: float = 1.0, end: str | None = None, retrain: bo
     logger = get_run_logger()
     start, until = window_bounds(window_hours, end)
     turns = read_window(settings, start, until)
-    reference = reference_for(settings, served_version(turns)) if len(turns) else None
+    reference = reference_for(settings, window_model_version(turns)) if len(turns) else None
     report = compute_drift(turns, reference, settings.drift, start, until)
     run_id = record(report, turns, reference, settings)
     logger.info("%s (MLflow run %s)", report.headline(), run_id)

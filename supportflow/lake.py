@@ -21,8 +21,6 @@ from fsspec.spec import AbstractFileSystem
 from supportflow.errors import LakeUnavailableError
 from supportflow.settings import Settings
 
-AREAS = ("tickets", "quarantine", "snapshots", "turns", "kb")
-
 
 @dataclass(frozen=True)
 class Lake:

@@ -24,9 +24,9 @@ from supportflow.bot.turns import TurnLog
 from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
 from supportflow.lake import open_lake
 from supportflow.logs import configure_json_logging
-from supportflow.release.stack import bentoml_service_config, freeze_startup_objects
+from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
-from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.catalogue import load_catalogue
 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")

@@ -19,7 +19,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel
 
 from supportflow.classifier.batching import use_in_bentoml_dispatchers
-from supportflow.release.stack import bentoml_service_config, freeze_startup_objects
+from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
 
 MAX_TEXTS = 256

@@ -23,7 +23,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from supportflow.bot.handoff import HandoffQueue
-from supportflow.bot.llm import LLMResponder, Passage
+from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.turns import Route, Turn, TurnLog
 from supportflow.dialogue.project import CARD_INTENTS
 
@@ -180,7 +180,7 @@ class SupportBot:
         chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])
         if chosen is None:
             return self._handoff(request, "nothing relevant in the knowledge base")
-        passages = [Passage(a.doc_id, a.title, a.body) for a in [chosen, *[x for x in reply.answers if x is not chosen]][:3]]
+        passages = [PromptPassage(a.doc_id, a.title, a.body) for a in [chosen, *[x for x in reply.answers if x is not chosen]][:3]]
         written = self.llm.reply(request.text, passages)
         if written:
             messages, route = [written], "llm"

@@ -34,7 +34,7 @@ LOCAL_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 @dataclass(frozen=True)
-class Passage:
+class PromptPassage:
     doc_id: str
     title: str
     text: str
@@ -50,7 +50,7 @@ def local_moderation(text: str) -> str | None:
     return None
 
 
-def build_messages(question: str, passages: list[Passage]) -> list[dict[str, str]]:
+def build_messages(question: str, passages: list[PromptPassage]) -> list[dict[str, str]]:
     context = "\n\n".join(f"[{i}] {p.title}\n{p.text}" for i, p in enumerate(passages, start=1))
     return [
         {"role": "system", "content": f"{SYSTEM_PROMPT}\n\nPassages:\n{context}"},
@@ -68,7 +68,7 @@ class LLMResponder:
             OpenAI(api_key=key, base_url=settings.openai_base_url, timeout=settings.openai_timeout_s, max_retries=0) if key else None
         )
 
-    def reply(self, question: str, passages: list[Passage]) -> str | None:
+    def reply(self, question: str, passages: list[PromptPassage]) -> str | None:
         """A grounded reply, or None when the bot must not use the LLM for this turn."""
         if self.client is None or not passages:
             return None

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, DistilBertForSequenceClassification
 
+from supportflow.classifier.artifacts import ClassifierCard
 from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choose_threshold, fit_temperature
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
-from supportflow.classifier.predict import ClassifierCard, predict_logits, softmax
+from supportflow.classifier.inference import softmax
+from supportflow.classifier.predict import predict_logits
 from supportflow.settings import TrainingProfile
 
 

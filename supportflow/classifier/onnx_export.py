@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from transformers import AutoTokenizer, DistilBertForSequenceClassification, PreTrainedTokenizerBase
+from transformers import DistilBertForSequenceClassification
 
-ONNX_DIR = "onnx"
-VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS
+from supportflow.classifier.inference import onnx_logits, onnx_session, onnx_tokenizer
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -63,40 +62,17 @@ def export_onnx(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_logits(
-    session: ort.InferenceSession, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, batch_size: int = 128
-) -> np.ndarray:
-    order = np.argsort([len(text) for text in texts], kind="stable")
-    out: np.ndarray | None = None
-    for start in range(0, len(texts), batch_size):
-        chosen = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        inputs = {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
-        logits = session.run(["logits"], inputs)[0]
-        if out is None:
-            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
-        out[chosen] = logits
-    assert out is not None
-    return out
-
-
 def check_parity(
     folder: Path, paths: dict[str, Path], texts: Sequence[str], labels: np.ndarray, torch_accuracy: float, max_length: int, threads: int
 ) -> list[VariantParity]:
-    """Top-1 accuracy and speed of each ONNX variant on the same texts the torch model was scored on."""
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    """Top-1 accuracy and speed of each ONNX variant on the same texts the torch model was scored on, tokenized
+    as serving tokenizes them."""
+    tokenizer = onnx_tokenizer(folder, max_length)
     results = []
     for name, path in paths.items():
         session = onnx_session(path, threads)
         started = time.perf_counter()
-        logits = onnx_logits(session, tokenizer, texts, max_length)
+        logits = onnx_logits(session, tokenizer, texts)
         seconds = time.perf_counter() - started
         accuracy = float((logits.argmax(axis=1) == labels).mean())
         results.append(VariantParity(name, accuracy, torch_accuracy, 100 * seconds / max(len(texts), 1)))

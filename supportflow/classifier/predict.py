@@ -1,51 +1,18 @@
-"""Classify messages with a trained intent classifier: the design's ranking contract.
+"""Classify messages with a trained classifier folder in torch: training's evaluation, the registry's re-scoring
+and pyfunc model, and the `torch` serving variant.
 
-A classifier folder holds the fine-tuned model and tokenizer plus `classifier.json` (label map,
-temperature, fallback threshold). Serving loads the registry's `champion` through `load_champion`.
+Serving (`supportflow.classifier.served`) imports this only for that variant; the ONNX variants run without torch.
 """
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, DistilBertForSequenceClassification, PreTrainedTokenizerBase
 
-from supportflow.settings import Settings
-
-CLASSIFIER_CARD = "classifier.json"
-MODEL_ARTIFACT = "classifier"  # the folder's name inside the logged MLflow model
-
-
-@dataclass(frozen=True)
-class ClassifierCard:
-    """What serving needs besides the weights; stored with the model."""
-
-    labels: list[str]
-    temperature: float
-    threshold: float
-    coverage_at_threshold: float
-    precision_at_threshold: float
-    target_precision: float
-    max_length: int
-    base_model: str
-    snapshot_id: str
-
-    def save(self, folder: Path) -> None:
-        (folder / CLASSIFIER_CARD).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, folder: Path) -> "ClassifierCard":
-        return cls(**json.loads((folder / CLASSIFIER_CARD).read_text()))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = logits / temperature
-    scaled = scaled - scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
+from supportflow.classifier.artifacts import ClassifierCard
+from supportflow.classifier.inference import ranking, softmax
 
 
 @torch.inference_mode()
@@ -67,16 +34,6 @@ def predict_logits(
     return out
 
 
-def ranking(probabilities: np.ndarray, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
-    """Per text: `{"intent", "confidence", "ranking": [{"intent", "confidence"}, ...]}`, best first."""
-    results = []
-    for row in probabilities:
-        order = np.argsort(-row)[: top_k or len(labels)]
-        ranked = [{"intent": labels[i], "confidence": float(row[i])} for i in order]
-        results.append({"intent": ranked[0]["intent"], "confidence": ranked[0]["confidence"], "ranking": ranked})
-    return results
-
-
 class IntentClassifier:
     """A trained classifier folder, ready to answer the classify contract."""
 
@@ -93,10 +50,3 @@ class IntentClassifier:
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         return ranking(self.probabilities(texts), self.card.labels, top_k)
-
-
-def load_champion(settings: Settings, alias: str = "champion") -> IntentClassifier:
-    """Download the registry's aliased version (serving's entry point) and load it."""
-    from supportflow.classifier.registry import download_classifier  # the registry imports this module
-
-    return IntentClassifier(download_classifier(settings, f"@{alias}"), threads=settings.train_threads)

@@ -21,11 +21,12 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+from supportflow.classifier.artifacts import MODEL_ARTIFACT, download_classifier
 from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.evaluate import plot_confusion_matrix, plot_reliability
 from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.onnx_export import VariantParity, fastest_within
-from supportflow.classifier.predict import MODEL_ARTIFACT, IntentClassifier
+from supportflow.classifier.predict import IntentClassifier
 from supportflow.drift.figures import REFERENCE_ARTIFACT
 from supportflow.errors import RegistryError
 from supportflow.settings import Settings, TrainingProfile
@@ -232,18 +233,6 @@ def registered_accuracy(settings: Settings, version: str) -> float:
     client = connect(settings)
     run_id = client.get_model_version(settings.registered_model_name, version).run_id
     return client.get_run(run_id).data.metrics["test_accuracy"]
-
-
-def download_classifier(settings: Settings, reference: str) -> Path:
-    """The classifier folder of a registered version (`"3"`) or alias (`"@champion"`), fetched locally."""
-    separator = "" if reference.startswith("@") else "/"
-    uri = f"models:/{settings.registered_model_name}{separator}{reference}"
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # `models:/` resolves through the registry URI, not the tracking one
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=settings.mlflow_tracking_uri))
-    except MlflowException as error:
-        raise RegistryError(f"{uri} cannot be downloaded from {settings.mlflow_tracking_uri}: {error.message}") from error
-    return local / "artifacts" / MODEL_ARTIFACT
 
 
 def find_trained(client: MlflowClient, settings: Settings, training_key: str) -> tuple[str, ModelVersion | None] | None:

@@ -1,8 +1,10 @@
-"""The classifier as served: the registry's champion, in the variant its training run chose.
+"""The classifier as served: one registry version, in the variant its training run chose.
 
-Training exports ONNX (fp32 and int8) and records, as the run's `serving_variant` tag, the fastest variant
-whose accuracy stays within tolerance of torch's; serving honours that choice (or
-`SUPPORTFLOW_SERVING_VARIANT`), so the served model is exactly the one that passed the gate.
+Which version: a bundle serves the version it carries (the release's); served from the source tree, the
+`production` alias's version, or the champion's before the first release (`served_version`). Training exports
+ONNX (fp32 and int8) and records, as the run's `serving_variant` tag, the fastest variant whose accuracy stays
+within tolerance of torch's; serving honours that choice (or `SUPPORTFLOW_SERVING_VARIANT`), so the served model
+is exactly the one that passed the gate. Only the `torch` variant imports torch.
 """
 
 from collections.abc import Sequence
@@ -10,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from supportflow.classifier.onnx_export import ONNX_DIR, VARIANTS, onnx_logits, onnx_session
-from supportflow.classifier.predict import ClassifierCard, IntentClassifier, ranking, softmax
-from supportflow.classifier.registry import download_classifier
+from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard, download_classifier
+from supportflow.classifier.inference import onnx_logits, onnx_session, onnx_tokenizer, ranking, softmax
 from supportflow.errors import RegistryError
 from supportflow.release.production import served_version
 from supportflow.settings import Settings
@@ -23,23 +24,22 @@ class ServingClassifier:
         self.folder, self.variant, self.version = folder, variant, version
         self.card = ClassifierCard.load(folder)
         if variant == "torch":
-            self._torch = IntentClassifier(folder, threads=threads)
-            self.tokenizer = self._torch.tokenizer
-        else:
-            from transformers import AutoTokenizer
+            from supportflow.classifier.predict import IntentClassifier
 
+            self._torch = IntentClassifier(folder, threads=threads)
+        else:
             path = folder / ONNX_DIR / VARIANTS[variant]
             if not path.exists():
                 raise RegistryError(f"version {version} has no {variant} ONNX export at {path}")
             self.session = onnx_session(path, threads)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.tokenizer = onnx_tokenizer(folder, self.card.max_length)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         if self.variant == "torch":
             return self._torch.probabilities(texts)
-        return softmax(onnx_logits(self.session, self.tokenizer, list(texts), self.card.max_length), self.card.temperature)
+        return softmax(onnx_logits(self.session, self.tokenizer, list(texts)), self.card.temperature)
 
-    def classify(self, texts: Sequence[str], top_k: int = 10) -> list[dict]:
+    def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:
             return []
         return ranking(self.probabilities(texts), self.card.labels, top_k)
@@ -61,6 +61,7 @@ def load_version(settings: Settings, version: str, chosen_variant: str) -> Servi
 
 
 def load_serving_classifier(settings: Settings) -> ServingClassifier:
+    """What the source tree serves: the production release's version (the champion before the first release)."""
     return load_version(settings, *served_version(settings))
 
 

@@ -25,7 +25,7 @@ from supportflow.drift.figures import build_reference
 from supportflow.lake import open_lake
 from supportflow.settings import Settings
 from supportflow.tracking import CHALLENGER, CHAMPION, connect
-from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import SnapshotManifest, latest_snapshot, read_split
 
 

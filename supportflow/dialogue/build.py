@@ -7,15 +7,14 @@ from pathlib import Path
 import mlflow
 from pydantic import BaseModel
 
-from supportflow.classifier.predict import ClassifierCard
-from supportflow.classifier.registry import download_classifier
+from supportflow.classifier.artifacts import ClassifierCard, download_classifier
 from supportflow.dialogue.project import write_project
-from supportflow.dialogue.rasa_cli import train_model, validate_project
+from supportflow.dialogue.rasa_cli import train_rasa_model, validate_project
 from supportflow.lake import Lake
 from supportflow.release.production import alias_version
 from supportflow.settings import Settings
 from supportflow.tracking import CHAMPION, start_run
-from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import latest_snapshot, read_split
 
 EXAMPLES_PER_INTENT = 5
@@ -50,7 +49,7 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
     intents = load_catalogue(settings.contracts_dir).intents
     project = write_project(settings.rasa_project_dir, intents, nlu_examples(lake), card.threshold, f"{settings.classifier_url}/classify")
     validate_project(settings, project)
-    model = train_model(settings, project)
+    model = train_rasa_model(settings, project)
     seconds = time.perf_counter() - started
     with start_run(settings, settings.dialogue_experiment, f"rasa-for-v{version}") as run:
         mlflow.set_tags({"classifier_version": version, "registered_model": settings.registered_model_name})

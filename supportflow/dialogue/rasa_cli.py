@@ -45,7 +45,7 @@ def validate_project(settings: Settings, project: Path) -> str:
     return run_rasa(settings, project, "data", "validate", "--domain", "domain.yml", "--data", "data").stdout
 
 
-def train_model(settings: Settings, project: Path, name: str = "supportflow") -> Path:
+def train_rasa_model(settings: Settings, project: Path, name: str = "supportflow") -> Path:
     """Train and return the model archive (`models/<name>.tar.gz`)."""
     run_rasa(settings, project, "train", "--fixed-model-name", name, "--out", "models", "--quiet")
     archive = project / "models" / f"{name}.tar.gz"

@@ -361,7 +361,7 @@ def _breaches(figures: dict[str, object], thresholds: DriftThresholds, n: int, r
     return breaches
 
 
-def served_version(turns: pd.DataFrame) -> str | None:
+def window_model_version(turns: pd.DataFrame) -> str | None:
     """The model version that served most of the window's turns (None when the turns do not say)."""
     versions = turns["model_version"].dropna()
     return None if versions.empty else str(versions.value_counts().index[0])

@@ -180,7 +180,7 @@ def read_retriever(folder: Path, index: KeywordIndex, model: Embedder | None, bu
     return Retriever(passages, np.load(folder / "passage_vectors.npy"), np.load(folder / "title_vectors.npy"), index, model, build_id)
 
 
-def smoke_test(retriever: Retriever, config: RetrievalConfig, min_hit_rate: float, sample: int = 50) -> SmokeResult:
+def smoke_query(retriever: Retriever, config: RetrievalConfig, min_hit_rate: float, sample: int = 50) -> SmokeResult:
     """Ask the new build for some of its own titles: each should bring back its own article first."""
     step = max(1, len(retriever.passages) // sample)
     probes = retriever.passages[::step][:sample]
@@ -244,7 +244,7 @@ def build_knowledge_base(
         vectors = _timed(report, "embed", lambda: embed_passages(passages, model))
         _timed(report, "write", lambda: write_build(folder, passages, *vectors))
         retriever = Retriever(passages, vectors[0], vectors[1], index, model, report.build_id)
-        report.smoke = _timed(report, "smoke", lambda: smoke_test(retriever, config, settings.kb_smoke_min_hit_rate))
+        report.smoke = _timed(report, "smoke", lambda: smoke_query(retriever, config, settings.kb_smoke_min_hit_rate))
         questions = questions_for(documents, labelled, settings.kb_calibration_questions) if labelled is not None else []
         if questions:
             report.calibration = _timed(report, "calibrate", lambda: calibrate(retriever, config, questions, "labelled tickets"))

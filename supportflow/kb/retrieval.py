@@ -54,7 +54,6 @@ PRESETS: dict[str, RetrievalConfig] = {
     # The default: every signal scaled to [0, 1] per question, the dense ones with equal weight, BM25 a light vote (docs/kb.md).
     "hybrid": RetrievalConfig(weights=EQUAL_DENSE | {"bm25_article": 0.1}, normalise="minmax"),
 }
-DEFAULT_RETRIEVAL = "hybrid"
 
 
 class Answer(BaseModel):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from supportflow.classifier.artifacts import download_classifier
 from supportflow.digest import files_digest
 from supportflow.errors import SupportflowError
 from supportflow.progress import Step
@@ -69,10 +70,6 @@ def code_digest() -> str:
 def import_classifier(settings: Settings, version: str) -> tuple[str, str]:
     """The registry version as a BentoML model (once per version); returns its tag and serving variant."""
     import bentoml
-
-    # imported here: the registry brings transformers and torch, which reading a release (`supportflow status`,
-    # `serve`, `rollback`) does not need
-    from supportflow.classifier.registry import download_classifier
 
     client = connect(settings)
     registered = client.get_model_version(settings.registered_model_name, version)

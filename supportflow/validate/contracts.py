@@ -14,20 +14,12 @@ from typing import Any
 
 import great_expectations as gx
 import pandas as pd
-import yaml
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from supportflow.errors import ContractError
+from supportflow.validate.catalogue import IntentCatalogue, load_catalogue
 
 TICKET_SUITE = "tickets.suite.json"
-INTENT_CATALOGUE = "intents.yaml"
-
-
-@dataclass(frozen=True)
-class IntentCatalogue:
-    name: str
-    version: str
-    intents: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -42,17 +34,6 @@ class Contract:
     @property
     def version(self) -> str:
         return str(self.suite["meta"]["contract_version"])
-
-
-def load_catalogue(contracts_dir: Path) -> IntentCatalogue:
-    path = contracts_dir / INTENT_CATALOGUE
-    if not path.exists():
-        raise ContractError(f"{path}: the intent catalogue is missing")
-    document = yaml.safe_load(path.read_text())
-    intents = tuple(document.get("intents") or ())
-    if not intents or len(set(intents)) != len(intents):
-        raise ContractError(f"{path}: the catalogue must list distinct intents")
-    return IntentCatalogue(name=str(document["name"]), version=str(document["version"]), intents=intents)
 
 
 def load_contract(contracts_dir: Path, suite_file: str = TICKET_SUITE) -> Contract:

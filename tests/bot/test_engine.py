@@ -13,7 +13,7 @@ from supportflow.bot.turns import TurnLog, read_turns
 from supportflow.kb.build import KnowledgeBase, build_knowledge_base, open_knowledge_base
 from supportflow.lake import open_lake
 from supportflow.settings import Settings
-from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.catalogue import load_catalogue
 from tests.bot.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]

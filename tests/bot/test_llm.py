@@ -3,13 +3,13 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
-from supportflow.bot.llm import LLMResponder, Passage, local_moderation
+from supportflow.bot.llm import LLMResponder, PromptPassage, local_moderation
 from supportflow.settings import Settings
 from tests.bot.openai_server import FakeOpenAI
 
 PASSAGES = [
-    Passage("card_arrival", "When will my card arrive?", "Cards arrive within 5 working days of ordering."),
-    Passage("card_delivery_estimate", "Tracking a card", "You can follow delivery in the app under Cards."),
+    PromptPassage("card_arrival", "When will my card arrive?", "Cards arrive within 5 working days of ordering."),
+    PromptPassage("card_delivery_estimate", "Tracking a card", "You can follow delivery in the app under Cards."),
 ]
 
 

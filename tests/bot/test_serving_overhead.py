@@ -4,7 +4,7 @@ import pytest
 from bentoml._internal.marshal import dispatcher
 
 from supportflow.classifier.batching import LoneRequestsTeachNoWait, use_in_bentoml_dispatchers
-from supportflow.release.stack import bentoml_service_config
+from supportflow.services import bentoml_service_config
 from supportflow.settings import Settings
 
 BURST_WAIT = 0.026  # what 32 connections taught BentoML's optimizer here

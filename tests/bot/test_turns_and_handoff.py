@@ -9,7 +9,7 @@ from supportflow.bot.handoff import HandoffError, HandoffQueue
 from supportflow.bot.turns import Turn, TurnLog, read_turns
 from supportflow.lake import Lake
 from supportflow.settings import Settings
-from supportflow.validate.contracts import load_catalogue
+from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import validate_lake
 
 

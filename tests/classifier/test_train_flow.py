@@ -121,9 +121,12 @@ def test_notebook_reads_the_runs(store: Store) -> None:
 
 
 def test_gate_keeps_champion_rolls_back_and_serves(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
     from flows.train import train
-    from supportflow.classifier.predict import load_champion
+    from supportflow.classifier.inference import onnx_tokenizer
     from supportflow.classifier.registry import register_and_gate, rollback, score_version
+    from supportflow.classifier.served import load_serving_classifier
     from supportflow.lake import open_lake
     from supportflow.settings import get_settings
     from supportflow.tracking import CHALLENGER, CHAMPION, connect
@@ -173,11 +176,20 @@ def test_gate_keeps_champion_rolls_back_and_serves(store: Store, monkeypatch: py
     with pytest.raises(RegistryError, match="first champion"):
         rollback(settings)
 
-    # Serving loads the champion and answers the design's ranking contract.
-    answers = load_champion(settings).classify(["I am still waiting on my card", "what is the exchange rate"], top_k=None)
+    # Serving loads what the registry names (before any release, the champion) and answers the design's ranking contract.
+    served = load_serving_classifier(settings)
+    assert served.version == "1"
+    answers = served.classify(["I am still waiting on my card", "what is the exchange rate"], top_k=None)
     assert [a["intent"] for a in answers] == ["card_arrival", "exchange_rate"]
     for answer in answers:
         confidences = [entry["confidence"] for entry in answer["ranking"]]
         assert answer["confidence"] == confidences[0] == max(confidences)
         assert sum(confidences) == pytest.approx(1.0, abs=1e-5)
         assert len(answer["ranking"]) == len(TINY_INTENTS)
+
+    # The ONNX variants are served without transformers: the folder's tokenizer.json gives the same ids and masks.
+    texts = ["", "Où est ma CARTE?!", "my card " * 40, *test["text"].head(50)]
+    expected = AutoTokenizer.from_pretrained(str(served.folder))(texts, padding=True, truncation=True, max_length=served.card.max_length)
+    encodings = onnx_tokenizer(served.folder, served.card.max_length).encode_batch(texts)
+    assert [e.ids for e in encodings] == expected["input_ids"]
+    assert [e.attention_mask for e in encodings] == expected["attention_mask"]

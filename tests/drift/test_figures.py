@@ -16,7 +16,7 @@ from supportflow.drift.figures import (
     fallback_turns,
     oov,
     psi,
-    served_version,
+    window_model_version,
     words,
 )
 from supportflow.settings import DriftThresholds
@@ -161,5 +161,5 @@ def test_the_intent_mix_counts_only_catalogue_intents_the_bot_acted_on() -> None
 
 def test_the_reference_is_the_model_that_served_most_turns() -> None:
     turns = pd.DataFrame({"model_version": ["1", "2", "2", None]})
-    assert served_version(turns) == "2"
-    assert served_version(pd.DataFrame({"model_version": [None, None]})) is None
+    assert window_model_version(turns) == "2"
+    assert window_model_version(pd.DataFrame({"model_version": [None, None]})) is None

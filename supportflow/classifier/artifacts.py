@@ -1,0 +1,54 @@
+"""A trained classifier folder, as training writes it and serving reads it, and how to fetch one from the registry.
+
+Serving imports this, never the training modules: the folder's layout, its card and the download are all it
+needs before it picks a runtime (ONNX Runtime, or torch for the `torch` variant).
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from supportflow.errors import RegistryError
+from supportflow.settings import Settings
+
+CLASSIFIER_CARD = "classifier.json"
+MODEL_ARTIFACT = "classifier"  # the folder's name inside the logged MLflow model
+ONNX_DIR = "onnx"
+VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+@dataclass(frozen=True)
+class ClassifierCard:
+    """What serving needs besides the weights; stored with the model."""
+
+    labels: list[str]
+    temperature: float
+    threshold: float
+    coverage_at_threshold: float
+    precision_at_threshold: float
+    target_precision: float
+    max_length: int
+    base_model: str
+    snapshot_id: str
+
+    def save(self, folder: Path) -> None:
+        (folder / CLASSIFIER_CARD).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "ClassifierCard":
+        return cls(**json.loads((folder / CLASSIFIER_CARD).read_text()))
+
+
+def download_classifier(settings: Settings, reference: str) -> Path:
+    """The classifier folder of a registered version (`"3"`) or alias (`"@production"`), fetched locally."""
+    separator = "" if reference.startswith("@") else "/"
+    uri = f"models:/{settings.registered_model_name}{separator}{reference}"
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # `models:/` resolves through the registry URI, not the tracking one
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=settings.mlflow_tracking_uri))
+    except MlflowException as error:
+        raise RegistryError(f"{uri} cannot be downloaded from {settings.mlflow_tracking_uri}: {error.message}") from error
+    return local / "artifacts" / MODEL_ARTIFACT
