@@ -33,11 +33,10 @@ class TicketSource(BaseModel):
     format: Literal["csv", "jsonl", "zendesk"] | None = None  # default: from the file's suffix
     source: str | None = None  # the source system's name (default: the file's name)
     field_map: dict[str, str] = Field(default_factory=dict)  # ticket field -> column, e.g. {"intent": "category"}
-    encoding: str = "utf-8"
 
 
 class BotTexts(BaseModel):
-    """What the bot says in the desk's own voice; `{options}` in `clarification` lists the requests it heard."""
+    """What the bot says in the desk's own voice; `{options}` in `multiple_requests` lists the requests it heard."""
 
     model_config = ConfigDict(extra="forbid")
     greeting: str = "Hello! What can I help you with today?"
@@ -46,7 +45,7 @@ class BotTexts(BaseModel):
     handoff: str = "I'm passing you to a colleague, who will reply here shortly."
     outage: str = "Sorry, I can't answer right now. I've passed your message to a colleague, who will reply here shortly."
     with_agent: str = "A colleague has your conversation and will reply here shortly."
-    clarification: str = "I can help with each of those, one at a time. Which should we start with: {options}?"
+    multiple_requests: str = "I can help with each of those, one at a time. Which should we start with: {options}?"
 
 
 class WorkspaceConfig(BaseModel):
@@ -76,18 +75,18 @@ class Workspace(BaseModel):
     def kb_sources(self) -> list[Path]:
         return [self.resolve(path) for path in self.config.kb]
 
-    def ticket_files(self) -> list[tuple[str, TicketSource]]:
-        """Every file the ticket sources name, globs expanded; a source that matches nothing is an error, since
+    def ticket_files(self) -> list[tuple[list[str], TicketSource]]:
+        """The files of each ticket source, globs expanded; a source that matches nothing is an error, since
         silently training on less than the desk meant to is worse than stopping."""
-        files = []
+        sources = []
         for source in self.config.tickets:
             pattern = str(self.resolve(source.path))
             matched = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
             matched = [path for path in matched if Path(path).is_file()]
             if not matched:
                 raise WorkspaceError(f"{self.root / CONFIG_FILE}: the ticket source {source.path!r} matches no file")
-            files += [(path, source) for path in matched]
-        return files
+            sources.append((matched, source))
+        return sources
 
 
 def load_workspace(root: Path) -> Workspace:
