@@ -23,31 +23,39 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 PREFECT_EVERY_S = 2.0
 _bars: Progress | None = None
+_bars_wanted = False
 log = logging.getLogger("supportflow.progress")
 
 
 @contextmanager
 def bars(enabled: bool = True) -> Iterator[None]:
-    """Draw the steps that run inside this block as bars on stderr."""
-    global _bars
-    if not enabled:
+    """Draw the steps that run inside this block as bars on stderr. The display starts with the first step, so a
+    command with no long step (`chat`, `status`) writes nothing to the terminal but its own output."""
+    global _bars_wanted, _bars
+    _bars_wanted = enabled
+    try:
         yield
-        return
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[detail]}", style="dim"),
-        console=Console(stderr=True),
-    )
-    with progress:
-        _bars = progress
-        try:
-            yield
-        finally:
+    finally:
+        _bars_wanted = False
+        if _bars is not None:
+            _bars.stop()
             _bars = None
+
+
+def _shown() -> Progress | None:
+    global _bars
+    if _bars is None and _bars_wanted:
+        _bars = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[detail]}", style="dim"),
+            console=Console(stderr=True),
+        )
+        _bars.start()
+    return _bars
 
 
 def _in_prefect_run() -> bool:
@@ -65,7 +73,8 @@ class Step:
         self.description = description
         self.total = total
         self.completed = 0.0
-        self._task: TaskID | None = _bars.add_task(description, total=total, detail="") if _bars is not None else None
+        shown = _shown()
+        self._task: TaskID | None = shown.add_task(description, total=total, detail="") if shown is not None else None
         self._artifact: UUID | None = None
         self._sent_at = 0.0
         if total and _in_prefect_run():

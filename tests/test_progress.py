@@ -13,6 +13,7 @@ from supportflow.progress import Step, bars
 
 def test_bars_follow_each_step_and_nothing_is_drawn_without_them() -> None:
     with bars(enabled=True):
+        assert progress._bars is None  # no step yet: the terminal is left alone
         step = Step("embed", total=10)
         step.advance(4, detail="batch 1")
         step.advance(6)
