@@ -56,12 +56,13 @@ class ProductionStatus(BaseModel):
 
 
 def _classifier(settings: Settings) -> ClassifierStatus:
-    from supportflow.release.production import CHAMPION, PRODUCTION, alias_version, registry_client
+    from supportflow.release.production import alias_version
+    from supportflow.tracking import CHAMPION, PRODUCTION, connect
 
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return ClassifierStatus(note=f"no registry yet ({uri}): nothing trained")  # opening it would create one
-    client = registry_client(settings)
+    client = connect(settings, check=False)
     versions: dict[str, str | None] = {}
     for alias in (PRODUCTION, CHAMPION):
         try:
