@@ -32,8 +32,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# `make demo WORKSPACE=examples/saas` runs the whole loop on another desk (default: the workspace setting's).
+WORKSPACE ?=
 demo: install rasa-venv
-	$(BIN)/supportflow demo
+	$(BIN)/supportflow $(if $(WORKSPACE),--workspace $(WORKSPACE)) demo
 
 test: install rasa-venv system-deps
 	$(BIN)/ruff check .

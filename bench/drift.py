@@ -67,8 +67,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "drift.json")
     args = parser.parse_args()
     rng = np.random.default_rng(13)
-    train = pd.read_csv(ROOT / "data" / "banking77" / "train.csv")
-    test = pd.read_csv(ROOT / "data" / "banking77" / "test.csv")
+    train = pd.read_csv(ROOT / "examples" / "banking77" / "data" / "train.csv")
+    test = pd.read_csv(ROOT / "examples" / "banking77" / "data" / "test.csv")
     foreign = pd.read_csv(STACKFAQ)["query"].dropna().tolist()
     reference = make_reference(rng, train)
     held_in = sorted(test["category"].unique())[:10]

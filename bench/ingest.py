@@ -140,7 +140,7 @@ def main() -> None:
         source = Path(tmp) / "tickets.csv"
         queue: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
         child = multiprocessing.Process(
-            target=_generate_in_child, args=(source, args.rows, list(load_catalogue(settings.contracts_dir).intents), queue)
+            target=_generate_in_child, args=(source, args.rows, list(load_catalogue(settings.catalogue_file).intents), queue)
         )
         child.start()
         planted = queue.get()

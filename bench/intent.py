@@ -33,7 +33,7 @@ from supportflow.settings import get_settings
 from supportflow.validate.catalogue import load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data" / "banking77"
+DATA = ROOT / "examples" / "banking77" / "data"
 RESULT = ROOT / "bench" / "results" / "intent_banking77.json"
 VALIDATION_FRACTION = 0.1
 SEED = 13

@@ -33,7 +33,7 @@ def fresh_store(folder: Path, profile: str) -> dict[str, str]:
         "SUPPORTFLOW_BENTOML_HOME": str(folder / "bentoml"),
         "SUPPORTFLOW_RUN_DIR": str(folder / "run"),
         "SUPPORTFLOW_HANDOFF_DB_URL": f"sqlite:///{folder / 'handoff.db'}",
-        "SUPPORTFLOW_KB_MODEL_CACHE": str(ROOT / ".cache" / "models"),  # the embedding model's ONNX export, not a result
+        "SUPPORTFLOW_KB_MODEL_CACHE": str(ROOT / "models" / "embedder"),  # the embedding model's ONNX export, not a result
     }
 
 

@@ -30,7 +30,7 @@ def train_diet(folder: Path) -> Path:
     if (folder / "models" / "diet.tar.gz").exists():
         return folder / "models" / "diet.tar.gz"
     folder.mkdir(parents=True, exist_ok=True)
-    train = pd.read_csv(ROOT / "data" / "banking77" / "train.csv")
+    train = pd.read_csv(ROOT / "examples" / "banking77" / "data" / "train.csv")
     (folder / "data").mkdir(exist_ok=True)
     write_nlu([{"text": t, "intent": i} for t, i in zip(train["text"], train["category"], strict=True)], folder / "data" / "nlu.yml")
     (folder / "config.yml").write_text(CONFIG.format(epochs=40, layers=0, char_features=20000))

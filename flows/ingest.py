@@ -9,25 +9,28 @@ from supportflow.ingest.readers import Format
 from supportflow.ingest.tickets import KnownIds
 from supportflow.lake import open_lake
 from supportflow.progress import Step
-from supportflow.settings import get_settings
+from supportflow.settings import Settings, get_settings
 
 
 @task(name="ingest-file", cache_policy=NO_CACHE)
-def ingest_one(path: str, source: str | None, fmt: Format | None, known_ids: KnownIds) -> IngestReport:
-    settings = get_settings()
+def ingest_one(path: str, source: str | None, fmt: Format | None, known_ids: KnownIds, settings: Settings) -> IngestReport:
     return ingest_file(path, open_lake(settings), settings, source=source, fmt=fmt, known_ids=known_ids)
 
 
 @flow(name="ingest")
-def ingest(paths: list[str], source: str | None = None, fmt: Format | None = None) -> list[IngestReport]:
-    """Ingest each file in turn; ids seen earlier in the run count as duplicates too."""
+def ingest(
+    paths: list[str], source: str | None = None, fmt: Format | None = None, field_map: dict[str, str] | None = None
+) -> list[IngestReport]:
+    """Ingest each file in turn; ids seen earlier in the run count as duplicates too. `field_map` adds to the
+    configured one for these files (a workspace's ticket source names its own columns)."""
     logger = get_run_logger()
-    known = existing_ticket_ids(open_lake(get_settings()))
+    settings = get_settings().with_field_map(field_map)
+    known = existing_ticket_ids(open_lake(settings))
     reports = []
     with Step("ingest", total=len(paths)) as step:
         for path in paths:
             step.describe(path)
-            report = ingest_one(path, source, fmt, known)
+            report = ingest_one(path, source, fmt, known, settings)
             logger.info("%s", "; ".join(report.lines()))
             reports.append(report)
             step.advance()

@@ -25,7 +25,7 @@ from flows.validate import validate
 from supportflow.classifier.registry import registered_accuracy
 from supportflow.dialogue.build import DialogueBuild
 from supportflow.kb.build import BuildReport, keyword_index
-from supportflow.pipeline import DEMO_EXPORTS, PipelineSummary, dialogue_stage_key, kb_stage_key
+from supportflow.pipeline import PipelineSummary, dialogue_stage_key, kb_stage_key, ticket_exports
 from supportflow.settings import Settings, get_settings
 
 CACHE_FOR = timedelta(days=30)
@@ -51,9 +51,9 @@ def dialogue_stage(settings: Settings, champion_version: str, snapshot_id: str) 
 
 
 @flow(name="pipeline")
-def pipeline(paths: list[str] | None = None, source: str = "banking77", profile: str | None = None) -> PipelineSummary:
-    """`paths=None` ingests BANKING77; `paths=[]` ingests nothing new (a retraining on the lake's tickets and
-    the agents' labels); `profile` picks the training profile (default: the settings')."""
+def pipeline(paths: list[str] | None = None, source: str | None = None, profile: str | None = None) -> PipelineSummary:
+    """`paths=None` ingests the workspace's ticket sources; `paths=[]` ingests nothing new (a retraining on the
+    lake's tickets and the agents' labels); `profile` picks the training profile (default: the settings')."""
     settings = get_settings()
     logger = get_run_logger()
     stages: dict[str, float] = {}
@@ -67,8 +67,8 @@ def pipeline(paths: list[str] | None = None, source: str = "banking77", profile:
         logger.info("stage %s: %.1f s", name, stages[name])
         return result
 
-    files = DEMO_EXPORTS if paths is None else paths
-    reports = timed("ingest", lambda: ingest(files, source=source) if files else [])
+    exports = ticket_exports(settings, paths, source)
+    reports = timed("ingest", lambda: [report for files, how in exports for report in ingest(files, how.source, how.format, how.field_map)])
     snapshot = timed("validate", validate)
     training = timed("train", lambda: train(profile=profile))
     served = keyword_index(settings).serving() is not None

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from supportflow import __version__
@@ -37,12 +38,6 @@ def _report(args: argparse.Namespace, title: str, reports: "BaseModel | Sequence
         print(json.dumps([r.model_dump(mode="json") for r in reports] if many else reports.model_dump(mode="json"), indent=2))
     else:
         _print_section(title, [line for r in reports for line in r.lines()] if many else reports.lines())
-
-
-DEMO_QUESTIONS = (
-    "I ordered a card two weeks ago and it still hasn't arrived, what should I do?",
-    "Can you recommend a good pizza place near me?",  # nothing in a bank's knowledge base answers this: it escalates
-)
 
 
 def _print_kb_answers(question: str, k: int = 3) -> None:
@@ -140,16 +135,18 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from supportflow.settings import get_settings
+    from supportflow.workspace import workspace
 
     args.paths = None
     summary = _run_pipeline(args)
     settings = get_settings()
-    for question in DEMO_QUESTIONS:
+    questions = workspace(settings).config.demo_questions
+    for question in questions:
         _print_kb_answers(question)
     if not args.no_serve:
         stack = _start_stack(background=True)
         print("an example conversation through /chat, served by the production release:")
-        _converse(stack)
+        _converse(stack, questions)
     print("where to look:")
     print(f"  lake:          {settings.lake_url}/ (tickets/, quarantine/, snapshots/, turns/, releases/)")
     print(f"  data docs:     {summary.snapshot.validation.data_docs}")
@@ -163,13 +160,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not args.no_serve:
         _print_stack(stack)
         print("the bot keeps serving in the background: `supportflow stop` (or `make stop`) ends it")
-
-
-DEMO_CONVERSATION = (
-    ("demo-answer", "I ordered a card two weeks ago and it still hasn't arrived, what should I do?"),
-    ("demo-clarify", "How do I top up my account by bank transfer and why was my card payment declined?"),
-    ("demo-handoff", "I want to speak to a human please"),
-)
 
 
 def _start_stack(background: bool) -> "Stack":
@@ -201,10 +191,12 @@ def _print_stack(stack: "Stack") -> None:
     print(f"  logs:          {get_settings().run_dir / 'logs'}/")
 
 
-def _converse(stack: "Stack") -> None:
+def _converse(stack: "Stack", questions: Sequence[str]) -> None:
+    """Each question as the first turn of a new conversation, the way a customer would ask it."""
     import httpx
 
-    for conversation, message in DEMO_CONVERSATION:
+    for number, message in enumerate(questions, start=1):
+        conversation = f"demo-{number}"
         reply = httpx.post(f"{stack.bot_url}/chat", json={"conversation_id": conversation, "message": message}, timeout=60).json()
         print(f"  customer: {message}")
         for text in reply.get("replies", [reply.get("detail")]):
@@ -344,6 +336,7 @@ def _print_error(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supportflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"supportflow {__version__}")
+    parser.add_argument("--workspace", help="the desk's workspace folder (default: SUPPORTFLOW_WORKSPACE, else examples/banking77)")
     commands = parser.add_subparsers(dest="command", required=True)
     ingest = commands.add_parser("ingest", help="ingest ticket exports (CSV, JSONL, Zendesk JSON) into the lake")
     ingest.add_argument("paths", nargs="+")
@@ -355,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(run=cmd_validate, prefect=True)
     kb_index = commands.add_parser("kb-index", help="build the knowledge-base index from its sources and swap it in")
-    kb_index.add_argument("sources", nargs="*", help="files and folders (default: SUPPORTFLOW_KB_SOURCES)")
+    kb_index.add_argument("sources", nargs="*", help="files and folders (default: SUPPORTFLOW_KB_SOURCES, else the workspace's kb)")
     kb_index.add_argument("--json", action="store_true", help="print the report as JSON")
     kb_index.set_defaults(run=cmd_kb_index, prefect=True)
     kb_changed = commands.add_parser("kb-changed", help="tell the Prefect server the KB sources changed (the on-change rebuild runs)")
@@ -378,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     drift.add_argument("--retrain", action="store_true", help="on drift, run the pipeline on the lake's tickets and agents' labels")
     drift.add_argument("--json", action="store_true", help="print the report as JSON")
     drift.set_defaults(run=cmd_drift, prefect=True)
-    demo = commands.add_parser("demo", help="run the whole loop on BANKING77, then serve the promoted bot")
+    demo = commands.add_parser("demo", help="run the whole loop on the workspace's desk, then serve the promoted bot")
     demo.add_argument("--no-serve", action="store_true", help="stop after the pipeline")
     demo.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
     demo.set_defaults(run=cmd_demo, prefect=True)
@@ -401,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat.set_defaults(run=cmd_chat)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
+    if args.workspace:  # before anything reads the settings: every stage, and every child process, sees it
+        from supportflow.settings import get_settings
+
+        os.environ["SUPPORTFLOW_WORKSPACE"] = str(Path(args.workspace).resolve())
+        get_settings.cache_clear()
     try:
         if getattr(args, "prefect", False):
             _use_prefect_server()

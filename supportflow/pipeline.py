@@ -15,8 +15,7 @@ from supportflow.kb.build import BuildReport
 from supportflow.release.promote import ReleaseSummary
 from supportflow.settings import PROJECT_ROOT, Settings
 from supportflow.validate.snapshot import SnapshotManifest
-
-DEMO_EXPORTS = [str(PROJECT_ROOT / "data" / "banking77" / "train.csv"), str(PROJECT_ROOT / "data" / "banking77" / "test.csv")]
+from supportflow.workspace import TicketSource, kb_sources, workspace
 
 
 class PipelineSummary(BaseModel):
@@ -54,15 +53,23 @@ class PipelineSummary(BaseModel):
         )
 
 
+def ticket_exports(settings: Settings, paths: list[str] | None, source: str | None) -> list[tuple[list[str], TicketSource]]:
+    """What a pipeline run ingests: the given files, or with none given the workspace's ticket sources."""
+    if paths is None:
+        return workspace(settings).ticket_files()
+    return [(paths, TicketSource(path="", source=source))] if paths else []
+
+
 def _stores(settings: Settings) -> str:
     return text_digest(settings.lake_url, settings.mlflow_tracking_uri, settings.kb_dir.resolve(), settings.rasa_project_dir)
 
 
 def kb_stage_key(settings: Settings, snapshot_id: str) -> str:
     names = {name for name in Settings.model_fields if name.startswith(("kb_", "search_", "es_"))}
-    return text_digest("kb", files_digest(settings.kb_sources), settings.model_dump_json(include=names), snapshot_id, _stores(settings))
+    sources = files_digest([*kb_sources(settings), settings.catalogue_file])
+    return text_digest("kb", sources, settings.model_dump_json(include=names), snapshot_id, _stores(settings))
 
 
 def dialogue_stage_key(settings: Settings, champion_version: str, snapshot_id: str) -> str:
-    code = files_digest([PROJECT_ROOT / "supportflow" / "dialogue", settings.contracts_dir])
+    code = files_digest([PROJECT_ROOT / "supportflow" / "dialogue", settings.contracts_dir, settings.catalogue_file])
     return text_digest("dialogue", champion_version, snapshot_id, code, _stores(settings))

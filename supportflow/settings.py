@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     s3_connect_timeout_s: float = 5.0
     s3_max_attempts: int = 2
 
-    # Data contracts and their human-readable report.
+    # The desk: its ticket sources, articles, intent catalogue and the bot's texts (supportflow/workspace.py).
+    workspace: Path = PROJECT_ROOT / "examples" / "banking77"
+
+    # Data contracts and their human-readable report: the project's suites, where the workspace overrides none.
     contracts_dir: Path = PROJECT_ROOT / "data_contracts"
     gx_root: Path = Path(".")
     max_quarantine_fraction: float = Field(0.5, ge=0.0, le=1.0)
@@ -109,7 +112,7 @@ class Settings(BaseSettings):
     # Knowledge base.
     search_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
     es_url: str | None = None
-    kb_sources: list[Path] = Field(default_factory=lambda: [Path("kb/banking77")])  # files and folders the KB is built from
+    kb_sources: list[Path] = Field(default_factory=list)  # files and folders the KB is built from; none: the workspace's
     kb_dir: Path = Path(".kb")  # builds on disk: the tantivy index and each build's vectors and manifest
     kb_index_name: str = "kb"  # the served name: the tantivy pointer file, or the Elasticsearch alias
     kb_model_cache: Path = Path("models/embedder")  # the embedding model's ONNX export
@@ -172,6 +175,20 @@ class Settings(BaseSettings):
     # Drift monitor: thresholds as one JSON object in SUPPORTFLOW_DRIFT, its reports in this MLflow experiment.
     drift: DriftThresholds = DriftThresholds()
     drift_experiment: str = "drift-monitor"
+
+    @property
+    def catalogue_file(self) -> Path:
+        """The desk's versioned intent catalogue."""
+        return self.workspace / "intents.yaml"
+
+    @property
+    def suite_dirs(self) -> list[Path]:
+        """Where data-contract suites are looked up, first match wins: the workspace's overrides, then the project's."""
+        return [self.workspace / "data_contracts", self.contracts_dir]
+
+    def with_field_map(self, field_map: dict[str, str] | None) -> "Settings":
+        """These settings reading one more export's columns: its own mapping on top of the configured one."""
+        return self.model_copy(update={"field_map": {**self.field_map, **field_map}}) if field_map else self
 
     def training_profile(self) -> TrainingProfile:
         return self.full_profile if self.train_profile == "full" else self.quick_profile

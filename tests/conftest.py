@@ -24,7 +24,7 @@ from supportflow.processes import free_port  # noqa: E402
 from supportflow.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BANKING77 = ROOT / "data" / "banking77"
+BANKING77 = ROOT / "examples" / "banking77" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ def test_a_malformed_zendesk_export_is_a_clear_error(local_lake: Lake, local_set
 
 
 def test_a_five_megabyte_text_lands_then_is_quarantined_by_the_length_rule(lake: Lake, settings: Settings, tmp_path: Path) -> None:
-    sample = pd.read_csv(Path(__file__).parent.parent / "data" / "banking77" / "train.csv").groupby("category").head(12)
+    sample = pd.read_csv(Path(__file__).parent.parent / "examples" / "banking77" / "data" / "train.csv").groupby("category").head(12)
     huge = pd.DataFrame({"text": ["card " * 1_000_000], "category": ["card_arrival"]})
     path = tmp_path / "huge.csv"
     pd.concat([sample, huge]).to_csv(path, index=False)
@@ -105,7 +105,7 @@ def test_a_five_megabyte_text_lands_then_is_quarantined_by_the_length_rule(lake:
 
 
 def test_empty_blank_unknown_and_unlabelled_rows_each_get_their_reason(lake: Lake, settings: Settings, tmp_path: Path) -> None:
-    sample = pd.read_csv(Path(__file__).parent.parent / "data" / "banking77" / "train.csv").groupby("category").head(12)
+    sample = pd.read_csv(Path(__file__).parent.parent / "examples" / "banking77" / "data" / "train.csv").groupby("category").head(12)
     bad = pd.DataFrame(
         {
             "text": ["", "   \t ", "what is a flux capacitor", "hello, is anyone there?", "my card is lost", "x"],

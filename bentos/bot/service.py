@@ -27,6 +27,7 @@ from supportflow.logs import configure_json_logging
 from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
 from supportflow.validate.catalogue import load_catalogue
+from supportflow.workspace import workspace
 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")
@@ -90,11 +91,12 @@ class BotService:
         self.bot = SupportBot(
             knowledge=open_knowledge(settings),
             llm=LLMResponder(settings),
-            handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(settings.contracts_dir).intents),
+            handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(settings.catalogue_file).intents),
             turns=TurnLog(lake, flush_every=settings.turn_flush_every, flush_seconds=settings.turn_flush_seconds).start(),
             rasa_url=settings.rasa_url,
             model_version=served_model_version(settings),
             max_message_chars=settings.max_message_chars,
+            texts=workspace(settings).config.texts,
         )
         if settings.follow_production and not settings.model_version:
             from supportflow.release.production import ProductionFollower

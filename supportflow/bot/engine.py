@@ -26,16 +26,11 @@ from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.turns import Route, Turn, TurnLog
 from supportflow.dialogue.project import CARD_INTENTS
+from supportflow.workspace import BotTexts
 
 log = logging.getLogger("supportflow.bot")
 
-GREETING = "Hello! I can help with your cards, payments, transfers and account. What can I do for you?"
-GOODBYE = "Thanks for getting in touch. Have a good day!"
-ANYTHING_ELSE = "Is there anything else I can help with?"
 ASK_WHICH_CARD = "Is this about your physical card or a virtual card?"
-HANDOFF = "I'm passing you to a colleague, who will reply here shortly."
-DOWN = "Sorry, I can't answer right now. I've passed your message to a colleague, who will reply here shortly."
-WITH_AGENT = "A colleague has your conversation and will reply here shortly."
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
 
 
@@ -129,6 +124,7 @@ class SupportBot:
     max_message_chars: int = 4000
     rasa_timeout_s: float = 30.0
     titles: dict[str, str] = field(default_factory=dict)
+    texts: BotTexts = field(default_factory=BotTexts)  # the desk's own words, from its workspace
     _outcomes: dict[str, AnswerResponse] = field(default_factory=dict)
     _transcripts: dict[str, deque[tuple[str, str]]] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
     _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
@@ -136,7 +132,7 @@ class SupportBot:
     # The answer a Rasa action asks for.
     def answer(self, request: AnswerRequest) -> AnswerResponse:
         if request.classifier_unavailable:
-            response = self._handoff(request, "the classifier was unavailable", DOWN).model_copy(update={"degraded": True})
+            response = self._handoff(request, "the classifier was unavailable", self.texts.outage).model_copy(update={"degraded": True})
         elif request.kind == "handoff":
             response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
         elif request.kind == "clarify":
@@ -151,11 +147,11 @@ class SupportBot:
         intent, confidence = request.intent, request.confidence
         card = request.slots.get("card_type") or next((e["value"] for e in request.entities if e.get("entity") == "card_type"), None)
         if intent == "greet":
-            return AnswerResponse(messages=[GREETING], route="dialogue", intent=intent, confidence=confidence)
+            return AnswerResponse(messages=[self.texts.greeting], route="dialogue", intent=intent, confidence=confidence)
         if intent == "goodbye":
-            return AnswerResponse(messages=[GOODBYE], route="dialogue", intent=intent, confidence=confidence)
+            return AnswerResponse(messages=[self.texts.goodbye], route="dialogue", intent=intent, confidence=confidence)
         if intent in ("affirm", "deny"):
-            return AnswerResponse(messages=[ANYTHING_ELSE], route="dialogue", intent=intent, confidence=confidence)
+            return AnswerResponse(messages=[self.texts.anything_else], route="dialogue", intent=intent, confidence=confidence)
         slots: dict[str, Any] = {}
         question = request.text
         if intent == "inform_card":
@@ -199,13 +195,15 @@ class SupportBot:
     def _clarify(self, request: AnswerRequest) -> AnswerResponse:
         asked = [e["value"] for e in request.entities if e.get("entity") == "request"][:3]
         options = " or ".join(f"({i}) {self.titles.get(intent, humanise(intent)).rstrip('?.')}" for i, intent in enumerate(asked, start=1))
-        message = f"I can help with each of those, one at a time. Which should we start with: {options}?"
+        message = self.texts.multiple_requests.format(options=options)
         return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
 
-    def _handoff(self, request: AnswerRequest, reason: str, message: str = HANDOFF) -> AnswerResponse:
+    def _handoff(self, request: AnswerRequest, reason: str, message: str | None = None) -> AnswerResponse:
         transcript = list(self._transcripts[request.conversation_id]) or [("customer", request.text)]
         self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent)
-        return AnswerResponse(messages=[message], route="handoff", intent=request.intent, confidence=request.confidence)
+        return AnswerResponse(
+            messages=[message or self.texts.handoff], route="handoff", intent=request.intent, confidence=request.confidence
+        )
 
     # A customer's message from a channel.
     def chat(self, conversation_id: str, text: str, channel: str = "webchat", request_id: str | None = None) -> ChatResult:
@@ -256,7 +254,7 @@ class SupportBot:
         open_handoff = self.handoffs.open_for(conversation_id)
         if open_handoff is not None:
             self.handoffs.add_customer_message(open_handoff, text)
-            return ChatResult([WITH_AGENT], "handoff", request_id=request_id)
+            return ChatResult([self.texts.with_agent], "handoff", request_id=request_id)
         try:
             response = self._http.post(
                 f"{self.rasa_url}/webhooks/rest/webhook",
@@ -271,10 +269,10 @@ class SupportBot:
             self.handoffs.enqueue(
                 conversation_id, channel, list(self._transcripts[conversation_id]), "the dialogue service was unavailable", None
             )
-            return ChatResult([DOWN], "handoff", status=503, request_id=request_id)
+            return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         outcome = self._outcomes.get(request_id)
         if outcome is None:
-            return ChatResult(messages or [HANDOFF], "dialogue", request_id=request_id)
+            return ChatResult(messages or [self.texts.handoff], "dialogue", request_id=request_id)
         status = 503 if outcome.degraded else 200
         return ChatResult(
             messages, outcome.route, status=status, request_id=request_id, intent=outcome.intent, confidence=outcome.confidence

@@ -68,7 +68,7 @@ def check_training_data(
         if unknown:
             raise TrainingDataError(
                 f"{where}: the {name} split has intents outside the catalogue: {', '.join(unknown[:10])}"
-                f"{' ...' if len(unknown) > 10 else ''}; add them to data_contracts/intents.yaml or fix the labels"
+                f"{' ...' if len(unknown) > 10 else ''}; add them to the workspace's intent catalogue (intents.yaml) or fix the labels"
             )
     counts = Counter(train["intent"])
     if len(counts) < 2:

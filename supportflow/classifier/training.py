@@ -69,7 +69,7 @@ def load_training_splits(settings: Settings) -> tuple[SnapshotManifest, Labelled
     lake = open_lake(settings)
     manifest = latest_snapshot(lake)
     frames = {split: read_split(lake, manifest.snapshot_id, split) for split in ("train", "validation", "test")}
-    catalogue = load_catalogue(settings.contracts_dir).intents
+    catalogue = load_catalogue(settings.catalogue_file).intents
     where = f"snapshot {manifest.snapshot_id} ({manifest.uri})"
     splits = check_training_data(
         frames["train"], frames["validation"], frames["test"], catalogue, settings.min_train_examples_per_intent, where

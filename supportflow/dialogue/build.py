@@ -46,7 +46,7 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
     started = time.perf_counter()
     version, _ = alias_version(settings, CHAMPION)
     card = ClassifierCard.load(download_classifier(settings, version))
-    intents = load_catalogue(settings.contracts_dir).intents
+    intents = load_catalogue(settings.catalogue_file).intents
     project = write_project(settings.rasa_project_dir, intents, nlu_examples(lake), card.threshold, f"{settings.classifier_url}/classify")
     validate_project(settings, project)
     model = train_rasa_model(settings, project)

@@ -28,6 +28,7 @@ from supportflow.kb.threshold import Calibration, LabelledQuestion, calibrate
 from supportflow.lake import open_lake
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
+from supportflow.workspace import kb_sources
 
 KB_SUITE = "kb_documents.suite.json"
 DOCUMENT_COLUMNS = ["id", "title", "body", "source", "url", "updated_at", "intent"]
@@ -138,7 +139,7 @@ def validate_documents(documents: list[Document], settings: Settings) -> tuple[l
 
     if not documents:
         return [], [], {}
-    contract = load_contract(settings.contracts_dir, KB_SUITE)
+    contract = load_contract(settings.suite_dirs, settings.catalogue_file, KB_SUITE)
     frame = pd.DataFrame([d.model_dump() for d in documents], columns=DOCUMENT_COLUMNS)
     frame["updated_at"] = pd.to_datetime(frame["updated_at"], utc=True)
     result = ContractChecker(contract, settings.gx_root).check(frame, "kb-build")
@@ -212,7 +213,7 @@ def build_knowledge_base(
     index: KeywordIndex | None = None,
 ) -> BuildReport:
     """One full build; returns its report once it serves. `labelled` (text, intent) calibrates the threshold."""
-    sources = list(sources or settings.kb_sources)
+    sources = list(sources or kb_sources(settings))
     config = retrieval_config(settings)
     index = index or keyword_index(settings)
     started = datetime.now(UTC)

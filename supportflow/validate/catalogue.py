@@ -1,16 +1,24 @@
-"""The versioned intent catalogue (`data_contracts/intents.yaml`): the intents tickets may carry.
+"""The versioned intent catalogue (a workspace's `intents.yaml`): the intents tickets may carry, and what each needs.
 
 Apart from the contracts module because the served bot reads it too, and must not import Great Expectations.
+An intent is listed by name, or as a mapping that may add a description, the article that answers it, and the
+slots the bot must fill before answering (`needs`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from supportflow.errors import ContractError
 
-INTENT_CATALOGUE = "intents.yaml"
+
+@dataclass(frozen=True)
+class IntentSpec:
+    name: str
+    description: str = ""
+    article: str | None = None  # the id of the article that answers it (default: the article whose `intent` names it)
+    needs: tuple[str, ...] = ()  # slots to fill before answering
 
 
 @dataclass(frozen=True)
@@ -18,14 +26,42 @@ class IntentCatalogue:
     name: str
     version: str
     intents: tuple[str, ...]
+    specs: dict[str, IntentSpec] = field(default_factory=dict)
+
+    def needs(self, intent: str) -> tuple[str, ...]:
+        spec = self.specs.get(intent)
+        return spec.needs if spec else ()
 
 
-def load_catalogue(contracts_dir: Path) -> IntentCatalogue:
-    path = contracts_dir / INTENT_CATALOGUE
-    if not path.exists():
+def _spec(entry: object, path: Path) -> IntentSpec:
+    if isinstance(entry, str):
+        return IntentSpec(entry)
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        unknown = set(entry) - {"name", "description", "article", "needs"}
+        if unknown:
+            raise ContractError(f"{path}: intent {entry['name']!r} has unknown keys {sorted(unknown)}")
+        needs = entry.get("needs") or []
+        if not isinstance(needs, list) or not all(isinstance(slot, str) for slot in needs):
+            raise ContractError(f"{path}: intent {entry['name']!r}: `needs` must be a list of slot names")
+        article = entry.get("article")
+        return IntentSpec(entry["name"], str(entry.get("description") or ""), str(article) if article else None, tuple(needs))
+    raise ContractError(f"{path}: each intent is a name or a mapping with a `name`, not {entry!r}")
+
+
+def load_catalogue(path: Path) -> IntentCatalogue:
+    if not path.is_file():
         raise ContractError(f"{path}: the intent catalogue is missing")
-    document = yaml.safe_load(path.read_text())
-    intents = tuple(document.get("intents") or ())
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ContractError(f"{path}: not valid YAML: {error}") from error
+    for key in ("name", "version", "intents"):
+        if key not in document:
+            raise ContractError(f"{path}: `{key}` is required")
+    specs = [_spec(entry, path) for entry in document.get("intents") or ()]
+    intents = tuple(spec.name for spec in specs)
     if not intents or len(set(intents)) != len(intents):
         raise ContractError(f"{path}: the catalogue must list distinct intents")
-    return IntentCatalogue(name=str(document["name"]), version=str(document["version"]), intents=intents)
+    return IntentCatalogue(
+        name=str(document["name"]), version=str(document["version"]), intents=intents, specs={spec.name: spec for spec in specs}
+    )

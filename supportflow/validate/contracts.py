@@ -8,6 +8,7 @@ can show a person what happened.
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,18 @@ class Contract:
         return str(self.suite["meta"]["contract_version"])
 
 
-def load_contract(contracts_dir: Path, suite_file: str = TICKET_SUITE) -> Contract:
-    path = contracts_dir / suite_file
-    if not path.exists():
-        raise ContractError(f"{path}: the data contract is missing")
+def load_contract(suite_dirs: Sequence[Path], catalogue_file: Path, suite_file: str = TICKET_SUITE) -> Contract:
+    """The suite from the first folder that has it (a workspace's override before the project's default)."""
+    path = next((folder / suite_file for folder in suite_dirs if (folder / suite_file).is_file()), None)
+    if path is None:
+        raise ContractError(f"the data contract {suite_file} is missing from {', '.join(str(folder) for folder in suite_dirs)}")
     try:
         suite = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ContractError(f"{path}: not valid JSON: {error}") from error
     if "contract_version" not in suite.get("meta", {}):
         raise ContractError(f"{path}: meta.contract_version is required")
-    return Contract(suite=suite, catalogue=load_catalogue(contracts_dir))
+    return Contract(suite=suite, catalogue=load_catalogue(catalogue_file))
 
 
 @dataclass

@@ -247,7 +247,7 @@ def _split_file(job: _SplitJob) -> dict[str, pa.Table]:
 
 def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = None) -> SnapshotManifest:
     """Check every ticket in the lake, quarantine what breaks the contract, cut the snapshot."""
-    contract = contract or load_contract(settings.contracts_dir)
+    contract = contract or load_contract(settings.suite_dirs, settings.catalogue_file)
     files = lake.files("tickets")
     if not files:
         raise ContractError(f"the lake has no tickets at {lake.uri('tickets')}; run ingest first")

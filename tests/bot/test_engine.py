@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from supportflow.bot.engine import ASK_WHICH_CARD, DOWN, GREETING, HANDOFF, WITH_AGENT, AnswerRequest, ChatError, SupportBot
+from supportflow.bot.engine import ASK_WHICH_CARD, AnswerRequest, ChatError, SupportBot
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog, read_turns
@@ -14,9 +14,11 @@ from supportflow.kb.build import KnowledgeBase, build_knowledge_base, open_knowl
 from supportflow.lake import open_lake
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
+from supportflow.workspace import load_workspace, workspace
 from tests.bot.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
+TEXTS = load_workspace(ROOT / "examples" / "banking77").config.texts  # the demo desk's words, which its bot must speak
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +27,8 @@ def knowledge(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
     settings = Settings(
         kb_dir=folder / "kb",
         gx_root=folder / "gx",
-        kb_model_cache=ROOT / ".cache" / "models",
-        kb_sources=[ROOT / "kb" / "banking77"],
+        kb_model_cache=ROOT / "models" / "embedder",
+        kb_sources=[ROOT / "examples" / "banking77" / "kb"],
         lake_url=str(folder / "lake"),
         mlflow_tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
     )
@@ -37,9 +39,15 @@ def knowledge(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
 @pytest.fixture
 def bot(knowledge: KnowledgeBase, local_settings: Settings, tmp_path: Path) -> Iterator[SupportBot]:
     lake = open_lake(local_settings)
-    handoffs = HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", lake, load_catalogue(local_settings.contracts_dir).intents)
+    handoffs = HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", lake, load_catalogue(local_settings.catalogue_file).intents)
     bot = SupportBot(
-        knowledge, LLMResponder(local_settings), handoffs, TurnLog(lake, flush_every=1), rasa_url="http://127.0.0.1:9", rasa_timeout_s=2
+        knowledge,
+        LLMResponder(local_settings),
+        handoffs,
+        TurnLog(lake, flush_every=1),
+        rasa_url="http://127.0.0.1:9",
+        rasa_timeout_s=2,
+        texts=workspace(local_settings).config.texts,
     )
     yield bot
 
@@ -63,7 +71,7 @@ def test_a_card_request_without_a_card_asks_which_then_answers(bot: SupportBot) 
 
 
 def test_dialogue_acts_clarification_and_handoff(bot: SupportBot) -> None:
-    assert ask(bot, "hello", "greet", 1.0).messages == [GREETING]
+    assert ask(bot, "hello", "greet", 1.0).messages == [TEXTS.greeting]
     clarify = ask(
         bot,
         "how do I top up and why was my card declined?",
@@ -74,7 +82,7 @@ def test_dialogue_acts_clarification_and_handoff(bot: SupportBot) -> None:
     )
     assert clarify.route == "clarify" and "(1) Top up failed" in clarify.messages[0] and "(2) Declined card payment" in clarify.messages[0]
     human = ask(bot, "I want a person", "ask_human", 1.0, kind="handoff")
-    assert human.route == "handoff" and human.messages == [HANDOFF]
+    assert human.route == "handoff" and human.messages == [TEXTS.handoff]
     assert bot.handoffs.handoffs("waiting")[0]["reason"] == "asked for a person"
 
 
@@ -85,7 +93,7 @@ def test_nothing_relevant_goes_to_a_person(bot: SupportBot) -> None:
 
 def test_a_classifier_that_is_down_degrades_to_a_handoff(bot: SupportBot) -> None:
     response = ask(bot, "my card is lost", "nlu_fallback", 0.0, classifier_unavailable=True)
-    assert (response.route, response.messages, response.degraded) == ("handoff", [DOWN], True)
+    assert (response.route, response.messages, response.degraded) == ("handoff", [TEXTS.outage], True)
 
 
 def test_with_an_llm_the_reply_is_written_from_the_passages(knowledge: KnowledgeBase, bot: SupportBot) -> None:
@@ -112,8 +120,8 @@ def test_bad_messages_are_refused_with_a_fitting_status(bot: SupportBot) -> None
 
 def test_when_rasa_is_down_the_customer_gets_a_handoff_and_503(bot: SupportBot) -> None:
     result = bot.chat("c3", "my card is lost")
-    assert (result.status, result.route, result.replies) == (503, "handoff", [DOWN])
+    assert (result.status, result.route, result.replies) == (503, "handoff", [TEXTS.outage])
     again = bot.chat("c3", "hello?")
-    assert (again.status, again.replies) == (200, [WITH_AGENT])
+    assert (again.status, again.replies) == (200, [TEXTS.with_agent])
     turns = read_turns(bot.turns.lake)
     assert list(turns["route"]) == ["handoff", "handoff"] and list(turns["conversation_id"]) == ["c3", "c3"]

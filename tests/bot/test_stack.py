@@ -54,8 +54,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_ha
     folder = tmp_path_factory.mktemp("stack")
     with classifier_settings(folder, tiny_base), pytest.MonkeyPatch.context() as patch:
         patch.setenv("SUPPORTFLOW_KB_DIR", str(folder / "kb"))
-        patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
-        patch.setenv("SUPPORTFLOW_KB_SOURCES", f'["{ROOT / "kb" / "banking77"}"]')
+        patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / "models" / "embedder"))
+        patch.setenv("SUPPORTFLOW_KB_SOURCES", f'["{ROOT / "examples" / "banking77" / "kb"}"]')
         patch.setenv("SUPPORTFLOW_RASA_PROJECT_DIR", str(folder / "rasa"))
         patch.setenv("SUPPORTFLOW_HANDOFF_DB_URL", f"sqlite:///{folder / 'handoff.db'}")
         patch.setenv("SUPPORTFLOW_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)

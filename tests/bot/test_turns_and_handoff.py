@@ -58,7 +58,7 @@ def test_an_empty_turn_log_reads_as_an_empty_frame(local_lake: Lake) -> None:
 
 @pytest.fixture
 def queue(local_lake: Lake, local_settings: Settings, tmp_path) -> HandoffQueue:
-    return HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", local_lake, load_catalogue(local_settings.contracts_dir).intents)
+    return HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", local_lake, load_catalogue(local_settings.catalogue_file).intents)
 
 
 def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(

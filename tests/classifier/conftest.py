@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
-BANKING77 = ROOT / "data" / "banking77"
+BANKING77 = ROOT / "examples" / "banking77" / "data"
 # Eight intents that a tiny model can tell apart after a few seconds of training.
 TINY_INTENTS = [
     "age_limit",

@@ -146,10 +146,10 @@ def test_events_start_the_triggered_deployments_with_their_parameters(prefect_ha
             return kb_runs, await _runs_of(client, retrain_id, 1)
 
     kb_id, retrain_id = asyncio.run(deploy())
-    assert main(["kb-changed", "kb/banking77"]) == 0
+    assert main(["kb-changed", "examples/banking77/kb"]) == 0
     kb_runs, retrain_runs = asyncio.run(emit_and_collect(kb_id, retrain_id))
     assert "emitted supportflow.kb.changed" in capsys.readouterr().out
-    assert sorted(str(run.parameters["sources"]) for run in kb_runs) == ["['kb/banking77']", "[]"]
+    assert sorted(str(run.parameters["sources"]) for run in kb_runs) == ["['examples/banking77/kb']", "[]"]
     assert [run.parameters for run in retrain_runs] == [{"paths": []}]
     assert all(run.state_name == "Scheduled" for run in kb_runs + retrain_runs)
 

@@ -14,7 +14,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_KB = ROOT / "kb" / "banking77"
+DEMO_KB = ROOT / "examples" / "banking77" / "kb"
 MODEL_CACHE = ROOT / "models" / "embedder"  # the ONNX export is reused across runs; it is never committed
 
 

@@ -12,7 +12,7 @@ from supportflow.kb.build import build_knowledge_base, open_knowledge_base
 from supportflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_KB = ROOT / "kb" / "banking77"
+DEMO_KB = ROOT / "examples" / "banking77" / "kb"
 
 
 @pytest.fixture
@@ -26,7 +26,11 @@ def demo_copy(tmp_path: Path) -> Path:
 
 
 def test_demo_knowledge_base_answers_in_scope_and_escalates_out_of_scope(kb_settings: Settings) -> None:
-    labelled = pd.read_csv(ROOT / "data" / "banking77" / "test.csv").rename(columns={"category": "intent"}).sample(200, random_state=1)
+    labelled = (
+        pd.read_csv(ROOT / "examples" / "banking77" / "data" / "test.csv")
+        .rename(columns={"category": "intent"})
+        .sample(200, random_state=1)
+    )
     report = build_knowledge_base(kb_settings, labelled=labelled)
     assert report.documents == 77 and report.skipped == []
     assert report.smoke and report.smoke.hit_rate == 1.0

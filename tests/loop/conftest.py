@@ -25,8 +25,8 @@ def loop_settings(folder: Path, base: Path) -> Iterator[Path]:
         pytest.fail("Rasa is not installed: `make rasa-venv` (make test does it)")
     with classifier_settings(folder, base), pytest.MonkeyPatch.context() as patch:
         patch.setenv("SUPPORTFLOW_KB_DIR", str(folder / "kb"))
-        patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / ".cache" / "models"))
-        patch.setenv("SUPPORTFLOW_KB_SOURCES", json.dumps([str(ROOT / "kb" / "banking77")]))
+        patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / "models" / "embedder"))
+        patch.setenv("SUPPORTFLOW_KB_SOURCES", json.dumps([str(ROOT / "examples" / "banking77" / "kb")]))
         patch.setenv("SUPPORTFLOW_RASA_PROJECT_DIR", str(folder / "rasa"))
         patch.setenv("SUPPORTFLOW_HANDOFF_DB_URL", f"sqlite:///{folder / 'handoff.db'}")
         patch.setenv("SUPPORTFLOW_BENTOML_HOME", str(folder / "bentoml"))

@@ -79,7 +79,7 @@ def test_splits_do_not_depend_on_the_order_of_the_rows() -> None:
 
 
 def test_validation_in_worker_processes_gives_the_same_result(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
-    sample = pd.read_csv(Path(__file__).resolve().parents[2] / "data" / "banking77" / "train.csv").groupby("category").head(24)
+    sample = pd.read_csv(Path(__file__).resolve().parents[2] / "examples" / "banking77" / "data" / "train.csv").groupby("category").head(24)
     sample.loc[sample.index[:7], "category"] = "not_an_intent"
     path = tmp_path / "sample.csv"
     sample.to_csv(path, index=False)
@@ -96,7 +96,7 @@ def test_validation_in_worker_processes_gives_the_same_result(local_lake: Lake, 
 
 
 def test_the_contract_files_are_the_source_of_truth(local_settings: Settings) -> None:
-    contract = load_contract(local_settings.contracts_dir)
+    contract = load_contract(local_settings.suite_dirs, local_settings.catalogue_file)
     rules = {expectation["meta"]["rule"] for expectation in contract.suite["expectations"]}
     assert {
         "schema",

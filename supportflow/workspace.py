@@ -1,0 +1,117 @@
+"""The workspace: everything that belongs to one desk, in one folder its team owns.
+
+The package holds no desk's words. A desk's ticket sources, knowledge-base articles, intent catalogue and the
+bot's texts live in a workspace (`SUPPORTFLOW_WORKSPACE`, or `--workspace`), in files its people already know
+how to edit: `supportflow.yaml` for the desk itself, `intents.yaml` for the versioned catalogue, `kb/` for the
+articles, `data/` for the exports. Paths inside a workspace are relative to it, so a workspace can be moved,
+copied or kept in its own repository. Every file is checked when it is read, and a mistake names the file and
+what is wrong with it.
+"""
+
+import glob
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from supportflow.errors import SupportflowError
+from supportflow.settings import Settings
+
+CONFIG_FILE = "supportflow.yaml"
+
+
+class WorkspaceError(SupportflowError):
+    pass
+
+
+class TicketSource(BaseModel):
+    """One labelled ticket export: a file or a glob, how to read it, and which columns mean what."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    format: Literal["csv", "jsonl", "zendesk"] | None = None  # default: from the file's suffix
+    source: str | None = None  # the source system's name (default: the file's name)
+    field_map: dict[str, str] = Field(default_factory=dict)  # ticket field -> column, e.g. {"intent": "category"}
+
+
+class BotTexts(BaseModel):
+    """What the bot says in the desk's own voice; `{options}` in `multiple_requests` lists the requests it heard."""
+
+    model_config = ConfigDict(extra="forbid")
+    greeting: str = "Hello! What can I help you with today?"
+    goodbye: str = "Thanks for getting in touch. Have a good day!"
+    anything_else: str = "Is there anything else I can help with?"
+    handoff: str = "I'm passing you to a colleague, who will reply here shortly."
+    outage: str = "Sorry, I can't answer right now. I've passed your message to a colleague, who will reply here shortly."
+    with_agent: str = "A colleague has your conversation and will reply here shortly."
+    multiple_requests: str = "I can help with each of those, one at a time. Which should we start with: {options}?"
+
+
+class WorkspaceConfig(BaseModel):
+    """`supportflow.yaml`."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    language: str = "en"
+    tickets: list[TicketSource] = Field(default_factory=list)
+    kb: list[str] = Field(default_factory=lambda: ["kb"])
+    texts: BotTexts = Field(default_factory=BotTexts)
+    demo_questions: list[str] = Field(default_factory=list)  # what `supportflow demo` asks the served bot
+
+
+class Workspace(BaseModel):
+    root: Path
+    config: WorkspaceConfig
+
+    @property
+    def catalogue_file(self) -> Path:
+        return self.root / "intents.yaml"
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.root / candidate
+
+    def kb_sources(self) -> list[Path]:
+        return [self.resolve(path) for path in self.config.kb]
+
+    def ticket_files(self) -> list[tuple[list[str], TicketSource]]:
+        """The files of each ticket source, globs expanded; a source that matches nothing is an error, since
+        silently training on less than the desk meant to is worse than stopping."""
+        sources = []
+        for source in self.config.tickets:
+            pattern = str(self.resolve(source.path))
+            matched = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+            matched = [path for path in matched if Path(path).is_file()]
+            if not matched:
+                raise WorkspaceError(f"{self.root / CONFIG_FILE}: the ticket source {source.path!r} matches no file")
+            sources.append((matched, source))
+        return sources
+
+
+def load_workspace(root: Path) -> Workspace:
+    root = root.expanduser().resolve()
+    path = root / CONFIG_FILE
+    if not root.is_dir():
+        raise WorkspaceError(f"the workspace {root} does not exist: set SUPPORTFLOW_WORKSPACE (or --workspace) to a workspace folder")
+    if not path.is_file():
+        raise WorkspaceError(f"{path} is missing: every workspace has one (`supportflow init` writes a skeleton)")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise WorkspaceError(f"{path} is not valid YAML: {error}") from error
+    try:
+        config = WorkspaceConfig.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}" for e in error.errors())
+        raise WorkspaceError(f"{path}: {problems}") from error
+    return Workspace(root=root, config=config)
+
+
+def workspace(settings: Settings) -> Workspace:
+    return load_workspace(settings.workspace)
+
+
+def kb_sources(settings: Settings) -> list[Path]:
+    """The knowledge base's sources: `SUPPORTFLOW_KB_SOURCES` where set, else the workspace's."""
+    return list(settings.kb_sources) if settings.kb_sources else workspace(settings).kb_sources()

@@ -1,0 +1,81 @@
+"""A desk's words live in its workspace: both example desks load, and a broken workspace names what is wrong."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from supportflow.errors import ContractError
+from supportflow.settings import Settings
+from supportflow.validate.catalogue import load_catalogue
+from supportflow.workspace import WorkspaceError, kb_sources, load_workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ["banking77", "saas"]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_each_example_desk_is_a_complete_workspace(name: str) -> None:
+    desk = load_workspace(ROOT / "examples" / name)
+    catalogue = load_catalogue(desk.root / "intents.yaml")
+    exports = desk.ticket_files()
+    assert exports, "the pipeline would have nothing to ingest"
+    labels: set[str] = set()
+    for files, source in exports:
+        for file in files:
+            frame = pd.read_csv(file)
+            labels |= set(frame[source.field_map.get("intent", "intent")])
+    assert labels == set(catalogue.intents)  # every intent has tickets, and no ticket's intent is outside the catalogue
+    articles = {
+        line.split(":", 1)[1].strip()
+        for path in desk.kb_sources()[0].glob("*.md")
+        for line in path.read_text().splitlines()[:8]
+        if line.startswith("intent:")
+    }
+    assert articles == set(catalogue.intents)  # one article per intent
+    assert desk.config.texts.greeting and desk.config.demo_questions
+
+
+def test_the_desks_speak_in_their_own_words() -> None:
+    banking, saas = (load_workspace(ROOT / "examples" / name).config.texts for name in EXAMPLES)
+    assert "cards" in banking.greeting and "Tasklane" in saas.greeting
+    assert saas.handoff != banking.handoff  # saas says it its own way; banking keeps the default
+
+
+def test_the_kb_sources_are_the_workspaces_unless_set(tmp_path: Path) -> None:
+    desk = ROOT / "examples" / "saas"
+    assert kb_sources(Settings(workspace=desk)) == [desk / "kb"]
+    assert kb_sources(Settings(workspace=desk, kb_sources=[tmp_path])) == [tmp_path]
+
+
+def test_a_missing_workspace_or_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceError, match="does not exist"):
+        load_workspace(tmp_path / "nowhere")
+    with pytest.raises(WorkspaceError, match=r"supportflow\.yaml is missing"):
+        load_workspace(tmp_path)
+
+
+def test_a_wrong_key_and_an_unmatched_source_name_the_file_and_the_key(tmp_path: Path) -> None:
+    (tmp_path / "supportflow.yaml").write_text("name: shop\ntexts:\n  greting: hi\n")
+    with pytest.raises(WorkspaceError, match=r"supportflow\.yaml: texts\.greting: Extra inputs"):
+        load_workspace(tmp_path)
+    (tmp_path / "supportflow.yaml").write_text("name: shop\ntickets:\n  - path: exports/*.csv\n")
+    with pytest.raises(WorkspaceError, match=r"ticket source 'exports/\*\.csv' matches no file"):
+        load_workspace(tmp_path).ticket_files()
+    (tmp_path / "supportflow.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(WorkspaceError, match="not valid YAML"):
+        load_workspace(tmp_path)
+
+
+def test_a_catalogue_may_say_what_each_intent_needs_and_rejects_what_it_cannot_read(tmp_path: Path) -> None:
+    path = tmp_path / "intents.yaml"
+    path.write_text("name: shop\nversion: 1\nintents:\n- order_status\n- name: pricing_inquiry\n  needs: [product_name]\n")
+    catalogue = load_catalogue(path)
+    assert catalogue.intents == ("order_status", "pricing_inquiry")
+    assert (catalogue.needs("pricing_inquiry"), catalogue.needs("order_status")) == (("product_name",), ())
+    path.write_text("name: shop\nversion: 1\nintents:\n- name: pricing_inquiry\n  needz: [product_name]\n")
+    with pytest.raises(ContractError, match="unknown keys"):
+        load_catalogue(path)
+    path.write_text("name: shop\nintents: [a]\n")
+    with pytest.raises(ContractError, match="`version` is required"):
+        load_catalogue(path)
