@@ -272,6 +272,26 @@ def _print_status(status: "ProductionStatus") -> None:
     Console(highlight=False).print(table)
 
 
+def cmd_init(args: argparse.Namespace) -> None:
+    from supportflow.settings import get_settings
+    from supportflow.workspace import scaffold
+
+    try:
+        field_map = json.loads(args.field_map) if args.field_map else {}
+    except json.JSONDecodeError as error:
+        raise SupportflowError(f"--field-map is not JSON: {error}") from error
+    folder = Path(args.folder).resolve()
+    desk = scaffold(folder, Path(args.from_tickets).resolve(), args.format, field_map, get_settings())
+    intents = sum(1 for _ in (folder / "kb").glob("*.md"))
+    print(f"workspace {desk.config.name} at {folder}:")
+    print(f"  supportflow.yaml   the desk: its ticket source (data/{Path(args.from_tickets).name}), articles, the bot's texts")
+    print(f"  intents.yaml       {intents} intents with their ticket counts")
+    print(f"  kb/                {intents} draft articles, one per intent: write them, then remove `draft: true`")
+    print("next:")
+    print(f"  edit the texts in {folder / 'supportflow.yaml'} and write the articles in {folder / 'kb'}/")
+    print(f"  make demo WORKSPACE={args.folder}    (or: supportflow --workspace {args.folder} demo)")
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from supportflow.settings import get_settings
     from supportflow.status import production_status
@@ -338,6 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"supportflow {__version__}")
     parser.add_argument("--workspace", help="the desk's workspace folder (default: SUPPORTFLOW_WORKSPACE, else examples/banking77)")
     commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="scaffold a desk's workspace from a labelled ticket export")
+    init.add_argument("folder", help="the new workspace (a new or empty folder)")
+    init.add_argument("--from-tickets", required=True, metavar="EXPORT", help="a labelled ticket export (CSV, JSON Lines, Zendesk JSON)")
+    init.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
+    init.add_argument("--field-map", help='JSON, ticket field to column, e.g. \'{"text": "message", "intent": "category"}\'')
+    init.set_defaults(run=cmd_init)
     ingest = commands.add_parser("ingest", help="ingest ticket exports (CSV, JSONL, Zendesk JSON) into the lake")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--source", help="the source system's name (default: the file's name)")

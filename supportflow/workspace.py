@@ -115,3 +115,76 @@ def workspace(settings: Settings) -> Workspace:
 def kb_sources(settings: Settings) -> list[Path]:
     """The knowledge base's sources: `SUPPORTFLOW_KB_SOURCES` where set, else the workspace's."""
     return list(settings.kb_sources) if settings.kb_sources else workspace(settings).kb_sources()
+
+
+def _humanise(intent: str) -> str:
+    return intent.replace("_", " ").replace("-", " ").strip().capitalize()
+
+
+def _article_draft(intent: str, examples: list[str]) -> str:
+    asked = "\n".join(f"- {' '.join(text.split())[:200]}" for text in examples)
+    meta = yaml.safe_dump({"id": intent, "title": _humanise(intent), "intent": intent, "draft": True}, sort_keys=False, allow_unicode=True)
+    return (
+        f"---\n{meta}---\n\n# {_humanise(intent)}\n\n"
+        "Draft: write the answer a customer asking this needs, then remove `draft: true` above. Until then the article is\n"
+        "not served and the knowledge-base build lists it as a draft.\n\n"
+        f"## What customers asked\n{asked}\n"
+    )
+
+
+def scaffold(
+    folder: Path, export: Path, fmt: Literal["csv", "jsonl", "zendesk"] | None, field_map: dict[str, str], settings: Settings
+) -> Workspace:
+    """A workspace from a labelled ticket export: the export copied into `data/`, the catalogue with each intent's
+    count, one draft article per intent (never served until a person writes it), and the bot's default texts written
+    out to edit. It never writes into a folder that already has files, so nobody's workspace is overwritten."""
+    import shutil
+    from collections import Counter
+
+    from supportflow.ingest.readers import open_source
+
+    if folder.exists() and any(folder.iterdir()):
+        raise WorkspaceError(f"{folder} is not empty: `supportflow init` writes only into a new or empty folder")
+    opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, settings.zendesk_intent_field_id)
+    counts: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    for batch in opened.batches:
+        if "intent" not in batch.records or "text" not in batch.records:
+            continue
+        for text, intent in batch.records[["text", "intent"]].dropna().itertuples(index=False):
+            intent = str(intent).strip()
+            if intent and str(text).strip():
+                counts[intent] += 1
+                if len(examples.setdefault(intent, [])) < 5:
+                    examples[intent].append(str(text))
+    if not counts:
+        raise WorkspaceError(
+            f"{export}: no ticket has both a text and an intent, so there is nothing to build a catalogue from; "
+            'name the columns with --field-map (e.g. \'{"text": "message", "intent": "category"}\')'
+        )
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "kb").mkdir()
+    shutil.copyfile(export, folder / "data" / export.name)
+    source = {"path": f"data/{export.name}", **({"format": fmt} if fmt else {}), **({"field_map": field_map} if field_map else {})}
+    ranked = counts.most_common()
+    config = {
+        "name": folder.name,
+        "language": "en",
+        "tickets": [source],
+        "kb": ["kb"],
+        "texts": BotTexts().model_dump(),
+        "demo_questions": [examples[intent][0] for intent, _ in ranked[:3]],
+    }
+    (folder / CONFIG_FILE).write_text(
+        "# This desk's workspace, written by `supportflow init`; paths are relative to this folder.\n"
+        "# Edit the texts in your desk's voice; add ticket sources as the desk exports more.\n"
+        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)
+    )
+    lines = [f"- {intent}  # {count} tickets" for intent, count in ranked]
+    (folder / "intents.yaml").write_text(
+        f"# The intent catalogue, from {export.name}: each intent with its ticket count. Versioned: bump `version` on any change.\n"
+        f"name: {folder.name}\nversion: 1.0.0\nintents:\n" + "\n".join(lines) + "\n"
+    )
+    for intent, _ in ranked:
+        (folder / "kb" / f"{intent}.md").write_text(_article_draft(intent, examples[intent]))
+    return load_workspace(folder)

@@ -79,3 +79,43 @@ def test_a_catalogue_may_say_what_each_intent_needs_and_rejects_what_it_cannot_r
     path.write_text("name: shop\nintents: [a]\n")
     with pytest.raises(ContractError, match="`version` is required"):
         load_catalogue(path)
+
+
+def test_init_scaffolds_a_workspace_from_a_labelled_export_with_drafts_that_are_never_served(tmp_path: Path) -> None:
+    from supportflow.kb.loaders import load_sources
+    from supportflow.workspace import scaffold
+
+    export = tmp_path / "export.csv"
+    frame = pd.DataFrame(
+        {"message": [f"question {i} about {topic}" for topic in ("refunds", "logins", "exports") for i in range(12)]}
+        | {"category": ["refund"] * 12 + ["login"] * 12 + ["export"] * 12}
+    )
+    frame.iloc[:30].to_csv(export, index=False)  # export: 6 tickets, the others 12
+    desk = scaffold(tmp_path / "desk", export, None, {"text": "message", "intent": "category"}, Settings())
+
+    catalogue = load_catalogue(desk.catalogue_file)
+    assert catalogue.intents == ("refund", "login", "export")  # most tickets first
+    assert "- export  # 6 tickets" in desk.catalogue_file.read_text()
+    ((files, source),) = desk.ticket_files()
+    assert files == [str(desk.root / "data" / "export.csv")] and source.field_map == {"text": "message", "intent": "category"}
+    assert desk.config.demo_questions[0] == "question 0 about refunds"
+    loaded = load_sources(desk.kb_sources(), 10 << 20)
+    assert loaded.documents == []  # drafts only: nothing a customer could be answered with
+    assert sorted(Path(s.item).stem for s in loaded.skipped) == ["export", "login", "refund"]
+    assert all("draft" in s.reason for s in loaded.skipped)
+
+
+def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(tmp_path: Path) -> None:
+    from supportflow.workspace import scaffold
+
+    export = tmp_path / "export.csv"
+    export.write_text("text\nwhere is my order\n")
+    with pytest.raises(WorkspaceError, match="no ticket has both a text and an intent"):
+        scaffold(tmp_path / "desk", export, None, {}, Settings())
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    export.write_text("text,intent\nwhere is my order,order_status\n")
+    with pytest.raises(WorkspaceError, match="not empty"):
+        scaffold(taken, export, None, {}, Settings())
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]

@@ -149,6 +149,8 @@ def markdown_to_text(markdown: str) -> tuple[str, str | None]:
 
 def load_markdown(path: Path, text: str, source: str, result: LoadResult) -> list[Document]:
     meta, markdown = split_front_matter(text)
+    if meta.get("draft") is True:  # `supportflow init` writes one per intent; a person finishes it before it serves
+        raise SkipFile("a draft (`draft: true` in its front matter): not served until it is written and the flag removed")
     body, heading = markdown_to_text(markdown)
     return [
         Document(
