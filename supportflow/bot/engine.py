@@ -50,6 +50,8 @@ class KnowledgeReply(Protocol):
 
 
 class Knowledge(Protocol):
+    answered_intents: frozenset[str]  # the intents its articles name; empty when they name none
+
     def reply(self, question: str, k: int = 3) -> KnowledgeReply: ...
 
 
@@ -171,6 +173,8 @@ class SupportBot:
     ) -> AnswerResponse:
         if self.knowledge is None:
             return self._handoff(request, "no knowledge base is served")
+        if intent and self.knowledge.answered_intents and intent not in self.knowledge.answered_intents:
+            return self._handoff(request, f"no article answers {intent}")  # another article would be a wrong answer
         reply = self.knowledge.reply(question, k=5)
         matching = [a for a in reply.answers if intent and a.intent == intent]
         chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])

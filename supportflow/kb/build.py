@@ -28,6 +28,7 @@ from supportflow.kb.threshold import Calibration, LabelledQuestion, calibrate
 from supportflow.lake import open_lake
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
+from supportflow.validate.catalogue import load_catalogue
 from supportflow.workspace import kb_sources
 
 KB_SUITE = "kb_documents.suite.json"
@@ -59,6 +60,7 @@ class BuildReport(BaseModel):
     calibration: Calibration | None = None
     previous_build: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
+    unanswered_intents: list[str] = Field(default_factory=list)  # catalogue intents no served article answers: the bot hands off
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -68,6 +70,9 @@ class BuildReport(BaseModel):
         lines = [f"build {self.build_id} ({self.backend}, {self.retrieval}): {self.documents} documents, {self.passages} passages"]
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)}: {self.skipped_by_reason}")
+        if self.unanswered_intents:
+            names = ", ".join(self.unanswered_intents[:10]) + (" ..." if len(self.unanswered_intents) > 10 else "")
+            lines.append(f"  no article for {len(self.unanswered_intents)} intents, so the bot hands them off: {names}")
         if self.calibration:
             measured = self.calibration.accuracy
             right = f", {measured:.0%} right decisions on {self.calibration.questions} questions" if measured else ""
@@ -80,6 +85,7 @@ class BuildReport(BaseModel):
             f"**Build** `{self.build_id}` ({self.backend}, retrieval {self.retrieval}) replaced `{self.previous_build}`\n\n"
             f"documents {self.documents}, passages {self.passages}, content hash `{self.content_hash[:16]}`\n\n"
             f"threshold {self.calibration.threshold if self.calibration else '-'}, timings {self.timings_s}\n\n"
+            f"intents with no article (handed off): {', '.join(self.unanswered_intents) or 'none'}\n\n"
             f"| skipped | reason |\n|---|---|\n{skipped}"
         )
 
@@ -237,6 +243,7 @@ def build_knowledge_base(
         )
     passages = [p for d in documents for p in to_passages(d)]
     report.documents, report.passages, report.content_hash = len(documents), len(passages), content_hash(passages)
+    report.unanswered_intents = sorted(set(load_catalogue(settings.catalogue_file).intents) - {d.intent for d in documents if d.intent})
     report.build_id = f"{started:%Y%m%d%H%M%S}-{report.content_hash[:8]}"
     folder = build_folder(settings, report.build_id)
     try:
@@ -283,6 +290,9 @@ class KnowledgeBase:
         self.retriever = retriever
         self.manifest = manifest
         self.config = config
+        # A build whose articles name intents promises one per intent it answers; one without intents (an FAQ
+        # export) is searched for every question instead.
+        self.answered_intents = frozenset(p.intent for p in retriever.passages if p.intent)
 
     @property
     def threshold(self) -> float:

@@ -125,3 +125,35 @@ def test_when_rasa_is_down_the_customer_gets_a_handoff_and_503(bot: SupportBot) 
     assert (again.status, again.replies) == (200, [TEXTS.with_agent])
     turns = read_turns(bot.turns.lake)
     assert list(turns["route"]) == ["handoff", "handoff"] and list(turns["conversation_id"]) == ["c3", "c3"]
+
+
+def test_an_intent_with_no_article_is_handed_off_not_answered_from_another(tmp_path: Path, local_settings: Settings) -> None:
+    """A desk that has not written an article yet: the build says which intents lack one, and the bot hands them
+    off instead of answering with the nearest other article."""
+    articles = tmp_path / "articles"
+    articles.mkdir()
+    for name in ("card_arrival.md", "card_delivery_estimate.md"):
+        (articles / name).write_text((ROOT / "examples" / "banking77" / "kb" / name).read_text())
+    settings = Settings(
+        kb_dir=tmp_path / "kb",
+        gx_root=tmp_path / "gx",
+        kb_model_cache=ROOT / "models" / "embedder",
+        kb_sources=[articles],
+        lake_url=str(tmp_path / "lake"),
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    report = build_knowledge_base(settings)
+    assert len(report.unanswered_intents) == 75 and "order_physical_card" in report.unanswered_intents
+    assert any("no article for 75 intents" in line for line in report.lines())
+    knowledge = open_knowledge_base(settings)
+    assert knowledge.answered_intents == {"card_arrival", "card_delivery_estimate"}
+    lake = open_lake(local_settings)
+    handoffs = HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", lake, load_catalogue(local_settings.catalogue_file).intents)
+    bot = SupportBot(knowledge, LLMResponder(local_settings), handoffs, TurnLog(lake, flush_every=1), rasa_url="http://127.0.0.1:9")
+
+    answered = ask(bot, "when will my card arrive", "card_arrival")
+    assert (answered.route, answered.kb_doc_id) == ("kb", "card_arrival")
+    unwritten = ask(bot, "how do I order a physical card? I want my card delivered", "order_physical_card")
+    assert unwritten.route == "handoff" and unwritten.kb_doc_id is None
+    (queued,) = handoffs.handoffs()
+    assert queued["reason"] == "no article answers order_physical_card"
