@@ -71,5 +71,7 @@ def kb_stage_key(settings: Settings, snapshot_id: str) -> str:
 
 
 def dialogue_stage_key(settings: Settings, champion_version: str, snapshot_id: str) -> str:
-    code = files_digest([PROJECT_ROOT / "supportflow" / "dialogue", settings.contracts_dir, settings.catalogue_file])
+    code = files_digest(
+        [PROJECT_ROOT / "supportflow" / "dialogue", settings.contracts_dir, settings.catalogue_file, workspace(settings).dialogue_dir]
+    )
     return text_digest("dialogue", champion_version, snapshot_id, code, _stores(settings))

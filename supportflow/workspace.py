@@ -42,6 +42,7 @@ class BotTexts(BaseModel):
     greeting: str = "Hello! What can I help you with today?"
     goodbye: str = "Thanks for getting in touch. Have a good day!"
     anything_else: str = "Is there anything else I can help with?"
+    clarification: str = "Thanks. What would you like help with?"  # a value given with no request waiting for it
     handoff: str = "I'm passing you to a colleague, who will reply here shortly."
     outage: str = "Sorry, I can't answer right now. I've passed your message to a colleague, who will reply here shortly."
     with_agent: str = "A colleague has your conversation and will reply here shortly."
@@ -67,6 +68,11 @@ class Workspace(BaseModel):
     @property
     def catalogue_file(self) -> Path:
         return self.root / "intents.yaml"
+
+    @property
+    def dialogue_dir(self) -> Path:
+        """The desk's Rasa files (domain, data, conversation tests); the build merges what it generates with them."""
+        return self.root / "domain"
 
     def resolve(self, path: str) -> Path:
         candidate = Path(path).expanduser()

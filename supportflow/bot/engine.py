@@ -3,7 +3,8 @@
 Rasa manages the conversation; its custom actions forward every turn here (`answer`), and the channels
 call `chat`, which goes through Rasa and logs the turn. Routing:
 - a dialogue act (greeting, goodbye...) gets a short reply;
-- a request that needs to know which card, without one named, gets the question first;
+- a request that needs a slot the customer has not given (the catalogue's `needs`) is asked for it by a
+  Rasa form first; once the form completes, the answer is for the request that started it;
 - two requests in one message get a clarifying question;
 - otherwise the knowledge base: the article for the predicted intent, or the best match above the
   calibrated threshold; with an LLM configured the reply is written from those passages;
@@ -25,12 +26,11 @@ from pydantic import BaseModel, Field
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.turns import Route, Turn, TurnLog
-from supportflow.dialogue.project import CARD_INTENTS
 from supportflow.workspace import BotTexts
 
 log = logging.getLogger("supportflow.bot")
 
-ASK_WHICH_CARD = "Is this about your physical card or a virtual card?"
+PENDING_SLOT = "pending_intent"  # the request a form is collecting slots for (set by Rasa's from_intent mappings)
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
 
 
@@ -68,6 +68,7 @@ class AnswerRequest(BaseModel):
     ranking: list[dict[str, Any]] = Field(default_factory=list)
     entities: list[dict[str, Any]] = Field(default_factory=list)
     slots: dict[str, Any] = Field(default_factory=dict)
+    form_completed: bool = False  # a form finished in this turn: answer the request that started it
     classifier_unavailable: bool = False
 
 
@@ -147,25 +148,22 @@ class SupportBot:
 
     def _answer(self, request: AnswerRequest) -> AnswerResponse:
         intent, confidence = request.intent, request.confidence
-        card = request.slots.get("card_type") or next((e["value"] for e in request.entities if e.get("entity") == "card_type"), None)
         if intent == "greet":
             return AnswerResponse(messages=[self.texts.greeting], route="dialogue", intent=intent, confidence=confidence)
         if intent == "goodbye":
             return AnswerResponse(messages=[self.texts.goodbye], route="dialogue", intent=intent, confidence=confidence)
         if intent in ("affirm", "deny"):
             return AnswerResponse(messages=[self.texts.anything_else], route="dialogue", intent=intent, confidence=confidence)
-        slots: dict[str, Any] = {}
+        pending = request.slots.get(PENDING_SLOT)
+        slots: dict[str, Any] = {PENDING_SLOT: None} if pending else {}
         question = request.text
-        if intent == "inform_card":
-            pending = request.slots.get("pending_intent")
-            if not pending:
-                return AnswerResponse(messages=["Thanks. What would you like to do with that card?"], route="dialogue", intent=intent)
-            intent, slots = pending, {"pending_intent": None}
-            question = f"{humanise(pending)} ({card} card)"
-        elif intent in CARD_INTENTS and not card:
-            return AnswerResponse(
-                messages=[ASK_WHICH_CARD], slots={"pending_intent": intent}, route="dialogue", intent=intent, confidence=confidence
-            )
+        if pending and (request.form_completed or intent == "inform"):
+            if intent != pending:  # this message answers the form's question; the request came before it
+                given = [str(value) for name, value in request.slots.items() if name != PENDING_SLOT]
+                question = f"{humanise(pending)} ({', '.join(given)})" if given else humanise(pending)
+            intent = pending
+        elif intent == "inform":
+            return AnswerResponse(messages=[self.texts.clarification], route="dialogue", intent=intent, confidence=confidence)
         return self._from_knowledge(request, question, intent, confidence, slots)
 
     def _from_knowledge(

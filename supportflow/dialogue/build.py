@@ -1,23 +1,49 @@
-"""Build the dialogue model for the current champion: generate the Rasa project, validate, train,
-and log the archive to MLflow next to the classifier version it was built for."""
+"""Build the dialogue model for the current champion: assemble the Rasa project from the desk's dialogue files and
+what its catalogue and tickets imply, validate it, train it, run the desk's conversation tests, and log the
+archive and the test report to MLflow next to the classifier version it was built for."""
 
 import time
 from pathlib import Path
 
 import mlflow
+import yaml
 from pydantic import BaseModel
 
 from supportflow.classifier.artifacts import ClassifierCard, download_classifier
-from supportflow.dialogue.project import write_project
-from supportflow.dialogue.rasa_cli import train_rasa_model, validate_project
+from supportflow.dialogue.project import DialogueFilesError, read_desk_dialogue, workspace_path, write_project
+from supportflow.dialogue.rasa_cli import DialogueError, test_conversations, train_rasa_model, validate_project
 from supportflow.lake import Lake
 from supportflow.release.production import alias_version
 from supportflow.settings import Settings
 from supportflow.tracking import CHAMPION, start_run
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import latest_snapshot, read_split
+from supportflow.workspace import workspace
 
 EXAMPLES_PER_INTENT = 5
+
+
+class ConversationTests(BaseModel):
+    """The outcome of the desk's conversation tests (`domain/tests/`), read from Rasa's own report."""
+
+    stories: int
+    failed: list[str]  # the names of the stories whose actions Rasa did not predict
+    report: Path
+
+    def line(self) -> str:
+        return f"conversation tests: {self.stories - len(self.failed)} of {self.stories} stories pass"
+
+
+def read_conversation_tests(tests: Path, report: Path) -> ConversationTests:
+    stories = [
+        story["story"]
+        for path in sorted(tests.glob("*.y*ml"))
+        for story in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stories") or []
+    ]
+    failed_file = report / "failed_test_stories.yml"
+    failed_document = yaml.safe_load(failed_file.read_text(encoding="utf-8")) if failed_file.exists() else None
+    failed = [story["story"] for story in (failed_document or {}).get("stories") or []]
+    return ConversationTests(stories=len(stories), failed=failed, report=report)
 
 
 class DialogueBuild(BaseModel):
@@ -28,11 +54,13 @@ class DialogueBuild(BaseModel):
     intents: int
     seconds: float
     run_id: str
+    conversations: ConversationTests | None = None
 
     def lines(self) -> list[str]:
+        tested = self.conversations.line() if self.conversations else "no conversation tests in the workspace"
         return [
             f"Rasa model {self.model} for intent-classifier v{self.classifier_version},"
-            f" fallback at {self.fallback_threshold:.3f} ({self.seconds:.0f} s)"
+            f" fallback at {self.fallback_threshold:.3f} ({self.seconds:.0f} s); {tested}"
         ]
 
 
@@ -46,24 +74,51 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
     started = time.perf_counter()
     version, _ = alias_version(settings, CHAMPION)
     card = ClassifierCard.load(download_classifier(settings, version))
-    intents = load_catalogue(settings.catalogue_file).intents
-    project = write_project(settings.rasa_project_dir, intents, nlu_examples(lake), card.threshold, f"{settings.classifier_url}/classify")
-    validate_project(settings, project)
+    desk = workspace(settings)
+    catalogue = load_catalogue(settings.catalogue_file)
+    dialogue = read_desk_dialogue(desk.dialogue_dir)
+    project = write_project(
+        settings.rasa_project_dir,
+        catalogue,
+        dialogue,
+        nlu_examples(lake),
+        card.threshold,
+        f"{settings.classifier_url}/classify",
+        desk.config.language,
+    )
+    try:
+        validation = validate_project(settings, project)
+    except DialogueError as error:
+        raise DialogueFilesError(workspace_path(str(error), project, dialogue)) from error
     model = train_rasa_model(settings, project)
+    report = test_conversations(settings, project, model)
+    conversations = read_conversation_tests(project / "tests", report) if report else None
     seconds = time.perf_counter() - started
     with start_run(settings, settings.dialogue_experiment, f"rasa-for-v{version}") as run:
-        mlflow.set_tags({"classifier_version": version, "registered_model": settings.registered_model_name})
-        mlflow.log_params({"classifier_version": version, "fallback_threshold": card.threshold, "intents": len(intents)})
+        mlflow.set_tags({"classifier_version": version, "registered_model": settings.registered_model_name, "workspace": desk.config.name})
+        mlflow.log_params({"classifier_version": version, "fallback_threshold": card.threshold, "intents": len(catalogue.intents)})
         mlflow.log_metric("build_seconds", seconds)
         mlflow.log_artifact(str(model), artifact_path="rasa")
-        for name in ("domain.yml", "config.yml"):
-            mlflow.log_artifact(str(project / name), artifact_path="rasa/project")
+        mlflow.log_artifacts(str(project / "domain"), artifact_path="rasa/project/domain")
+        mlflow.log_artifacts(str(project / "data"), artifact_path="rasa/project/data")
+        mlflow.log_artifact(str(project / "config.yml"), artifact_path="rasa/project")
+        mlflow.log_text(validation, "rasa/validate.txt")
+        if conversations:
+            mlflow.log_metrics({"conversation_stories": conversations.stories, "conversation_stories_failed": len(conversations.failed)})
+            mlflow.log_artifacts(str(conversations.report), artifact_path="rasa/tests")
+    if conversations and conversations.failed:
+        raise DialogueFilesError(
+            f"{len(conversations.failed)} of the workspace's conversation tests fail ({', '.join(conversations.failed)});"
+            f" Rasa's report, with each wrong prediction marked, is {conversations.report / 'failed_test_stories.yml'}"
+            f" and in MLflow run {run.info.run_id}"
+        )
     return DialogueBuild(
         project=project,
         model=model,
         classifier_version=version,
         fallback_threshold=card.threshold,
-        intents=len(intents),
+        intents=len(catalogue.intents),
         seconds=seconds,
         run_id=run.info.run_id,
+        conversations=conversations,
     )

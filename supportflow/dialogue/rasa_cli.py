@@ -42,16 +42,27 @@ def run_rasa(settings: Settings, project: Path, *args: str, timeout: float = 900
 
 
 def validate_project(settings: Settings, project: Path) -> str:
-    return run_rasa(settings, project, "data", "validate", "--domain", "domain.yml", "--data", "data").stdout
+    return run_rasa(settings, project, "data", "validate", "--domain", "domain", "--data", "data").stdout
 
 
 def train_rasa_model(settings: Settings, project: Path, name: str = "supportflow") -> Path:
     """Train and return the model archive (`models/<name>.tar.gz`)."""
-    run_rasa(settings, project, "train", "--fixed-model-name", name, "--out", "models", "--quiet")
+    run_rasa(settings, project, "train", "--domain", "domain", "--data", "data", "--fixed-model-name", name, "--out", "models", "--quiet")
     archive = project / "models" / f"{name}.tar.gz"
     if not archive.exists():
         raise DialogueError(f"rasa train finished but {archive} is missing")
     return archive
+
+
+def test_conversations(settings: Settings, project: Path, model: Path) -> Path | None:
+    """Run the desk's conversation tests (`tests/`) against the trained model; returns Rasa's report folder.
+
+    A failed story does not raise here: the caller reads the report, so the failures can name the stories."""
+    if not any((project / "tests").glob("*.y*ml")):
+        return None
+    out = project / "results"
+    run_rasa(settings, project, "test", "core", "--model", str(model), "--stories", "tests", "--out", str(out), "--no-plot")
+    return out
 
 
 def rasa_server(

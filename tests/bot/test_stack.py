@@ -52,7 +52,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_ha
     from supportflow.validate.snapshot import validate_lake
 
     folder = tmp_path_factory.mktemp("stack")
+    # The demo desk, except that change_pin (one of the tiny model's intents) needs to know which card: its form.
+    desk = folder / "workspace"
+    source = ROOT / "examples" / "banking77"
+    shutil.copytree(source, desk, ignore=lambda folder, names: ["data"] if Path(folder) == source else [])
+    catalogue = desk / "intents.yaml"
+    catalogue.write_text(catalogue.read_text().replace("\n- change_pin\n", "\n- name: change_pin\n  needs: [card_type]\n"))
     with classifier_settings(folder, tiny_base), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SUPPORTFLOW_WORKSPACE", str(desk))
         patch.setenv("SUPPORTFLOW_KB_DIR", str(folder / "kb"))
         patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / "models" / "embedder"))
         patch.setenv("SUPPORTFLOW_KB_SOURCES", f'["{ROOT / "examples" / "banking77" / "kb"}"]')
@@ -105,6 +112,16 @@ def test_two_requests_in_one_message_get_a_clarifying_question(served: Served) -
     body = served.chat("it-clarify", f"{first} and also {second}").json()
     assert body["route"] == "clarify", body
     assert "Which should we start with" in body["replies"][0] and "Change pin" in body["replies"][0]
+
+
+def test_a_request_that_needs_a_slot_is_asked_for_it_by_the_desks_form_then_answered(served: Served) -> None:
+    asked = served.chat("it-form", served.example("change_pin")).json()
+    assert (asked["route"], asked["replies"]) == ("dialogue", ["Is this about your physical card or a virtual card?"]), asked
+    answered = served.chat("it-form", "the virtual one").json()
+    assert (answered["route"], answered["intent"]) == ("kb", "change_pin"), answered
+    assert "PIN" in "\n".join(answered["replies"])
+    named = served.chat("it-form-named", f"{served.example('change_pin').rstrip('?.! ')} for my plastic card").json()
+    assert (named["route"], named["intent"]) == ("kb", "change_pin"), named  # the card was named: nothing to ask
 
 
 def test_asking_for_a_person_hands_off_and_the_agent_answer_reaches_the_customer(served: Served) -> None:

@@ -43,16 +43,19 @@ def tiny_rows() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 64-wide DistilBERT with a WordPiece vocabulary learnt from a few hundred BANKING77 rows."""
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-distilbert"), tiny_rows().sample(n=600, random_state=0)["text"].tolist())
+
+
+def build_tiny_base(folder: Path, texts: list[str]) -> Path:
+    """An untrained tiny DistilBERT whose WordPiece vocabulary is learnt from `texts` (a desk's own words)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import DistilBertConfig, DistilBertModel, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-distilbert")
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    texts = tiny_rows().sample(n=600, random_state=0)["text"].tolist()
     tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=1000, special_tokens=special))
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

@@ -1,7 +1,6 @@
 """The whole loop on a tiny scale: six intents first (two held back for the drift simulation), the tiny
 DistilBERT, the demo knowledge base, a real Rasa, real bundles; everything in one temporary folder."""
 
-import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,8 @@ FIRST_INTENTS = [intent for intent in TINY_INTENTS if intent not in HELD_BACK]
 
 
 @contextmanager
-def loop_settings(folder: Path, base: Path) -> Iterator[Path]:
+def loop_settings(folder: Path, base: Path, workspace: Path = ROOT / "examples" / "banking77") -> Iterator[Path]:
+    """Every store in `folder`; the desk, its tickets, articles and dialogue, from `workspace`."""
     from supportflow.settings import get_settings
 
     if shutil.which("rasa", path=str(ROOT / ".venv-rasa" / "bin")) is None:
@@ -26,7 +26,7 @@ def loop_settings(folder: Path, base: Path) -> Iterator[Path]:
     with classifier_settings(folder, base), pytest.MonkeyPatch.context() as patch:
         patch.setenv("SUPPORTFLOW_KB_DIR", str(folder / "kb"))
         patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / "models" / "embedder"))
-        patch.setenv("SUPPORTFLOW_KB_SOURCES", json.dumps([str(ROOT / "examples" / "banking77" / "kb")]))
+        patch.setenv("SUPPORTFLOW_WORKSPACE", str(workspace))
         patch.setenv("SUPPORTFLOW_RASA_PROJECT_DIR", str(folder / "rasa"))
         patch.setenv("SUPPORTFLOW_HANDOFF_DB_URL", f"sqlite:///{folder / 'handoff.db'}")
         patch.setenv("SUPPORTFLOW_BENTOML_HOME", str(folder / "bentoml"))

@@ -29,6 +29,16 @@ def session() -> aiohttp.ClientSession:
     return _session
 
 
+def form_completed(tracker: Tracker) -> bool:
+    """Whether a form finished in this turn, so the answer is for the request that started it, not this message."""
+    for event in reversed(tracker.events):
+        if event.get("event") == "user":
+            return False
+        if event.get("event") == "active_loop" and event.get("name") is None:
+            return True
+    return False
+
+
 class _ForwardToBot(Action):
     kind = "answer"
 
@@ -48,7 +58,10 @@ class _ForwardToBot(Action):
             "confidence": (latest.get("intent") or {}).get("confidence"),
             "ranking": [{"intent": r.get("name"), "confidence": r.get("confidence")} for r in latest.get("intent_ranking") or []],
             "entities": [{"entity": e.get("entity"), "value": e.get("value")} for e in latest.get("entities") or []],
-            "slots": {"card_type": tracker.get_slot("card_type"), "pending_intent": tracker.get_slot("pending_intent")},
+            "slots": {
+                name: value for name, value in tracker.current_slot_values().items() if value is not None and name != "requested_slot"
+            },
+            "form_completed": form_completed(tracker),
             "classifier_unavailable": bool(latest.get("classifier_unavailable")),
         }
         try:

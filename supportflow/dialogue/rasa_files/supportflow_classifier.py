@@ -1,9 +1,11 @@
 """A Rasa NLU component that asks the supportflow classifier for the intent ranking over HTTP.
 
 Runs inside Rasa's Python 3.10 environment (copied into the generated project). Dialogue acts
-(greetings, asking for a person, naming a card) are recognised by a few patterns; everything else is
-the classifier's. A message that holds two requests becomes `multiple_requests`, with the requests as
-entities, so the bot can ask which comes first.
+(greetings, asking for a person) are recognised by a few patterns; everything else is the classifier's.
+A short message that names a value the desk's forms ask for (an entity in `inform_entities`, found by
+Rasa's extractors from the desk's lookup tables) and that the classifier is not sure of is `inform`.
+A message that holds two requests becomes `multiple_requests`, with the requests as entities, so the bot
+can ask which comes first.
 """
 
 import logging
@@ -34,7 +36,6 @@ DIALOGUE_ACTS = [
     ("affirm", re.compile(r"^\s*(yes|yep|yeah|sure|correct|right)\b[\s!.,]*$", re.I)),
     ("deny", re.compile(r"^\s*(no|nope|not really)\b[\s!.,]*$", re.I)),
 ]
-CARD_TYPE = re.compile(r"\b(physical|plastic|virtual|disposable|debit|credit)\b", re.I)
 SPLIT = re.compile(r"\s*(?:\?\s+|;\s*|\band also\b|\band\b|\balso\b)\s*", re.I)
 
 
@@ -47,7 +48,15 @@ def clauses(text: Text) -> List[Text]:
 class SupportflowClassifier(GraphComponent, IntentClassifier):
     @staticmethod
     def get_default_config() -> Dict[Text, Any]:
-        return {"url": "http://127.0.0.1:3001/classify", "timeout": 5.0, "top_k": 10, "multi_request_confidence": 0.5}
+        return {
+            "url": "http://127.0.0.1:3001/classify",
+            "timeout": 5.0,
+            "top_k": 10,
+            "multi_request_confidence": 0.5,
+            "inform_entities": [],
+            "inform_max_words": 4,
+            "inform_below_confidence": 0.9,
+        }
 
     def __init__(self, config: Dict[Text, Any]) -> None:
         self.config = config
@@ -84,18 +93,8 @@ class SupportflowClassifier(GraphComponent, IntentClassifier):
     def _process_one(self, message: Message) -> None:
         text = message.get("text") or ""
         entities = list(message.get("entities") or [])
-        card = CARD_TYPE.search(text)
-        if card:
-            entities.append(
-                {
-                    "entity": "card_type",
-                    "value": card.group(1).lower(),
-                    "start": card.start(1),
-                    "end": card.end(1),
-                    "extractor": "SupportflowClassifier",
-                }
-            )
         message.set("entities", entities, add_to_output=True)
+        informed = [e for e in entities if e.get("entity") in self.config["inform_entities"]]
         for act, pattern in DIALOGUE_ACTS:
             if pattern.search(text):
                 self._set(message, act, 1.0, [{"name": act, "confidence": 1.0}])
@@ -115,7 +114,11 @@ class SupportflowClassifier(GraphComponent, IntentClassifier):
                 message.get("entities").append({"entity": "request", "value": intent, "extractor": "SupportflowClassifier"})
             self._set(message, "multiple_requests", min(r["confidence"] for r in confident), ranking)
             return
-        if len(text.split()) <= 4 and card and best["confidence"] < 0.9:
-            self._set(message, "inform_card", 1.0, ranking)
+        if (
+            informed
+            and len(text.split()) <= self.config["inform_max_words"]
+            and best["confidence"] < self.config["inform_below_confidence"]
+        ):
+            self._set(message, "inform", 1.0, ranking)
             return
         self._set(message, best["intent"], best["confidence"], ranking)

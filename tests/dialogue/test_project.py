@@ -1,0 +1,134 @@
+"""The Rasa project a desk gets: its own dialogue files, merged with what its catalogue implies, checked, and tested.
+
+The example desks' projects are built, validated, trained and put through their conversation tests with the real
+Rasa; mistakes in a desk's files are caught before Rasa runs, each named with its file and line.
+"""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from supportflow.dialogue.build import read_conversation_tests
+from supportflow.dialogue.project import DialogueFilesError, plan_dialogue, read_desk_dialogue, write_project
+from supportflow.dialogue.rasa_cli import test_conversations as run_conversation_tests
+from supportflow.dialogue.rasa_cli import train_rasa_model, validate_project
+from supportflow.settings import Settings
+from supportflow.validate.catalogue import load_catalogue
+from supportflow.workspace import load_workspace
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {"banking77": ("train.csv", "category"), "saas": ("tickets.csv", "intent")}
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> Path:
+    """A copy of the SaaS desk to break, without its tickets."""
+    source = ROOT / "examples" / "saas"
+    shutil.copytree(source, tmp_path / "desk", ignore=lambda folder, names: ["data"] if Path(folder) == source else [])
+    return tmp_path / "desk"
+
+
+def plan(root: Path) -> object:
+    return plan_dialogue(load_catalogue(root / "intents.yaml"), read_desk_dialogue(root / "domain"))
+
+
+def examples(name: str) -> dict[str, list[str]]:
+    file, column = EXAMPLES[name]
+    frame = pd.read_csv(ROOT / "examples" / name / "data" / file)
+    return {intent: group["text"].head(5).tolist() for intent, group in frame.groupby(column)}
+
+
+def build(root: Path, folder: Path, name: str) -> Path:
+    desk = load_workspace(root)
+    catalogue, dialogue = load_catalogue(desk.catalogue_file), read_desk_dialogue(desk.dialogue_dir)
+    return write_project(folder, catalogue, dialogue, examples(name), 0.5, "http://127.0.0.1:9/classify", desk.config.language)
+
+
+def test_a_needed_slot_gets_a_generated_form_unless_the_desk_declared_it() -> None:
+    banking = plan(ROOT / "examples" / "banking77")
+    assert banking.asking["lost_or_stolen_card"] == "lost_or_stolen_card_form"
+    assert banking.forms["lost_or_stolen_card_form"] == ["card_type"] and banking.inform_entities == ["card_type"]
+    saas = plan(ROOT / "examples" / "saas")
+    assert saas.asking == {"pricing_inquiry": "pricing_inquiry_form"} and saas.forms == {}  # Tasklane wrote its own form
+
+
+def test_the_desks_files_are_copied_unchanged_and_its_own_rule_replaces_the_generated_one(desk: Path, tmp_path: Path) -> None:
+    rules = desk / "domain" / "data" / "rules.yml"
+    rules.write_text(
+        'version: "3.1"\nrules:\n  - rule: outages get the status page\n'
+        "    steps:\n      - intent: service_outage\n      - action: utter_status\n"
+    )
+    domain = desk / "domain" / "domain.yml"
+    domain.write_text(domain.read_text() + "  utter_status:\n    - text: See status.tasklane.example for live status.\n")
+    project = build(desk, tmp_path / "project", "saas")
+    for original in (domain, rules, desk / "domain" / "tests" / "test_stories.yml"):
+        copies = [p for p in project.rglob(original.name) if "workspace" in p.parts or p.parent.name == "tests"]
+        assert any(copy.read_bytes() == original.read_bytes() for copy in copies), original
+    generated = yaml.safe_load((project / "data" / "generated" / "rules.yml").read_text())["rules"]
+    first_intents = [rule["steps"][0].get("intent") for rule in generated]
+    assert "service_outage" not in first_intents and "password_reset" in first_intents
+    assert "pricing_inquiry_form" not in (yaml.safe_load((project / "domain" / "generated.yml").read_text()).get("forms") or {})
+
+
+def test_mistakes_in_the_desks_files_name_the_file_and_line(desk: Path) -> None:
+    rules = desk / "domain" / "data" / "rules.yml"
+    rules.write_text('version: "3.1"\nrules:\n  - rule: thanks\n    steps:\n      - intent: thank_you\n      - action: utter_thanks\n')
+    with pytest.raises(DialogueFilesError) as raised:
+        plan(desk)
+    assert f"{rules}:5: unknown intent 'thank_you'" in str(raised.value)
+    assert f"{rules}:6: unknown action or response 'utter_thanks'" in str(raised.value)
+    rules.unlink()
+    tests = desk / "domain" / "tests" / "test_stories.yml"
+    tests.write_text(
+        tests.read_text().replace(
+            "- product_name: Tasklane Automations\n      - action", "- product_nam: Tasklane Automations\n      - action"
+        )
+    )
+    with pytest.raises(DialogueFilesError, match=rf"{tests}:\d+: unknown slot 'product_nam'"):
+        plan(desk)
+
+
+def test_a_needed_slot_must_be_declared_with_a_question_to_ask(desk: Path) -> None:
+    catalogue = desk / "intents.yaml"
+    catalogue.write_text(catalogue.read_text().replace("needs: [product_name]", "needs: [plan_name]"))
+    with pytest.raises(DialogueFilesError, match=r"pricing_inquiry needs the slot 'plan_name', which no file .* declares"):
+        plan(desk)
+    catalogue.write_text(catalogue.read_text().replace("needs: [plan_name]", "needs: [product_name]"))
+    domain = desk / "domain" / "domain.yml"
+    domain.write_text(domain.read_text().replace("utter_ask_product_name", "utter_which_product"))
+    with pytest.raises(
+        DialogueFilesError, match=r"the slot 'product_name' has no question to ask: add a response `utter_ask_product_name`"
+    ):
+        plan(desk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_desk_validates_trains_and_passes_its_conversation_tests(name: str, tmp_path: Path) -> None:
+    settings = Settings(workspace=ROOT / "examples" / name)
+    project = build(ROOT / "examples" / name, tmp_path / "project", name)
+    validate_project(settings, project)
+    model = train_rasa_model(settings, project)
+    report = run_conversation_tests(settings, project, model)
+    assert report is not None
+    outcome = read_conversation_tests(project / "tests", report)
+    assert outcome.stories >= 5 and outcome.failed == [], outcome
+
+
+@pytest.mark.slow
+def test_a_failing_conversation_test_is_reported_by_name(desk: Path, tmp_path: Path) -> None:
+    tests = desk / "domain" / "tests" / "test_stories.yml"
+    tests.write_text(
+        tests.read_text().replace(
+            "      - intent: ask_human # I'd like to talk to a person please\n      - action: action_handoff",
+            "      - intent: ask_human # I'd like to talk to a person please\n      - action: action_answer",
+        )
+    )
+    project = build(desk, tmp_path / "project", "saas")
+    settings = Settings(workspace=desk)
+    report = run_conversation_tests(settings, project, train_rasa_model(settings, project))
+    outcome = read_conversation_tests(project / "tests", report)
+    assert [story.split(" (")[0] for story in outcome.failed] == ["a double charge, then a person"]

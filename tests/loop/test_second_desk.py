@@ -1,0 +1,102 @@
+"""A second desk, through the README's commands alone: Tasklane (`examples/saas/`), another domain entirely.
+
+`supportflow pipeline` with the workspace chosen and nothing else: its tickets are ingested and validated, a tiny
+classifier learns its intents, its articles are indexed, its dialogue files are merged, validated and put through
+their conversation tests, and its bundles are released. The production bot then speaks with Tasklane's words,
+answers from Tasklane's articles and asks for the product before it answers a price question.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from tests.classifier.conftest import build_tiny_base
+from tests.loop.conftest import loop_settings
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+DESK = ROOT / "examples" / "saas"
+SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
+
+
+@dataclass
+class Desk:
+    summary: dict
+    bot_url: str
+    classifier_url: str
+    tickets: pd.DataFrame
+
+    def chat(self, conversation: str, message: str) -> dict:
+        response = httpx.post(f"{self.bot_url}/chat", json={"conversation_id": conversation, "message": message}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def recognised(self, intent: str, without: str | None = None) -> str:
+        """The training example of `intent` the served classifier is surest of (a tiny model is not sure of all)."""
+        texts = [t for t in self.tickets.loc[self.tickets["intent"] == intent, "text"] if not without or without not in t.lower()]
+        results = httpx.post(f"{self.classifier_url}/classify", json={"texts": texts}, timeout=60).json()
+        best = max(zip(texts, results, strict=True), key=lambda pair: pair[1]["confidence"] if pair[1]["intent"] == intent else 0)
+        assert best[1]["intent"] == intent, f"the tiny classifier recognised no {intent} example"
+        return best[0]
+
+
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[Desk]:
+    from prefect.settings import PREFECT_API_URL
+
+    from supportflow.lake import open_lake
+    from supportflow.processes import free_port
+    from supportflow.release.promote import current_release
+    from supportflow.release.stack import Ports, start_stack
+    from supportflow.settings import get_settings
+
+    folder = tmp_path_factory.mktemp("second-desk")
+    tickets = pd.read_csv(DESK / "data" / "tickets.csv")
+    base = build_tiny_base(folder / "base", tickets["text"].tolist())
+    with loop_settings(folder, base, DESK):
+        env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        run = subprocess.run([SUPPORTFLOW, "pipeline", "--json"], capture_output=True, text=True, env=env, timeout=1200)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        summary = json.loads(run.stdout[run.stdout.index("{\n") if run.stdout.startswith("{") else run.stdout.rindex("\n{\n") :])
+        settings = get_settings()
+        release = current_release(open_lake(settings))
+        assert release is not None
+        ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
+        with start_stack(settings, settings.rasa_project_dir, None, folder / "logs", ports, bundles=release.bundles) as stack:
+            yield Desk(summary, stack.bot_url, stack.classifier_url, tickets)
+
+
+def test_the_pipeline_ran_every_stage_on_the_desks_own_data(desk: Desk) -> None:
+    summary = desk.summary
+    assert sum(report["written"] for report in summary["ingest"]) == 853 + 216  # both of the workspace's ticket sources
+    assert summary["snapshot"]["intents"] == 18 and summary["snapshot"]["intent_catalogue"] == "tasklane"
+    assert summary["knowledge_base"]["documents"] == 18 and summary["knowledge_base"]["unanswered_intents"] == []
+    assert summary["dialogue"]["conversations"]["stories"] == 7 and summary["dialogue"]["conversations"]["failed"] == []
+    assert summary["release"]["smoke"]["passed"]
+
+
+def test_the_bot_greets_and_answers_in_the_desks_own_words(desk: Desk) -> None:
+    from supportflow.workspace import load_workspace
+
+    texts = load_workspace(DESK).config.texts
+    assert desk.chat("second-greet", "hello")["replies"] == [texts.greeting]
+    answered = desk.chat("second-password", desk.recognised("password_reset"))
+    assert (answered["route"], answered["intent"]) == ("kb", "password_reset"), answered
+    assert "help.tasklane.example/articles/password-reset" in "\n".join(answered["replies"])
+
+
+def test_a_price_question_gets_the_product_asked_for_then_the_price(desk: Desk) -> None:
+    question = desk.recognised("pricing_inquiry", without="tasklane ")
+    asked = desk.chat("second-price", question)
+    assert asked["route"] == "dialogue" and "Which product is it about" in asked["replies"][0], asked
+    answered = desk.chat("second-price", "Automations")
+    assert (answered["route"], answered["intent"]) == ("kb", "pricing_inquiry"), answered
+    assert "Tasklane Automations" in "\n".join(answered["replies"])
