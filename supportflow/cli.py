@@ -119,7 +119,8 @@ def cmd_drift(args: argparse.Namespace) -> None:
 def _run_pipeline(args: argparse.Namespace) -> "PipelineSummary":
     from flows.pipeline import pipeline
 
-    summary = pipeline(paths=args.paths, profile=args.profile)
+    paths = args.paths or ([] if getattr(args, "no_ingest", False) else None)  # none given: the workspace's sources
+    summary = pipeline(paths=paths, profile=args.profile)
     if getattr(args, "json", False):
         print(summary.model_dump_json(indent=2))
         return summary
@@ -402,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
     demo.set_defaults(run=cmd_demo, prefect=True)
     run = commands.add_parser("pipeline", help="run the whole loop: ingest, validate, train, kb, dialogue, bundle, smoke test, promote")
-    run.add_argument("paths", nargs="*", help="ticket exports to ingest first (none: retrain on the lake as it is)")
+    run.add_argument("paths", nargs="*", help="ticket exports to ingest first (none: the workspace's ticket sources)")
+    run.add_argument("--no-ingest", action="store_true", help="ingest nothing: retrain on the lake's tickets and agents' labels")
     run.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.set_defaults(run=cmd_pipeline, prefect=True)

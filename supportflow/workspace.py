@@ -19,6 +19,7 @@ from supportflow.errors import SupportflowError
 from supportflow.settings import Settings
 
 CONFIG_FILE = "supportflow.yaml"
+BUNDLED_WORKSPACE = "workspace"  # the folder, inside a bundle's dialogue model, holding the desk's texts and catalogue
 
 
 class WorkspaceError(SupportflowError):

@@ -8,6 +8,7 @@ status codes are plain HTTP); BentoML adds `/healthz`, `/readyz` and `/metrics`,
 import logging
 import uuid
 from importlib.resources import files
+from pathlib import Path
 from typing import Annotated
 
 import bentoml
@@ -27,7 +28,7 @@ from supportflow.logs import configure_json_logging
 from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
 from supportflow.validate.catalogue import load_catalogue
-from supportflow.workspace import workspace
+from supportflow.workspace import BUNDLED_WORKSPACE, Workspace, load_workspace, workspace
 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")
@@ -83,20 +84,27 @@ class BotService:
     if ARGUMENTS.dialogue:
         dialogue = bentoml.models.BentoModel(ARGUMENTS.dialogue)  # Rasa serves it; the bundle carries it
 
+    def desk(self) -> Workspace:
+        """The desk this bot speaks for: the one its bundle was built for, else the configured workspace."""
+        if ARGUMENTS.dialogue:
+            return load_workspace(Path(self.dialogue.path) / BUNDLED_WORKSPACE)
+        return workspace(get_settings())
+
     def __init__(self) -> None:
         configure_json_logging()
         settings = get_settings()
         lake = open_lake(settings)
+        desk = self.desk()
         self.settings = settings
         self.bot = SupportBot(
             knowledge=open_knowledge(settings),
             llm=LLMResponder(settings),
-            handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(settings.catalogue_file).intents),
+            handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(desk.catalogue_file).intents),
             turns=TurnLog(lake, flush_every=settings.turn_flush_every, flush_seconds=settings.turn_flush_seconds).start(),
             rasa_url=settings.rasa_url,
             model_version=served_model_version(settings),
             max_message_chars=settings.max_message_chars,
-            texts=workspace(settings).config.texts,
+            texts=desk.config.texts,
         )
         if settings.follow_production and not settings.model_version:
             from supportflow.release.production import ProductionFollower

@@ -21,6 +21,7 @@ from supportflow.errors import SupportflowError
 from supportflow.progress import Step
 from supportflow.settings import PROJECT_ROOT, Settings
 from supportflow.tracking import connect
+from supportflow.workspace import BUNDLED_WORKSPACE, CONFIG_FILE, workspace
 
 CLASSIFIER_MODEL = "supportflow-intent-classifier"
 DIALOGUE_MODEL = "supportflow-dialogue"
@@ -85,14 +86,23 @@ def import_classifier(settings: Settings, version: str) -> tuple[str, str]:
 
 
 def import_dialogue(settings: Settings, archive: Path, classifier_version: str) -> str:
-    """The Rasa model archive as a BentoML model, named by its content."""
+    """The Rasa model archive as a BentoML model, named by its content, with the desk's words the bot speaks.
+
+    The workspace's `supportflow.yaml` (the bot's texts) and `intents.yaml` (the catalogue agents label with) travel
+    in the model, so a bundle serves the desk it was built for on any machine, whatever workspace is there."""
     import bentoml
 
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    desk = workspace(settings)
+    carried = [desk.root / CONFIG_FILE, desk.catalogue_file]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in [archive, *carried])).hexdigest()[:16]
     tag = f"{DIALOGUE_MODEL}:{digest}"
     if not _exists(settings, "models", tag):
-        with bentoml.models.create(tag, labels={"classifier_version": classifier_version}, _model_store=_model_store(settings)) as model:
+        labels = {"classifier_version": classifier_version, "workspace": desk.config.name}
+        with bentoml.models.create(tag, labels=labels, _model_store=_model_store(settings)) as model:
             shutil.copy2(archive, Path(model.path) / "model.tar.gz")
+            (Path(model.path) / BUNDLED_WORKSPACE).mkdir()
+            for path in carried:
+                shutil.copy2(path, Path(model.path) / BUNDLED_WORKSPACE / path.name)
     return tag
 
 
