@@ -101,7 +101,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from flows.ingest import ingest
 
-    _report(args, "ingest", ingest(args.paths, source=args.source, fmt=args.format))
+    _report(args, "ingest", ingest(args.paths, source=args.source, fmt=args.format, encoding=args.encoding))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -281,7 +281,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     except json.JSONDecodeError as error:
         raise SupportflowError(f"--field-map is not JSON: {error}") from error
     folder = Path(args.folder).resolve()
-    desk = scaffold(folder, Path(args.from_tickets).resolve(), args.format, field_map, get_settings())
+    desk = scaffold(folder, Path(args.from_tickets).resolve(), args.format, field_map, get_settings(), args.encoding)
     intents = sum(1 for _ in (folder / "kb").glob("*.md"))
     print(f"workspace {desk.config.name} at {folder}:")
     print(f"  supportflow.yaml   the desk: its ticket source (data/{Path(args.from_tickets).name}), articles, the bot's texts")
@@ -353,6 +353,16 @@ def _print_error(message: str) -> None:
     Console(stderr=True, highlight=False).print(Text(f"supportflow: error: {message}", style="red"), soft_wrap=True)
 
 
+def _encoding(name: str) -> str:
+    """An unknown encoding is a usage error, found before any flow starts."""
+    from supportflow.ingest.decoding import codec_name
+
+    try:
+        return codec_name(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supportflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"supportflow {__version__}")
@@ -363,11 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     init.add_argument("--from-tickets", required=True, metavar="EXPORT", help="a labelled ticket export (CSV, JSON Lines, Zendesk JSON)")
     init.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
     init.add_argument("--field-map", help='JSON, ticket field to column, e.g. \'{"text": "message", "intent": "category"}\'')
+    init.add_argument("--encoding", type=_encoding, default="utf-8", help="the export's text encoding, e.g. cp1252 (default: utf-8)")
     init.set_defaults(run=cmd_init)
     ingest = commands.add_parser("ingest", help="ingest ticket exports (CSV, JSONL, Zendesk JSON) into the lake")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--source", help="the source system's name (default: the file's name)")
     ingest.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
+    ingest.add_argument("--encoding", type=_encoding, default="utf-8", help="the files' text encoding, e.g. cp1252 (default: utf-8)")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.set_defaults(run=cmd_ingest, prefect=True)
     validate = commands.add_parser("validate", help="validate the lake against the data contracts and cut a snapshot")

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from supportflow.errors import SupportflowError
+from supportflow.ingest.decoding import DEFAULT_ENCODING, codec_name
 from supportflow.settings import Settings
 
 CONFIG_FILE = "supportflow.yaml"
@@ -33,6 +35,16 @@ class TicketSource(BaseModel):
     format: Literal["csv", "jsonl", "zendesk"] | None = None  # default: from the file's suffix
     source: str | None = None  # the source system's name (default: the file's name)
     field_map: dict[str, str] = Field(default_factory=dict)  # ticket field -> column, e.g. {"intent": "category"}
+    encoding: str = DEFAULT_ENCODING  # the export's text encoding, e.g. cp1252 for a spreadsheet saved on Windows
+
+    @model_validator(mode="after")
+    def _known_encoding(self) -> "TicketSource":
+        """A misspelt encoding is refused when the workspace is read, not after a pipeline run has started."""
+        try:
+            codec_name(self.encoding)
+        except ValueError as error:
+            raise ValueError(f"the ticket source {self.path!r}: encoding {error}") from None
+        return self
 
 
 class BotTexts(BaseModel):
@@ -89,6 +101,12 @@ class Workspace(BaseModel):
         return sources
 
 
+def _problem(error: ErrorDetails) -> str:
+    """Pydantic's message, less the "Value error, " it puts before a check's own sentence."""
+    raised = error.get("ctx", {}).get("error")
+    return str(raised) if error["type"] == "value_error" and raised is not None else error["msg"]
+
+
 def load_workspace(root: Path) -> Workspace:
     root = root.expanduser().resolve()
     path = root / CONFIG_FILE
@@ -103,7 +121,7 @@ def load_workspace(root: Path) -> Workspace:
     try:
         config = WorkspaceConfig.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {_problem(e)}" for e in error.errors())
         raise WorkspaceError(f"{path}: {problems}") from error
     return Workspace(root=root, config=config)
 
@@ -133,7 +151,12 @@ def _article_draft(intent: str, examples: list[str]) -> str:
 
 
 def scaffold(
-    folder: Path, export: Path, fmt: Literal["csv", "jsonl", "zendesk"] | None, field_map: dict[str, str], settings: Settings
+    folder: Path,
+    export: Path,
+    fmt: Literal["csv", "jsonl", "zendesk"] | None,
+    field_map: dict[str, str],
+    settings: Settings,
+    encoding: str = DEFAULT_ENCODING,
 ) -> Workspace:
     """A workspace from a labelled ticket export: the export copied into `data/`, the catalogue with each intent's
     count, one draft article per intent (never served until a person writes it), and the bot's default texts written
@@ -145,7 +168,7 @@ def scaffold(
 
     if folder.exists() and any(folder.iterdir()):
         raise WorkspaceError(f"{folder} is not empty: `supportflow init` writes only into a new or empty folder")
-    opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, settings.zendesk_intent_field_id)
+    opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, settings.zendesk_intent_field_id, encoding)
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     for batch in opened.batches:
@@ -165,7 +188,12 @@ def scaffold(
     (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "kb").mkdir()
     shutil.copyfile(export, folder / "data" / export.name)
-    source = {"path": f"data/{export.name}", **({"format": fmt} if fmt else {}), **({"field_map": field_map} if field_map else {})}
+    source = {
+        "path": f"data/{export.name}",
+        **({"format": fmt} if fmt else {}),
+        **({"field_map": field_map} if field_map else {}),
+        **({"encoding": opened.encoding} if opened.encoding != DEFAULT_ENCODING else {}),
+    }
     ranked = counts.most_common()
     config = {
         "name": folder.name,

@@ -119,3 +119,16 @@ def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(t
     with pytest.raises(WorkspaceError, match="not empty"):
         scaffold(taken, export, None, {}, Settings())
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+def test_init_from_an_export_in_another_encoding_records_it_on_the_source(tmp_path: Path) -> None:
+    from supportflow.workspace import scaffold
+
+    export = tmp_path / "export.csv"
+    export.write_bytes("text,intent\nmy café order is late,order_status\nwhere is my order?,order_status\n".encode("cp1252"))
+
+    desk = scaffold(tmp_path / "desk", export, None, {}, Settings(), encoding="cp1252")
+
+    ((_, source),) = desk.ticket_files()
+    assert source.encoding == "cp1252"
+    assert "my café order is late" in (desk.root / "kb" / "order_status.md").read_text()
