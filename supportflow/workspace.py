@@ -9,6 +9,10 @@ what is wrong with it.
 """
 
 import glob
+import json
+import string
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +25,7 @@ from supportflow.ingest.decoding import DEFAULT_ENCODING, codec_name
 from supportflow.settings import Settings
 
 CONFIG_FILE = "supportflow.yaml"
+SKELETON = "workspace_skeleton"  # the package data `supportflow init` copies when it is given no export
 
 
 class WorkspaceError(SupportflowError):
@@ -135,6 +140,35 @@ def kb_sources(settings: Settings) -> list[Path]:
     return list(settings.kb_sources) if settings.kb_sources else workspace(settings).kb_sources()
 
 
+def _refuse_a_folder_with_files(folder: Path) -> None:
+    """`init` never writes into a folder that has files, so nobody's workspace is overwritten."""
+    if folder.exists() and any(folder.iterdir()):
+        raise WorkspaceError(f"{folder} is not empty: `supportflow init` writes only into a new or empty folder")
+
+
+def _copy_skeleton(source: Traversable, target: Path, values: dict[str, str]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _copy_skeleton(entry, target / entry.name, values)
+        elif entry.name.endswith(".yaml"):  # the desk's name and the default texts go in here
+            (target / entry.name).write_text(string.Template(entry.read_text(encoding="utf-8")).substitute(values), encoding="utf-8")
+        else:
+            (target / entry.name).write_bytes(entry.read_bytes())
+
+
+def skeleton(folder: Path) -> Workspace:
+    """A small working workspace for a desk with no labelled export yet: four intents any desk has, enough example
+    tickets for the data contract, one article each, and the bot's default texts written out with what each is for.
+    A desk starts from something that passes every check and replaces the examples with its own, instead of
+    learning the file formats from errors."""
+    _refuse_a_folder_with_files(folder)
+    values = {"name": folder.name, **BotTexts().model_dump()}
+    quoted = {key: json.dumps(value, ensure_ascii=False) for key, value in values.items()}  # a JSON string is a YAML string
+    _copy_skeleton(files("supportflow") / SKELETON, folder, quoted)
+    return load_workspace(folder)
+
+
 def _humanise(intent: str) -> str:
     return intent.replace("_", " ").replace("-", " ").strip().capitalize()
 
@@ -166,8 +200,7 @@ def scaffold(
 
     from supportflow.ingest.readers import open_source
 
-    if folder.exists() and any(folder.iterdir()):
-        raise WorkspaceError(f"{folder} is not empty: `supportflow init` writes only into a new or empty folder")
+    _refuse_a_folder_with_files(folder)
     opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, settings.zendesk_intent_field_id, encoding)
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
