@@ -68,7 +68,10 @@ def pipeline(paths: list[str] | None = None, source: str | None = None, profile:
         return result
 
     exports = ticket_exports(settings, paths, source)
-    reports = timed("ingest", lambda: [report for files, how in exports for report in ingest(files, how.source, how.format, how.field_map)])
+    reports = timed(
+        "ingest",
+        lambda: [report for files, how in exports for report in ingest(files, how.source, how.format, how.field_map, how.encoding)],
+    )
     snapshot = timed("validate", validate)
     training = timed("train", lambda: train(profile=profile))
     served = keyword_index(settings).serving() is not None

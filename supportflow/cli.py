@@ -101,7 +101,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from flows.ingest import ingest
 
-    _report(args, "ingest", ingest(args.paths, source=args.source, fmt=args.format))
+    _report(args, "ingest", ingest(args.paths, source=args.source, fmt=args.format, encoding=args.encoding))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -274,6 +274,9 @@ def _print_status(status: "ProductionStatus") -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
+    if args.from_tickets is None:
+        _init_skeleton(args)
+        return
     from supportflow.settings import get_settings
     from supportflow.workspace import scaffold
 
@@ -282,7 +285,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     except json.JSONDecodeError as error:
         raise SupportflowError(f"--field-map is not JSON: {error}") from error
     folder = Path(args.folder).resolve()
-    desk = scaffold(folder, Path(args.from_tickets).resolve(), args.format, field_map, get_settings())
+    desk = scaffold(folder, Path(args.from_tickets).resolve(), args.format, field_map, get_settings(), args.encoding or "utf-8")
     intents = sum(1 for _ in (folder / "kb").glob("*.md"))
     print(f"workspace {desk.config.name} at {folder}:")
     print(f"  supportflow.yaml   the desk: its ticket source (data/{Path(args.from_tickets).name}), articles, the bot's texts")
@@ -291,6 +294,33 @@ def cmd_init(args: argparse.Namespace) -> None:
     print("next:")
     print(f"  edit the texts in {folder / 'supportflow.yaml'} and write the articles in {folder / 'kb'}/")
     print(f"  make demo WORKSPACE={args.folder}    (or: supportflow --workspace {args.folder} demo)")
+
+
+def _init_skeleton(args: argparse.Namespace) -> None:
+    import csv
+
+    from supportflow.validate.catalogue import load_catalogue
+    from supportflow.workspace import skeleton
+
+    options = {"--format": args.format, "--field-map": args.field_map, "--encoding": args.encoding}
+    if given := [option for option, value in options.items() if value]:
+        raise SupportflowError(f"{', '.join(given)}: only with --from-tickets (the export they describe)")
+    folder = Path(args.folder).resolve()
+    desk = skeleton(folder)
+    intents = load_catalogue(desk.catalogue_file).intents
+    ((tickets, _),) = desk.ticket_files()
+    with open(tickets[0], encoding="utf-8", newline="") as handle:
+        rows = sum(1 for _ in csv.DictReader(handle))
+    print(f"workspace {desk.config.name} at {folder}: a small working skeleton, to make your desk's own")
+    print("  supportflow.yaml   the desk: its ticket source, articles, and the bot's texts (the defaults, each with when it is said)")
+    print(f"  intents.yaml       {len(intents)} intents any desk has: {', '.join(intents)}")
+    print(f"  data/tickets.csv   {rows} labelled example tickets, enough of each intent for the data contract")
+    print(f"  kb/                {len(intents)} articles, one per intent")
+    print("next:")
+    print(f"  supportflow --workspace {args.folder} demo    the whole loop on the examples, then the bot serves")
+    print(f"  supportflow --workspace {args.folder} chat    talk to it")
+    print(f"  then make it your desk's: edit the texts in {folder / 'supportflow.yaml'}; replace the intents, tickets and")
+    print("  articles with yours and run demo again (from a labelled export: supportflow init NEW_DIR --from-tickets EXPORT)")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -354,21 +384,35 @@ def _print_error(message: str) -> None:
     Console(stderr=True, highlight=False).print(Text(f"supportflow: error: {message}", style="red"), soft_wrap=True)
 
 
+def _encoding(name: str) -> str:
+    """An unknown encoding is a usage error, found before any flow starts."""
+    from supportflow.ingest.decoding import codec_name
+
+    try:
+        return codec_name(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supportflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"supportflow {__version__}")
     parser.add_argument("--workspace", help="the desk's workspace folder (default: SUPPORTFLOW_WORKSPACE, else examples/banking77)")
     commands = parser.add_subparsers(dest="command", required=True)
-    init = commands.add_parser("init", help="scaffold a desk's workspace from a labelled ticket export")
+    init = commands.add_parser("init", help="a new desk's workspace: from a labelled ticket export, or a small working skeleton")
     init.add_argument("folder", help="the new workspace (a new or empty folder)")
-    init.add_argument("--from-tickets", required=True, metavar="EXPORT", help="a labelled ticket export (CSV, JSON Lines, Zendesk JSON)")
-    init.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
+    init.add_argument(
+        "--from-tickets", metavar="EXPORT", help="a labelled ticket export (CSV, JSON Lines, Zendesk JSON); without it, a skeleton"
+    )
+    init.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="the export's format (default: from the file's suffix)")
     init.add_argument("--field-map", help='JSON, ticket field to column, e.g. \'{"text": "message", "intent": "category"}\'')
+    init.add_argument("--encoding", type=_encoding, help="the export's text encoding, e.g. cp1252 (default: utf-8)")
     init.set_defaults(run=cmd_init)
     ingest = commands.add_parser("ingest", help="ingest ticket exports (CSV, JSONL, Zendesk JSON) into the lake")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--source", help="the source system's name (default: the file's name)")
     ingest.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
+    ingest.add_argument("--encoding", type=_encoding, default="utf-8", help="the files' text encoding, e.g. cp1252 (default: utf-8)")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.set_defaults(run=cmd_ingest, prefect=True)
     validate = commands.add_parser("validate", help="validate the lake against the data contracts and cut a snapshot")

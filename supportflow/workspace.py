@@ -9,17 +9,24 @@ what is wrong with it.
 """
 
 import glob
+import json
+import string
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from supportflow.errors import SupportflowError
+from supportflow.ingest.decoding import DEFAULT_ENCODING, codec_name
 from supportflow.settings import Settings
 
 CONFIG_FILE = "supportflow.yaml"
 BUNDLED_WORKSPACE = "workspace"  # the folder, inside a bundle's dialogue model, holding the desk's texts and catalogue
+SKELETON = "workspace_skeleton"  # the package data `supportflow init` copies when it is given no export
 
 
 class WorkspaceError(SupportflowError):
@@ -34,6 +41,16 @@ class TicketSource(BaseModel):
     format: Literal["csv", "jsonl", "zendesk"] | None = None  # default: from the file's suffix
     source: str | None = None  # the source system's name (default: the file's name)
     field_map: dict[str, str] = Field(default_factory=dict)  # ticket field -> column, e.g. {"intent": "category"}
+    encoding: str = DEFAULT_ENCODING  # the export's text encoding, e.g. cp1252 for a spreadsheet saved on Windows
+
+    @model_validator(mode="after")
+    def _known_encoding(self) -> "TicketSource":
+        """A misspelt encoding is refused when the workspace is read, not after a pipeline run has started."""
+        try:
+            codec_name(self.encoding)
+        except ValueError as error:
+            raise ValueError(f"the ticket source {self.path!r}: encoding {error}") from None
+        return self
 
 
 class BotTexts(BaseModel):
@@ -96,6 +113,12 @@ class Workspace(BaseModel):
         return sources
 
 
+def _problem(error: ErrorDetails) -> str:
+    """Pydantic's message, less the "Value error, " it puts before a check's own sentence."""
+    raised = error.get("ctx", {}).get("error")
+    return str(raised) if error["type"] == "value_error" and raised is not None else error["msg"]
+
+
 def load_workspace(root: Path) -> Workspace:
     root = root.expanduser().resolve()
     path = root / CONFIG_FILE
@@ -110,7 +133,7 @@ def load_workspace(root: Path) -> Workspace:
     try:
         config = WorkspaceConfig.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {_problem(e)}" for e in error.errors())
         raise WorkspaceError(f"{path}: {problems}") from error
     return Workspace(root=root, config=config)
 
@@ -122,6 +145,35 @@ def workspace(settings: Settings) -> Workspace:
 def kb_sources(settings: Settings) -> list[Path]:
     """The knowledge base's sources: `SUPPORTFLOW_KB_SOURCES` where set, else the workspace's."""
     return list(settings.kb_sources) if settings.kb_sources else workspace(settings).kb_sources()
+
+
+def _refuse_a_folder_with_files(folder: Path) -> None:
+    """`init` never writes into a folder that has files, so nobody's workspace is overwritten."""
+    if folder.exists() and any(folder.iterdir()):
+        raise WorkspaceError(f"{folder} is not empty: `supportflow init` writes only into a new or empty folder")
+
+
+def _copy_skeleton(source: Traversable, target: Path, values: dict[str, str]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _copy_skeleton(entry, target / entry.name, values)
+        elif entry.name.endswith(".yaml"):  # the desk's name and the default texts go in here
+            (target / entry.name).write_text(string.Template(entry.read_text(encoding="utf-8")).substitute(values), encoding="utf-8")
+        else:
+            (target / entry.name).write_bytes(entry.read_bytes())
+
+
+def skeleton(folder: Path) -> Workspace:
+    """A small working workspace for a desk with no labelled export yet: four intents any desk has, enough example
+    tickets for the data contract, one article each, and the bot's default texts written out with what each is for.
+    A desk starts from something that passes every check and replaces the examples with its own, instead of
+    learning the file formats from errors."""
+    _refuse_a_folder_with_files(folder)
+    values = {"name": folder.name, **BotTexts().model_dump()}
+    quoted = {key: json.dumps(value, ensure_ascii=False) for key, value in values.items()}  # a JSON string is a YAML string
+    _copy_skeleton(files("supportflow") / SKELETON, folder, quoted)
+    return load_workspace(folder)
 
 
 def _humanise(intent: str) -> str:
@@ -140,7 +192,12 @@ def _article_draft(intent: str, examples: list[str]) -> str:
 
 
 def scaffold(
-    folder: Path, export: Path, fmt: Literal["csv", "jsonl", "zendesk"] | None, field_map: dict[str, str], settings: Settings
+    folder: Path,
+    export: Path,
+    fmt: Literal["csv", "jsonl", "zendesk"] | None,
+    field_map: dict[str, str],
+    settings: Settings,
+    encoding: str = DEFAULT_ENCODING,
 ) -> Workspace:
     """A workspace from a labelled ticket export: the export copied into `data/`, the catalogue with each intent's
     count, one draft article per intent (never served until a person writes it), and the bot's default texts written
@@ -150,9 +207,8 @@ def scaffold(
 
     from supportflow.ingest.readers import open_source
 
-    if folder.exists() and any(folder.iterdir()):
-        raise WorkspaceError(f"{folder} is not empty: `supportflow init` writes only into a new or empty folder")
-    opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, settings.zendesk_intent_field_id)
+    _refuse_a_folder_with_files(folder)
+    opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, settings.zendesk_intent_field_id, encoding)
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     for batch in opened.batches:
@@ -172,7 +228,12 @@ def scaffold(
     (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "kb").mkdir()
     shutil.copyfile(export, folder / "data" / export.name)
-    source = {"path": f"data/{export.name}", **({"format": fmt} if fmt else {}), **({"field_map": field_map} if field_map else {})}
+    source = {
+        "path": f"data/{export.name}",
+        **({"format": fmt} if fmt else {}),
+        **({"field_map": field_map} if field_map else {}),
+        **({"encoding": opened.encoding} if opened.encoding != DEFAULT_ENCODING else {}),
+    }
     ranked = counts.most_common()
     config = {
         "name": folder.name,

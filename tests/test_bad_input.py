@@ -66,7 +66,7 @@ def test_non_utf8_bytes_are_quarantined_with_the_bytes_kept(lake: Lake, settings
 
     assert (report.written, report.quarantined) == (1, 1)
     rejected = quarantined(lake, "ingest").iloc[0]
-    assert rejected["reason"] == "not valid UTF-8"
+    assert rejected["reason"] == "bytes not valid utf-8 at byte offset 51 (0xe9); set the source's encoding (e.g. cp1252)"
     assert json.loads(rejected["raw"]) == {"text": "caf\\xe9 card declined", "intent": "declined_card_payment"}
 
 
@@ -75,7 +75,7 @@ def test_non_utf8_json_line(local_lake: Lake, local_settings: Settings, tmp_path
     path.write_bytes(b'{"text": "fine", "intent": "card_arrival"}\n{"text": "caf\xe9"}\n')
     report = ingest_file(str(path), local_lake, local_settings)
     assert (report.written, report.quarantined) == (1, 1)
-    assert quarantined(local_lake, "ingest").iloc[0]["reason"] == "not valid UTF-8"
+    assert quarantined(local_lake, "ingest").iloc[0]["reason"].startswith("bytes not valid utf-8 at byte offset 56 (0xe9)")
 
 
 def test_a_malformed_zendesk_export_is_a_clear_error(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:

@@ -294,3 +294,22 @@ def test_ingest_and_validate_print_their_reports_as_json(empty_store: Settings, 
     manifest = run("validate", "--json")
     assert manifest["snapshot_id"].startswith("snap-")
     assert manifest["validation"]["accepted"] == sum(manifest["rows"].values())
+
+
+def test_init_without_an_export_writes_the_skeleton_and_says_what_to_run_next(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from supportflow.cli import main
+
+    folder = tmp_path / "my-desk"
+
+    assert main(["init", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert f"workspace my-desk at {folder}" in printed
+    assert "4 intents any desk has: account_access, contact_and_hours, feedback_or_complaint, cancellation" in printed
+    assert "64 labelled example tickets" in printed
+    assert f"supportflow --workspace {folder} demo" in printed and f"supportflow --workspace {folder} chat" in printed
+
+    assert main(["init", str(folder)]) == 2  # never over a workspace
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "other"), "--encoding", "cp1252"]) == 2
+    assert "--encoding: only with --from-tickets" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -1,5 +1,6 @@
 """The flows under Prefect's test harness, and the CLI a person runs."""
 
+import json
 import os
 from pathlib import Path
 
@@ -73,3 +74,16 @@ def test_every_deployment_in_prefect_yaml_points_at_a_flow() -> None:
         module, name = deployment["entrypoint"].removesuffix(".py").replace(".py:", ":").split(":")
         flow = getattr(importlib.import_module(module.replace("/", ".")), name)
         assert isinstance(flow, Flow), deployment["name"]
+
+
+def test_the_cli_ingests_an_export_in_the_encoding_it_is_given(
+    configured: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from supportflow.cli import main
+
+    export = tmp_path / "windows.csv"
+    export.write_bytes("text,intent\nmy café order is late,order_status\nwhere is my order?,order_status\n".encode("cp1252"))
+
+    assert main(["ingest", str(export), "--encoding", "cp1252", "--json"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert (report["encoding"], report["written"], report["quarantined"]) == ("cp1252", 2, 0)

@@ -119,3 +119,67 @@ def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(t
     with pytest.raises(WorkspaceError, match="not empty"):
         scaffold(taken, export, None, {}, Settings())
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+def test_init_from_an_export_in_another_encoding_records_it_on_the_source(tmp_path: Path) -> None:
+    from supportflow.workspace import scaffold
+
+    export = tmp_path / "export.csv"
+    export.write_bytes("text,intent\nmy café order is late,order_status\nwhere is my order?,order_status\n".encode("cp1252"))
+
+    desk = scaffold(tmp_path / "desk", export, None, {}, Settings(), encoding="cp1252")
+
+    ((_, source),) = desk.ticket_files()
+    assert source.encoding == "cp1252"
+    assert "my café order is late" in (desk.root / "kb" / "order_status.md").read_text()
+
+
+def test_init_without_an_export_writes_a_small_working_skeleton(tmp_path: Path) -> None:
+    from supportflow.workspace import BotTexts, skeleton
+
+    desk = skeleton(tmp_path / "corner-shop")
+
+    assert load_workspace(desk.root) == desk
+    assert desk.config.name == "corner-shop" and desk.config.texts == BotTexts()  # the defaults, written out to edit
+    lines = (desk.root / "supportflow.yaml").read_text().splitlines()
+    for text in BotTexts.model_fields:
+        at = next(number for number, line in enumerate(lines) if line.startswith(f"  {text}: "))
+        assert lines[at - 1].startswith("  # "), f"{text} has no comment saying when the bot says it"
+    catalogue = load_catalogue(desk.catalogue_file)
+    assert catalogue.name == "corner-shop" and len(catalogue.intents) == 4
+    assert all(catalogue.specs[intent].description for intent in catalogue.intents)
+    ((files, _),) = desk.ticket_files()
+    tickets = pd.read_csv(files[0])
+    assert set(tickets["intent"]) == set(catalogue.intents) and tickets["text"].is_unique
+    articles = {path.stem: path.read_text() for path in (desk.root / "kb").glob("*.md")}
+    assert set(articles) == set(catalogue.intents)
+    assert all(f"\nintent: {intent}\n" in text and "draft" not in text.split("---")[1] for intent, text in articles.items())
+    assert sorted(path.name for path in desk.root.iterdir()) == ["data", "intents.yaml", "kb", "supportflow.yaml"]
+
+
+def test_the_skeletons_tickets_pass_ingest_and_the_data_contracts(tmp_path: Path) -> None:
+    from supportflow.ingest.load import ingest_file
+    from supportflow.lake import open_lake
+    from supportflow.validate.snapshot import validate_lake
+    from supportflow.workspace import skeleton
+    from tests.conftest import make_settings
+
+    desk = skeleton(tmp_path / "desk")
+    settings = make_settings(tmp_path, str(tmp_path / "lake"), workspace=desk.root)
+    lake = open_lake(settings)
+
+    reports = [ingest_file(file, lake, settings, source.source, source.format) for files, source in desk.ticket_files() for file in files]
+    manifest = validate_lake(lake, settings)
+
+    assert [(r.rows_read, r.written, r.quarantined) for r in reports] == [(64, 64, 0)]
+    assert (manifest.validation.accepted, manifest.validation.quarantined, manifest.intents) == (64, 0, 4)
+    assert manifest.intent_catalogue == "desk" and all(rows > 0 for rows in manifest.rows.values())
+
+
+def test_init_refuses_a_folder_with_files_for_the_skeleton_too(tmp_path: Path) -> None:
+    from supportflow.workspace import skeleton
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(WorkspaceError, match="not empty"):
+        skeleton(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

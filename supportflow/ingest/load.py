@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from supportflow.ingest.decoding import DEFAULT_ENCODING
 from supportflow.ingest.readers import Format, RawBatch, Reject, open_source
 from supportflow.ingest.tickets import KnownIds, id_keys, parse_created_at, to_table, to_tickets
 from supportflow.lake import Lake
@@ -30,6 +31,7 @@ class IngestReport(BaseModel):
     file: str
     source: str
     format: str
+    encoding: str = DEFAULT_ENCODING
     rows_read: int = 0
     written: int = 0
     duplicates: int = 0
@@ -44,8 +46,9 @@ class IngestReport(BaseModel):
         return self.rows_read == self.written + self.duplicates + self.quarantined
 
     def lines(self) -> list[str]:
+        encoding = f" ({self.encoding})" if self.encoding != DEFAULT_ENCODING else ""
         lines = [
-            f"{self.file}: read {self.rows_read:,} = written {self.written:,} + duplicates {self.duplicates:,}"
+            f"{self.file}{encoding}: read {self.rows_read:,} = written {self.written:,} + duplicates {self.duplicates:,}"
             f" + quarantined {self.quarantined:,}; redactions {self.redactions or 'none'}"
         ]
         if self.ignored_columns:
@@ -121,11 +124,12 @@ def ingest_file(
     source: str | None = None,
     fmt: Format | None = None,
     known_ids: KnownIds | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> IngestReport:
     """Read one export, land its tickets, quarantine what cannot be read; `known_ids` is updated."""
     source = source or default_source(path)
-    opened = open_source(path, fmt, settings.ingest_batch_rows, settings.field_map, settings.zendesk_intent_field_id)
-    report = IngestReport(file=path, source=source, format=opened.format, ignored_columns=opened.ignored_columns)
+    opened = open_source(path, fmt, settings.ingest_batch_rows, settings.field_map, settings.zendesk_intent_field_id, encoding)
+    report = IngestReport(file=path, source=source, format=opened.format, encoding=opened.encoding, ignored_columns=opened.ignored_columns)
     known = existing_ticket_ids(lake) if known_ids is None else known_ids
     redactions: Counter[str] = Counter()
     now = datetime.now(UTC)

@@ -2,7 +2,8 @@
 
 Each reader streams the file in batches of raw records (so memory does not grow with the file) and
 hands back, beside each batch, the lines it could not read, each with its reason: nothing is
-dropped silently.
+dropped silently. Every reader decodes the file in its source's encoding (supportflow/ingest/decoding.py):
+a record with bytes that do not decode is one of those lines, its reason naming where in the file they are.
 """
 
 import csv
@@ -16,9 +17,11 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from supportflow.errors import IngestError
+from supportflow.ingest.decoding import DEFAULT_ENCODING, TAG_OPEN, DecodedExport, bad_bytes, codec_name, escaped, undecodable
 from supportflow.ingest.tickets import RAW_FIELDS, resolve_columns
 
 Format = Literal["csv", "jsonl", "zendesk"]
@@ -41,6 +44,7 @@ class RawBatch:
 class SourceFile:
     path: str
     format: Format
+    encoding: str
     ignored_columns: list[str]
     batches: Iterator[RawBatch]
     size: int = 0
@@ -58,23 +62,19 @@ def detect_format(path: str) -> Format:
     raise IngestError(f"{path}: cannot tell the format from the name; pass one of csv, jsonl, zendesk")
 
 
-def escape(text: str) -> str:
-    """Text that may hold undecodable bytes (as surrogates), made storable without losing them."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _is_clean_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def open_source(
-    path: str, fmt: Format | None, batch_rows: int, field_map: dict[str, str], zendesk_intent_field_id: int | None = None
+    path: str,
+    fmt: Format | None,
+    batch_rows: int,
+    field_map: dict[str, str],
+    zendesk_intent_field_id: int | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> SourceFile:
-    """Check the file exists and is not empty, then stream it in its format."""
+    """Check the file exists and is not empty, then stream it in its format and encoding."""
+    try:
+        encoding = codec_name(encoding)
+    except ValueError as error:
+        raise IngestError(f"{path}: {error}") from error
     try:
         fs, fs_path = fsspec.core.url_to_fs(path)
         if not fs.exists(fs_path):
@@ -89,26 +89,26 @@ def open_source(
         raise IngestError(f"{path}: cannot be opened: {type(error).__name__}: {error}") from error
     fmt = fmt or detect_format(path)
     if fmt == "csv":
-        opened = _open_csv(path, fs, fs_path, batch_rows, field_map)
+        opened = _open_csv(path, fs, fs_path, batch_rows, field_map, encoding)
     elif fmt == "jsonl":
-        opened = SourceFile(path, fmt, [], _jsonl_batches(fs, fs_path, batch_rows, field_map, _plain_record))
+        opened = SourceFile(path, fmt, encoding, [], _jsonl_batches(path, fs, fs_path, batch_rows, field_map, _plain_record, encoding))
     elif fmt == "zendesk":
-        opened = _open_zendesk(path, fs, fs_path, batch_rows, zendesk_intent_field_id)
+        opened = _open_zendesk(path, fs, fs_path, batch_rows, zendesk_intent_field_id, encoding)
     else:
         raise IngestError(f"{path}: unknown format {fmt!r}; use one of csv, jsonl, zendesk")
     opened.size = fs.size(fs_path)
     return opened
 
 
-def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, str]) -> SourceFile:
+def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, str], encoding: str) -> SourceFile:
     """Arrow's streaming CSV reader: fast, bounded memory, and it reports malformed rows instead of failing."""
-    with fs.open(fs_path, "rb") as probe:
-        sample = probe.read(64 * 1024).decode("utf-8-sig", "surrogateescape")
+    with fs.open(fs_path, "rb") as raw:
+        sample = DecodedExport(raw, encoding, path).read(64 * 1024).decode("utf-8", "replace")  # a character cut at the end is never read
     first_line = sample.splitlines()[0] if sample.strip() else ""
     if not first_line.strip():
         raise IngestError(f"{path}: the file is empty")
     delimiter = "\t" if path.lower().endswith(".tsv") or first_line.count("\t") > first_line.count(",") else ","
-    header = [escape(name).strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
+    header = [escaped(name).strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
     mapping = resolve_columns(header, field_map)
     if "text" not in mapping:
         wanted = field_map.get("text") or " or ".join(("text", "message", "body", "description"))
@@ -116,17 +116,17 @@ def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict
     if len(set(header)) != len(header):
         raise IngestError(f"{path}: the header repeats a column name: {header}")
     ignored = [name for name in header if name not in mapping.values()]
-    return SourceFile(path, "csv", ignored, _csv_batches(path, fs, fs_path, batch_rows, header, mapping, delimiter))
+    return SourceFile(path, "csv", encoding, ignored, _csv_batches(path, fs, fs_path, batch_rows, header, mapping, delimiter, encoding))
 
 
 def _csv_batches(
-    path: str, fs: Any, fs_path: str, batch_rows: int, header: list[str], mapping: dict[str, str], delimiter: str
+    path: str, fs: Any, fs_path: str, batch_rows: int, header: list[str], mapping: dict[str, str], delimiter: str, encoding: str
 ) -> Iterator[RawBatch]:
     malformed: list[Reject] = []
 
     def on_invalid_row(row: pacsv.InvalidRow) -> str:
         line = row.number if row.number is not None else -1
-        malformed.append(Reject(line, f"expected {row.expected_columns} fields, found {row.actual_columns}", escape(row.text)))
+        malformed.append(Reject(line, f"expected {row.expected_columns} fields, found {row.actual_columns}", escaped(row.text)))
         return "skip"
 
     names = [f"c{i}" for i in range(len(header))]  # header names may hold undecodable bytes
@@ -134,50 +134,47 @@ def _csv_batches(
     options = {
         "read_options": pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=8 << 20),
         "parse_options": pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid_row),
-        "convert_options": pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary()), include_columns=list(wanted.values())),
+        "convert_options": pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), include_columns=list(wanted.values())),
     }
     row_number = 1  # the header
     pending: pa.Table | None = None
-    with fs.open(fs_path, "rb") as handle:
+    with fs.open(fs_path, "rb") as raw:
+        export = DecodedExport(raw, encoding, path)
         try:
-            for block in pacsv.open_csv(handle, **options):
+            for block in pacsv.open_csv(export, **options):
                 block_table = pa.Table.from_batches([block])
                 pending = block_table if pending is None else pa.concat_tables([pending, block_table])
                 while pending.num_rows >= batch_rows:
-                    batch, row_number = _decode_block(pending.slice(0, batch_rows), wanted, row_number, malformed)
+                    batch, row_number = _block_batch(pending.slice(0, batch_rows), wanted, row_number, malformed, encoding, export.tagged)
                     pending, malformed = pending.slice(batch_rows), []
                     yield batch
         except pa.ArrowInvalid as error:
             raise IngestError(f"{path}: unreadable CSV after row {row_number}: {error}") from error
     if (pending is not None and pending.num_rows) or malformed:
-        table = pending if pending is not None else pa.table({name: pa.array([], pa.binary()) for name in wanted.values()})
-        batch, _ = _decode_block(table, wanted, row_number, malformed)
+        table = pending if pending is not None else pa.table({name: pa.array([], pa.string()) for name in wanted.values()})
+        batch, _ = _block_batch(table, wanted, row_number, malformed, encoding, export.tagged)
         yield batch
 
 
-def _decode_block(table: pa.Table, wanted: dict[str, str], first_row: int, rejects: list[Reject]) -> tuple[RawBatch, int]:
-    """Binary columns to text; rows with bytes that are not UTF-8 are rejected with their content kept."""
+def _block_batch(
+    table: pa.Table, wanted: dict[str, str], first_row: int, rejects: list[Reject], encoding: str, tagged: bool
+) -> tuple[RawBatch, int]:
+    """Rows with undecodable bytes in a field the ticket reads are rejected, with their content kept; `tagged` is
+    whether the export had any so far (most have none, and their batches are not searched)."""
     rows = pd.Index(range(first_row + 1, first_row + 1 + table.num_rows), name="line")
-    columns: dict[str, pa.Array] = {}
     bad = np.zeros(table.num_rows, dtype=bool)
-    for raw_field, name in wanted.items():
-        column = table.column(name)
-        try:
-            columns[raw_field] = column.cast(pa.string())
-        except pa.ArrowInvalid:
-            values = column.to_pylist()
-            for position, value in enumerate(values):
-                try:
-                    value.decode("utf-8")
-                except UnicodeDecodeError:
-                    bad[position] = True
-            columns[raw_field] = pa.array([v.decode("utf-8", "replace") for v in values], pa.string())
+    for name in wanted.values() if tagged else ():
+        bad |= pc.match_substring(table.column(name), TAG_OPEN).fill_null(False).to_numpy()
     rejects = list(rejects)
-    if bad.any():
-        for position in np.flatnonzero(bad):
-            raw = {field: table.column(name)[int(position)].as_py().decode("utf-8", "backslashreplace") for field, name in wanted.items()}
-            rejects.append(Reject(int(rows[position]), "not valid UTF-8", json.dumps(raw, ensure_ascii=False)))
-    records = pa.table(columns).to_pandas(types_mapper=None).astype("object")
+    for position in np.flatnonzero(bad):
+        values = {field: table.column(name)[int(position)].as_py() or "" for field, name in wanted.items()}
+        found = [where for value in values.values() for where in bad_bytes(value)]
+        if not found:  # the file's own U+FDD0, not a tag
+            bad[position] = False
+            continue
+        raw = json.dumps({field: escaped(value) for field, value in values.items()}, ensure_ascii=False)
+        rejects.append(Reject(int(rows[position]), undecodable(found, encoding), raw))
+    records = table.select(list(wanted.values())).rename_columns(list(wanted)).to_pandas(types_mapper=None).astype("object")
     records.index = rows
     return RawBatch(records.loc[~bad], rejects), first_row + table.num_rows
 
@@ -190,20 +187,21 @@ def _plain_record(record: dict[str, Any], field_map: dict[str, str]) -> dict[str
     return {raw_field: record[column] for raw_field, column in mapping.items()}
 
 
-def _jsonl_batches(fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, str], to_raw: RecordMapper) -> Iterator[RawBatch]:
-    with fs.open(fs_path, "rb") as handle:
+def _jsonl_batches(
+    path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, str], to_raw: RecordMapper, encoding: str
+) -> Iterator[RawBatch]:
+    with fs.open(fs_path, "rb") as raw:
         records: list[dict[str, Any]] = []
         lines: list[int] = []
         rejects: list[Reject] = []
-        for line_number, line in enumerate(handle, start=1):
+        for line_number, line in enumerate(DecodedExport(raw, encoding, path), start=1):
             if not line.strip():
                 continue
+            text = line.decode("utf-8")
+            found = bad_bytes(text)
             try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError:
-                rejects.append(Reject(line_number, "not valid UTF-8", line.decode("utf-8", "backslashreplace").rstrip("\n")))
-                continue
-            try:
+                if found:
+                    raise ValueError(undecodable(found, encoding))
                 record = json.loads(text)
                 if not isinstance(record, dict):
                     raise ValueError(f"a line must hold a JSON object, found {type(record).__name__}")
@@ -212,7 +210,7 @@ def _jsonl_batches(fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, 
             except json.JSONDecodeError as error:
                 rejects.append(Reject(line_number, f"malformed JSON: {error.msg} at column {error.colno}", text.rstrip("\n")))
             except ValueError as error:
-                rejects.append(Reject(line_number, str(error), text.rstrip("\n")))
+                rejects.append(Reject(line_number, str(error), escaped(text).rstrip("\n")))
             if len(records) + len(rejects) >= batch_rows:
                 yield _records_batch(records, lines, rejects)
                 records, lines, rejects = [], [], []
@@ -276,12 +274,12 @@ def zendesk_record(ticket: dict[str, Any], intent_field_id: int | None) -> dict[
     }
 
 
-def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_field_id: int | None) -> SourceFile:
+def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_field_id: int | None, encoding: str) -> SourceFile:
     to_raw = lambda ticket, _field_map: zendesk_record(ticket, intent_field_id)  # noqa: E731
     if path.lower().endswith((".jsonl", ".ndjson")):
-        return SourceFile(path, "zendesk", [], _jsonl_batches(fs, fs_path, batch_rows, {}, to_raw))
-    with fs.open(fs_path, "rb") as handle:
-        text = handle.read().decode("utf-8", "surrogateescape")
+        return SourceFile(path, "zendesk", encoding, [], _jsonl_batches(path, fs, fs_path, batch_rows, {}, to_raw, encoding))
+    with fs.open(fs_path, "rb") as raw:
+        text = DecodedExport(raw, encoding, path).read().decode("utf-8")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -295,10 +293,11 @@ def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_fiel
             records, lines, rejects = [], [], []
             for number, ticket in enumerate(tickets[start : start + batch_rows], start=start + 1):
                 serialised = json.dumps(ticket, ensure_ascii=False, default=str)
+                found = bad_bytes(serialised)
                 if not isinstance(ticket, dict):
-                    rejects.append(Reject(number, "a ticket must be a JSON object", escape(serialised)))
-                elif not _is_clean_utf8(serialised):
-                    rejects.append(Reject(number, "not valid UTF-8", escape(serialised)))
+                    rejects.append(Reject(number, "a ticket must be a JSON object", escaped(serialised)))
+                elif found:
+                    rejects.append(Reject(number, undecodable(found, encoding), escaped(serialised)))
                 else:
                     try:
                         records.append(_scalar_fields(to_raw(ticket, {})))
@@ -307,4 +306,4 @@ def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_fiel
                         rejects.append(Reject(number, str(error), serialised))
             yield _records_batch(records, lines, rejects)
 
-    return SourceFile(path, "zendesk", [], batches())
+    return SourceFile(path, "zendesk", encoding, [], batches())

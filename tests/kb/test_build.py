@@ -107,3 +107,20 @@ def test_a_build_with_nothing_usable_is_refused_and_the_previous_build_serves(
 def test_opening_before_any_build_says_what_to_run(kb_settings: Settings) -> None:
     with pytest.raises(KnowledgeBaseError, match="supportflow kb-index"):
         open_knowledge_base(kb_settings)
+
+
+def test_the_init_skeletons_articles_answer_every_intent_in_its_catalogue(kb_settings: Settings, tmp_path: Path) -> None:
+    from supportflow.workspace import skeleton
+
+    desk = skeleton(tmp_path / "desk")
+    ((files, _),) = desk.ticket_files()
+    settings = kb_settings.model_copy(update={"workspace": desk.root, "kb_sources": []})
+
+    report = build_knowledge_base(settings, labelled=pd.read_csv(files[0]))
+
+    assert (report.documents, report.skipped, report.unanswered_intents) == (4, [], [])
+    assert report.smoke and report.smoke.hit_rate == 1.0
+    kb = open_knowledge_base(settings)
+    assert kb.reply("I forgot my password and can't log in").answers[0].doc_id == "account_access"
+    assert kb.reply("what time do you open on Saturday?").answers[0].doc_id == "contact_and_hours"
+    assert "supportflow init" not in kb.reply("how do I cancel my booking").answers[0].body  # the note to the desk is not served
