@@ -255,4 +255,21 @@ def scaffold(
     )
     for intent, _ in ranked:
         (folder / "kb" / f"{intent}.md").write_text(_article_draft(intent, examples[intent]))
+    _default_dialogue(folder / "domain", [intent for intent, _ in ranked[:2]])
     return load_workspace(folder)
+
+
+def _default_dialogue(folder: Path, intents: list[str]) -> None:
+    """The skeleton's domain file (how to declare a slot, in comments) and conversation tests on the desk's own intents."""
+    (folder / "tests").mkdir(parents=True)
+    (folder / "domain.yml").write_bytes((files("supportflow") / SKELETON / "domain" / "domain.yml").read_bytes())
+    asked = [step for intent in intents for step in ({"intent": intent}, {"action": "action_answer"})]
+    stories = [
+        {"story": "a greeting, then questions", "steps": [{"intent": "greet"}, {"action": "action_answer"}, *asked]},
+        {"story": "asking for a person", "steps": [*asked[:2], {"intent": "ask_human"}, {"action": "action_handoff"}]},
+    ]
+    (folder / "tests" / "test_stories.yml").write_text(
+        "# Conversation tests: `rasa test` runs them against every dialogue model the pipeline builds; a failing story\n"
+        "# stops the build. Each step is what a message was recognised as, then what the bot did.\n"
+        + yaml.safe_dump({"version": "3.1", "stories": stories}, sort_keys=False, allow_unicode=True)
+    )

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from supportflow.dialogue.project import plan_dialogue, read_desk_dialogue
 from supportflow.errors import ContractError
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
@@ -103,6 +105,14 @@ def test_init_scaffolds_a_workspace_from_a_labelled_export_with_drafts_that_are_
     assert loaded.documents == []  # drafts only: nothing a customer could be answered with
     assert sorted(Path(s.item).stem for s in loaded.skipped) == ["export", "login", "refund"]
     assert all("draft" in s.reason for s in loaded.skipped)
+    dialogue = read_desk_dialogue(desk.dialogue_dir)  # the default dialogue files, with tests on the desk's own intents
+    tested = {
+        step.get("intent")
+        for story in yaml.safe_load((desk.dialogue_dir / "tests" / "test_stories.yml").read_text())["stories"]
+        for step in story["steps"]
+    }
+    assert {"refund", "login", "ask_human"} <= tested
+    assert plan_dialogue(catalogue, dialogue).asking == {}
 
 
 def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(tmp_path: Path) -> None:
@@ -154,7 +164,7 @@ def test_init_without_an_export_writes_a_small_working_skeleton(tmp_path: Path) 
     articles = {path.stem: path.read_text() for path in (desk.root / "kb").glob("*.md")}
     assert set(articles) == set(catalogue.intents)
     assert all(f"\nintent: {intent}\n" in text and "draft" not in text.split("---")[1] for intent, text in articles.items())
-    assert sorted(path.name for path in desk.root.iterdir()) == ["data", "intents.yaml", "kb", "supportflow.yaml"]
+    assert sorted(path.name for path in desk.root.iterdir()) == ["data", "domain", "intents.yaml", "kb", "supportflow.yaml"]
 
 
 def test_the_skeletons_tickets_pass_ingest_and_the_data_contracts(tmp_path: Path) -> None:
