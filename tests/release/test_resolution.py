@@ -221,3 +221,42 @@ def test_the_results_file_and_the_mlflow_run(report: ResolutionReport, tmp_path:
     assert confusion.read_text().splitlines()[0] == "gold_intent,card_arrival,card_delivery_estimate,change_pin,clarify,handoff"
     by_intent = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/resolution/by_intent.json")
     assert "gold_intent" in by_intent["columns"]
+
+
+def test_a_release_keeps_its_resolution_and_shows_it(report: ResolutionReport) -> None:
+    from datetime import UTC, datetime
+
+    from supportflow.release.bundle import Bundles
+    from supportflow.release.promote import Release, ReleaseSummary, SmokeReport
+
+    bundles = Bundles(
+        classifier="supportflow-classifier:v3-abc",
+        bot="supportflow-bot:v3-abc",
+        classifier_model="supportflow-intent-classifier:v3",
+        dialogue_model="supportflow-dialogue:def",
+        classifier_version="3",
+        serving_variant="int8",
+        kb_build="kb-20240101",
+        labels={},
+    )
+    smoke = SmokeReport(
+        passed=True,
+        classifier_version="3",
+        examples=60,
+        accuracy=0.9,
+        expected_accuracy=0.92,
+        chat_route="kb",
+        failure=None,
+        seconds=40,
+        resolution=report,
+    )
+    release = Release(release_id="v3-abc", bundles=bundles, smoke=smoke, promoted_at=datetime.now(UTC))
+    stored = Release.model_validate_json(release.model_dump_json())  # as releases/production.json holds it
+    assert stored.resolution == report and stored.resolution.n == 8
+    summary = ReleaseSummary(bundles=bundles, smoke=smoke, release=stored, resolution_run_id="0123abcd")
+    lines = summary.lines()
+    assert lines[3].startswith("  resolution: 8 messages of the test split") and "    in MLflow: run 0123abcd" in lines
+    assert lines[-1].startswith("production release v3-abc")
+    assert "**Resolution** of 8 messages" in summary.markdown()
+    before = Release.model_validate({**release.model_dump(mode="json"), "smoke": smoke.model_dump(mode="json", exclude={"resolution"})})
+    assert before.resolution is None  # a release recorded before evaluations existed still reads
