@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -385,14 +385,17 @@ def evaluate_bot(settings: Settings, bot_url: str, examples: LabelledExamples, c
     return Replay(report, outcomes)
 
 
-def evaluate_production(settings: Settings, examples: LabelledExamples) -> Replay:
-    """The production release's bundles, started on spare ports against scratch stores, asked every example."""
+def evaluate_production(settings: Settings, examples: LabelledExamples, on_start: Callable[[], None] | None = None) -> Replay:
+    """The production release's bundles, started on spare ports against scratch stores, asked every example;
+    `on_start` is told once the stack starts, so a person knows why the wait."""
     from supportflow.release.promote import current_release
     from supportflow.release.stack import scratch_stack
 
     release = current_release(open_lake(settings))
     if release is None:
         raise ResolutionError("nothing is released yet: run the pipeline first, or evaluate a running bot with --bot-url")
+    if on_start is not None:
+        on_start()
     with scratch_stack(settings, release.bundles, settings.run_dir / "evaluate-logs") as stack:
         replayed = evaluate_bot(settings, stack.bot_url, examples, release.bundles.classifier_version)
     return Replay(replayed.report, replayed.outcomes, release.release_id)
