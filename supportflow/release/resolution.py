@@ -186,9 +186,10 @@ class ResolutionReport(OutcomeCounts):
         return report
 
     def weakest_intents(self, top: int = 5) -> list[tuple[str, OutcomeCounts]]:
-        """The gold intents least often answered right, the first place a desk looks (an article to rewrite, an intent to split)."""
+        """The gold intents least often answered right (those always answered right are left out), the first place a
+        desk looks: an article to rewrite, an intent to split."""
         ranked = sorted(self.by_intent.items(), key=lambda item: (item[1].rate("answered_right"), -item[1].n, item[0]))
-        return [(intent, counts) for intent, counts in ranked if counts.n][:top]
+        return [(intent, counts) for intent, counts in ranked if counts.answered_right < counts.n][:top]
 
     def wrong_answers(self, top: int = 5) -> list[tuple[str, str, int]]:
         """The most frequent (gold intent, answering intent) pairs where the reply came from another intent's article."""

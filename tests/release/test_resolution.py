@@ -10,6 +10,7 @@ import pytest
 from supportflow.release.resolution import (
     ExampleOutcome,
     LabelledExamples,
+    OutcomeCounts,
     ResolutionError,
     ResolutionReport,
     judge,
@@ -134,6 +135,9 @@ def test_per_intent_counts_and_the_confusion_follow_each_gold_intent(report: Res
     assert list(frame.columns) == ["card_arrival", "card_delivery_estimate", "change_pin", "clarify", "handoff"]
     assert frame.loc["exchange_rate"].tolist() == [0, 1, 0, 0, 0]
     assert [intent for intent, _ in report.weakest_intents()] == ["exchange_rate", "change_pin", "card_arrival"]
+    always_right = OutcomeCounts(answered_right=3)
+    perfect = report.model_copy(update={"by_intent": {**report.by_intent, "card_arrival": always_right}})
+    assert [intent for intent, _ in perfect.weakest_intents()] == ["exchange_rate", "change_pin"]  # always right: not listed
     assert report.wrong_answers() == [("card_arrival", "card_delivery_estimate", 1), ("exchange_rate", "card_delivery_estimate", 1)]
 
 
