@@ -1,5 +1,6 @@
-"""The `release` flow: bundle the champion with its dialogue model, smoke-test the bundle on spare ports,
-promote it. A failed smoke test raises, and production keeps what it was serving."""
+"""The `release` flow: bundle the champion with its dialogue model, smoke-test the bundle on spare ports (and
+replay the test split through its /chat while it serves), promote it, log its resolution figures under the
+release id. A failed smoke test raises, and production keeps what it was serving."""
 
 from pathlib import Path
 
@@ -10,7 +11,15 @@ from prefect.context import TaskRunContext
 
 from supportflow.lake import open_lake
 from supportflow.release.bundle import Bundles, build_bundles
-from supportflow.release.promote import Release, ReleaseSummary, SmokeReport, promote, smoke_key, smoke_test_release
+from supportflow.release.promote import (
+    Release,
+    ReleaseSummary,
+    SmokeReport,
+    log_release_resolution,
+    promote,
+    smoke_key,
+    smoke_test_release,
+)
 from supportflow.settings import Settings, get_settings
 
 
@@ -33,13 +42,19 @@ def promote_release(settings: Settings, bundles: Bundles, report: SmokeReport) -
     return promote(settings, open_lake(settings), bundles, report)
 
 
+@task(name="log-resolution", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def log_resolution(settings: Settings, release: Release) -> str | None:
+    return log_release_resolution(settings, release)
+
+
 @flow(name="release")
 def release(classifier_version: str, dialogue_model: str, kb_build: str | None, expected_accuracy: float) -> ReleaseSummary:
     settings = get_settings()
     bundles = bundle(settings, classifier_version, Path(dialogue_model), kb_build)
     report = smoke(settings, bundles, expected_accuracy)
     promoted = promote_release(settings, bundles, report)
-    summary = ReleaseSummary(bundles=bundles, smoke=report, release=promoted)
+    run_id = log_resolution(settings, promoted)
+    summary = ReleaseSummary(bundles=bundles, smoke=report, release=promoted, resolution_run_id=run_id)
     get_run_logger().info("release %s is production: %s, %s", promoted.release_id, bundles.classifier, bundles.bot)
     create_markdown_artifact(key="release", markdown=summary.markdown(), description="Bundle, smoke test and promotion")
     return summary

@@ -204,6 +204,40 @@ def _converse(stack: "Stack", questions: Sequence[str]) -> None:
             print(f"  bot ({reply.get('route')}, {reply.get('intent')}): {text}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from supportflow.release.resolution import (
+        evaluate_bot,
+        evaluate_production,
+        labelled_export,
+        log_resolution,
+        results_file,
+        snapshot_test_split,
+    )
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    try:
+        field_map = json.loads(args.field_map) if args.field_map else None
+    except json.JSONDecodeError as error:
+        raise SupportflowError(f"--field-map is not JSON: {error}") from error
+    examples = labelled_export(settings, args.file, args.format, field_map) if args.file else snapshot_test_split(settings)
+    examples = examples.sample(args.limit, settings.snapshot_seed)
+    notes = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the report alone
+
+    def starting() -> None:
+        print("starting the production release on spare ports, against scratch stores (about a minute)...", file=notes, flush=True)
+
+    if args.bot_url:
+        replayed = evaluate_bot(settings, args.bot_url, examples)
+    else:
+        replayed = evaluate_production(settings, examples, on_start=starting)
+    path = results_file(settings, replayed.report, replayed.release_id)
+    run_id = log_resolution(settings, replayed.report, replayed.release_id, outcomes=replayed.outcomes)
+    _report(args, "resolution", replayed.report)
+    print(f"  figures: {path}", file=notes)
+    print(f"  MLflow: run {run_id} in experiment {settings.resolution_experiment!r} (resolution/examples.csv: every message)", file=notes)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import signal
     import threading
@@ -452,6 +486,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.set_defaults(run=cmd_pipeline, prefect=True)
+    evaluate = commands.add_parser(
+        "evaluate", help="replay labelled messages through the bot's /chat: answered right or wrong, clarified, handed off"
+    )
+    evaluate.add_argument("--file", metavar="EXPORT", help="a labelled export (CSV, JSON Lines, Zendesk JSON); default: the test split")
+    evaluate.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="the export's format (default: from the file's suffix)")
+    evaluate.add_argument("--field-map", help='JSON, ticket field to column, e.g. \'{"text": "message", "intent": "category"}\'')
+    evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="a seeded sample of N messages (default: all)")
+    evaluate.add_argument(
+        "--bot-url",
+        metavar="URL",
+        help="evaluate this running bot (its turn log and handoff queue get the messages); "
+        "default: the production release, started on spare ports against scratch stores",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(run=cmd_evaluate)
     serve = commands.add_parser("serve", help="serve the bot locally: classifier, Rasa, action server, bot")
     serve.add_argument("--background", action="store_true", help="leave it running and return (stop with `supportflow stop`)")
     serve.set_defaults(run=cmd_serve)

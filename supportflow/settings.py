@@ -172,6 +172,14 @@ class Settings(BaseSettings):
     release_poll_seconds: float = Field(10.0, gt=0)
     smoke_examples: int = Field(60, ge=1, description="Test examples the smoke test classifies through the new bundle.")
     smoke_max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="Largest drop from the registered test accuracy on them.")
+    # Bot-level evaluation (supportflow/release/resolution.py): labelled messages replayed through /chat, each as a new
+    # conversation, counted as answered right or wrong, clarified or handed off.
+    evaluate_examples: int = Field(
+        0, ge=0, description="Test examples a release replays through its candidate bot while the smoke test serves it; 0: the whole split."
+    )
+    evaluate_concurrency: int = Field(4, ge=1, description="Conversations replayed at once: a few customers writing together.")
+    resolution_experiment: str = "bot-resolution"
+    results_dir: Path = Field(PROJECT_ROOT / "bench" / "results", description="Where `supportflow evaluate` writes resolution_<desk>.json.")
     # Drift monitor: thresholds as one JSON object in SUPPORTFLOW_DRIFT, its reports in this MLflow experiment.
     drift: DriftThresholds = DriftThresholds()
     drift_experiment: str = "drift-monitor"

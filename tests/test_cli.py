@@ -120,6 +120,29 @@ def test_status_on_an_empty_store(empty_store: Settings, tmp_path: Path, capsys:
     assert "nothing released yet" in table and "nothing serving" in table
 
 
+def test_evaluate_says_what_is_missing_before_it_asks_anything(
+    empty_store: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The evaluation itself runs against a real served bot in tests/bot/test_stack.py."""
+    from supportflow.cli import main
+
+    export = tmp_path / "export.csv"
+    export.write_text("message,category\nmy card has not arrived,card_arrival\n")
+    dead = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        (["evaluate"], "no training snapshot in the lake"),
+        (["evaluate", "--file", str(export)], "nothing is released yet: run the pipeline first, or evaluate a running bot with --bot-url"),
+        (["evaluate", "--file", str(export), "--bot-url", dead], f"no supportflow bot answers at {dead} (ConnectError"),
+        (["evaluate", "--file", str(export), "--limit", "-1"], "the limit must be 0 (all) or more"),
+        (["evaluate", "--file", str(tmp_path / "missing.csv")], "missing.csv: no such file"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        captured = capsys.readouterr()
+        assert captured.err.startswith("supportflow: error: ") and message in captured.err, (args, captured.err)
+        assert "Traceback" not in captured.err and captured.out == ""
+
+
 class FakeBot(BaseHTTPRequestHandler):
     """Speaks the bot's HTTP shape (bentos/bot/service.py): /readyz, and /chat's replies, route and intent."""
 

@@ -139,6 +139,8 @@ class BotService:
             "route": result.route,
             "intent": result.intent,
             "confidence": result.confidence,
+            "kb_doc_id": result.kb_doc_id,
+            "answer_intent": result.answer_intent,
             "request_id": request_id,
         }
         return result.status, body

@@ -79,6 +79,7 @@ class AnswerResponse(BaseModel):
     intent: str | None = None
     confidence: float | None = None
     kb_doc_id: str | None = None
+    answer_intent: str | None = None  # the intent the chosen article answers: what an evaluation checks against the gold intent
     kb_score: float | None = None
     degraded: bool = False  # a part the bot needs (the classifier) is down
 
@@ -99,6 +100,8 @@ class ChatResult:
     request_id: str = ""
     intent: str | None = None
     confidence: float | None = None
+    kb_doc_id: str | None = None
+    answer_intent: str | None = None
 
 
 def extract_answer(body: str, limit: int = 600) -> str:
@@ -191,6 +194,7 @@ class SupportBot:
             intent=intent,
             confidence=confidence,
             kb_doc_id=chosen.doc_id,
+            answer_intent=chosen.intent,
             kb_score=chosen.score,
         )
 
@@ -277,7 +281,14 @@ class SupportBot:
             return ChatResult(messages or [self.texts.handoff], "dialogue", request_id=request_id)
         status = 503 if outcome.degraded else 200
         return ChatResult(
-            messages, outcome.route, status=status, request_id=request_id, intent=outcome.intent, confidence=outcome.confidence
+            messages,
+            outcome.route,
+            status=status,
+            request_id=request_id,
+            intent=outcome.intent,
+            confidence=outcome.confidence,
+            kb_doc_id=outcome.kb_doc_id,
+            answer_intent=outcome.answer_intent,
         )
 
     def knows(self, conversation_id: str) -> bool:

@@ -2,15 +2,15 @@
 
 The lake keeps `releases/production.json` (what serves) and `releases/history/<release_id>.json` (every
 release, each naming the one it replaced). Promotion sets the registry's `production` alias and then the
-pointer; both are idempotent, so a run killed in between finishes the job when re-run. A failed smoke
-test promotes nothing: the current release keeps serving. Rollback restores the previous release's
+pointer; both are idempotent, so a run killed in between finishes the job when re-run. While the smoke test
+serves the candidate, the test split is replayed through its `/chat` (supportflow/release/resolution.py), and
+the figures are kept with the release. A failed smoke test, an evaluation with errors included, promotes
+nothing: the current release keeps serving. Rollback restores the previous release's
 bundle and moves `production` and `champion` back to its classifier version, together.
 """
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,13 +21,12 @@ from pydantic import BaseModel
 
 from supportflow.digest import text_digest
 from supportflow.errors import SupportflowError
-from supportflow.lake import Lake, open_lake
-from supportflow.processes import free_port
+from supportflow.lake import Lake
 from supportflow.progress import Step
 from supportflow.release.bundle import Bundles, dialogue_archive
+from supportflow.release.resolution import LabelledExamples, ResolutionReport, evaluate_bot, log_resolution, snapshot_test_split
 from supportflow.settings import Settings
 from supportflow.tracking import CHAMPION, PRODUCTION, connect
-from supportflow.validate.snapshot import latest_snapshot, read_split
 
 AREA = "releases"
 log = logging.getLogger("supportflow.release.promote")
@@ -46,6 +45,7 @@ class SmokeReport(BaseModel):
     chat_route: str | None
     failure: str | None
     seconds: float
+    resolution: ResolutionReport | None = None  # the test split replayed through the candidate's /chat; None: not run
 
 
 class Release(BaseModel):
@@ -56,31 +56,44 @@ class Release(BaseModel):
     previous_release: str | None = None
     note: str = "promoted"
 
+    @property
+    def resolution(self) -> ResolutionReport | None:
+        """How often the released bot resolved the test split, measured by its smoke test."""
+        return self.smoke.resolution
+
 
 class ReleaseSummary(BaseModel):
     bundles: Bundles
     smoke: SmokeReport
     release: Release
+    resolution_run_id: str | None = None  # the MLflow run that holds the release's resolution figures
 
     def lines(self) -> list[str]:
         bundles, smoke, release = self.bundles, self.smoke, self.release
         replaced = f", replacing {release.previous_release}" if release.previous_release else ""
-        return [
+        lines = [
             f"bundles {bundles.classifier} and {bundles.bot}",
             f"  labels: {bundles.labels}",
             f"  smoke test on spare ports: {smoke.accuracy:.1%} of {smoke.examples} test examples right"
             f" (registered {smoke.expected_accuracy:.1%}), /chat routed {smoke.chat_route}, {smoke.seconds:.0f} s",
-            f"production release {release.release_id}{replaced}: @production is v{bundles.classifier_version}",
         ]
+        if release.resolution is not None:
+            first, *rest = release.resolution.lines()
+            lines += [f"  resolution: {first}", *(f"  {line}" for line in rest)]
+            if self.resolution_run_id:
+                lines.append(f"    in MLflow: run {self.resolution_run_id}")
+        lines.append(f"production release {release.release_id}{replaced}: @production is v{bundles.classifier_version}")
+        return lines
 
     def markdown(self) -> str:
         bundles, smoke, release = self.bundles, self.smoke, self.release
+        resolution = f"\n\n{release.resolution.markdown()}" if release.resolution is not None else ""
         return (
             f"**Release** `{release.release_id}` (replaced `{release.previous_release}`)\n\n"
             f"bundles `{bundles.classifier}`, `{bundles.bot}`; classifier v{bundles.classifier_version} ({bundles.serving_variant}),"
             f" dialogue `{bundles.dialogue_model}`, knowledge base `{bundles.kb_build}`\n\n"
             f"smoke test: {smoke.accuracy:.1%} of {smoke.examples} test examples right (registered {smoke.expected_accuracy:.1%}),"
-            f" /chat routed `{smoke.chat_route}`, {smoke.seconds:.0f} s"
+            f" /chat routed `{smoke.chat_route}`, {smoke.seconds:.0f} s{resolution}"
         )
 
 
@@ -108,23 +121,27 @@ def _check_bot(url: str, question: str, bundles: Bundles) -> str:
     return str(body["route"])
 
 
-def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, expected_accuracy: float, log_dir: Path) -> SmokeReport:
-    """Serve the new bundles (with Rasa and the action server) on spare ports and talk to them.
+def smoke_test(
+    settings: Settings,
+    bundles: Bundles,
+    examples: pd.DataFrame,
+    expected_accuracy: float,
+    log_dir: Path,
+    replayed: LabelledExamples | None = None,
+) -> SmokeReport:
+    """Serve the new bundles (with Rasa and the action server) on spare ports and talk to them; with `replayed`,
+    then replay those labelled messages through the candidate's `/chat` while it is up (the bot-level evaluation).
 
-    They run against a scratch lake and handoff queue, so smoke turns never reach the drift monitor.
+    They run against a scratch lake and handoff queue, so smoke turns never reach the drift monitor. An evaluation
+    with errors fails the smoke test: a bot that drops customers' messages is not released.
     """
-    from supportflow.release.stack import Ports, start_stack
+    from supportflow.release.stack import scratch_stack
 
     started = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix="smoke-"))
-    smoke_settings = settings.model_copy(
-        update={"follow_production": False, "lake_url": str(scratch / "lake"), "handoff_db_url": f"sqlite:///{scratch / 'handoff.db'}"}
-    )
-    ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
-    accuracy, route, failure = 0.0, None, None
-    step = Step("smoke test", total=3)
+    accuracy, route, failure, resolution = 0.0, None, None, None
+    step = Step("smoke test", total=3 if replayed is None else 4)
     try:
-        with start_stack(smoke_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles, die_with_parent=True) as stack:
+        with scratch_stack(settings, bundles, log_dir) as stack:
             step.advance(detail="served on spare ports")
             accuracy = _check_classifier(stack.classifier_url, bundles, examples)
             step.advance(detail=f"{accuracy:.1%} of {len(examples)} classified right")
@@ -135,11 +152,18 @@ def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, exp
                 )
             route = _check_bot(stack.bot_url, str(examples["text"].iloc[0]), bundles)
             step.advance(detail=f"/chat routed {route}")
+            if replayed is not None:
+                resolution = evaluate_bot(settings, stack.bot_url, replayed, bundles.classifier_version).report
+                step.advance(detail=f"{resolution.answered_right_rate:.1%} of {resolution.n} answered right")
+                if resolution.errors:
+                    raise ReleaseError(
+                        f"{resolution.errors} of {resolution.n + resolution.errors} evaluation messages got no usable reply"
+                        f" from /chat, e.g. {resolution.error_details[0]}"
+                    )
     except (SupportflowError, httpx.HTTPError, KeyError, ValueError) as error:
         failure = f"{type(error).__name__}: {error}"
     finally:
         step.close()
-        shutil.rmtree(scratch, ignore_errors=True)
     return SmokeReport(
         passed=failure is None,
         classifier_version=bundles.classifier_version,
@@ -149,24 +173,42 @@ def smoke_test(settings: Settings, bundles: Bundles, examples: pd.DataFrame, exp
         chat_route=route,
         failure=failure,
         seconds=time.perf_counter() - started,
+        resolution=resolution,
     )
 
 
 def smoke_key(settings: Settings, bundles: Bundles) -> str:
-    """A passed smoke test of the same bundles, against the same stores, need not run again."""
-    return text_digest("smoke", bundles.classifier, bundles.bot, settings.mlflow_tracking_uri, settings.lake_url, settings.bentoml_home)
+    """A passed smoke test of the same bundles, against the same stores, replaying as many messages, need not run again."""
+    return text_digest(
+        "smoke",
+        bundles.classifier,
+        bundles.bot,
+        settings.mlflow_tracking_uri,
+        settings.lake_url,
+        settings.bentoml_home,
+        settings.evaluate_examples,
+    )
 
 
 def smoke_test_release(settings: Settings, bundles: Bundles, expected_accuracy: float) -> SmokeReport:
-    """The smoke test on a seeded sample of the latest snapshot's test split; a failure raises, so it is never
-    cached as a pass and the flow stops before promotion."""
-    lake = open_lake(settings)
-    test = read_split(lake, latest_snapshot(lake).snapshot_id, "test")
-    examples = test.sample(n=min(settings.smoke_examples, len(test)), random_state=settings.snapshot_seed)
-    report = smoke_test(settings, bundles, examples, expected_accuracy, settings.run_dir / "smoke-logs")
+    """The smoke test on a seeded sample of the latest snapshot's test split, and the bot-level evaluation on the
+    split (or `evaluate_examples` of it); a failure raises, so it is never cached as a pass and the flow stops
+    before promotion."""
+    test = snapshot_test_split(settings)
+    examples = test.frame.sample(n=min(settings.smoke_examples, len(test.frame)), random_state=settings.snapshot_seed)
+    replayed = test.sample(settings.evaluate_examples, settings.snapshot_seed)
+    report = smoke_test(settings, bundles, examples, expected_accuracy, settings.run_dir / "smoke-logs", replayed)
     if not report.passed:
         raise ReleaseError(f"bundle {bundles.bot} failed its smoke test: {report.failure}; production is unchanged")
     return report
+
+
+def log_release_resolution(settings: Settings, release: Release) -> str | None:
+    """The release's resolution figures in MLflow under its release id, once it has one; None when its smoke test
+    replayed nothing. Logged once per release, however often the flow is re-run."""
+    if release.resolution is None:
+        return None
+    return log_resolution(settings, release.resolution, release.release_id, evaluated_by="release")
 
 
 def current_release(lake: Lake) -> Release | None:

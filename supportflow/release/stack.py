@@ -6,12 +6,16 @@ variables). Used by `supportflow serve`, the demo, the integration tests and the
 
 import json
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
-from supportflow.processes import ManagedProcess, signal_group
+from supportflow.processes import ManagedProcess, free_port, signal_group
 from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import PROJECT_ROOT, Settings
 
@@ -146,6 +150,29 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+@contextmanager
+def scratch_stack(settings: Settings, bundles: Bundles, log_dir: Path) -> Iterator[Stack]:
+    """The bundles served on spare ports against a scratch lake and handoff queue, beside whatever serves
+    production: what they are asked (a smoke test, an evaluation) never reaches the agents' queue or the drift
+    monitor, and their turns are attributed to the bundles' own classifier version. The services die with their
+    caller, so a killed check leaves nothing running; the scratch stores go with the stack."""
+    scratch = Path(tempfile.mkdtemp(prefix="scratch-stack-"))
+    scratch_settings = settings.model_copy(
+        update={
+            "follow_production": False,
+            "model_version": bundles.classifier_version,
+            "lake_url": str(scratch / "lake"),
+            "handoff_db_url": f"sqlite:///{scratch / 'handoff.db'}",
+        }
+    )
+    ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
+    try:
+        with start_stack(scratch_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles, die_with_parent=True) as stack:
+            yield stack
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def stack_file(settings: Settings) -> Path:

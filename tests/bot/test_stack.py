@@ -222,6 +222,60 @@ def test_deploy_files_use_only_metrics_the_services_export(served: Served) -> No
     assert classify and all(labels["service_name"] == "supportflow-classifier" for labels in classify)
 
 
+def test_evaluate_counts_what_chat_returned_for_each_labelled_message(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`supportflow evaluate --bot-url` on a small labelled export: one message per intent, and one that asks two
+    things (the bot asks which first). Every counted outcome is what /chat says to that message in a new
+    conversation; the figures land in the results folder and in MLflow, both under tmp_path."""
+    import json
+
+    import mlflow
+
+    from supportflow.cli import main
+    from supportflow.release.resolution import OUTCOMES, judge
+    from supportflow.settings import get_settings
+    from supportflow.tracking import connect
+
+    labelled = served.rows.groupby("category").head(1)[["text", "category"]]
+    two_requests = f"{served.example('change_pin').rstrip('?.! ')} and also {served.example('exchange_rate')}"
+    labelled = pd.concat([labelled, pd.DataFrame({"text": [two_requests], "category": ["change_pin"]})], ignore_index=True)
+    export = tmp_path / "labelled.csv"
+    labelled.to_csv(export, index=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SUPPORTFLOW_RESULTS_DIR", str(tmp_path / "results"))
+        get_settings.cache_clear()
+        try:
+            assert main(["evaluate", "--file", str(export), "--bot-url", served.stack.bot_url, "--json"]) == 0
+        finally:
+            get_settings.cache_clear()
+    report = json.loads(capsys.readouterr().out)
+
+    assert report["errors"] == 0 and report["n"] == len(labelled) == 9
+    assert sum(report[outcome] for outcome in OUTCOMES) == report["n"]
+    assert report["answered_right"] >= 1 and report["clarified"] >= 1  # the tiny model and the demo KB answer most
+    assert sum(counts["n"] for counts in report["by_intent"].values()) == report["n"]
+    figures = json.loads((tmp_path / "results" / "resolution_banking77.json").read_text())
+    assert {key: figures[key] for key in (*OUTCOMES, "n", "errors")} == {key: report[key] for key in (*OUTCOMES, "n", "errors")}
+    assert figures["classifier_version"] == "1" and figures["kb_build"] and figures["release_id"] is None
+
+    client = connect(served.settings)
+    experiment = client.get_experiment_by_name(served.settings.resolution_experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["n"] == 9 and run.data.metrics["answered_right"] == report["answered_right"]
+    assert (run.data.tags["workspace"], run.data.tags["evaluated_by"], run.data.tags["classifier_version"]) == ("banking77", "cli", "1")
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="resolution", dst_path=str(tmp_path)))
+    confusion = pd.read_csv(artifacts / "confusion.csv", index_col="gold_intent")
+    assert int(confusion.to_numpy().sum()) == report["n"]
+    replayed = pd.read_csv(artifacts / "examples.csv", keep_default_na=False)
+    assert replayed["conversation_id"].nunique() == len(replayed) == 9  # each message its own new conversation
+    for number, row in enumerate(replayed.itertuples()):
+        again = served.chat(f"it-evaluate-{number}", row.text)
+        body = again.json()
+        assert judge(row.gold_intent, again.status_code, body).outcome == row.outcome, (row.text, body)
+        assert (body["route"], body.get("answer_intent") or "") == (row.route, row.answer_intent), row.text
+
+
 def test_when_the_classifier_or_rasa_is_down_the_bot_hands_off_gracefully(served: Served) -> None:
     classifier = next(p for p in served.stack.processes if p.name == "classifier")
     classifier.stop()

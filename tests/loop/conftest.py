@@ -14,6 +14,7 @@ from tests.classifier.conftest import TINY_INTENTS, classifier_settings, tiny_ba
 ROOT = Path(__file__).resolve().parents[2]
 HELD_BACK = ["lost_or_stolen_phone", "terminate_account"]  # unseen at first: the drift the monitor must catch
 FIRST_INTENTS = [intent for intent in TINY_INTENTS if intent not in HELD_BACK]
+EVALUATE_EXAMPLES = 6  # test messages each release replays through its candidate bot: a few, to keep the loop quick
 
 
 @contextmanager
@@ -34,6 +35,8 @@ def loop_settings(folder: Path, base: Path, workspace: Path = ROOT / "examples" 
         patch.setenv("SUPPORTFLOW_RELEASE_POLL_SECONDS", "1")
         patch.setenv("SUPPORTFLOW_SERVING_THREADS", "1")
         patch.setenv("SUPPORTFLOW_TURN_FLUSH_SECONDS", "1")
+        patch.setenv("SUPPORTFLOW_EVALUATE_EXAMPLES", str(EVALUATE_EXAMPLES))
+        patch.setenv("SUPPORTFLOW_RESULTS_DIR", str(folder / "results"))
         get_settings.cache_clear()
         try:
             yield folder

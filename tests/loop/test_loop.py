@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from supportflow.tracking import connect
-from tests.loop.conftest import HELD_BACK, first_tickets, loop_settings, tiny_rows
+from tests.loop.conftest import EVALUATE_EXAMPLES, FIRST_INTENTS, HELD_BACK, first_tickets, loop_settings, tiny_rows
 
 SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
 # (the log line to wait for, seconds to wait after it): each lands inside a stage that is still running.
@@ -137,6 +137,19 @@ def test_nothing_was_duplicated(chain: Chain) -> None:
     assert production.smoke.passed and production.bundles.classifier_version == "1"
     assert production.bundles.labels["classifier_version"] == "1" and production.bundles.kb_build
 
+    # The release carries its bot-level evaluation: test messages replayed through the candidate's /chat, logged once.
+    from supportflow.release.resolution import OUTCOMES
+
+    resolution = production.resolution
+    assert resolution is not None and resolution.errors == 0 and resolution.n == EVALUATE_EXAMPLES
+    assert sum(getattr(resolution, outcome) for outcome in OUTCOMES) == resolution.n
+    assert set(resolution.by_intent) <= set(FIRST_INTENTS) and resolution.source.startswith("the test split of snapshot snap-")
+    assert (resolution.classifier_version, resolution.kb_build) == ("1", production.bundles.kb_build)
+    assert f"  resolution: {EVALUATE_EXAMPLES} messages of the test split" in chain.runs[-1].output
+    experiment = client.get_experiment_by_name(settings.resolution_experiment)
+    runs = client.search_runs([experiment.experiment_id], f"tags.release_id = '{production.release_id}'")
+    assert len(runs) == 1 and runs[0].data.metrics["n"] == EVALUATE_EXAMPLES
+
 
 def test_a_bundle_that_fails_its_smoke_test_is_not_promoted(chain: Chain) -> None:
     from supportflow.lake import open_lake
@@ -151,7 +164,7 @@ def test_a_bundle_that_fails_its_smoke_test_is_not_promoted(chain: Chain) -> Non
     test = read_split(lake, latest_snapshot(lake).snapshot_id, "test").head(20)
     # The real bundles, served on spare ports, held to an accuracy no model reaches: the smoke test says no.
     report = smoke_test(settings, production.bundles, test, expected_accuracy=1.5, log_dir=chain.folder / "smoke-fail")
-    assert not report.passed and "test examples right" in (report.failure or "")
+    assert not report.passed and "test examples right" in (report.failure or "") and report.resolution is None
     with pytest.raises(ReleaseError, match="failed its smoke test"):
         promote(settings, lake, production.bundles, report)
     assert current_release(lake) == production
@@ -254,6 +267,9 @@ def test_drifting_traffic_is_detected_retrained_on_and_promoted_while_classify_k
             second = current_release(lake)
             assert second is not None and second.previous_release == first.release_id
             assert second.bundles.classifier_version == "2" and second.smoke.passed
+            assert (
+                second.resolution is not None and second.resolution.n == EVALUATE_EXAMPLES and second.resolution.classifier_version == "2"
+            )
             for alias in ("champion", "production"):
                 assert str(client.get_model_version_by_alias(name, alias).version) == "2"
             # The running classifier follows the promotion, and now knows the intents it had never seen.
