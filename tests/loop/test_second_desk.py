@@ -20,7 +20,7 @@ import pytest
 
 from supportflow.dialogue.project import read_desk_dialogue
 from tests.classifier.conftest import build_tiny_base
-from tests.loop.conftest import loop_settings
+from tests.loop.conftest import EVALUATE_EXAMPLES, loop_settings
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +83,9 @@ def test_the_pipeline_ran_every_stage_on_the_desks_own_data(desk: Desk) -> None:
     assert summary["knowledge_base"]["documents"] == 18 and summary["knowledge_base"]["unanswered_intents"] == []
     assert summary["dialogue"]["conversations"]["stories"] == 7 and summary["dialogue"]["conversations"]["failed"] == []
     assert summary["release"]["smoke"]["passed"]
+    resolution = summary["release"]["smoke"]["resolution"]  # the candidate bot, measured as the desk would
+    assert resolution["workspace"] == "tasklane" and resolution["n"] == EVALUATE_EXAMPLES and resolution["errors"] == 0
+    assert sum(resolution[outcome] for outcome in ("answered_right", "answered_wrong", "clarified", "handed_off")) == resolution["n"]
 
 
 def test_the_bot_greets_and_answers_in_the_desks_own_words_wherever_its_bundle_is_served(desk: Desk) -> None:
