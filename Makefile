@@ -55,7 +55,7 @@ bench-ingest: install
 	$(BIN)/python bench/report.py
 
 clean:
-	rm -rf .lake gx mlflow.db mlruns mlartifacts .pytest_cache .kb .rasa .bentoml .run handoff.db
+	rm -rf .lake gx mlflow.db mlruns mlartifacts .pytest_cache .kb .rasa .bentoml .run handoff.db .desks
 
 # Knowledge base: rebuild the index from kb/ (SUPPORTFLOW_KB_SOURCES), and the StackFAQ retrieval benchmark.
 .PHONY: kb-index bench-kb

@@ -126,6 +126,21 @@ def _service_imports(r: dict) -> list[Row]:
     return rows
 
 
+def _resolution(r: dict, file: str) -> list[Row]:
+    measured = (
+        f"answered right {r['answered_right_rate']:.1%}, wrong {r['answered_wrong_rate']:.1%}, clarified {r['clarified_rate']:.1%},"
+        f" handed off {r['handed_off_rate']:.1%} of {r['n']:,} messages ({r['source']}; classifier v{r['classifier_version']})"
+    )
+    return [
+        (
+            f"The served bot, desk `{r['workspace']}`: each test message as a new conversation through `/chat`",
+            measured,
+            ">= 90% right, <= 2% wrong",
+            file,
+        )
+    ]
+
+
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "ingest.json": _ingest,
     "intent_banking77.json": _intent,
@@ -144,6 +159,8 @@ def table() -> str:
         path = RESULTS / name
         if path.exists():
             rows.extend(render(json.loads(path.read_text())))
+    for path in sorted(RESULTS.glob("resolution_*.json")):  # one per desk
+        rows.extend(_resolution(json.loads(path.read_text()), path.name))
     lines = ["| what | measured | target | result file |", "|---|---|---|---|"]
     lines += [f"| {what} | {measured} | {target} | `bench/results/{file}` |" for what, measured, target, file in rows]
     return "\n".join(lines)

@@ -9,10 +9,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_WORKSPACE = PROJECT_ROOT / "examples" / "banking77"  # the default desk, whose stores are the project's own
 
 
 class TrainingProfile(BaseModel):
@@ -60,7 +61,7 @@ class Settings(BaseSettings):
     s3_max_attempts: int = 2
 
     # The desk: its ticket sources, articles, intent catalogue and the bot's texts (supportflow/workspace.py).
-    workspace: Path = PROJECT_ROOT / "examples" / "banking77"
+    workspace: Path = DEMO_WORKSPACE  # another desk's stores default to .desks/<its folder>/ (see _desk_stores)
 
     # Data contracts and their human-readable report: the project's suites, where the workspace overrides none.
     contracts_dir: Path = PROJECT_ROOT / "data_contracts"
@@ -183,6 +184,31 @@ class Settings(BaseSettings):
     # Drift monitor: thresholds as one JSON object in SUPPORTFLOW_DRIFT, its reports in this MLflow experiment.
     drift: DriftThresholds = DriftThresholds()
     drift_experiment: str = "drift-monitor"
+
+    @model_validator(mode="after")
+    def _desk_stores(self) -> "Settings":
+        """Another desk than the demo keeps its stores apart, under `.desks/<workspace folder>/`: two desks on one
+        machine must never share a lake, a registry or a release (one desk's tickets would fail the other's
+        catalogue, and one desk's champion would be the gate of the other's model). A store set explicitly stays
+        where it is set."""
+        if self.workspace.resolve() == DEMO_WORKSPACE:
+            return self
+        root = PROJECT_ROOT / ".desks" / self.workspace.resolve().name
+        scoped: dict[str, object] = {
+            "lake_url": str(root / "lake"),
+            "gx_root": root,
+            "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            "mlflow_artifact_root": str(root / "mlartifacts"),
+            "kb_dir": root / "kb",
+            "rasa_project_dir": root / "rasa",
+            "handoff_db_url": f"sqlite:///{root / 'handoff.db'}",
+            "bentoml_home": root / "bentoml",
+            "run_dir": root / "run",
+        }
+        for name, value in scoped.items():
+            if name not in self.model_fields_set:
+                object.__setattr__(self, name, value)
+        return self
 
     @property
     def catalogue_file(self) -> Path:

@@ -193,3 +193,22 @@ def test_init_refuses_a_folder_with_files_for_the_skeleton_too(tmp_path: Path) -
     with pytest.raises(WorkspaceError, match="not empty"):
         skeleton(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_each_desk_keeps_its_own_stores_unless_a_store_is_set(tmp_path: Path) -> None:
+    from supportflow.settings import PROJECT_ROOT
+
+    demo = Settings(workspace=ROOT / "examples" / "banking77")
+    other = Settings(workspace=tmp_path / "shop")
+    assert demo.lake_url == ".lake" and demo.mlflow_tracking_uri == "sqlite:///mlflow.db"
+    desk = PROJECT_ROOT / ".desks" / "shop"
+    assert other.lake_url == str(desk / "lake") and other.mlflow_tracking_uri == f"sqlite:///{desk / 'mlflow.db'}"
+    assert (other.kb_dir, other.rasa_project_dir, other.bentoml_home, other.run_dir) == (
+        desk / "kb",
+        desk / "rasa",
+        desk / "bentoml",
+        desk / "run",
+    )
+    assert other.handoff_db_url == f"sqlite:///{desk / 'handoff.db'}"
+    placed = Settings(workspace=tmp_path / "shop", lake_url=str(tmp_path / "lake"))
+    assert placed.lake_url == str(tmp_path / "lake") and placed.kb_dir == desk / "kb"
