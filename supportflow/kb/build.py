@@ -129,10 +129,17 @@ def _timed(report: BuildReport, step: str, work: Callable[[], T]) -> T:
 
 
 def load_documents(sources: Sequence[Path], settings: Settings) -> tuple[LoadResult, dict[str, int]]:
-    """Documents from the sources, PII redacted the same way as tickets."""
+    """Documents from the sources, PII redacted the same way as tickets. An intent whose catalogue entry names its
+    `article` is answered by that article, whatever intent the article's own front matter names: the catalogue is
+    where a desk decides which answer each request gets."""
     result = load_sources(sources, max_bytes=int(settings.kb_max_file_mb * 2**20))
     redactor = Redactor()
-    result.documents = [redact_document(document, redactor) for document in result.documents]
+    catalogue = load_catalogue(settings.catalogue_file)
+    answering = {spec.article: spec.name for spec in catalogue.specs.values() if spec.article}
+    result.documents = [
+        redact_document(document, redactor).model_copy(update={"intent": answering.get(document.id, document.intent)})
+        for document in result.documents
+    ]
     return result, dict(redactor.counts)
 
 

@@ -124,3 +124,23 @@ def test_the_init_skeletons_articles_answer_every_intent_in_its_catalogue(kb_set
     assert kb.reply("I forgot my password and can't log in").answers[0].doc_id == "account_access"
     assert kb.reply("what time do you open on Saturday?").answers[0].doc_id == "contact_and_hours"
     assert "supportflow init" not in kb.reply("how do I cancel my booking").answers[0].body  # the note to the desk is not served
+
+
+def test_the_catalogue_names_the_article_that_answers_an_intent(kb_settings: Settings, demo_copy: Path, tmp_path: Path) -> None:
+    desk = tmp_path / "desk"
+    shutil.copytree(
+        ROOT / "examples" / "banking77",
+        desk,
+        ignore=lambda folder, names: ["data", "kb"] if Path(folder) == ROOT / "examples" / "banking77" else [],
+    )
+    catalogue = desk / "intents.yaml"
+    catalogue.write_text(
+        catalogue.read_text().replace("\n- card_delivery_estimate\n", "\n- name: card_delivery_estimate\n  article: card_arrival\n")
+    )
+    settings = kb_settings.model_copy(update={"workspace": desk, "kb_sources": [demo_copy]})
+
+    report = build_knowledge_base(settings)
+
+    kb = open_knowledge_base(settings)
+    assert kb.answered_intents >= {"card_delivery_estimate", "change_pin"} and "card_arrival" not in kb.answered_intents
+    assert "card_arrival" in report.unanswered_intents and "card_delivery_estimate" not in report.unanswered_intents
