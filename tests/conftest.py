@@ -22,6 +22,7 @@ for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"
 from supportflow.lake import Lake, open_lake  # noqa: E402
 from supportflow.processes import free_port  # noqa: E402
 from supportflow.settings import Settings  # noqa: E402
+from tests.classifier.conftest import tiny_base  # noqa: E402, F401 - the tiny DistilBERT fixture, for every test folder
 
 ROOT = Path(__file__).resolve().parent.parent
 BANKING77 = ROOT / "examples" / "banking77" / "data"
