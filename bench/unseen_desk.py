@@ -59,6 +59,7 @@ def write_articles(desk: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--folder", type=Path, default=ROOT / ".run" / "unseen-desk")
+    parser.add_argument("--profile", choices=["quick", "full"], default="full", help="the training profile (a desk's own bot: full)")
     args = parser.parse_args()
     if args.folder.exists():
         shutil.rmtree(args.folder)
@@ -79,7 +80,7 @@ def main() -> int:
     field_map = json.dumps({"text": "query", "intent": "thread_id"})
     run(["init", str(desk), "--from-tickets", str(STACKFAQ / "queries.csv"), "--field-map", field_map], env)
     print(f"articles written: {write_articles(desk)}", flush=True)
-    summary = last_json(run(["--workspace", str(desk), "pipeline", "--json"], env))
+    summary = last_json(run(["--workspace", str(desk), "pipeline", "--json", "--profile", args.profile], env))
     training = summary["training"]
     print(f"pipeline: {summary['total_seconds']:.0f} s; classifier test accuracy {training['test_accuracy']:.4f}", flush=True)
     report = last_json(run(["--workspace", str(desk), "evaluate", "--json"], env))

@@ -120,7 +120,7 @@ class DeskDialogue:
         handled = set()
         for _, document in self.data_documents():
             for rule in (document or {}).get("rules") or []:
-                steps = rule.get("steps") or [] if isinstance(rule, dict) else []
+                steps = (rule.get("steps") or []) if isinstance(rule, dict) else []
                 if steps and isinstance(steps[0], dict) and "intent" in steps[0] and not rule.get("condition"):
                     handled.add(str(steps[0]["intent"]))
         return handled
