@@ -37,7 +37,8 @@ def run(args: list[str], env: dict[str, str]) -> str:
 
 def last_json(output: str) -> dict:
     """The JSON document a `--json` command printed last (anything a library printed before it is skipped)."""
-    return json.loads(output[0 if output.startswith("{") else output.rindex("\n{\n") + 1 :])
+    start = output.rindex("\n{\n") + 1 if "\n{\n" in output else 0  # the trainer prints its own {'loss': ...} lines
+    return json.loads(output[start:])
 
 
 def write_articles(desk: Path) -> int:
@@ -60,8 +61,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--folder", type=Path, default=ROOT / ".run" / "unseen-desk")
     parser.add_argument("--profile", choices=["quick", "full"], default="full", help="the training profile (a desk's own bot: full)")
+    parser.add_argument("--resume", action="store_true", help="keep the folder of an earlier run: every stage re-runs from its cache")
     args = parser.parse_args()
-    if args.folder.exists():
+    if args.folder.exists() and not args.resume:
         shutil.rmtree(args.folder)
     stores = args.folder / "stores"
     env = {
@@ -78,8 +80,9 @@ def main() -> int:
     }
     desk = args.folder / "webapps"
     field_map = json.dumps({"text": "query", "intent": "thread_id"})
-    run(["init", str(desk), "--from-tickets", str(STACKFAQ / "queries.csv"), "--field-map", field_map], env)
-    print(f"articles written: {write_articles(desk)}", flush=True)
+    if not desk.exists():
+        run(["init", str(desk), "--from-tickets", str(STACKFAQ / "queries.csv"), "--field-map", field_map], env)
+        print(f"articles written: {write_articles(desk)}", flush=True)
     summary = last_json(run(["--workspace", str(desk), "pipeline", "--json", "--profile", args.profile], env))
     training = summary["training"]
     print(f"pipeline: {summary['total_seconds']:.0f} s; classifier test accuracy {training['test_accuracy']:.4f}", flush=True)
