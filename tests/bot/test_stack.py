@@ -65,6 +65,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_ha
         patch.setenv("SUPPORTFLOW_KB_SOURCES", f'["{ROOT / "examples" / "banking77" / "kb"}"]')
         patch.setenv("SUPPORTFLOW_RASA_PROJECT_DIR", str(folder / "rasa"))
         patch.setenv("SUPPORTFLOW_HANDOFF_DB_URL", f"sqlite:///{folder / 'handoff.db'}")
+        patch.setenv("SUPPORTFLOW_BENTOML_HOME", str(folder / "bentoml"))
+        patch.setenv("SUPPORTFLOW_RUN_DIR", str(folder / "run"))
         patch.setenv("SUPPORTFLOW_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
         patch.setenv("SUPPORTFLOW_SERVING_THREADS", "1")
         get_settings.cache_clear()
