@@ -23,6 +23,9 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `bench` package importable
+from bench.pipeline import fresh_store  # noqa: E402
+
 STACKFAQ = ROOT.parent / "shared" / "data" / "stackfaq"
 SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
 
@@ -66,24 +69,13 @@ def main() -> int:
     if args.folder.exists() and not args.resume:
         shutil.rmtree(args.folder)
     stores = args.folder / "stores"
-    env = {
-        **os.environ,
-        "SUPPORTFLOW_LAKE_URL": str(stores / "lake"),
-        "SUPPORTFLOW_MLFLOW_TRACKING_URI": f"sqlite:///{stores / 'mlflow.db'}",
-        "SUPPORTFLOW_MLFLOW_ARTIFACT_ROOT": str(stores / "mlartifacts"),
-        "SUPPORTFLOW_GX_ROOT": str(stores / "gx"),
-        "SUPPORTFLOW_KB_DIR": str(stores / "kb"),
-        "SUPPORTFLOW_RASA_PROJECT_DIR": str(stores / "rasa"),
-        "SUPPORTFLOW_BENTOML_HOME": str(stores / "bentoml"),
-        "SUPPORTFLOW_RUN_DIR": str(stores / "run"),
-        "SUPPORTFLOW_HANDOFF_DB_URL": f"sqlite:///{stores / 'handoff.db'}",
-    }
+    env = {**os.environ, **fresh_store(stores, args.profile)}  # the pipeline benchmark's stores, here for this desk
     desk = args.folder / "webapps"
     field_map = json.dumps({"text": "query", "intent": "thread_id"})
     if not desk.exists():
         run(["init", str(desk), "--from-tickets", str(STACKFAQ / "queries.csv"), "--field-map", field_map], env)
         print(f"articles written: {write_articles(desk)}", flush=True)
-    summary = last_json(run(["--workspace", str(desk), "pipeline", "--json", "--profile", args.profile], env))
+    summary = last_json(run(["--workspace", str(desk), "pipeline", "--json"], env))
     training = summary["training"]
     print(f"pipeline: {summary['total_seconds']:.0f} s; classifier test accuracy {training['test_accuracy']:.4f}", flush=True)
     report = last_json(run(["--workspace", str(desk), "evaluate", "--json"], env))

@@ -204,6 +204,14 @@ def _converse(stack: "Stack", questions: Sequence[str]) -> None:
             print(f"  bot ({reply.get('route')}, {reply.get('intent')}): {text}")
 
 
+def _field_map(text: str | None) -> dict[str, str]:
+    """`--field-map`: JSON, ticket field to column; none given, none."""
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError as error:
+        raise SupportflowError(f"--field-map is not JSON: {error}") from error
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from supportflow.release.resolution import (
         evaluate_bot,
@@ -216,10 +224,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from supportflow.settings import get_settings
 
     settings = get_settings()
-    try:
-        field_map = json.loads(args.field_map) if args.field_map else None
-    except json.JSONDecodeError as error:
-        raise SupportflowError(f"--field-map is not JSON: {error}") from error
+    field_map = _field_map(args.field_map) or None
     examples = labelled_export(settings, args.file, args.format, field_map) if args.file else snapshot_test_split(settings)
     examples = examples.sample(args.limit, settings.snapshot_seed)
     notes = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the report alone
@@ -314,12 +319,10 @@ def cmd_init(args: argparse.Namespace) -> None:
     from supportflow.settings import get_settings
     from supportflow.workspace import scaffold
 
-    try:
-        field_map = json.loads(args.field_map) if args.field_map else {}
-    except json.JSONDecodeError as error:
-        raise SupportflowError(f"--field-map is not JSON: {error}") from error
     folder = Path(args.folder).resolve()
-    desk = scaffold(folder, Path(args.from_tickets).resolve(), args.format, field_map, get_settings(), args.encoding or "utf-8")
+    desk = scaffold(
+        folder, Path(args.from_tickets).resolve(), args.format, _field_map(args.field_map), get_settings(), args.encoding or "utf-8"
+    )
     intents = sum(1 for _ in (folder / "kb").glob("*.md"))
     print(f"workspace {desk.config.name} at {folder}:")
     print(f"  supportflow.yaml   the desk: its ticket source (data/{Path(args.from_tickets).name}), articles, the bot's texts")

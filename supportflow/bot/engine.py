@@ -26,11 +26,11 @@ from pydantic import BaseModel, Field
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.turns import Route, Turn, TurnLog
+from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
 from supportflow.workspace import BotTexts
 
 log = logging.getLogger("supportflow.bot")
 
-PENDING_SLOT = "pending_intent"  # the request a form is collecting slots for (set by Rasa's from_intent mappings)
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
 
 

@@ -15,6 +15,7 @@ in any desk; `inform` is a short message that names a value the bot asked for.
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ DIALOGUE_EXAMPLES = {
     "multiple_requests": ["I have two questions about my account and also about a payment", "can you help with this and also that"],
 }
 BOT_ACTIONS = ("action_answer", "action_handoff", "action_clarify")
-ANSWERED_ACTS = ("greet", "goodbye", "affirm", "deny", "inform")  # the bot replies to these itself
 PENDING_SLOT = "pending_intent"  # the request a form is collecting slots for
 RASA_BUILT_IN_ACTIONS = frozenset(
     {
@@ -102,14 +102,15 @@ class DeskDialogue:
     def actions(self) -> set[str]:
         return {str(a) if not isinstance(a, dict) else next(iter(a)) for a in self.domain.get("actions") or []}
 
-    def data_documents(self) -> Iterator[tuple[Path, Any]]:
-        for path in self.data_files:
-            yield path, _read_yaml(path)
+    @cached_property
+    def data_documents(self) -> list[Any]:
+        """The data files' contents, read once: the plan, the NLU and the config all look into them."""
+        return [_read_yaml(path) for path in self.data_files]
 
     def lookup_values(self) -> dict[str, list[str]]:
         """Lookup tables by name (an entity's possible values), from the desk's NLU data."""
         tables: dict[str, list[str]] = {}
-        for _, document in self.data_documents():
+        for document in self.data_documents:
             for entry in (document or {}).get("nlu") or []:
                 if isinstance(entry, dict) and "lookup" in entry:
                     tables.setdefault(str(entry["lookup"]), []).extend(_examples(entry.get("examples")))
@@ -118,7 +119,7 @@ class DeskDialogue:
     def handled_first(self) -> set[str]:
         """Intents the desk's own rules start with, outside any form: its rule replaces the generated one."""
         handled = set()
-        for _, document in self.data_documents():
+        for document in self.data_documents:
             for rule in (document or {}).get("rules") or []:
                 steps = (rule.get("steps") or []) if isinstance(rule, dict) else []
                 if steps and isinstance(steps[0], dict) and "intent" in steps[0] and not rule.get("condition"):
@@ -174,36 +175,39 @@ def read_desk_dialogue(root: Path) -> DeskDialogue:
     return desk
 
 
+def _step_nodes(root: yaml.Node) -> Iterator[yaml.MappingNode]:
+    """Each step (and condition) of each rule and story in a composed data file."""
+    if not isinstance(root, yaml.MappingNode):
+        return
+    blocks = [
+        block
+        for key, section in root.value
+        if key.value in ("rules", "stories") and isinstance(section, yaml.SequenceNode)
+        for block in section.value
+        if isinstance(block, yaml.MappingNode)
+    ]
+    for block in blocks:
+        for key, steps in block.value:
+            if key.value in ("steps", "condition") and isinstance(steps, yaml.SequenceNode):
+                yield from (step for step in steps.value if isinstance(step, yaml.MappingNode))
+
+
 def _steps_with_lines(path: Path) -> Iterator[tuple[str, Located]]:
     """Every (kind, name) a rule, story or test story refers to, with its line, from the YAML node tree."""
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise DialogueFilesError(f"{path}: not valid YAML: {error}") from error
-    if not isinstance(root, yaml.MappingNode):
-        return
-    for key, section in root.value:
-        if key.value not in ("rules", "stories") or not isinstance(section, yaml.SequenceNode):
-            continue
-        for block in section.value:
-            if not isinstance(block, yaml.MappingNode):
-                continue
-            for block_key, steps in block.value:
-                if block_key.value not in ("steps", "condition") or not isinstance(steps, yaml.SequenceNode):
-                    continue
-                for step in steps.value:
-                    if not isinstance(step, yaml.MappingNode):
-                        continue
-                    for step_key, value in step.value:
-                        line = step_key.start_mark.line + 1
-                        if step_key.value in ("intent", "action", "active_loop") and isinstance(value, yaml.ScalarNode):
-                            if value.value not in ("", "null", "~"):
-                                yield step_key.value, Located(value.value, path, line)
-                        elif step_key.value == "slot_was_set" and isinstance(value, yaml.SequenceNode):
-                            for item in value.value:
-                                names = [k.value for k, _ in item.value] if isinstance(item, yaml.MappingNode) else [item.value]
-                                for name in names:
-                                    yield "slot", Located(name, path, item.start_mark.line + 1)
+    for step in _step_nodes(root):
+        for key, value in step.value:
+            if key.value in ("intent", "action", "active_loop") and isinstance(value, yaml.ScalarNode):
+                if value.value not in ("", "null", "~"):
+                    yield key.value, Located(value.value, path, key.start_mark.line + 1)
+            elif key.value == "slot_was_set" and isinstance(value, yaml.SequenceNode):
+                for item in value.value:
+                    names = [k.value for k, _ in item.value] if isinstance(item, yaml.MappingNode) else [item.value]
+                    for name in names:
+                        yield "slot", Located(name, path, item.start_mark.line + 1)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from supportflow.kb.threshold import Calibration, LabelledQuestion, calibrate
 from supportflow.lake import open_lake
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
-from supportflow.validate.catalogue import load_catalogue
+from supportflow.validate.catalogue import IntentCatalogue, load_catalogue
 from supportflow.workspace import kb_sources
 
 KB_SUITE = "kb_documents.suite.json"
@@ -128,13 +128,12 @@ def _timed(report: BuildReport, step: str, work: Callable[[], T]) -> T:
         report.timings_s[step] = round(time.perf_counter() - start, 3)
 
 
-def load_documents(sources: Sequence[Path], settings: Settings) -> tuple[LoadResult, dict[str, int]]:
+def load_documents(sources: Sequence[Path], settings: Settings, catalogue: IntentCatalogue) -> tuple[LoadResult, dict[str, int]]:
     """Documents from the sources, PII redacted the same way as tickets. An intent whose catalogue entry names its
     `article` is answered by that article, whatever intent the article's own front matter names: the catalogue is
     where a desk decides which answer each request gets."""
     result = load_sources(sources, max_bytes=int(settings.kb_max_file_mb * 2**20))
     redactor = Redactor()
-    catalogue = load_catalogue(settings.catalogue_file)
     answering = {spec.article: spec.name for spec in catalogue.specs.values() if spec.article}
     result.documents = [
         redact_document(document, redactor).model_copy(update={"intent": answering.get(document.id, document.intent)})
@@ -239,7 +238,8 @@ def build_knowledge_base(
         retrieval=settings.kb_retrieval,
         previous_build=index.serving(),
     )
-    loaded, report.redactions = _timed(report, "load", lambda: load_documents(sources, settings))
+    catalogue = load_catalogue(settings.catalogue_file)
+    loaded, report.redactions = _timed(report, "load", lambda: load_documents(sources, settings, catalogue))
     report.sanitised = loaded.sanitised
     documents, invalid, report.by_rule = _timed(report, "validate", lambda: validate_documents(loaded.documents, settings))
     report.skipped = loaded.skipped + invalid
@@ -250,7 +250,7 @@ def build_knowledge_base(
         )
     passages = [p for d in documents for p in to_passages(d)]
     report.documents, report.passages, report.content_hash = len(documents), len(passages), content_hash(passages)
-    report.unanswered_intents = sorted(set(load_catalogue(settings.catalogue_file).intents) - {d.intent for d in documents if d.intent})
+    report.unanswered_intents = sorted(set(catalogue.intents) - {d.intent for d in documents if d.intent})
     report.build_id = f"{started:%Y%m%d%H%M%S}-{report.content_hash[:8]}"
     folder = build_folder(settings, report.build_id)
     try:
