@@ -41,11 +41,15 @@ class Desk:
         return response.json()
 
     def recognised(self, intent: str, without: tuple[str, ...] = ()) -> str:
-        """The training example of `intent` the served classifier is surest of (a tiny model is not sure of all)."""
+        """The training example of `intent` the served classifier is surest of (a tiny model is not sure of all):
+        it must clear the served threshold, or the dialogue hands the message off as not understood."""
         texts = [t for t in self.tickets.loc[self.tickets["intent"] == intent, "text"] if not any(w in t.lower() for w in without)]
         results = httpx.post(f"{self.classifier_url}/classify", json={"texts": texts}, timeout=60).json()
+        threshold = httpx.post(f"{self.classifier_url}/model", json={}, timeout=60).json()["threshold"]
         best = max(zip(texts, results, strict=True), key=lambda pair: pair[1]["confidence"] if pair[1]["intent"] == intent else 0)
-        assert best[1]["intent"] == intent, f"the tiny classifier recognised no {intent} example"
+        assert best[1]["intent"] == intent and best[1]["confidence"] >= threshold, (
+            f"the tiny classifier is sure of no {intent} example: {best[1]} at threshold {threshold}"
+        )
         return best[0]
 
 
@@ -62,7 +66,11 @@ def desk(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Ite
     folder = tmp_path_factory.mktemp("second-desk")
     tickets = pd.read_csv(DESK / "data" / "tickets.csv")
     base = build_tiny_base(folder / "base", tickets["text"].tolist())
-    with loop_settings(folder, base, DESK):
+    with loop_settings(folder, base, DESK), pytest.MonkeyPatch.context() as patch:
+        # A tiny model is unsure of everything: a threshold for 90% precision would hand off the examples these tests
+        # send (they are about the dialogue, not the classifier), and a rounding on another machine decides which.
+        patch.setenv("SUPPORTFLOW_TARGET_PRECISION", "0.5")
+        get_settings.cache_clear()
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
         run = subprocess.run([SUPPORTFLOW, "pipeline", "--json"], capture_output=True, text=True, env=env, timeout=1200)
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
