@@ -37,10 +37,12 @@ WORKSPACE ?=
 demo: install rasa-venv
 	$(BIN)/supportflow $(if $(WORKSPACE),--workspace $(WORKSPACE)) demo
 
+# Two workers, a test file each at a time: most of the slow tests wait on servers and subprocesses, so two share 2 cores well.
+TEST_WORKERS ?= 2
 test: install rasa-venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check --fix .
