@@ -27,6 +27,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 
 from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import BuiltClassifier, build_classifier
+from supportflow.classifier.calibrate import promises
 from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
 from supportflow.settings import get_settings
@@ -138,6 +139,13 @@ def main() -> None:
         "threshold": round(built.card.threshold, 4),
         "coverage_at_threshold": round(built.test_at_threshold.coverage, 4),
         "precision_at_threshold": round(built.test_at_threshold.precision, 4),
+        # Thresholds chosen on validation for each promise, scored on test (`coverage_at_097`: the bar).
+        **{
+            name: round(value, 4)
+            for name, value in promises(
+                (built.validation_probabilities, built.validation_labels), (built.test_probabilities, built.test_labels)
+            ).items()
+        },
         "peers": peers,
         "ensemble_with_tfidf": ensemble(built, tfidf, splits),
         "target_precision": settings.target_precision,

@@ -30,6 +30,7 @@ class BuiltClassifier:
     test: Evaluation
     test_at_threshold: ThresholdChoice
     validation_probabilities: np.ndarray
+    validation_labels: np.ndarray
     test_probabilities: np.ndarray
     test_labels: np.ndarray
 
@@ -84,6 +85,7 @@ def evaluate_classifier(
         test=evaluate_predictions(test_probabilities, test_labels, splits.labels),
         test_at_threshold=at_threshold(test_probabilities, test_labels, chosen.threshold),
         validation_probabilities=validation_probabilities,
+        validation_labels=validation_labels,
         test_probabilities=test_probabilities,
         test_labels=test_labels,
     )

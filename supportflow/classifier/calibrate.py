@@ -9,6 +9,7 @@ or hands off. Coverage is the share of messages it routes.
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
@@ -58,3 +59,37 @@ def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float
     correct = probabilities.argmax(axis=1) == np.asarray(labels)
     precision = float(correct[routed].mean()) if routed.any() else 1.0
     return ThresholdChoice(threshold=threshold, coverage=float(routed.mean()), precision=precision)
+
+
+def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """Coverage and precision at every threshold a split can tell apart (each distinct top confidence): the whole
+    trade-off a desk chooses its promise from, of which the chosen threshold is one row."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    order = np.argsort(-confidence, kind="stable")
+    sorted_confidence = confidence[order]
+    routed = np.arange(1, len(order) + 1)
+    precision = np.cumsum(correct[order]) / routed
+    ends = np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True]  # a threshold routes every tie with it
+    return pd.DataFrame(
+        {"threshold": sorted_confidence[ends], "coverage": routed[ends] / len(order), "precision": precision[ends], "routed": routed[ends]}
+    )
+
+
+REPORTED_PRECISIONS = (0.90, 0.95, 0.97, 0.99)  # the promises a desk commonly weighs, logged whatever the target
+
+
+def promises(
+    validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], targets: tuple[float, ...] = REPORTED_PRECISIONS
+) -> dict[str, float]:
+    """For each target precision, the threshold chosen on validation and what it gives on test: the honest figure,
+    since a threshold picked on the split it is scored on flatters itself."""
+    figures: dict[str, float] = {}
+    for target in targets:
+        key = f"{round(target * 100):03d}"
+        chosen = choose_threshold(*validation, target)
+        held_out = at_threshold(*test, chosen.threshold)
+        figures[f"threshold_at_{key}"] = chosen.threshold
+        figures[f"coverage_at_{key}"] = held_out.coverage
+        figures[f"precision_at_{key}"] = held_out.precision
+    return figures

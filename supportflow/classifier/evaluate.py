@@ -113,3 +113,32 @@ def plot_reliability(probabilities: np.ndarray, labels: np.ndarray, path: Path, 
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_risk_coverage(curves: dict[str, pd.DataFrame], threshold: float, target_precision: float, path: Path) -> Path:
+    """Precision against coverage for each split, the target as a line and the served threshold as a point."""
+    figure, axes = plt.subplots(figsize=(6, 5))
+    for split, curve in curves.items():
+        line = axes.plot(curve["coverage"], curve["precision"], label=split)[0]
+        served = curve[curve["threshold"] >= threshold]
+        if len(served):
+            point = served.iloc[-1]
+            axes.plot(point["coverage"], point["precision"], marker="o", color=line.get_color())
+            axes.annotate(
+                f"{point['coverage']:.1%} at {point['precision']:.1%}",
+                (point["coverage"], point["precision"]),
+                textcoords="offset points",
+                xytext=(-10, -14),
+                fontsize=7,
+                ha="right",
+            )
+    axes.axhline(target_precision, linestyle="--", color="grey", label=f"target precision {target_precision:.0%}")
+    axes.set_title(f"Risk-coverage (served threshold {threshold:.3f})")
+    axes.set_xlabel("coverage (share of messages the bot answers)")
+    axes.set_ylabel("precision of the answered")
+    axes.set_xlim(0, 1.01)
+    axes.legend(loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -23,7 +24,8 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from supportflow.classifier.artifacts import MODEL_ARTIFACT, download_classifier
 from supportflow.classifier.build import BuiltClassifier
-from supportflow.classifier.evaluate import plot_confusion_matrix, plot_reliability
+from supportflow.classifier.calibrate import promises, risk_coverage
+from supportflow.classifier.evaluate import plot_confusion_matrix, plot_reliability, plot_risk_coverage
 from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.onnx_export import VariantParity, fastest_within
 from supportflow.classifier.predict import IntentClassifier
@@ -103,6 +105,9 @@ def log_training_run(
             "train_seconds": built.train_seconds,
             "train_loss": built.train_loss,
         }
+        validation = (built.validation_probabilities, built.validation_labels)
+        test = (built.test_probabilities, built.test_labels)
+        metrics |= {f"test_{name}": value for name, value in promises(validation, test).items()}
         for parity in parities:
             metrics[f"onnx_{parity.variant}_test_accuracy"] = parity.accuracy
             metrics[f"onnx_{parity.variant}_seconds_per_100"] = parity.seconds_per_100
@@ -112,6 +117,12 @@ def log_training_run(
             mlflow.log_artifact(str(plot_confusion_matrix(built.test.confusion, card.labels, plots / "confusion_matrix.png")), "plots")
             reliability = plot_reliability(built.test_probabilities, built.test_labels, plots / "reliability_diagram.png")
             mlflow.log_artifact(str(reliability), "plots")
+            curves = {"validation": risk_coverage(*validation), "test": risk_coverage(*test)}
+            risk = plot_risk_coverage(curves, card.threshold, card.target_precision, plots / "risk_coverage.png")
+            mlflow.log_artifact(str(risk), "plots")
+        mlflow.log_table(
+            pd.concat([curve.assign(split=split) for split, curve in curves.items()], ignore_index=True), "reports/risk_coverage.json"
+        )
         mlflow.log_table(built.test.per_intent, "reports/per_intent.json")
         mlflow.log_dict(
             {"pairs": built.test.most_confused(card.labels, top=20).to_dict("records")},

@@ -5,7 +5,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import f1_score
 
-from supportflow.classifier.calibrate import at_threshold, choose_threshold, fit_temperature
+from supportflow.classifier.calibrate import at_threshold, choose_threshold, fit_temperature, promises, risk_coverage
 
 
 def test_temperature_recovers_the_one_that_generated_the_labels() -> None:
@@ -30,6 +30,32 @@ def test_threshold_reaches_target_precision_with_the_most_coverage() -> None:
     loose = choose_threshold(probabilities, labels, target_precision=0.85)
     assert (loose.threshold, loose.coverage, loose.precision) == pytest.approx((0.5, 0.9, 8 / 9))
     assert at_threshold(probabilities, labels, loose.threshold) == loose
+
+
+def test_the_risk_coverage_curve_holds_every_threshold_choose_threshold_could_pick() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=400)
+    logits = rng.normal(0, 1, size=(400, 4)) + 2.5 * np.eye(4)[labels]
+    probabilities = softmax(np.round(logits, 1), axis=1)  # rounded: ties in confidence, which a threshold cannot split
+    curve = risk_coverage(probabilities, labels)
+    assert curve["threshold"].is_monotonic_decreasing and curve["coverage"].is_monotonic_increasing
+    assert curve["coverage"].iloc[-1] == 1.0 and curve["routed"].iloc[-1] == 400
+    for row in curve.sample(n=20, random_state=0).itertuples():
+        fixed = at_threshold(probabilities, labels, row.threshold)
+        assert (fixed.coverage, fixed.precision) == pytest.approx((row.coverage, row.precision))
+    for target in (0.8, 0.9, 0.97):
+        chosen = choose_threshold(probabilities, labels, target)
+        meeting = curve[curve["precision"] >= target]
+        assert chosen.coverage == pytest.approx(meeting["coverage"].max())
+
+
+def test_promises_are_thresholds_chosen_on_validation_and_scored_on_test() -> None:
+    validation_probabilities = np.array([[0.95, 0.05], [0.9, 0.1], [0.8, 0.2], [0.6, 0.4]])
+    validation_labels = np.array([0, 0, 0, 1])  # wrong only at 0.6: 0.8 is the threshold for any target above 3/4
+    test_probabilities = np.array([[0.99, 0.01], [0.85, 0.15], [0.7, 0.3], [0.81, 0.19]])
+    test_labels = np.array([0, 1, 0, 0])
+    figures = promises((validation_probabilities, validation_labels), (test_probabilities, test_labels), targets=(0.97,))
+    assert figures == pytest.approx({"threshold_at_097": 0.8, "coverage_at_097": 0.75, "precision_at_097": 2 / 3})
 
 
 def test_unreachable_precision_routes_nothing() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import nbformat
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -74,7 +75,14 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     artifacts = {a.path for folder in ("plots", "reports", "snapshot", "reference") for a in client.list_artifacts(first.run_id, folder)}
     expected = {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "reports/per_intent.json", "snapshot/manifest.json"}
     expected |= {"reference/drift_reference.json"}  # what the drift monitor compares traffic with
+    expected |= {"plots/risk_coverage.png", "reports/risk_coverage.json"}
     assert expected <= artifacts
+    # The risk-coverage table holds the served threshold's row, on validation, as the card states it.
+    curve = pd.DataFrame(**mlflow.artifacts.load_dict(f"runs:/{first.run_id}/reports/risk_coverage.json"))
+    served = curve[(curve["split"] == "validation") & (curve["threshold"] >= run.data.metrics["threshold"])]
+    coverage = served["coverage"].max() if len(served) else 0.0  # a threshold above every confidence routes nothing
+    assert coverage == pytest.approx(run.data.metrics["validation_coverage_at_threshold"])
+    assert 0 <= run.data.metrics["test_coverage_at_097"] <= 1 and "test_precision_at_097" in run.data.metrics
     assert mlflow.artifacts.load_dict(f"runs:/{first.run_id}/snapshot/manifest.json")["snapshot_id"] == store.snapshot_id
     # The logged model carries its label map, temperature and threshold.
     card = mlflow.artifacts.load_dict(f"models:/{name}/1/artifacts/classifier/classifier.json")
