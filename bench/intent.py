@@ -139,7 +139,7 @@ def main() -> None:
         "threshold": round(built.card.threshold, 4),
         "coverage_at_threshold": round(built.test_at_threshold.coverage, 4),
         "precision_at_threshold": round(built.test_at_threshold.precision, 4),
-        # Thresholds chosen on validation for each promise, scored on test (`coverage_at_097`: the bar).
+        # Thresholds chosen on validation for each promise (90-99% precision), scored on test.
         **{
             name: round(value, 4)
             for name, value in promises(

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     bot_url: str = "http://127.0.0.1:3000"
     action_server_url: str = "http://127.0.0.1:5055"
     max_message_chars: int = 4000
+    # Below the threshold: offer the customer the classifier's close top intents (at most this many; 0: hand off at
+    # once) when together they hold `offer_min_share` of the probability; the pick is answered, anything else handed off.
+    offer_options: int = Field(3, ge=0)
+    offer_min_share: float = Field(0.6, gt=0.0, le=1.0)
     turn_flush_every: int = Field(50, ge=1, description="Turns buffered before they are written to the lake.")
     turn_flush_seconds: float = Field(30.0, gt=0, description="...or at least this often, so the drift monitor sees a quiet bot.")
     model_version: str | None = Field(None, description="The classifier version being served, for the turn log.")

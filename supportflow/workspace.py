@@ -65,6 +65,8 @@ class BotTexts(BaseModel):
     outage: str = "Sorry, I can't answer right now. I've passed your message to a colleague, who will reply here shortly."
     with_agent: str = "A colleague has your conversation and will reply here shortly."
     multiple_requests: str = "I can help with each of those, one at a time. Which should we start with: {options}?"
+    offer: str = "I'm not sure I understood. Is it about {options}? You can answer with a number."  # unsure between a few
+    offer_one: str = "I'm not sure I understood. Is it about: {option}?"  # unsure, one likely reading
 
 
 class WorkspaceConfig(BaseModel):

@@ -104,6 +104,8 @@ class BotService:
             rasa_url=settings.rasa_url,
             model_version=served_model_version(settings),
             max_message_chars=settings.max_message_chars,
+            offer_options=settings.offer_options,
+            offer_min_share=settings.offer_min_share,
             texts=desk.config.texts,
         )
         if settings.follow_production and not settings.model_version:

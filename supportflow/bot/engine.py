@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, Field
 
+from supportflow.bot.clarify import OFFERED_SLOT, options_to_offer, picked
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.turns import Route, Turn, TurnLog
@@ -51,6 +52,7 @@ class KnowledgeReply(Protocol):
 
 class Knowledge(Protocol):
     answered_intents: frozenset[str]  # the intents its articles name; empty when they name none
+    intent_titles: dict[str, str]  # intent -> the title of its article
 
     def reply(self, question: str, k: int = 3) -> KnowledgeReply: ...
 
@@ -129,7 +131,8 @@ class SupportBot:
     model_version: str | None = None
     max_message_chars: int = 4000
     rasa_timeout_s: float = 30.0
-    titles: dict[str, str] = field(default_factory=dict)
+    offer_options: int = 3  # below the threshold, offer at most this many close intents before a handoff (0: never)
+    offer_min_share: float = 0.6  # ...when together they hold this much of the probability
     texts: BotTexts = field(default_factory=BotTexts)  # the desk's own words, from its workspace
     _outcomes: dict[str, AnswerResponse] = field(default_factory=dict)
     _transcripts: dict[str, deque[tuple[str, str]]] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
@@ -137,17 +140,45 @@ class SupportBot:
 
     # The answer a Rasa action asks for.
     def answer(self, request: AnswerRequest) -> AnswerResponse:
+        offered = list(request.slots.get(OFFERED_SLOT) or [])
+        choice = picked(request.text, request.intent, offered, self._labels(offered)) if offered else None
         if request.classifier_unavailable:
             response = self._handoff(request, "the classifier was unavailable", self.texts.outage).model_copy(update={"degraded": True})
+        elif choice is not None:
+            response = self._from_knowledge(request, self._labels([choice])[choice], choice, request.confidence, {})
+        elif request.kind == "handoff" and request.intent == "nlu_fallback" and not offered and (options := self._options(request)):
+            response = self._offer(request, options)
         elif request.kind == "handoff":
             response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
         elif request.kind == "clarify":
             response = self._clarify(request)
         else:
             response = self._answer(request)
+        if offered and OFFERED_SLOT not in response.slots:
+            response.slots[OFFERED_SLOT] = None  # answered, or declined by a new message: an offer is made once
         if request.request_id:
             self._outcomes[request.request_id] = response
         return response
+
+    def _labels(self, intents: list[str]) -> dict[str, str]:
+        titles = self.knowledge.intent_titles if self.knowledge is not None else {}
+        return {intent: titles.get(intent) or humanise(intent) for intent in intents}
+
+    def _options(self, request: AnswerRequest) -> list[str]:
+        if self.knowledge is None or not self.knowledge.answered_intents or self.offer_options < 1:
+            return []  # offers name articles: a knowledge base whose articles name no intent has none to offer
+        return options_to_offer(request.ranking, self.knowledge.answered_intents, self.offer_options, self.offer_min_share)
+
+    def _offer(self, request: AnswerRequest, options: list[str]) -> AnswerResponse:
+        labels = self._labels(options)
+        if len(options) == 1:
+            message = self.texts.offer_one.format(option=labels[options[0]].rstrip("?.!"))
+        else:
+            listed = " or ".join(f"({i}) {labels[intent].rstrip('?.!')}" for i, intent in enumerate(options, start=1))
+            message = self.texts.offer.format(options=listed)
+        return AnswerResponse(
+            messages=[message], slots={OFFERED_SLOT: options}, route="clarify", intent=request.intent, confidence=request.confidence
+        )
 
     def _answer(self, request: AnswerRequest) -> AnswerResponse:
         intent, confidence = request.intent, request.confidence
@@ -182,7 +213,7 @@ class SupportBot:
         if chosen is None:
             return self._handoff(request, "nothing relevant in the knowledge base")
         passages = [PromptPassage(a.doc_id, a.title, a.body) for a in [chosen, *[x for x in reply.answers if x is not chosen]][:3]]
-        written = self.llm.reply(request.text, passages)
+        written = self.llm.reply(question, passages)  # the customer's words, or what a form or a pick made of them
         if written:
             messages, route = [written], "llm"
         else:
@@ -200,7 +231,8 @@ class SupportBot:
 
     def _clarify(self, request: AnswerRequest) -> AnswerResponse:
         asked = [e["value"] for e in request.entities if e.get("entity") == "request"][:3]
-        options = " or ".join(f"({i}) {self.titles.get(intent, humanise(intent)).rstrip('?.')}" for i, intent in enumerate(asked, start=1))
+        labels = self._labels(asked)
+        options = " or ".join(f"({i}) {labels[intent].rstrip('?.')}" for i, intent in enumerate(asked, start=1))
         message = self.texts.multiple_requests.format(options=options)
         return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
 

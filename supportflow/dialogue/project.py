@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from supportflow.bot.clarify import OFFERED_SLOT
 from supportflow.errors import SupportflowError
 from supportflow.validate.catalogue import IntentCatalogue
 
@@ -258,7 +259,7 @@ def plan_dialogue(catalogue: IntentCatalogue, desk: DeskDialogue) -> DialoguePla
         "intent": set(catalogue.intents) | set(DIALOGUE_ACTS) | desk.intents | RASA_BUILT_IN_INTENTS,
         "action": set(BOT_ACTIONS) | desk.actions | set(responses) | set(declared_forms) | set(forms) | RASA_BUILT_IN_ACTIONS,
         "active_loop": set(declared_forms) | set(forms),
-        "slot": set(slots) | {PENDING_SLOT, "requested_slot"},
+        "slot": set(slots) | {PENDING_SLOT, OFFERED_SLOT, "requested_slot"},
     }
     for path in [*desk.data_files, *desk.test_files]:
         for kind, named in _steps_with_lines(path):
@@ -300,7 +301,7 @@ def _generated_domain(plan: DialoguePlan, desk: DeskDialogue) -> dict[str, Any]:
         "version": "3.1",
         "intents": plan.intents,
         "entities": ["request"],
-        "slots": {PENDING_SLOT: pending},
+        "slots": {PENDING_SLOT: pending, OFFERED_SLOT: {"type": "list", "influence_conversation": False, "mappings": [{"type": "custom"}]}},
         "actions": list(BOT_ACTIONS),
         "session_config": {"session_expiration_time": 60, "carry_over_slots_to_new_session": False},
     }

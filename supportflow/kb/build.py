@@ -300,6 +300,8 @@ class KnowledgeBase:
         # A build whose articles name intents promises one per intent it answers; one without intents (an FAQ
         # export) is searched for every question instead.
         self.answered_intents = frozenset(p.intent for p in retriever.passages if p.intent)
+        # How the bot names an intent to a customer when it offers a choice: the title of the article that answers it.
+        self.intent_titles = {p.intent: p.title for p in reversed(retriever.passages) if p.intent}
 
     @property
     def threshold(self) -> float:

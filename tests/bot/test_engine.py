@@ -95,10 +95,38 @@ def test_dialogue_acts_clarification_and_handoff(bot: SupportBot) -> None:
         kind="clarify",
         entities=[{"entity": "request", "value": "top_up_failed"}, {"entity": "request", "value": "declined_card_payment"}],
     )
-    assert clarify.route == "clarify" and "(1) Top up failed" in clarify.messages[0] and "(2) Declined card payment" in clarify.messages[0]
+    assert clarify.route == "clarify" and "(1) Why did my top-up fail or (2)" in clarify.messages[0]  # the articles' titles
     human = ask(bot, "I want a person", "ask_human", 1.0, kind="handoff")
     assert human.route == "handoff" and human.messages == [TEXTS.handoff]
     assert bot.handoffs.handoffs("waiting")[0]["reason"] == "asked for a person"
+
+
+UNSURE = [  # what Rasa sends below the threshold: nlu_fallback on top, then the classifier's own ranking
+    {"intent": "nlu_fallback", "confidence": 0.9},
+    {"intent": "card_arrival", "confidence": 0.41},
+    {"intent": "card_delivery_estimate", "confidence": 0.33},
+    {"intent": "lost_or_stolen_card", "confidence": 0.05},
+]
+
+
+def test_below_the_threshold_close_intents_are_offered_and_the_pick_is_answered(bot: SupportBot) -> None:
+    offer = ask(bot, "where is the thing you sent", "nlu_fallback", 0.9, kind="handoff", ranking=UNSURE)
+    assert offer.route == "clarify" and offer.slots == {"offered_intents": ["card_arrival", "card_delivery_estimate"]}
+    assert "(1) My card hasn't arrived yet" in offer.messages[0] and "(2)" in offer.messages[0] and "(3)" not in offer.messages[0]
+    assert bot.handoffs.handoffs() == []  # no person yet
+    for reply in ("2", "the second one", "how long it takes"):  # what Rasa forwards next: low confidence again, the offer in its slot
+        answered = ask(bot, reply, "nlu_fallback", 0.9, kind="handoff", slots=offer.slots)
+        assert (answered.route, answered.kb_doc_id) == ("kb", "card_delivery_estimate"), reply
+        assert answered.slots == {"offered_intents": None}
+
+
+def test_an_offer_declined_or_not_worth_making_goes_to_a_person(bot: SupportBot) -> None:
+    offer = ask(bot, "where is the thing you sent", "nlu_fallback", 0.9, kind="handoff", ranking=UNSURE)
+    declined = ask(bot, "something else entirely, about my savings", "nlu_fallback", 0.9, kind="handoff", slots=offer.slots, ranking=UNSURE)
+    assert declined.route == "handoff" and declined.slots == {"offered_intents": None}  # an offer is made once
+    spread = [{"intent": "nlu_fallback", "confidence": 0.9}] + [{"intent": i, "confidence": 0.1} for i in ("card_arrival", "change_pin")]
+    assert ask(bot, "hmm", "nlu_fallback", 0.9, kind="handoff", ranking=spread).route == "handoff"  # 0.2 in all: a guess
+    assert [h["reason"] for h in bot.handoffs.handoffs()] == ["not understood with confidence"]  # one open per conversation
 
 
 def test_nothing_relevant_goes_to_a_person(bot: SupportBot) -> None:

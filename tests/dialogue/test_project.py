@@ -74,7 +74,14 @@ def test_the_desks_files_are_copied_unchanged_and_its_own_rule_replaces_the_gene
     generated = yaml.safe_load((project / "data" / "generated" / "rules.yml").read_text())["rules"]
     first_intents = [rule["steps"][0].get("intent") for rule in generated]
     assert "service_outage" not in first_intents and "password_reset" in first_intents
-    assert "pricing_inquiry_form" not in (yaml.safe_load((project / "domain" / "generated.yml").read_text()).get("forms") or {})
+    generated_domain = yaml.safe_load((project / "domain" / "generated.yml").read_text())
+    assert "pricing_inquiry_form" not in (generated_domain.get("forms") or {})
+    # The intents the bot offered when unsure, kept by Rasa until the next turn answers or declines them.
+    assert generated_domain["slots"]["offered_intents"] == {
+        "type": "list",
+        "influence_conversation": False,
+        "mappings": [{"type": "custom"}],
+    }
 
 
 def test_mistakes_in_the_desks_files_name_the_file_and_line(desk: Path) -> None:
