@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_timeout_s: float = 8.0
-    openai_moderation_endpoint: bool = True
+    openai_moderation_endpoint: bool = True  # every reply through the provider's moderation too; unreachable: refused
 
     # Serving the classifier.
     serving_variant: Literal["auto", "torch", "fp32", "int8"] = "auto"

@@ -54,7 +54,8 @@ class TicketSource(BaseModel):
 
 
 class BotTexts(BaseModel):
-    """What the bot says in the desk's own voice; `{options}` in `multiple_requests` lists the requests it heard."""
+    """What the bot says in the desk's own voice; `{options}` in `multiple_requests` lists the requests it heard.
+    Every word about the desk's domain lives here, `llm_role` included, never in the package."""
 
     model_config = ConfigDict(extra="forbid")
     greeting: str = "Hello! What can I help you with today?"
@@ -67,6 +68,9 @@ class BotTexts(BaseModel):
     multiple_requests: str = "I can help with each of those, one at a time. Which should we start with: {options}?"
     offer: str = "I'm not sure I understood. Is it about {options}? You can answer with a number."  # unsure between a few
     offer_one: str = "I'm not sure I understood. Is it about: {option}?"  # unsure, one likely reading
+    # Not said to customers: who the LLM (when one is configured) is told it is, in the prompt that writes answers from
+    # the desk's articles ("You are <llm_role>."), so the desk's domain lives here and not in the code.
+    llm_role: str = "a customer-support assistant"
 
 
 class WorkspaceConfig(BaseModel):

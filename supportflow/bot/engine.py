@@ -212,8 +212,8 @@ class SupportBot:
         chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])
         if chosen is None:
             return self._handoff(request, "nothing relevant in the knowledge base")
-        passages = [PromptPassage(a.doc_id, a.title, a.body) for a in [chosen, *[x for x in reply.answers if x is not chosen]][:3]]
-        written = self.llm.reply(question, passages)  # the customer's words, or what a form or a pick made of them
+        passages = [PromptPassage(a.doc_id, a.title, a.body, a.url) for a in [chosen, *[x for x in reply.answers if x is not chosen]][:3]]
+        written = self.llm.reply(question, passages, self.texts.llm_role)  # the customer's words, or what a form or a pick made of them
         if written:
             messages, route = [written], "llm"
         else:

@@ -3,26 +3,40 @@
 SQLite by default, any SQLAlchemy URL in production. When an agent resolves a conversation and confirms
 its intent, the customer's message lands in the lake as a labelled ticket (`source=agent_label`), so the
 next training run learns from it.
+
+What a customer writes is redacted before it is stored: the queue keeps transcripts for agents to read, and
+its database is one more place personal data could leak from. A database error never carries a message's text
+out either: the engine hides statement parameters, and a failed operation is re-raised as `HandoffStoreError`,
+naming the error's class and the handoffs it touched, never the driver's message (which can quote a value).
 """
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
 import pandas as pd
 from sqlalchemy import ForeignKey, String, Text, create_engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from supportflow.errors import SupportflowError
 from supportflow.ingest.tickets import to_table, to_tickets
 from supportflow.lake import Lake
-from supportflow.redact import Redactor
+from supportflow.redact import Redactor, redact
 
 Status = Literal["waiting", "claimed", "answered", "resolved"]
 AGENT_LABEL_SOURCE = "agent_label"
+log = logging.getLogger(__name__)
 
 
 class HandoffError(SupportflowError):
     """A handoff request that cannot be honoured (unknown id, wrong state, unknown intent)."""
+
+
+class HandoffStoreError(SupportflowError):
+    """The handoff database failed; the message names the error's class and the handoffs involved, nothing they hold."""
 
 
 class _Base(DeclarativeBase):
@@ -56,6 +70,12 @@ class Message(_Base):
     delivered: Mapped[bool] = mapped_column(default=False)
 
 
+def _stored(role: str, text: str) -> str:
+    """What the queue keeps of a message: a customer's words redacted; the desk's own (bot, agent) as written, since
+    an agent's reply must reach the customer whole."""
+    return redact(text) if role == "customer" else text
+
+
 def _view(handoff: Handoff) -> dict[str, object]:
     return {
         "id": handoff.id,
@@ -73,7 +93,9 @@ def _view(handoff: Handoff) -> dict[str, object]:
 
 class HandoffQueue:
     def __init__(self, url: str, lake: Lake, intents: tuple[str, ...]) -> None:
-        self.engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
+        self.engine = create_engine(
+            url, hide_parameters=True, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {}
+        )
         _Base.metadata.create_all(self.engine)
         self.lake = lake
         self.intents = intents
@@ -82,44 +104,45 @@ class HandoffQueue:
         self, conversation_id: str, channel: str, transcript: list[tuple[str, str]], reason: str, predicted_intent: str | None
     ) -> int:
         """Open a handoff, or add to the conversation's open one; returns its id."""
-        with Session(self.engine) as session:
+        with self._session() as session:
             handoff = session.scalars(
                 select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status != "resolved")
             ).first()
             if handoff is None:
                 handoff = Handoff(conversation_id=conversation_id, channel=channel, reason=reason, predicted_intent=predicted_intent)
                 session.add(handoff)
-            handoff.messages.extend(Message(role=role, text=text) for role, text in transcript)
+                session.flush()  # its id, which a failure below is reported with
+            handoff.messages.extend(Message(role=role, text=_stored(role, text)) for role, text in transcript)
             handoff.updated_at = datetime.now(UTC)
             session.commit()
             return handoff.id
 
     def open_for(self, conversation_id: str) -> int | None:
-        with Session(self.engine) as session:
+        with self._session() as session:
             handoff = session.scalars(
                 select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status != "resolved")
             ).first()
             return handoff.id if handoff else None
 
     def add_customer_message(self, handoff_id: int, text: str) -> None:
-        with Session(self.engine) as session:
+        with self._session() as session:
             handoff = self._get(session, handoff_id)
-            handoff.messages.append(Message(role="customer", text=text))
+            handoff.messages.append(Message(role="customer", text=_stored("customer", text)))
             session.commit()
 
     def handoffs(self, status: Status | None = None) -> list[dict[str, object]]:
-        with Session(self.engine) as session:
+        with self._session() as session:
             query = select(Handoff).order_by(Handoff.created_at)
             if status:
                 query = query.where(Handoff.status == status)
             return [_view(h) for h in session.scalars(query)]
 
     def get(self, handoff_id: int) -> dict[str, object]:
-        with Session(self.engine) as session:
+        with self._session() as session:
             return _view(self._get(session, handoff_id))
 
     def claim(self, handoff_id: int, agent: str) -> dict[str, object]:
-        with Session(self.engine) as session:
+        with self._session() as session:
             handoff = self._get(session, handoff_id)
             if handoff.status == "resolved" or (handoff.agent and handoff.agent != agent):
                 raise HandoffError(f"handoff {handoff_id} is {handoff.status} by {handoff.agent}; it cannot be claimed by {agent}")
@@ -128,7 +151,7 @@ class HandoffQueue:
             return _view(handoff)
 
     def answer(self, handoff_id: int, agent: str, text: str) -> dict[str, object]:
-        with Session(self.engine) as session:
+        with self._session() as session:
             handoff = self._owned(session, handoff_id, agent)
             handoff.messages.append(Message(role="agent", text=text))
             handoff.status, handoff.updated_at = "answered", datetime.now(UTC)
@@ -137,7 +160,7 @@ class HandoffQueue:
 
     def undelivered_replies(self, conversation_id: str) -> list[str]:
         """Agent replies not yet shown to the customer; marks them delivered."""
-        with Session(self.engine) as session:
+        with self._session() as session:
             messages = session.scalars(
                 select(Message)
                 .join(Handoff)
@@ -153,7 +176,7 @@ class HandoffQueue:
         """Close the handoff; a confirmed intent sends the customer's first message to the lake as a label."""
         if intent is not None and intent not in self.intents:
             raise HandoffError(f"intent {intent!r} is not in the intent catalogue")
-        with Session(self.engine) as session:
+        with self._session() as session:
             handoff = self._owned(session, handoff_id, agent)
             handoff.status, handoff.confirmed_intent, handoff.updated_at = "resolved", intent, datetime.now(UTC)
             customer = next((m.text for m in handoff.messages if m.role == "customer"), None)
@@ -170,6 +193,18 @@ class HandoffQueue:
         if self.lake.fs.glob(self.lake.path("tickets", "*", name)):
             return  # the same label was given before (the file is named by the ticket's id): the lake keeps one
         self.lake.write_parquet(to_table(tickets), "tickets", f"ingest_date={now:%Y-%m-%d}", name)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session whose database errors leave as `HandoffStoreError`: logged with the error's class and the ids of
+        the handoffs the session held, and raised without the original, whose text and traceback can quote a message."""
+        with Session(self.engine) as session:
+            try:
+                yield session
+            except SQLAlchemyError as error:
+                handoffs = sorted(key[1][0] for key in session.identity_map if key[0] is Handoff)[:10]
+                log.error("handoff store failed", extra={"error": type(error).__name__, "handoff_ids": handoffs})
+                raise HandoffStoreError(f"the handoff store failed ({type(error).__name__}; handoffs {handoffs})") from None
 
     @staticmethod
     def _get(session: Session, handoff_id: int) -> Handoff:

@@ -75,7 +75,10 @@ class TurnLog:
                 try:
                     self.flush()
                 except Exception as error:  # the lake may be down for a while: the turns stay buffered
-                    logging.getLogger("supportflow.turns").error("flushing turns failed: %s", error)
+                    # The class, not the text: a conversion error quotes the value it failed on, a customer's message.
+                    logging.getLogger("supportflow.turns").error(
+                        "flushing turns failed; they stay buffered", extra={"error": type(error).__name__, "buffered": len(self._buffer)}
+                    )
 
         threading.Thread(target=flush_periodically, name="turn-log-flush", daemon=True).start()
         return self

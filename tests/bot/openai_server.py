@@ -16,6 +16,7 @@ from typing import Any
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.moderation_status = 200  # set to 503 to take the moderation endpoint down while completions still answer
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,6 +28,9 @@ class FakeOpenAI:
                 server.requests.append({"path": self.path, "body": body})
                 if self.path.endswith("/chat/completions"):
                     payload = server.complete(body)
+                elif self.path.endswith("/moderations") and server.moderation_status != 200:
+                    self.send_error(server.moderation_status)
+                    return
                 elif self.path.endswith("/moderations"):
                     flagged = "hate" in json.dumps(body["input"])
                     payload = {
@@ -59,6 +63,11 @@ class FakeOpenAI:
             answer = "some hate speech"
         elif "unknown" in question:
             answer = "I don't know."
+        elif "link elsewhere" in question:
+            answer = "Log in at https://account-check.example/login to see it."
+        elif "link the article" in question:
+            link = re.search(r"\[1\] .+ \((https?://\S+)\)\n", system)
+            answer = f"The article explains it: {link.group(1) if link else 'none'}"
         else:
             first = re.search(r"\[1\] (.+)\n(.+)", system)
             answer = f"According to '{first.group(1)}': {first.group(2)}" if first else "I don't know."

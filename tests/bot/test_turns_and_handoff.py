@@ -1,13 +1,21 @@
+import io
+import json
+import logging
 import time
+import traceback
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from supportflow.bot.handoff import HandoffError, HandoffQueue
+from supportflow.bot.engine import SupportBot
+from supportflow.bot.handoff import HandoffError, HandoffQueue, HandoffStoreError
+from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import Turn, TurnLog, read_turns
 from supportflow.lake import Lake
+from supportflow.logs import json_handler
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import validate_lake
@@ -110,3 +118,86 @@ def test_unknown_handoffs_and_wrong_agents_are_clear_errors(queue: HandoffQueue)
     handoff = queue.enqueue("conv-2", "sms", [("customer", "help")], "asked for a human", None)
     with pytest.raises(HandoffError, match="not claimed by agent-bo; claim it first"):
         queue.answer(handoff, "agent-bo", "hi")
+
+
+# Personal data a customer may type, as issue 13 found the redactor missed it; none may reach a store or a log.
+PII = ["07 12 34 56 78", "4111.1111.1111.1111", "de89 3704 0044 0532 0130 00", "josé.garcía@correo.es"]
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The bot's JSON log, as the service configures it, written to a buffer for the test to read."""
+    stream = io.StringIO()
+    logger = logging.getLogger("supportflow")
+    handler, level = json_handler(stream), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_turn_with_personal_data_leaves_none_in_the_turn_log_the_handoff_queue_or_the_logs(
+    queue: HandoffQueue, local_lake: Lake, json_log: io.StringIO
+) -> None:
+    bot = SupportBot(
+        None, LLMResponder(Settings(openai_api_key=None)), queue, TurnLog(local_lake, flush_every=1), "http://127.0.0.1:9", rasa_timeout_s=1
+    )
+
+    first = bot.chat("c-pii", f"call me on {PII[0]} about card {PII[1]}")  # Rasa is down: a handoff with the transcript
+    second = bot.chat("c-pii", f"refund to {PII[2]} or write to {PII[3]}")  # added to the open handoff
+
+    assert (first.route, second.route) == ("handoff", "handoff")
+    turns = read_turns(local_lake)["text"].tolist()
+    assert turns == ["call me on <PHONE> about card <CARD>", "refund to <IBAN> or write to <EMAIL>"]
+    (handoff,) = queue.handoffs()
+    customer = [m["text"] for m in handoff["transcript"] if m["role"] == "customer"]
+    assert customer == turns
+    with queue.engine.connect() as connection:  # the database itself, not only what the queue shows
+        stored = " ".join(text for (text,) in connection.exec_driver_sql("SELECT text FROM handoff_messages"))
+    logged = json_log.getvalue()
+    assert [line["message"] for line in map(json.loads, logged.splitlines())].count("turn") == 2
+    assert not [value for value in PII for where in (stored, logged, json.dumps(handoff, ensure_ascii=False)) if value in where]
+
+
+def test_what_the_agent_and_the_bot_wrote_is_kept_whole(queue: HandoffQueue) -> None:
+    """Only the customer's words are redacted: an agent's reply must reach the customer as written."""
+    handoff = queue.enqueue("c-agent", "webchat", [("customer", f"ring {PII[0]}"), ("bot", "A colleague will call.")], "asked", None)
+    queue.claim(handoff, "agent-ann")
+    queue.answer(handoff, "agent-ann", "Call us back on 020 7946 0958.")
+    assert [m["text"] for m in queue.get(handoff)["transcript"]] == [
+        "ring <PHONE>",
+        "A colleague will call.",
+        "Call us back on 020 7946 0958.",
+    ]
+
+
+def test_a_database_error_names_its_class_and_handoff_never_the_message(queue: HandoffQueue, caplog: pytest.LogCaptureFixture) -> None:
+    with queue.engine.begin() as connection:  # the messages table is gone: the handoff is written, its messages fail
+        connection.exec_driver_sql("DROP TABLE handoff_messages")
+    typed = f"my card {PII[1]}, call {PII[0]}"
+
+    with caplog.at_level(logging.ERROR, logger="supportflow.bot.handoff"), pytest.raises(HandoffStoreError) as raised:
+        queue.enqueue("c-db", "webchat", [("customer", typed), ("bot", "one moment")], "low confidence", None)
+
+    (record,) = caplog.records
+    assert (record.error, record.handoff_ids) == ("OperationalError", [1])
+    assert str(raised.value) == "the handoff store failed (OperationalError; handoffs [1])"
+    told = "".join(traceback.format_exception(raised.value)) + caplog.text + " ".join(map(str, record.__dict__.values()))
+    assert not [value for value in [typed, *PII, "<CARD>"] if value in told]  # not even the redacted text
+
+
+def test_a_failed_turn_flush_logs_the_error_class_not_its_text(local_lake: Lake, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the lake should be")
+    log = TurnLog(Lake(fs=local_lake.fs, root=str(blocked), url=str(blocked)), flush_every=1000, flush_seconds=0.1)
+    log.record(Turn(conversation_id="c-flush", channel="webchat", text=f"call {PII[0]}", route="handoff"))
+    with caplog.at_level(logging.ERROR, logger="supportflow.turns"):
+        log.start()
+        deadline = time.monotonic() + 10
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log._stopped.set()
+    record = caplog.records[0]
+    assert (record.getMessage(), record.buffered) == ("flushing turns failed; they stay buffered", 1)
+    assert record.error in {"NotADirectoryError", "FileExistsError"} and str(blocked) not in caplog.text
