@@ -75,7 +75,7 @@ def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
         "card_swallowed",
     )
     assert queue.enqueue("conv-1", "webchat", [("customer", "hello?")], "low confidence", None) == handoff
-    assert [h["id"] for h in queue.handoffs("waiting")] == [handoff]
+    assert [h["id"] for h in queue.page("waiting").handoffs] == [handoff]
 
     queue.claim(handoff, "agent-ann")
     with pytest.raises(HandoffError, match="cannot be claimed by agent-bo"):
@@ -110,3 +110,5 @@ def test_unknown_handoffs_and_wrong_agents_are_clear_errors(queue: HandoffQueue)
     handoff = queue.enqueue("conv-2", "sms", [("customer", "help")], "asked for a human", None)
     with pytest.raises(HandoffError, match="not claimed by agent-bo; claim it first"):
         queue.answer(handoff, "agent-bo", "hi")
+    with pytest.raises(HandoffError, match="a page holds 1-100 handoffs from an offset >= 0; asked for 1000 from 0"):
+        queue.page(limit=1000)
