@@ -41,8 +41,6 @@ from supportflow.workspace import BUNDLED_WORKSPACE, Workspace, load_workspace, 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")
 WEBCHAT = files("supportflow.bot").joinpath("static/webchat.html").read_text()
-
-
 WEBCHAT_CHANNEL = "webchat"  # the only channel /chat serves; SMS and WhatsApp arrive signed, through /twilio
 NOT_YOURS = {"detail": "unknown conversation, or a missing or wrong X-Conversation-Token"}  # one answer: no oracle
 
