@@ -73,7 +73,7 @@ def main() -> None:
             print(f"make {phase}: {seconds[phase]:.0f} s", flush=True)
         demo_log = (scratch / "demo.log").read_text()
         bot = webchat_url(demo_log)
-        reply = httpx.post(f"{bot}/chat", json={"conversation_id": "bench-demo", "message": "my card still hasn't arrived"}, timeout=60)
+        reply = httpx.post(f"{bot}/chat", json={"message": "my card still hasn't arrived"}, timeout=60)
         reply.raise_for_status()
         stages = {name: float(value) for name, value in re.findall(r"stage (\w+): ([\d.]+) s", demo_log)}
     finally:

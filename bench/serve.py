@@ -28,9 +28,7 @@ local bodies = {BODIES}
 local n = 0
 request = function()
   n = n + 1
-  local body = bodies[(n % #bodies) + 1]
-  body = string.gsub(body, "CONVERSATION", "bench-" .. math.random(1, 1000000000))
-  return wrk.format(nil, nil, nil, body)
+  return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1])
 end
 """
 
@@ -133,13 +131,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, served_stack(Path(tmp)) as (stack, diet_url, versions):
         folder = Path(tmp)
         classify = lua_script(folder, "classify", [{"texts": [q]} for q in QUESTIONS])
-        chat = lua_script(folder, "chat", [{"conversation_id": "CONVERSATION", "message": q} for q in QUESTIONS])
+        chat = lua_script(folder, "chat", [{"message": q} for q in QUESTIONS])  # each a new conversation, named by the bot
         parse = lua_script(folder, "parse", [{"text": q} for q in QUESTIONS])
         noop = lua_script(folder, "noop", [{}])
         endpoints = {
             "noop": (f"{stack.classifier_url}/noop", noop, {}),
             "classify": (f"{stack.classifier_url}/classify", classify, {"texts": QUESTIONS[:1]}),
-            "chat": (f"{stack.bot_url}/chat", chat, {"conversation_id": "warm-up", "message": QUESTIONS[0]}),
+            "chat": (f"{stack.bot_url}/chat", chat, {"message": QUESTIONS[0]}),
             "rasa_parse": (f"{diet_url}/model/parse", parse, {"text": QUESTIONS[0]}),
         }
         # Rounds interleave the endpoints, so a noisy minute on the machine does not land on one of them only.

@@ -194,14 +194,14 @@ def _print_stack(stack: "Stack") -> None:
 
 def _converse(stack: "Stack", questions: Sequence[str]) -> None:
     """Each question as the first turn of a new conversation, the way a customer would ask it."""
-    import httpx
+    from supportflow.bot.client import BotConversation
 
-    for number, message in enumerate(questions, start=1):
-        conversation = f"demo-{number}"
-        reply = httpx.post(f"{stack.bot_url}/chat", json={"conversation_id": conversation, "message": message}, timeout=60).json()
+    for message in questions:
+        with BotConversation(stack.bot_url) as conversation:
+            reply = conversation.send(message)
         print(f"  customer: {message}")
-        for text in reply.get("replies", [reply.get("detail")]):
-            print(f"  bot ({reply.get('route')}, {reply.get('intent')}): {text}")
+        for text in reply.replies or [reply.detail]:
+            print(f"  bot ({reply.route}, {reply.intent}): {text}")
 
 
 def _field_map(text: str | None) -> dict[str, str]:
@@ -381,7 +381,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     console = Console(highlight=False, soft_wrap=True)
     with BotConversation(args.url or served_bot_url(get_settings())) as conversation:
         conversation.check()
-        console.print(Text(f"chatting with {conversation.url} as {conversation.conversation_id}; /quit or Ctrl-D ends", style="dim"))
+        console.print(Text(f"chatting with {conversation.url} in a new conversation; /quit or Ctrl-D ends", style="dim"))
         prompt = "you: " if sys.stdin.isatty() else ""  # piped input: only the bot's side is printed
         while True:
             try:
@@ -399,6 +399,26 @@ def cmd_chat(args: argparse.Namespace) -> None:
                 continue
             for text in reply.replies or ["(no reply)"]:
                 console.print(Text("bot: ", style="bold") + Text(text) + Text(f"  ({reply.route}, {reply.intent})", style="dim"))
+
+
+def cmd_agent(args: argparse.Namespace) -> None:
+    from supportflow.bot.agents import Agents
+    from supportflow.settings import get_settings
+
+    agents = Agents(get_settings().handoff_db_url)
+    if args.agent_command == "add":
+        token = agents.add(args.name)
+        print(f"agent {args.name} added. Their token, shown this once (the agent API wants `Authorization: Bearer <token>`):")
+        print(token)
+    elif args.agent_command == "remove":
+        agents.remove(args.name)
+        print(f"agent {args.name} removed: their token no longer opens the agent API")
+    else:
+        registered = agents.registered()
+        for agent in registered:
+            print(f"{agent.name}  (added {agent.created_at:%Y-%m-%d %H:%M} UTC)")
+        if not registered:
+            print("no agent is registered: `supportflow agent add NAME` (a bot reachable beyond this machine will not start without one)")
 
 
 def _use_prefect_server() -> None:
@@ -516,6 +536,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat = commands.add_parser("chat", help="talk to the served bot in the terminal (/quit or Ctrl-D ends)")
     chat.add_argument("--url", help="the bot's address (default: the one `supportflow serve --background` left running)")
     chat.set_defaults(run=cmd_chat)
+    agent = commands.add_parser("agent", help="the agents who may use the bot's agent API: add (prints their token once), list, remove")
+    agent_commands = agent.add_subparsers(dest="agent_command", required=True)
+    agent_commands.add_parser("add", help="register an agent and print their token, once").add_argument("name")
+    agent_commands.add_parser("list", help="the registered agents (never their tokens)")
+    agent_commands.add_parser("remove", help="unregister an agent: their token stops working at once").add_argument("name")
+    agent.set_defaults(run=cmd_agent)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     if args.workspace:  # before anything reads the settings: every stage, and every child process, sees it

@@ -163,7 +163,20 @@ class Settings(BaseSettings):
     model_version: str | None = Field(None, description="The classifier version being served, for the turn log.")
     twilio_auth_token: SecretStr | None = None
     twilio_webhook_url: str | None = Field(None, description="The public URL Twilio calls; its signature covers it.")
-    agent_token: SecretStr | None = Field(None, description="Bearer token for the agent API; unset means no token needed.")
+    agent_token: SecretStr | None = Field(
+        None, description="Retired: agents authenticate with their own tokens (`supportflow agent add`); set, the bot refuses to start."
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Signs webchat conversation tokens and keys the hashes stored for conversation ids (supportflow/keys.py); "
+        "unset: a random key kept in run_dir (one machine). Replicas need the same one. Placeholders are refused.",
+    )
+    bind_host: str | None = Field(
+        None,
+        description="The address the bot listens on. `supportflow serve` binds it (unset: 127.0.0.1) and tells the bot; a bot "
+        "started otherwise that is not told assumes it is reachable from anywhere, so its agent API needs registered agents.",
+    )
+    handoff_retention_days: float = Field(30.0, gt=0, description="Resolved handoffs, transcripts included, are deleted after this.")
 
     # Bundles and releases: `bentoml build` output, the smoke test, and what production serves.
     bentoml_home: Path = PROJECT_ROOT / ".bentoml"

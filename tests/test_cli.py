@@ -41,6 +41,7 @@ def empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Set
         "RASA_PROJECT_DIR": tmp_path / "rasa",
         "BENTOML_HOME": tmp_path / "bentoml",
         "GX_ROOT": tmp_path / "gx",
+        "HANDOFF_DB_URL": f"sqlite:///{tmp_path / 'handoff.db'}",
     }.items():
         monkeypatch.setenv(f"SUPPORTFLOW_{name}", str(value))
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
@@ -144,21 +145,31 @@ def test_evaluate_says_what_is_missing_before_it_asks_anything(
 
 
 class FakeBot(BaseHTTPRequestHandler):
-    """Speaks the bot's HTTP shape (bentos/bot/service.py): /readyz, and /chat's replies, route and intent."""
+    """Speaks the bot's HTTP shape (bentos/bot/service.py): /readyz, and /chat's replies, route and intent; a first
+    message starts a conversation whose id and token come back, and later ones must show that token."""
 
     received: ClassVar[list[dict]] = []
+    started: ClassVar[int] = 0
 
     def do_GET(self) -> None:
         self._answer(200 if self.path == "/readyz" else 404, {})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeBot.received.append(body)
+        FakeBot.received.append({**body, "token": self.headers.get("X-Conversation-Token")})
+        started = "conversation_id" not in body
+        if started:
+            FakeBot.started += 1
+            body["conversation_id"] = f"web-{FakeBot.started}"
+        elif self.headers.get("X-Conversation-Token") != f"token-{body['conversation_id']}":
+            self._answer(403, {"detail": "unknown conversation, or a missing or wrong X-Conversation-Token"})
+            return
         if body["message"] == "too long":
             self._answer(413, {"detail": "the message is longer than 4000 characters", "request_id": "r1"})
             return
         reply = {"replies": [f"you said: {body['message']}"], "route": "kb", "intent": "card_arrival", "confidence": 0.9}
-        self._answer(200, {"conversation_id": body["conversation_id"], **reply, "request_id": "r2"})
+        token = {"conversation_token": f"token-{body['conversation_id']}"} if started else {}
+        self._answer(200, {"conversation_id": body["conversation_id"], **reply, "request_id": "r2", **token})
 
     def _answer(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -174,7 +185,7 @@ class FakeBot(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_bot() -> Iterator[str]:
-    FakeBot.received = []
+    FakeBot.received, FakeBot.started = [], 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeBot)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -196,8 +207,9 @@ def test_chat_talks_to_the_bot_until_quit(fake_bot: str, monkeypatch: pytest.Mon
 
     assert status == 0
     assert [body["message"] for body in FakeBot.received] == ["hello", "too long", "my card never came"]
-    ids = {body["conversation_id"] for body in FakeBot.received}
-    assert len(ids) == 1 and next(iter(ids)).startswith("cli-")
+    first, *later = FakeBot.received
+    assert "conversation_id" not in first and first["token"] is None  # the bot names the conversation
+    assert [(body["conversation_id"], body["token"]) for body in later] == [("web-1", "token-web-1")] * 2
     assert "bot: you said: hello  (kb, card_arrival)" in out
     assert "bot: the message is longer than 4000 characters\n" in out
     assert "bot: you said: my card never came  (kb, card_arrival)" in out
@@ -206,7 +218,7 @@ def test_chat_talks_to_the_bot_until_quit(fake_bot: str, monkeypatch: pytest.Mon
     status, _ = chat(fake_bot, "again\n", monkeypatch, capsys)  # ends at end of input too
 
     assert status == 0
-    assert FakeBot.received[-1]["conversation_id"] not in ids  # a new session is a new conversation
+    assert "conversation_id" not in FakeBot.received[-1]  # a new session is a new conversation
 
 
 def test_chat_finds_the_served_bot_and_status_checks_its_health(
@@ -336,3 +348,23 @@ def test_init_without_an_export_writes_the_skeleton_and_says_what_to_run_next(tm
     assert main(["init", str(tmp_path / "other"), "--encoding", "cp1252"]) == 2
     assert "--encoding: only with --from-tickets" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_agents_are_added_with_a_token_shown_once_listed_and_removed(empty_store: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from supportflow.bot.agents import Agents
+    from supportflow.cli import main
+
+    assert main(["agent", "add", "ann"]) == 0
+    token = capsys.readouterr().out.splitlines()[-1]
+    agents = Agents(empty_store.handoff_db_url)
+    assert agents.identify(token, open_when_none=False) == "ann" and agents.identify(token[:-1], open_when_none=False) is None
+    assert main(["agent", "add", "ann"]) == 2
+    assert "agent 'ann' exists: remove it first" in capsys.readouterr().err
+    assert main(["agent", "add", "bad name"]) == 2 and "agent name 'bad name'" in capsys.readouterr().err
+    assert main(["agent", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith("ann  (added ") and token not in listed
+    assert token not in Path(empty_store.handoff_db_url.removeprefix("sqlite:///")).read_bytes().decode("latin-1")  # a hash at rest
+    assert main(["agent", "remove", "ann"]) == 0 and agents.identify(token, open_when_none=False) is None
+    assert main(["agent", "remove", "ann"]) == 2 and "no agent 'ann'" in capsys.readouterr().err
+    assert main(["agent", "list"]) == 0 and "no agent is registered" in capsys.readouterr().out

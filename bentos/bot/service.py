@@ -3,46 +3,62 @@ agent API, and the conversation log. `bentoml serve bentos.bot.service:BotServic
 
 The routes are a FastAPI app mounted on the BentoML service (form-encoded webhooks, HTML and precise
 status codes are plain HTTP); BentoML adds `/healthz`, `/readyz` and `/metrics`, and the bundle.
+
+Who may do what: a webchat conversation belongs to whoever holds the token the server issued with its id
+(`X-Conversation-Token`); an SMS or WhatsApp conversation exists only through the Twilio-signed `/twilio`; the
+channel is the route's, never the client's word; an agent is whoever their bearer token names
+(supportflow/bot/agents.py).
 """
 
 import logging
 import uuid
+from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from supportflow.bot import metrics
+from supportflow.bot.agents import AgentError, Agents, is_loopback, require_agents
 from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
-from supportflow.bot.handoff import HandoffError, HandoffQueue
+from supportflow.bot.handoff import MAX_PAGE, HandoffError, HandoffQueue, Status
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog
 from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
+from supportflow.keys import checked_secret, conversation_keys
 from supportflow.lake import open_lake
 from supportflow.logs import configure_json_logging
 from supportflow.services import bentoml_service_config, freeze_startup_objects
-from supportflow.settings import get_settings
+from supportflow.settings import Settings, get_settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.workspace import BUNDLED_WORKSPACE, Workspace, load_workspace, workspace
 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")
 WEBCHAT = files("supportflow.bot").joinpath("static/webchat.html").read_text()
+WEBCHAT_CHANNEL = "webchat"  # the only channel /chat serves; SMS and WhatsApp arrive signed, through /twilio
+NOT_YOURS = {"detail": "unknown conversation, or a missing or wrong X-Conversation-Token"}  # one answer: no oracle
 
 
 class ChatIn(BaseModel):
-    conversation_id: str
+    """No `conversation_id`: a new conversation, whose id and token come back. No `channel`: the route decides it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str | None = None
     message: str = ""
-    channel: str = "webchat"
 
 
 class AgentAction(BaseModel):
-    agent: str
+    """No `agent`: who acts is whoever the bearer token belongs to."""
+
+    model_config = ConfigDict(extra="forbid")
+
     text: str | None = None
     intent: str | None = None
 
@@ -93,15 +109,19 @@ class BotService:
     def __init__(self) -> None:
         configure_json_logging()
         settings = get_settings()
+        self.settings = settings
+        self.keys = conversation_keys(settings)  # a placeholder or short key stops the start here
+        self.agents = self.check_doors(settings)
         lake = open_lake(settings)
         desk = self.desk()
-        self.settings = settings
+        retention = timedelta(days=settings.handoff_retention_days)
         self.bot = SupportBot(
             knowledge=open_knowledge(settings),
             llm=LLMResponder(settings),
-            handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(desk.catalogue_file).intents),
+            handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(desk.catalogue_file).intents, retention),
             turns=TurnLog(lake, flush_every=settings.turn_flush_every, flush_seconds=settings.turn_flush_seconds).start(),
             rasa_url=settings.rasa_url,
+            keys=self.keys,
             model_version=served_model_version(settings),
             max_message_chars=settings.max_message_chars,
             offer_options=settings.offer_options,
@@ -117,6 +137,18 @@ class BotService:
             self.follower = ProductionFollower(settings, self.bot.model_version, attribute)
             self.follower.start()
         freeze_startup_objects()
+
+    @staticmethod
+    def check_doors(settings: Settings) -> Agents:
+        """Refuse to start with a door that would stand open: a retired shared agent token, a placeholder Twilio
+        token (anyone could sign as Twilio), or an agent API reachable from elsewhere with no agent registered."""
+        if settings.agent_token is not None:
+            raise AgentError("SUPPORTFLOW_AGENT_TOKEN is retired: each agent has their own token (`supportflow agent add NAME`); unset it")
+        if settings.twilio_auth_token is not None:
+            checked_secret("SUPPORTFLOW_TWILIO_AUTH_TOKEN", settings.twilio_auth_token)
+        agents = Agents(settings.handoff_db_url)
+        require_agents(agents, settings.bind_host)
+        return agents
 
     @bentoml.on_shutdown
     def flush_turns(self) -> None:
@@ -157,16 +189,33 @@ class BotService:
     def webchat(self) -> str:
         return WEBCHAT
 
+    def _refuse_stranger(self) -> JSONResponse:
+        metrics.REJECTED.labels(reason="conversation token").inc()
+        return JSONResponse(NOT_YOURS, status_code=403)
+
     @web.post("/chat")
-    def chat(self, body: ChatIn, x_request_id: Annotated[str | None, Header()] = None) -> JSONResponse:
-        status, payload = self._respond(body.conversation_id, body.message, body.channel, x_request_id or uuid.uuid4().hex)
+    def chat(
+        self,
+        body: ChatIn,
+        x_conversation_token: Annotated[str | None, Header()] = None,
+        x_request_id: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        if body.conversation_id is None:
+            conversation_id, token = self.keys.new_webchat_conversation()
+        elif self.keys.owns_webchat_conversation(body.conversation_id, x_conversation_token):
+            conversation_id, token = body.conversation_id, None
+        else:
+            return self._refuse_stranger()
+        status, payload = self._respond(conversation_id, body.message, WEBCHAT_CHANNEL, x_request_id or uuid.uuid4().hex)
+        if token is not None and "replies" in payload:  # a refused first message starts no conversation
+            payload["conversation_token"] = token
         return JSONResponse(payload, status_code=status)
 
     @web.get("/chat/{conversation_id}/replies")
-    def replies(self, conversation_id: str) -> dict:
-        if not self.bot.knows(conversation_id):
-            raise HTTPException(404, f"no conversation {conversation_id!r}")
-        return {"conversation_id": conversation_id, "replies": self.bot.handoffs.undelivered_replies(conversation_id)}
+    def replies(self, conversation_id: str, x_conversation_token: Annotated[str | None, Header()] = None) -> JSONResponse:
+        if not self.keys.owns_webchat_conversation(conversation_id, x_conversation_token):
+            return self._refuse_stranger()
+        return JSONResponse({"conversation_id": conversation_id, "replies": self.bot.agent_replies(conversation_id)})
 
     @web.post("/twilio")
     async def twilio(self, request: Request, x_twilio_signature: Annotated[str | None, Header()] = None) -> Response:
@@ -189,29 +238,40 @@ class BotService:
     def answer(self, body: AnswerRequest) -> dict:
         return self.bot.answer(body).model_dump()
 
-    def _agent(self, authorization: str | None) -> None:
-        token = self.settings.agent_token
-        if token is not None and authorization != f"Bearer {token.get_secret_value()}":
-            raise HTTPException(401, "the agent API needs `Authorization: Bearer <agent token>`")
+    def _agent(self, authorization: str | None) -> str:
+        """The agent the bearer token belongs to (on a loopback-bound bot with no agent registered: `local`)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        agent = self.agents.identify(token.strip() if scheme.lower() == "bearer" else None, is_loopback(self.settings.bind_host))
+        if agent is None:
+            metrics.REJECTED.labels(reason="agent token").inc()
+            raise HTTPException(401, "the agent API needs `Authorization: Bearer <agent token>`", headers={"WWW-Authenticate": "Bearer"})
+        return agent
 
     @web.get("/agent/handoffs")
-    def handoffs(self, status: str | None = None, authorization: Annotated[str | None, Header()] = None) -> list[dict]:
+    def handoffs(
+        self,
+        status: Status | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> dict:
+        """One page, oldest first; `next_offset` is null on the last page."""
         self._agent(authorization)
-        return self.bot.handoffs.handoffs(status)  # type: ignore[arg-type]
+        return self.bot.handoffs.page(status, limit, offset).model_dump()
 
     @web.post("/agent/handoffs/{handoff_id}/{action}")
     def act(self, handoff_id: int, action: str, body: AgentAction, authorization: Annotated[str | None, Header()] = None) -> dict:
-        self._agent(authorization)
+        agent = self._agent(authorization)
         queue = self.bot.handoffs
         try:
             if action == "claim":
-                return queue.claim(handoff_id, body.agent)
+                return queue.claim(handoff_id, agent)
             if action == "answer":
                 if not body.text:
                     raise HTTPException(400, "an answer needs `text`")
-                return queue.answer(handoff_id, body.agent, body.text)
+                return queue.answer(handoff_id, agent, body.text)
             if action == "resolve":
-                return queue.resolve(handoff_id, body.agent, body.intent)
+                return queue.resolve(handoff_id, agent, body.intent)
         except HandoffError as error:
             raise HTTPException(404 if "no handoff" in str(error) else 409, str(error)) from error
         raise HTTPException(404, f"unknown action {action!r}; use claim, answer or resolve")

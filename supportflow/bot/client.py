@@ -2,8 +2,6 @@
 page sends, so what a person sees here is what a customer gets (knowledge-base answers, clarifications,
 handoffs), turn log included."""
 
-import uuid
-
 import httpx
 from pydantic import BaseModel
 
@@ -16,6 +14,8 @@ class BotUnavailableError(SupportflowError):
 
 
 class BotReply(BaseModel):
+    conversation_id: str | None = None
+    conversation_token: str | None = None  # only in the reply that started the conversation
     replies: list[str] = []
     route: str | None = None
     intent: str | None = None
@@ -33,11 +33,13 @@ def served_bot_url(settings: Settings) -> str:
 
 
 class BotConversation:
-    """One conversation: a fresh random id, so each session starts with no history in the bot."""
+    """One conversation, started by the first message: the bot issues its id and the token that later messages
+    show (`X-Conversation-Token`), so each session starts with no history and no one else can join it."""
 
     def __init__(self, url: str, timeout: float = 60) -> None:
         self.url = url.rstrip("/")
-        self.conversation_id = f"cli-{uuid.uuid4().hex[:12]}"
+        self.conversation_id: str | None = None
+        self.token: str | None = None
         self.client = httpx.Client(timeout=timeout)
 
     def check(self) -> None:
@@ -51,14 +53,21 @@ class BotConversation:
             raise BotUnavailableError(f"the bot at {self.url} is not ready yet (/readyz): try again in a moment")
 
     def send(self, message: str) -> BotReply:
+        if self.conversation_id is None:
+            body, headers = {"message": message}, {}
+        else:
+            body, headers = {"conversation_id": self.conversation_id, "message": message}, {"X-Conversation-Token": self.token or ""}
         try:
-            response = self.client.post(f"{self.url}/chat", json={"conversation_id": self.conversation_id, "message": message})
+            response = self.client.post(f"{self.url}/chat", json=body, headers=headers)
         except httpx.HTTPError as error:
             raise BotUnavailableError(f"the bot at {self.url} stopped answering ({type(error).__name__}: {error})") from error
         try:
-            return BotReply.model_validate(response.json())
+            reply = BotReply.model_validate(response.json())
         except ValueError as error:
             raise BotUnavailableError(f"the bot at {self.url} answered HTTP {response.status_code} without a reply") from error
+        if reply.conversation_token is not None:
+            self.conversation_id, self.token = reply.conversation_id, reply.conversation_token
+        return reply
 
     def close(self) -> None:
         self.client.close()

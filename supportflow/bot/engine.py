@@ -9,6 +9,10 @@ call `chat`, which goes through Rasa and logs the turn. Routing:
 - otherwise the knowledge base: the article for the predicted intent, or the best match above the
   calibrated threshold; with an LLM configured the reply is written from those passages;
 - low confidence, nothing relevant, an explicit ask, or a part that is down: a human (handoff).
+
+A conversation's id (a webchat id, or `sms:+<phone>`) is known only to its channel and to `chat`: from there
+on, in Rasa's tracker, the turn log, the logs and the handoff queue, it is its stored id, a keyed hash
+(supportflow/keys.py), so a phone number never leaves the request.
 """
 
 import logging
@@ -28,6 +32,7 @@ from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.turns import Route, Turn, TurnLog
 from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
+from supportflow.keys import ConversationKeys
 from supportflow.workspace import BotTexts
 
 log = logging.getLogger("supportflow.bot")
@@ -61,7 +66,7 @@ class AnswerRequest(BaseModel):
     """What a Rasa action forwards for one turn."""
 
     kind: str = "answer"  # answer, handoff or clarify
-    conversation_id: str
+    conversation_id: str  # the stored id: Rasa's sender is never the customer's own id
     request_id: str | None = None
     channel: str = "webchat"
     text: str = ""
@@ -128,6 +133,7 @@ class SupportBot:
     handoffs: HandoffQueue
     turns: TurnLog
     rasa_url: str
+    keys: ConversationKeys
     model_version: str | None = None
     max_message_chars: int = 4000
     rasa_timeout_s: float = 30.0
@@ -245,6 +251,7 @@ class SupportBot:
 
     # A customer's message from a channel.
     def chat(self, conversation_id: str, text: str, channel: str = "webchat", request_id: str | None = None) -> ChatResult:
+        """One turn of the conversation `conversation_id`, which the channel has established belongs to the sender."""
         request_id = request_id or uuid.uuid4().hex
         started = time.perf_counter()
         if not CONVERSATION_ID.match(conversation_id or ""):
@@ -254,16 +261,17 @@ class SupportBot:
             raise ChatError(400, "the message is empty")
         if len(text) > self.max_message_chars:
             raise ChatError(413, f"the message is {len(text):,} characters long; at most {self.max_message_chars:,} are accepted")
-        self._transcripts[conversation_id].append(("customer", text))
-        result = self._chat(conversation_id, text, channel, request_id)
-        result.replies += self.handoffs.undelivered_replies(conversation_id)
+        stored = self.keys.stored_id(conversation_id)
+        self._transcripts[stored].append(("customer", text))
+        result = self._chat(stored, text, channel, request_id)
+        result.replies += self.handoffs.undelivered_replies(stored)
         for reply in result.replies:
-            self._transcripts[conversation_id].append(("bot", reply))
+            self._transcripts[stored].append(("bot", reply))
         latency = (time.perf_counter() - started) * 1000
         outcome = self._outcomes.pop(request_id, None)
         self.turns.record(
             Turn(
-                conversation_id=conversation_id,
+                conversation_id=stored,
                 channel=channel,
                 text=text,
                 intent=result.intent,
@@ -280,7 +288,7 @@ class SupportBot:
             "turn",
             extra={
                 "request_id": request_id,
-                "conversation_id": conversation_id,
+                "conversation_id": stored,
                 "route": result.route,
                 "intent": result.intent,
                 "latency_ms": round(latency, 1),
@@ -288,15 +296,19 @@ class SupportBot:
         )
         return result
 
-    def _chat(self, conversation_id: str, text: str, channel: str, request_id: str) -> ChatResult:
-        open_handoff = self.handoffs.open_for(conversation_id)
+    def agent_replies(self, conversation_id: str) -> list[str]:
+        """Agent replies the customer of `conversation_id` has not seen yet; they count as delivered from now."""
+        return self.handoffs.undelivered_replies(self.keys.stored_id(conversation_id))
+
+    def _chat(self, stored: str, text: str, channel: str, request_id: str) -> ChatResult:
+        open_handoff = self.handoffs.open_for(stored)
         if open_handoff is not None:
             self.handoffs.add_customer_message(open_handoff, text)
             return ChatResult([self.texts.with_agent], "handoff", request_id=request_id)
         try:
             response = self._http.post(
                 f"{self.rasa_url}/webhooks/rest/webhook",
-                json={"sender": conversation_id, "message": text, "metadata": {"request_id": request_id, "channel": channel}},
+                json={"sender": stored, "message": text, "metadata": {"request_id": request_id, "channel": channel}},
                 headers={"X-Request-ID": request_id},
                 timeout=self.rasa_timeout_s,
             )
@@ -304,9 +316,7 @@ class SupportBot:
             messages = [m["text"] for m in response.json() if m.get("text")]
         except (httpx.HTTPError, ValueError) as error:
             log.error("dialogue unavailable", extra={"request_id": request_id, "error": str(error)})
-            self.handoffs.enqueue(
-                conversation_id, channel, list(self._transcripts[conversation_id]), "the dialogue service was unavailable", None
-            )
+            self.handoffs.enqueue(stored, channel, list(self._transcripts[stored]), "the dialogue service was unavailable", None)
             return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         outcome = self._outcomes.get(request_id)
         if outcome is None:
@@ -322,6 +332,3 @@ class SupportBot:
             kb_doc_id=outcome.kb_doc_id,
             answer_intent=outcome.answer_intent,
         )
-
-    def knows(self, conversation_id: str) -> bool:
-        return conversation_id in self._transcripts or self.handoffs.open_for(conversation_id) is not None

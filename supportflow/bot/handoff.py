@@ -2,7 +2,9 @@
 
 SQLite by default, any SQLAlchemy URL in production. When an agent resolves a conversation and confirms
 its intent, the customer's message lands in the lake as a labelled ticket (`source=agent_label`), so the
-next training run learns from it.
+next training run learns from it. Conversations are known here by their stored id (a keyed hash,
+supportflow/keys.py), never by a phone number; a resolved handoff, transcript included, is deleted once it is
+older than the retention period (its label, if any, is in the lake by then).
 
 What a customer writes is redacted before it is stored: the queue keeps transcripts for agents to read, and
 its database is one more place personal data could leak from. A database error never carries a message's text
@@ -13,11 +15,12 @@ naming the error's class and the handoffs it touched, never the driver's message
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pandas as pd
-from sqlalchemy import ForeignKey, String, Text, create_engine, select
+from pydantic import BaseModel
+from sqlalchemy import ForeignKey, String, Text, create_engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -29,6 +32,7 @@ from supportflow.redact import Redactor, redact
 Status = Literal["waiting", "claimed", "answered", "resolved"]
 AGENT_LABEL_SOURCE = "agent_label"
 log = logging.getLogger(__name__)
+MAX_PAGE = 100  # handoffs in one listing: an agent's screen, not the whole history
 
 
 class HandoffError(SupportflowError):
@@ -91,14 +95,21 @@ def _view(handoff: Handoff) -> dict[str, object]:
     }
 
 
+class HandoffPage(BaseModel):
+    handoffs: list[dict[str, object]]
+    next_offset: int | None  # None: this is the last page
+
+
 class HandoffQueue:
-    def __init__(self, url: str, lake: Lake, intents: tuple[str, ...]) -> None:
+    def __init__(self, url: str, lake: Lake, intents: tuple[str, ...], retention: timedelta = timedelta(days=30)) -> None:
         self.engine = create_engine(
             url, hide_parameters=True, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {}
         )
         _Base.metadata.create_all(self.engine)
         self.lake = lake
         self.intents = intents
+        self.retention = retention
+        self.forget_expired()
 
     def enqueue(
         self, conversation_id: str, channel: str, transcript: list[tuple[str, str]], reason: str, predicted_intent: str | None
@@ -130,12 +141,27 @@ class HandoffQueue:
             handoff.messages.append(Message(role="customer", text=_stored("customer", text)))
             session.commit()
 
-    def handoffs(self, status: Status | None = None) -> list[dict[str, object]]:
+    def page(self, status: Status | None = None, limit: int = MAX_PAGE, offset: int = 0) -> "HandoffPage":
+        """One page of handoffs, oldest first; expired ones are forgotten first, so no listing shows them."""
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise HandoffError(f"a page holds 1-{MAX_PAGE} handoffs from an offset >= 0; asked for {limit} from {offset}")
+        self.forget_expired()
         with self._session() as session:
-            query = select(Handoff).order_by(Handoff.created_at)
+            query = select(Handoff).order_by(Handoff.id).limit(limit + 1).offset(offset)  # one more: is there a next page?
             if status:
                 query = query.where(Handoff.status == status)
-            return [_view(h) for h in session.scalars(query)]
+            views = [_view(h) for h in session.scalars(query)]
+        return HandoffPage(handoffs=views[:limit], next_offset=offset + limit if len(views) > limit else None)
+
+    def forget_expired(self) -> int:
+        """Delete resolved handoffs, with their transcripts, last touched longer ago than the retention period."""
+        cutoff = datetime.now(UTC) - self.retention
+        with self._session() as session:
+            expired = select(Handoff.id).where(Handoff.status == "resolved", Handoff.updated_at < cutoff)
+            session.execute(delete(Message).where(Message.handoff_id.in_(expired)))
+            deleted = session.execute(delete(Handoff).where(Handoff.id.in_(expired))).rowcount
+            session.commit()
+            return deleted
 
     def get(self, handoff_id: int) -> dict[str, object]:
         with self._session() as session:

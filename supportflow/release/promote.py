@@ -111,10 +111,10 @@ def _check_bot(url: str, question: str, bundles: Bundles) -> str:
     status = httpx.get(f"{url}/status", timeout=30).raise_for_status().json()
     if bundles.kb_build is not None and status["knowledge_base"] != bundles.kb_build:
         raise ReleaseError(f"the bot serves knowledge base {status['knowledge_base']}, not build {bundles.kb_build}")
-    refused = httpx.post(f"{url}/chat", json={"conversation_id": "smoke-empty", "message": ""}, timeout=30)
+    refused = httpx.post(f"{url}/chat", json={"message": ""}, timeout=30)
     if refused.status_code != 400:
         raise ReleaseError(f"an empty message got status {refused.status_code}, not a 400 refusal")
-    reply = httpx.post(f"{url}/chat", json={"conversation_id": "smoke-question", "message": question}, timeout=60)
+    reply = httpx.post(f"{url}/chat", json={"message": question}, timeout=60)
     body = reply.json()
     if reply.status_code != 200 or not body.get("replies"):
         raise ReleaseError(f"/chat answered {reply.status_code} {body}: the dialogue path is broken")

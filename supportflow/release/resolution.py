@@ -44,7 +44,7 @@ HANDOFF, CLARIFY = "handoff", "clarify"  # the confusion's columns for replies t
 NO_INTENT = "(no intent)"  # an answer whose article names no intent, from a bot that predicted none
 ANSWER_ROUTES, CLARIFY_ROUTES = ("kb", "llm"), ("clarify", "dialogue")
 CHAT_TIMEOUT_S = 60.0
-CONVERSATION_PREFIX = "evaluate"  # how an evaluation's turns are told apart in a bot's turn log and handoff queue
+REQUEST_PREFIX = "evaluate"  # an evaluation's request ids: how its turns are told apart in a bot's turn log
 
 
 class ResolutionError(SupportflowError):
@@ -85,7 +85,7 @@ def judge(gold_intent: str, status: int, body: Any) -> Verdict:
 class ExampleOutcome(BaseModel):
     """One labelled message, what `/chat` replied, and how it counts."""
 
-    conversation_id: str
+    conversation_id: str  # as the bot issued it; empty when no reply came
     text: str
     gold_intent: str
     status: int | None  # None: no HTTP reply at all
@@ -310,12 +310,15 @@ def labelled_export(
     return LabelledExamples(frame, path + (f" ({', '.join(skipped)})" if skipped else ""))
 
 
-def _ask(client: httpx.Client, bot_url: str, conversation_id: str, text: str, gold_intent: str) -> ExampleOutcome:
-    example = {"conversation_id": conversation_id, "text": text, "gold_intent": gold_intent}
+def _ask(client: httpx.Client, bot_url: str, request_id: str, text: str, gold_intent: str) -> ExampleOutcome:
+    """The message as the first turn of a new conversation: the bot names it (`conversation_id` in the outcome)."""
+    example = {"text": text, "gold_intent": gold_intent}
     try:
-        reply = client.post(f"{bot_url}/chat", json={"conversation_id": conversation_id, "message": text})
+        reply = client.post(f"{bot_url}/chat", json={"message": text}, headers={"X-Request-ID": request_id})
     except httpx.HTTPError as error:
-        return ExampleOutcome(**example, status=None, outcome="error", detail=f"no reply: {type(error).__name__}: {error}")
+        return ExampleOutcome(
+            **example, conversation_id="", status=None, outcome="error", detail=f"no reply: {type(error).__name__}: {error}"
+        )
     try:
         body: Any = reply.json()
     except ValueError:
@@ -324,6 +327,7 @@ def _ask(client: httpx.Client, bot_url: str, conversation_id: str, text: str, go
     said = body if isinstance(body, Mapping) else {}
     return ExampleOutcome(
         **example,
+        conversation_id=str(said.get("conversation_id") or ""),
         status=reply.status_code,
         route=said.get("route"),
         intent=said.get("intent"),
@@ -334,15 +338,15 @@ def _ask(client: httpx.Client, bot_url: str, conversation_id: str, text: str, go
 
 
 def replay(bot_url: str, examples: pd.DataFrame, concurrency: int) -> list[ExampleOutcome]:
-    """Each message as the first turn of its own new conversation (an id unique to this run), a few at once as
-    customers write; the outcomes come back in the examples' order."""
+    """Each message as the first turn of its own new conversation (its request id unique to this run), a few at once
+    as customers write; the outcomes come back in the examples' order."""
     run = uuid.uuid4().hex[:8]
     bot_url = bot_url.rstrip("/")
     step = Step("evaluate through /chat", total=len(examples))
     try:
         with httpx.Client(timeout=CHAT_TIMEOUT_S) as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
             futures = [
-                pool.submit(_ask, client, bot_url, f"{CONVERSATION_PREFIX}-{run}-{number}", str(text), str(intent))
+                pool.submit(_ask, client, bot_url, f"{REQUEST_PREFIX}-{run}-{number}", str(text), str(intent))
                 for number, (text, intent) in enumerate(zip(examples["text"], examples["intent"], strict=True))
             ]
             right = 0

@@ -63,10 +63,13 @@ def classifier_service(settings: Settings, port: int, log_dir: Path, target: str
 
 
 def bot_service(settings: Settings, port: int, log_dir: Path, target: str = BOT_SOURCE) -> ManagedProcess:
-    command = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    return ManagedProcess(
-        "bot", command, PROJECT_ROOT, settings_environment(settings), f"http://127.0.0.1:{port}/readyz", log_dir / "bot.log"
-    )
+    """The one service customers reach: bound to `bind_host` (127.0.0.1 unless set; 0.0.0.0 opens it to the network,
+    loopback included, which the health check uses), and told where it is bound, since an agent API open beyond
+    this machine must have registered agents."""
+    host = settings.bind_host or "127.0.0.1"
+    command = [BENTOML, "serve", target, "--host", host, "--port", str(port)]
+    env = settings_environment(settings, SUPPORTFLOW_BIND_HOST=host)
+    return ManagedProcess("bot", command, PROJECT_ROOT, env, f"http://127.0.0.1:{port}/readyz", log_dir / "bot.log")
 
 
 @dataclass

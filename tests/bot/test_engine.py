@@ -11,6 +11,7 @@ from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog, read_turns
 from supportflow.kb.build import KnowledgeBase, build_knowledge_base, open_knowledge_base
+from supportflow.keys import ConversationKeys
 from supportflow.lake import open_lake
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
@@ -19,6 +20,7 @@ from tests.bot.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = load_workspace(ROOT / "examples" / "banking77").config.texts  # the demo desk's words, which its bot must speak
+KEYS = ConversationKeys(b"a test key of thirty-two bytes..")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +48,7 @@ def bot(knowledge: KnowledgeBase, local_settings: Settings, tmp_path: Path) -> I
         handoffs,
         TurnLog(lake, flush_every=1),
         rasa_url="http://127.0.0.1:9",
+        keys=KEYS,
         rasa_timeout_s=2,
         texts=workspace(local_settings).config.texts,
     )
@@ -98,7 +101,7 @@ def test_dialogue_acts_clarification_and_handoff(bot: SupportBot) -> None:
     assert clarify.route == "clarify" and "(1) Why did my top-up fail or (2)" in clarify.messages[0]  # the articles' titles
     human = ask(bot, "I want a person", "ask_human", 1.0, kind="handoff")
     assert human.route == "handoff" and human.messages == [TEXTS.handoff]
-    assert bot.handoffs.handoffs("waiting")[0]["reason"] == "asked for a person"
+    assert bot.handoffs.page("waiting").handoffs[0]["reason"] == "asked for a person"
 
 
 UNSURE = [  # what Rasa sends below the threshold: nlu_fallback on top, then the classifier's own ranking
@@ -113,7 +116,7 @@ def test_below_the_threshold_close_intents_are_offered_and_the_pick_is_answered(
     offer = ask(bot, "where is the thing you sent", "nlu_fallback", 0.9, kind="handoff", ranking=UNSURE)
     assert offer.route == "clarify" and offer.slots == {"offered_intents": ["card_arrival", "card_delivery_estimate"]}
     assert "(1) My card hasn't arrived yet" in offer.messages[0] and "(2)" in offer.messages[0] and "(3)" not in offer.messages[0]
-    assert bot.handoffs.handoffs() == []  # no person yet
+    assert bot.handoffs.page().handoffs == []  # no person yet
     for reply in ("2", "the second one", "how long it takes"):  # what Rasa forwards next: low confidence again, the offer in its slot
         answered = ask(bot, reply, "nlu_fallback", 0.9, kind="handoff", slots=offer.slots)
         assert (answered.route, answered.kb_doc_id) == ("kb", "card_delivery_estimate"), reply
@@ -126,12 +129,12 @@ def test_an_offer_declined_or_not_worth_making_goes_to_a_person(bot: SupportBot)
     assert declined.route == "handoff" and declined.slots == {"offered_intents": None}  # an offer is made once
     spread = [{"intent": "nlu_fallback", "confidence": 0.9}] + [{"intent": i, "confidence": 0.1} for i in ("card_arrival", "change_pin")]
     assert ask(bot, "hmm", "nlu_fallback", 0.9, kind="handoff", ranking=spread).route == "handoff"  # 0.2 in all: a guess
-    assert [h["reason"] for h in bot.handoffs.handoffs()] == ["not understood with confidence"]  # one open per conversation
+    assert [h["reason"] for h in bot.handoffs.page().handoffs] == ["not understood with confidence"]  # one open per conversation
 
 
 def test_nothing_relevant_goes_to_a_person(bot: SupportBot) -> None:
     response = ask(bot, "can you recommend a pizza topping for tonight?", None, 0.2)
-    assert response.route == "handoff" and bot.handoffs.handoffs()[0]["reason"] == "nothing relevant in the knowledge base"
+    assert response.route == "handoff" and bot.handoffs.page().handoffs[0]["reason"] == "nothing relevant in the knowledge base"
 
 
 def test_a_classifier_that_is_down_degrades_to_a_handoff(bot: SupportBot) -> None:
@@ -167,7 +170,7 @@ def test_when_rasa_is_down_the_customer_gets_a_handoff_and_503(bot: SupportBot) 
     again = bot.chat("c3", "hello?")
     assert (again.status, again.replies) == (200, [TEXTS.with_agent])
     turns = read_turns(bot.turns.lake)
-    assert list(turns["route"]) == ["handoff", "handoff"] and list(turns["conversation_id"]) == ["c3", "c3"]
+    assert list(turns["route"]) == ["handoff", "handoff"] and list(turns["conversation_id"]) == [KEYS.stored_id("c3")] * 2
 
 
 def test_an_intent_with_no_article_is_handed_off_not_answered_from_another(tmp_path: Path, local_settings: Settings) -> None:
@@ -192,11 +195,13 @@ def test_an_intent_with_no_article_is_handed_off_not_answered_from_another(tmp_p
     assert knowledge.answered_intents == {"card_arrival", "card_delivery_estimate"}
     lake = open_lake(local_settings)
     handoffs = HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", lake, load_catalogue(local_settings.catalogue_file).intents)
-    bot = SupportBot(knowledge, LLMResponder(local_settings), handoffs, TurnLog(lake, flush_every=1), rasa_url="http://127.0.0.1:9")
+    bot = SupportBot(
+        knowledge, LLMResponder(local_settings), handoffs, TurnLog(lake, flush_every=1), rasa_url="http://127.0.0.1:9", keys=KEYS
+    )
 
     answered = ask(bot, "when will my card arrive", "card_arrival")
     assert (answered.route, answered.kb_doc_id) == ("kb", "card_arrival")
     unwritten = ask(bot, "how do I order a physical card? I want my card delivered", "order_physical_card")
     assert unwritten.route == "handoff" and unwritten.kb_doc_id is None
-    (queued,) = handoffs.handoffs()
+    (queued,) = handoffs.page().handoffs
     assert queued["reason"] == "no article answers order_physical_card"

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,7 @@ from tests.classifier.conftest import classifier_settings, tiny_rows
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
+SECRET_KEY = "stack-test-key-5a1f9c3e7b2d4f6a8c0e1b3d5f7a9c2e"
 
 
 @dataclass
@@ -29,9 +30,22 @@ class Served:
     settings: object
     rows: pd.DataFrame
     folder: Path
+    conversations: dict[str, tuple[str, str]] = field(default_factory=dict)  # a test's name for it -> the bot's id, token
 
-    def chat(self, conversation: str, message: str, **extra: str) -> httpx.Response:
-        return httpx.post(f"{self.stack.bot_url}/chat", json={"conversation_id": conversation, "message": message, **extra}, timeout=60)
+    def chat(self, conversation: str, message: str) -> httpx.Response:
+        """A message in the conversation a test calls `conversation`: its first starts it, and the bot names it."""
+        if conversation in self.conversations:
+            known, token = self.conversations[conversation]
+            body, headers = {"conversation_id": known, "message": message}, {"X-Conversation-Token": token}
+        else:
+            body, headers = {"message": message}, {}
+        response = httpx.post(f"{self.stack.bot_url}/chat", json=body, headers=headers, timeout=60)
+        if "conversation_token" in response.json():
+            self.conversations[conversation] = (response.json()["conversation_id"], response.json()["conversation_token"])
+        return response
+
+    def token(self, conversation: str) -> dict[str, str]:
+        return {"X-Conversation-Token": self.conversations[conversation][1]}
 
     def example(self, intent: str) -> str:
         return self.rows.loc[self.rows["category"] == intent, "text"].iloc[0]
@@ -68,6 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_ha
         patch.setenv("SUPPORTFLOW_BENTOML_HOME", str(folder / "bentoml"))
         patch.setenv("SUPPORTFLOW_RUN_DIR", str(folder / "run"))
         patch.setenv("SUPPORTFLOW_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+        patch.setenv("SUPPORTFLOW_SECRET_KEY", SECRET_KEY)
         patch.setenv("SUPPORTFLOW_SERVING_THREADS", "1")
         get_settings.cache_clear()
         settings = get_settings()
@@ -127,19 +142,28 @@ def test_a_request_that_needs_a_slot_is_asked_for_it_by_the_desks_form_then_answ
 
 
 def test_asking_for_a_person_hands_off_and_the_agent_answer_reaches_the_customer(served: Served) -> None:
+    from supportflow.bot.agents import Agents
+    from supportflow.keys import conversation_keys
+
     bot = served.stack.bot_url
+    agents = Agents(served.settings.handoff_db_url)  # registered while the bot runs: from now on the API asks for tokens
+    ann, bo = ({"Authorization": f"Bearer {agents.add(name)}"} for name in ("ann", "bo"))
     body = served.chat("it-handoff", "I want to talk to a human").json()
     assert body["route"] == "handoff" and "colleague" in body["replies"][0]
-    waiting = httpx.get(f"{bot}/agent/handoffs", params={"status": "waiting"}, timeout=10).json()
-    handoff = next(h for h in waiting if h["conversation_id"] == "it-handoff")
+    assert httpx.get(f"{bot}/agent/handoffs", timeout=10).status_code == 401
+    waiting = httpx.get(f"{bot}/agent/handoffs", params={"status": "waiting"}, headers=ann, timeout=10).json()["handoffs"]
+    stored = conversation_keys(served.settings).stored_id(served.conversations["it-handoff"][0])
+    handoff = next(h for h in waiting if h["conversation_id"] == stored)
     assert handoff["transcript"][0] == {"role": "customer", "text": "I want to talk to a human", "at": handoff["transcript"][0]["at"]}
-    assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={"agent": "ann"}, timeout=10).status_code == 200
-    assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={"agent": "bo"}, timeout=10).status_code == 409
-    httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/answer", json={"agent": "ann", "text": "Hi, Ann here. How can I help?"}, timeout=10)
-    assert httpx.get(f"{bot}/chat/it-handoff/replies", timeout=10).json()["replies"] == ["Hi, Ann here. How can I help?"]
-    resolved = httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/resolve", json={"agent": "ann", "intent": "terminate_account"}, timeout=10)
+    assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={}, headers=ann, timeout=10).json()["agent"] == "ann"
+    assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={}, headers=bo, timeout=10).status_code == 409
+    httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/answer", json={"text": "Hi, Ann here. How can I help?"}, headers=ann, timeout=10)
+    replies = f"{bot}/chat/{served.conversations['it-handoff'][0]}/replies"
+    assert httpx.get(replies, timeout=10).status_code == 403  # no token, no replies: and they stay undelivered
+    assert httpx.get(replies, headers=served.token("it-handoff"), timeout=10).json()["replies"] == ["Hi, Ann here. How can I help?"]
+    resolved = httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/resolve", json={"intent": "terminate_account"}, headers=ann, timeout=10)
     assert resolved.json()["status"] == "resolved"
-    assert httpx.get(f"{bot}/chat/never-seen/replies", timeout=10).status_code == 404
+    assert httpx.get(f"{bot}/chat/never-seen/replies", timeout=10).status_code == 403
 
 
 def test_twilio_requests_are_signed_checked_and_answered_in_twiml(served: Served) -> None:
@@ -149,6 +173,14 @@ def test_twilio_requests_are_signed_checked_and_answered_in_twiml(served: Served
     signed = httpx.post(url, data=form, headers={"X-Twilio-Signature": signature}, timeout=60)
     assert signed.status_code == 200 and signed.headers["content-type"].startswith("application/xml")
     assert signed.text.startswith('<?xml version="1.0" encoding="UTF-8"?><Response><Message>') and "More: https://" in signed.text
+    # Rasa's tracker is kept under the conversation's stored id: it holds the message, and no phone number names it
+    from supportflow.keys import conversation_keys
+
+    stored = conversation_keys(served.settings).stored_id("whatsapp:+15550001111")
+    tracker = httpx.get(f"{served.stack.rasa_url}/conversations/{stored}/tracker", timeout=10).json()
+    assert form["Body"] in [event.get("text") for event in tracker["events"] if event["event"] == "user"]
+    by_phone = httpx.get(f"{served.stack.rasa_url}/conversations/whatsapp:+15550001111/tracker", timeout=10).json()
+    assert not [event for event in by_phone["events"] if event["event"] == "user"]
     tampered = httpx.post(url, data={**form, "Body": "send money"}, headers={"X-Twilio-Signature": signature}, timeout=10)
     assert tampered.status_code == 403
     media = {"From": "+15550002222", "Body": "", "NumMedia": "1", "MessageSid": "SM2"}
@@ -162,7 +194,8 @@ def test_bad_messages_get_clear_refusals(served: Served) -> None:
     assert served.chat("it-bad", "").status_code == 400
     huge = served.chat("it-bad", "x" * 100_000)
     assert huge.status_code == 413 and "at most 4,000" in huge.json()["detail"]
-    assert served.chat("bad id with spaces", "hello").status_code == 400
+    made_up = httpx.post(f"{served.stack.bot_url}/chat", json={"conversation_id": "bad id with spaces", "message": "hello"}, timeout=10)
+    assert made_up.status_code == 403  # an id the bot did not issue is no one's
 
 
 def test_the_webchat_page_holds_a_conversation_in_a_real_browser(served: Served) -> None:
@@ -300,8 +333,13 @@ def test_every_turn_reached_the_lake(served: Served) -> None:
     while time.monotonic() < deadline and turns.empty:
         turns = read_turns(open_lake(served.settings))
         time.sleep(0.5)
-    assert {"it-answer", "it-clarify", "it-handoff", "it-down"} <= set(turns["conversation_id"])
-    answered = turns[turns["conversation_id"] == "it-answer"].iloc[0]
+    from supportflow.keys import conversation_keys
+
+    keys = conversation_keys(served.settings)
+    stored = {name: keys.stored_id(conversation) for name, (conversation, _) in served.conversations.items()}
+    assert {stored[name] for name in ("it-answer", "it-clarify", "it-handoff", "it-down")} <= set(turns["conversation_id"])
+    assert not [c for c in turns["conversation_id"] if not c.startswith("c-")]  # no turn keeps a customer's own id
+    answered = turns[turns["conversation_id"] == stored["it-answer"]].iloc[0]
     assert (answered["route"], answered["intent"], answered["kb_doc_id"]) == ("kb", "card_arrival", "card_arrival")
     assert answered["model_version"] == "1" and answered["latency_ms"] > 0
     assert os.path.exists(served.folder / "logs" / "bot.log")

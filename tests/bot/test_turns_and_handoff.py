@@ -14,6 +14,7 @@ from supportflow.bot.engine import SupportBot
 from supportflow.bot.handoff import HandoffError, HandoffQueue, HandoffStoreError
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import Turn, TurnLog, read_turns
+from supportflow.keys import ConversationKeys
 from supportflow.lake import Lake
 from supportflow.logs import json_handler
 from supportflow.settings import Settings
@@ -83,7 +84,7 @@ def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
         "card_swallowed",
     )
     assert queue.enqueue("conv-1", "webchat", [("customer", "hello?")], "low confidence", None) == handoff
-    assert [h["id"] for h in queue.handoffs("waiting")] == [handoff]
+    assert [h["id"] for h in queue.page("waiting").handoffs] == [handoff]
 
     queue.claim(handoff, "agent-ann")
     with pytest.raises(HandoffError, match="cannot be claimed by agent-bo"):
@@ -118,6 +119,8 @@ def test_unknown_handoffs_and_wrong_agents_are_clear_errors(queue: HandoffQueue)
     handoff = queue.enqueue("conv-2", "sms", [("customer", "help")], "asked for a human", None)
     with pytest.raises(HandoffError, match="not claimed by agent-bo; claim it first"):
         queue.answer(handoff, "agent-bo", "hi")
+    with pytest.raises(HandoffError, match="a page holds 1-100 handoffs from an offset >= 0; asked for 1000 from 0"):
+        queue.page(limit=1000)
 
 
 # Personal data a customer may type, as issue 13 found the redactor missed it; none may reach a store or a log.
@@ -141,7 +144,13 @@ def test_a_turn_with_personal_data_leaves_none_in_the_turn_log_the_handoff_queue
     queue: HandoffQueue, local_lake: Lake, json_log: io.StringIO
 ) -> None:
     bot = SupportBot(
-        None, LLMResponder(Settings(openai_api_key=None)), queue, TurnLog(local_lake, flush_every=1), "http://127.0.0.1:9", rasa_timeout_s=1
+        None,
+        LLMResponder(Settings(openai_api_key=None)),
+        queue,
+        TurnLog(local_lake, flush_every=1),
+        "http://127.0.0.1:9",
+        keys=ConversationKeys(b"k" * 32),
+        rasa_timeout_s=1,
     )
 
     first = bot.chat("c-pii", f"call me on {PII[0]} about card {PII[1]}")  # Rasa is down: a handoff with the transcript
@@ -150,7 +159,7 @@ def test_a_turn_with_personal_data_leaves_none_in_the_turn_log_the_handoff_queue
     assert (first.route, second.route) == ("handoff", "handoff")
     turns = read_turns(local_lake)["text"].tolist()
     assert turns == ["call me on <PHONE> about card <CARD>", "refund to <IBAN> or write to <EMAIL>"]
-    (handoff,) = queue.handoffs()
+    (handoff,) = queue.page().handoffs
     customer = [m["text"] for m in handoff["transcript"] if m["role"] == "customer"]
     assert customer == turns
     with queue.engine.connect() as connection:  # the database itself, not only what the queue shows

@@ -119,10 +119,14 @@ def test_the_settings_configmap_holds_real_settings_and_the_urls_point_at_the_se
 
 def test_tokens_reach_the_bot_from_secrets() -> None:
     env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container("bot")["env"]}
-    for setting in ("twilio_auth_token", "agent_token", "openai_api_key", "handoff_db_url"):
+    for setting in ("twilio_auth_token", "secret_key", "openai_api_key", "handoff_db_url"):
         reference = env[f"SUPPORTFLOW_{setting.upper()}"]
         assert reference["name"] == "supportflow-secrets" and reference["key"] == setting
     assert not env["SUPPORTFLOW_HANDOFF_DB_URL"].get("optional"), "replicas must share one handoff queue: no silent SQLite default"
+    assert not env["SUPPORTFLOW_SECRET_KEY"].get("optional"), "replicas must share one key: no key file per pod"
+    assert "SUPPORTFLOW_AGENT_TOKEN" not in env  # retired: agents have their own tokens, and the bot refuses the shared one
+    bind = next(e for e in container("bot")["env"] if e["name"] == "SUPPORTFLOW_BIND_HOST")
+    assert bind["value"] == "0.0.0.0"  # as the bento container listens: the agent API then needs registered agents
     # every secret key a manifest reads is in the template operators fill in
     template = {d["metadata"]["name"]: set(d["stringData"]) for d in yaml.safe_load_all(SECRETS_TEMPLATE.read_text())}
     for _, document in DOCUMENTS:
@@ -154,3 +158,15 @@ def test_the_rasa_image_installs_the_pinned_rasa_on_python_3_10() -> None:
     assert "COPY deploy/rasa/constraints.txt" in dockerfile and "COPY --chown=1001:1001 .rasa/ /app/" in dockerfile
     pins = (ROOT / "deploy" / "rasa" / "constraints.txt").read_text().split()
     assert "rasa==3.6.21" in pins and any(pin.startswith("rasa-sdk==") for pin in pins)
+
+
+def test_the_secrets_templates_placeholders_are_refused_by_the_bot() -> None:
+    """A template copied as is must not start a bot: its values are public, so they guard nothing."""
+    from pydantic import SecretStr
+
+    from supportflow.keys import SecretKeyError, checked_secret
+
+    template = {d["metadata"]["name"]: d["stringData"] for d in yaml.safe_load_all(SECRETS_TEMPLATE.read_text())}
+    for key in ("secret_key", "twilio_auth_token"):
+        with pytest.raises(SecretKeyError, match="placeholder"):
+            checked_secret(f"SUPPORTFLOW_{key.upper()}", SecretStr(template["supportflow-secrets"][key]))

@@ -220,6 +220,7 @@ def test_drifting_traffic_is_detected_retrained_on_and_promoted_while_classify_k
     from flows.drift_monitor import drift_monitor
     from flows.ingest import ingest
     from supportflow.bot.turns import read_turns
+    from supportflow.keys import conversation_keys
     from supportflow.lake import open_lake
     from supportflow.processes import free_port
     from supportflow.release.promote import current_release, rollback_release
@@ -238,20 +239,26 @@ def test_drifting_traffic_is_detected_retrained_on_and_promoted_while_classify_k
         probe.start()
         try:
             messages, newer_export = drifting_messages()
+            keys = conversation_keys(settings)  # the agent API shows each conversation by its stored id
             intent_of = {}
-            for i, (text, intent) in enumerate(messages):
-                conversation = f"drift-{i}"
-                intent_of[conversation] = intent
-                reply = httpx.post(f"{stack.bot_url}/chat", json={"conversation_id": conversation, "message": text}, timeout=60)
+            for text, intent in messages:  # each a new conversation, named by the bot
+                reply = httpx.post(f"{stack.bot_url}/chat", json={"message": text}, timeout=60)
                 assert reply.status_code == 200, reply.text
-            # Agents take the handoffs and confirm what each customer wanted: labels for the next training.
-            waiting = httpx.get(f"{stack.bot_url}/agent/handoffs", params={"status": "waiting"}, timeout=30).json()
+                intent_of[keys.stored_id(reply.json()["conversation_id"])] = intent
+            # Agents take the handoffs and confirm what each customer wanted: labels for the next training. The bot
+            # listens on loopback with no agent registered, so the developer at the keyboard acts as `local`.
+            waiting, offset = [], 0
+            while offset is not None:
+                page = httpx.get(
+                    f"{stack.bot_url}/agent/handoffs", params={"status": "waiting", "limit": 100, "offset": offset}, timeout=30
+                ).json()
+                waiting, offset = waiting + page["handoffs"], page["next_offset"]
             assert len(waiting) >= 20, f"only {len(waiting)} handoffs: the unseen intents were not handed off"
             for handoff in waiting:
                 act = f"{stack.bot_url}/agent/handoffs/{handoff['id']}"
-                httpx.post(f"{act}/claim", json={"agent": "ana"}, timeout=30).raise_for_status()
+                httpx.post(f"{act}/claim", json={}, timeout=30).raise_for_status()
                 intent = intent_of[handoff["conversation_id"]]
-                httpx.post(f"{act}/resolve", json={"agent": "ana", "intent": intent}, timeout=30).raise_for_status()
+                httpx.post(f"{act}/resolve", json={"intent": intent}, timeout=30).raise_for_status()
             # ...and the desk's newest export arrives, with the new intents in it.
             export = chain.folder / "newer-tickets.csv"
             newer_export.to_csv(export, index=False)

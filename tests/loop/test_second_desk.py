@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -34,11 +34,20 @@ class Desk:
     bot_url: str
     classifier_url: str
     tickets: pd.DataFrame
+    conversations: dict[str, tuple[str, str]] = field(default_factory=dict)  # a test's name for it -> the bot's id, token
 
     def chat(self, conversation: str, message: str) -> dict:
-        response = httpx.post(f"{self.bot_url}/chat", json={"conversation_id": conversation, "message": message}, timeout=60)
+        """A message in the conversation a test calls `conversation`: its first starts it, and the bot names it."""
+        body, headers = {"message": message}, {}
+        if conversation in self.conversations:
+            known, token = self.conversations[conversation]
+            body, headers = {"conversation_id": known, "message": message}, {"X-Conversation-Token": token}
+        response = httpx.post(f"{self.bot_url}/chat", json=body, headers=headers, timeout=60)
         assert response.status_code == 200, response.text
-        return response.json()
+        reply = response.json()
+        if "conversation_token" in reply:
+            self.conversations[conversation] = (reply["conversation_id"], reply["conversation_token"])
+        return reply
 
     def recognised(self, intent: str, without: tuple[str, ...] = ()) -> str:
         """The training example of `intent` the served classifier is surest of (a tiny model is not sure of all):

@@ -25,7 +25,8 @@ from supportflow.tracking import connect
 def chat_body(route: str, intent: str | None, answer_intent: str | None = None, kb_doc_id: str | None = None) -> dict:
     """What bentos/bot/service.py `_respond` returns for a turn."""
     return {
-        "conversation_id": "evaluate-1234abcd-0",
+        "conversation_id": "web-Jx3d9fQ0aLmZ8pTq1VbN2cRs",
+        "conversation_token": "q0Vb8xN2cRsJx3d9fQ0aLmZ8pTq1VbN2cRsJx3d9fQ0",
         "replies": ["..."],
         "route": route,
         "intent": intent,
@@ -77,7 +78,7 @@ def outcome(gold: str, status: int | None, body: dict | None, number: int = 0) -
     verdict = judge(gold, status, body) if status is not None else None
     said = body or {}
     return ExampleOutcome(
-        conversation_id=f"evaluate-run-{number}",
+        conversation_id=f"web-{number}",
         text=f"message {number}",
         gold_intent=gold,
         status=status,
