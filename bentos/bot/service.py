@@ -175,6 +175,7 @@ class BotService:
             "confidence": result.confidence,
             "kb_doc_id": result.kb_doc_id,
             "answer_intent": result.answer_intent,
+            "offered": result.offered,
             "request_id": request_id,
         }
         return result.status, body

@@ -109,6 +109,7 @@ class ChatResult:
     confidence: float | None = None
     kb_doc_id: str | None = None
     answer_intent: str | None = None
+    offered: list[str] = field(default_factory=list)  # the intents the reply offered to choose from, in its order
 
 
 def extract_answer(body: str, limit: int = 600) -> str:
@@ -331,4 +332,5 @@ class SupportBot:
             confidence=outcome.confidence,
             kb_doc_id=outcome.kb_doc_id,
             answer_intent=outcome.answer_intent,
+            offered=list(outcome.slots.get(OFFERED_SLOT) or []),
         )

@@ -10,6 +10,10 @@ conversation, and every reply is counted as one of four outcomes:
 - clarified: the bot asked something back (a slot question, or which of several requests first);
 - handed off: a person takes over (low confidence, no article, a part that is down).
 
+When the bot is unsure and offers a few intents to choose from, the customer answers as a real one would: with
+the number of the one they meant, or "none of those" when it is not there; the reply to that answer is what
+counts. The report says how many offers were made and how many of them ended answered right.
+
 A reply that fits none (an HTTP error, a broken body) is an error: counted and reported apart, never dropped.
 The release stage runs this on the candidate bundles while its smoke test serves them; `supportflow
 evaluate` runs it on the production bundles or on any running bot.
@@ -96,6 +100,7 @@ class ExampleOutcome(BaseModel):
     outcome: Outcome
     label: str | None = None
     detail: str | None = None
+    offered: list[str] = Field(default_factory=list)  # what the bot offered to choose from; the outcome is the reply to the choice
 
 
 class OutcomeCounts(BaseModel):
@@ -133,6 +138,9 @@ class ResolutionReport(OutcomeCounts):
     by_intent: dict[str, OutcomeCounts] = Field(default_factory=dict)
     confusion: dict[str, dict[str, int]] = Field(default_factory=dict)  # gold intent -> answering intent, handoff or clarify -> count
     error_details: list[str] = Field(default_factory=list)  # the first few errors, each with its gold intent
+    offers: int = 0  # messages the bot was unsure of and offered a choice for (their outcome is the reply to the choice)
+    offers_with_gold: int = 0  # ...where the intent the customer meant was among the options
+    right_after_offer: int = 0  # ...that ended answered right
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -176,6 +184,10 @@ class ResolutionReport(OutcomeCounts):
         confusion: dict[str, Counter[str]] = defaultdict(Counter)
         for example in outcomes:
             report.count(example.outcome)
+            if example.offered:
+                report.offers += 1
+                report.offers_with_gold += example.gold_intent in example.offered
+                report.right_after_offer += example.outcome == "answered_right"
             by_intent[example.gold_intent].count(example.outcome)
             if example.label is not None:
                 confusion[example.gold_intent][example.label] += 1
@@ -222,6 +234,11 @@ class ResolutionReport(OutcomeCounts):
         ]
         for outcome in OUTCOMES:
             lines.append(f"  {outcome.replace('_', ' '):<15} {getattr(self, outcome):>6}  {self.rate(outcome):6.1%}")
+        if self.offers:
+            lines.append(
+                f"  unsure, offered a choice: {self.offers} ({self.offers_with_gold} held the intent meant;"
+                f" {self.right_after_offer} then answered right)"
+            )
         if self.errors:
             lines.append(f"  errors: {self.errors} messages got no usable reply (not in the figures), e.g. {self.error_details[0]}")
         weakest = ", ".join(f"{intent} {c.answered_right}/{c.n}" for intent, c in self.weakest_intents())
@@ -310,8 +327,12 @@ def labelled_export(
     return LabelledExamples(frame, path + (f" ({', '.join(skipped)})" if skipped else ""))
 
 
+NONE_OF_THOSE = "none of those"  # the simulated customer's answer to an offer that misses what they meant
+
+
 def _ask(client: httpx.Client, bot_url: str, request_id: str, text: str, gold_intent: str) -> ExampleOutcome:
-    """The message as the first turn of a new conversation: the bot names it (`conversation_id` in the outcome)."""
+    """The message as the first turn of a new conversation: the bot names it (`conversation_id` in the outcome).
+    An offer to choose from is answered (the number of the gold intent, or "none of those"), and that reply counts."""
     example = {"text": text, "gold_intent": gold_intent}
     try:
         reply = client.post(f"{bot_url}/chat", json={"message": text}, headers={"X-Request-ID": request_id})
@@ -319,22 +340,39 @@ def _ask(client: httpx.Client, bot_url: str, request_id: str, text: str, gold_in
         return ExampleOutcome(
             **example, conversation_id="", status=None, outcome="error", detail=f"no reply: {type(error).__name__}: {error}"
         )
-    try:
-        body: Any = reply.json()
-    except ValueError:
-        body = reply.text
-    verdict = judge(gold_intent, reply.status_code, body)
+    status, body = _read(reply)
     said = body if isinstance(body, Mapping) else {}
+    conversation_id = str(said.get("conversation_id") or "")
+    offered = [str(intent) for intent in said.get("offered") or []] if status == 200 else []
+    if offered:
+        choice = str(offered.index(gold_intent) + 1) if gold_intent in offered else NONE_OF_THOSE
+        headers = {"X-Request-ID": f"{request_id}-choice", "X-Conversation-Token": str(said.get("conversation_token") or "")}
+        try:
+            status, body = _read(
+                client.post(f"{bot_url}/chat", json={"conversation_id": conversation_id, "message": choice}, headers=headers)
+            )
+        except httpx.HTTPError as error:
+            status, body = 0, f"no reply to the choice: {type(error).__name__}: {error}"
+        said = body if isinstance(body, Mapping) else {}
+    verdict = judge(gold_intent, status, body)
     return ExampleOutcome(
         **example,
-        conversation_id=str(said.get("conversation_id") or ""),
-        status=reply.status_code,
+        conversation_id=conversation_id,
+        status=status,
         route=said.get("route"),
         intent=said.get("intent"),
         answer_intent=said.get("answer_intent"),
         kb_doc_id=said.get("kb_doc_id"),
+        offered=offered,
         **verdict.model_dump(),
     )
+
+
+def _read(reply: httpx.Response) -> tuple[int, Any]:
+    try:
+        return reply.status_code, reply.json()
+    except ValueError:
+        return reply.status_code, reply.text
 
 
 def replay(bot_url: str, examples: pd.DataFrame, concurrency: int) -> list[ExampleOutcome]:
@@ -440,7 +478,9 @@ def log_resolution(
         tags |= {"release_id": release_id, "evaluated_by": evaluated_by}
         mlflow.set_tags({key: value for key, value in tags.items() if value is not None})
         mlflow.log_param("source", report.source[:500])
-        metrics = {outcome: getattr(report, outcome) for outcome in (*OUTCOMES, "errors", "n")}
+        metrics = {
+            outcome: getattr(report, outcome) for outcome in (*OUTCOMES, "errors", "n", "offers", "offers_with_gold", "right_after_offer")
+        }
         mlflow.log_metrics({**metrics, **{f"{outcome}_rate": report.rate(outcome) for outcome in OUTCOMES}, "seconds": report.seconds})
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)

@@ -265,3 +265,34 @@ def test_a_release_keeps_its_resolution_and_shows_it(report: ResolutionReport) -
     assert "**Resolution** of 8 messages" in summary.markdown()
     before = Release.model_validate({**release.model_dump(mode="json"), "smoke": smoke.model_dump(mode="json", exclude={"resolution"})})
     assert before.resolution is None  # a release recorded before evaluations existed still reads
+
+
+def test_an_offer_is_answered_as_a_customer_would_and_the_reply_to_the_choice_counts() -> None:
+    """The customer picks the number of the intent they meant, or says none of those; what /chat receives is checked."""
+    import httpx
+
+    from supportflow.release.resolution import NONE_OF_THOSE, _ask
+
+    sent: list[tuple[dict, str | None]] = []
+
+    def bot(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append((body, request.headers.get("X-Conversation-Token")))
+        if "conversation_id" not in body:  # the first message: unsure, an offer of two
+            return httpx.Response(200, json={**chat_body("clarify", "nlu_fallback"), "offered": ["card_arrival", "change_pin"]})
+        if body["message"] == "2":
+            return httpx.Response(200, json=chat_body("kb", "nlu_fallback", "change_pin", "change_pin"))
+        return httpx.Response(200, json=chat_body("handoff", "nlu_fallback"))
+
+    with httpx.Client(transport=httpx.MockTransport(bot)) as client:
+        picked = _ask(client, "http://bot", "evaluate-x-1", "how do I change my pin", "change_pin")
+        missed = _ask(client, "http://bot", "evaluate-x-2", "what is the exchange rate", "exchange_rate")
+
+    assert (picked.outcome, picked.offered) == ("answered_right", ["card_arrival", "change_pin"])
+    assert missed.outcome == "handed_off"
+    first_body = chat_body("clarify", None)
+    assert [body["message"] for body, _ in sent] == ["how do I change my pin", "2", "what is the exchange rate", NONE_OF_THOSE]
+    assert sent[1] == ({"conversation_id": first_body["conversation_id"], "message": "2"}, first_body["conversation_token"])
+    report = ResolutionReport.from_outcomes([picked, missed], "test", "banking77", "1", "kb-1", 1.0)
+    assert (report.offers, report.offers_with_gold, report.right_after_offer) == (2, 1, 1)
+    assert "  unsure, offered a choice: 2 (1 held the intent meant; 1 then answered right)" in report.lines()
