@@ -33,6 +33,7 @@ from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.turns import Route, Turn, TurnLog
 from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
 from supportflow.keys import ConversationKeys
+from supportflow.redact import redact
 from supportflow.workspace import BotTexts
 
 log = logging.getLogger("supportflow.bot")
@@ -309,7 +310,8 @@ class SupportBot:
         try:
             response = self._http.post(
                 f"{self.rasa_url}/webhooks/rest/webhook",
-                json={"sender": stored, "message": text, "metadata": {"request_id": request_id, "channel": channel}},
+                # Redacted: Rasa's tracker keeps every message, and the classifier learnt from redacted tickets anyway.
+                json={"sender": stored, "message": redact(text), "metadata": {"request_id": request_id, "channel": channel}},
                 headers={"X-Request-ID": request_id},
                 timeout=self.rasa_timeout_s,
             )
