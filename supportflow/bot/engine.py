@@ -15,7 +15,6 @@ import logging
 import re
 import time
 import uuid
-from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
+from supportflow.bot.memory import Expiring, Transcripts
 from supportflow.bot.turns import Route, Turn, TurnLog
 from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
 from supportflow.workspace import BotTexts
@@ -32,6 +32,10 @@ from supportflow.workspace import BotTexts
 log = logging.getLogger("supportflow.bot")
 
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
+CHANNELS = ("webchat", "sms", "whatsapp")  # where a customer can write from; anything else is refused
+# What the action server utters (besides its apology) when it could not reach /internal/answer: the same dict
+# is in dialogue/rasa_files/actions.py, which runs in Rasa's environment and cannot import this module.
+BOT_UNREACHABLE = {"supportflow": "bot_unreachable"}
 
 
 class AnswerHit(Protocol):
@@ -131,9 +135,14 @@ class SupportBot:
     rasa_timeout_s: float = 30.0
     titles: dict[str, str] = field(default_factory=dict)
     texts: BotTexts = field(default_factory=BotTexts)  # the desk's own words, from its workspace
-    _outcomes: dict[str, AnswerResponse] = field(default_factory=dict)
-    _transcripts: dict[str, deque[tuple[str, str]]] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
+    conversations_in_memory: int = 10_000
+    conversation_memory_s: float = 24 * 3600
     _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
+
+    def __post_init__(self) -> None:
+        # An outcome is read by the turn that asked for it, within Rasa's timeout; one nobody reads expires.
+        self._outcomes: Expiring[AnswerResponse] = Expiring(self.conversations_in_memory, 2 * self.rasa_timeout_s)
+        self._transcripts = Transcripts(self.conversations_in_memory, self.conversation_memory_s)
 
     # The answer a Rasa action asks for.
     def answer(self, request: AnswerRequest) -> AnswerResponse:
@@ -146,7 +155,7 @@ class SupportBot:
         else:
             response = self._answer(request)
         if request.request_id:
-            self._outcomes[request.request_id] = response
+            self._outcomes.put(request.request_id, response)
         return response
 
     def _answer(self, request: AnswerRequest) -> AnswerResponse:
@@ -205,7 +214,7 @@ class SupportBot:
         return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
 
     def _handoff(self, request: AnswerRequest, reason: str, message: str | None = None) -> AnswerResponse:
-        transcript = list(self._transcripts[request.conversation_id]) or [("customer", request.text)]
+        transcript = self._transcripts.of(request.conversation_id) or [("customer", request.text)]
         self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent)
         return AnswerResponse(
             messages=[message or self.texts.handoff], route="handoff", intent=request.intent, confidence=request.confidence
@@ -217,18 +226,20 @@ class SupportBot:
         started = time.perf_counter()
         if not CONVERSATION_ID.match(conversation_id or ""):
             raise ChatError(400, "conversation_id must be 1-128 letters, digits or :_+.@-")
+        if channel not in CHANNELS:
+            raise ChatError(400, f"unknown channel {channel[:32]!r}; one of {', '.join(CHANNELS)}")
         text = (text or "").strip()
         if not text:
             raise ChatError(400, "the message is empty")
         if len(text) > self.max_message_chars:
             raise ChatError(413, f"the message is {len(text):,} characters long; at most {self.max_message_chars:,} are accepted")
-        self._transcripts[conversation_id].append(("customer", text))
+        self._transcripts.add(conversation_id, "customer", text)
         result = self._chat(conversation_id, text, channel, request_id)
         result.replies += self.handoffs.undelivered_replies(conversation_id)
         for reply in result.replies:
-            self._transcripts[conversation_id].append(("bot", reply))
+            self._transcripts.add(conversation_id, "bot", reply)
         latency = (time.perf_counter() - started) * 1000
-        outcome = self._outcomes.pop(request_id, None)
+        outcome = self._outcomes.pop(request_id)
         self.turns.record(
             Turn(
                 conversation_id=conversation_id,
@@ -269,14 +280,22 @@ class SupportBot:
                 timeout=self.rasa_timeout_s,
             )
             response.raise_for_status()
-            messages = [m["text"] for m in response.json() if m.get("text")]
+            said = response.json()
+            messages = [m["text"] for m in said if m.get("text")]
         except (httpx.HTTPError, ValueError) as error:
             log.error("dialogue unavailable", extra={"request_id": request_id, "error": str(error)})
             self.handoffs.enqueue(
-                conversation_id, channel, list(self._transcripts[conversation_id]), "the dialogue service was unavailable", None
+                conversation_id, channel, self._transcripts.of(conversation_id), "the dialogue service was unavailable", None
             )
             return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         outcome = self._outcomes.get(request_id)
+        if outcome is None and any(m.get("custom") == BOT_UNREACHABLE for m in said):
+            # The action could not reach /internal/answer and told the customer a colleague is coming: make it true.
+            log.error("the action server could not reach the bot", extra={"request_id": request_id})
+            self.handoffs.enqueue(
+                conversation_id, channel, self._transcripts.of(conversation_id), "the action server could not reach the bot", None
+            )
+            return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         if outcome is None:
             return ChatResult(messages or [self.texts.handoff], "dialogue", request_id=request_id)
         status = 503 if outcome.degraded else 200
