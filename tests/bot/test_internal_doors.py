@@ -431,3 +431,14 @@ def test_the_generated_rasa_project_sends_the_token_to_the_action_server(tmp_pat
     endpoint = yaml.safe_load((project / "endpoints.yml").read_text())["action_endpoint"]
     assert endpoint["headers"] == {"Authorization": "Bearer ${SUPPORTFLOW_INTERNAL_TOKEN}"}
     assert (project / "rasa_sdk_plugins.py").read_text() == (RASA_FILES / "rasa_sdk_plugins.py").read_text()
+
+
+def test_a_stack_left_running_keeps_its_token_for_its_owner_only(tmp_path: Path) -> None:
+    from supportflow.release.stack import Ports, Stack, record_stack, recorded_token, stop_recorded_stack, token_file
+
+    settings = Settings(_env_file=None, run_dir=tmp_path / "run")
+    record_stack(settings, Stack(Ports(), [], internal_token=TOKEN))
+    assert recorded_token(settings) == TOKEN and token_file(settings).stat().st_mode & 0o777 == 0o600
+    assert TOKEN not in (tmp_path / "run" / "stack.json").read_text()  # `supportflow status` shows that file's contents
+    stop_recorded_stack(settings)
+    assert recorded_token(settings) is None
