@@ -187,7 +187,7 @@ def _print_stack(stack: "Stack") -> None:
     from supportflow.settings import get_settings
 
     print(f"  webchat:       {stack.bot_url}/  (POST {stack.bot_url}/chat, Twilio webhook {stack.bot_url}/twilio)")
-    print(f"  classifier:    {stack.classifier_url}/classify  (metrics at /metrics on both services)")
+    print(f"  classifier:    {stack.classifier_url}/classify  (/metrics on both services needs the internal token)")
     print(f"  agent API:     {stack.bot_url}/agent/handoffs")
     print(f"  logs:          {get_settings().run_dir / 'logs'}/")
 

@@ -177,6 +177,22 @@ class Settings(BaseSettings):
         "started otherwise that is not told assumes it is reachable from anywhere, so its agent API needs registered agents.",
     )
     handoff_retention_days: float = Field(30.0, gt=0, description="Resolved handoffs, transcripts included, are deleted after this.")
+    internal_token: SecretStr | None = Field(
+        None,
+        description="The shared secret of the internal routes (the bot's /internal/answer and both services' /metrics, Rasa's "
+        "HTTP API, the action server): required unless every service is on loopback, where the stack makes one per start.",
+    )
+    # Bounds on what one caller can make a service spend (supportflow/limits.py, docs/bot.md).
+    max_request_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies are refused (413) before they are parsed.")
+    max_concurrent_turns: int = Field(
+        32,
+        ge=1,
+        le=39,
+        description="Turns (/chat, /twilio) one bot worker serves at once, below AnyIO's 40 threads; more: 503 + Retry-After.",
+    )
+    conversations_in_memory: int = Field(10_000, ge=1, description="Recent transcripts the bot keeps for handoffs; the oldest go first.")
+    conversation_memory_s: float = Field(24 * 3600, gt=0, description="A transcript untouched this long is forgotten.")
+    turn_buffer_max: int = Field(100_000, ge=1, description="Turns kept while the lake is down; beyond, the oldest are dropped (logged).")
 
     # Bundles and releases: `bentoml build` output, the smoke test, and what production serves.
     bentoml_home: Path = PROJECT_ROOT / ".bentoml"

@@ -2,7 +2,8 @@
 agent API, and the conversation log. `bentoml serve bentos.bot.service:BotService` from the repository root.
 
 The routes are a FastAPI app mounted on the BentoML service (form-encoded webhooks, HTML and precise
-status codes are plain HTTP); BentoML adds `/healthz`, `/readyz` and `/metrics`, and the bundle.
+status codes are plain HTTP); BentoML adds `/healthz`, `/readyz` and `/metrics`, and the bundle. The internal
+routes (`/internal/answer`, `/metrics`) need the internal token, and every request is bounded (supportflow/limits.py).
 
 Who may do what: a webchat conversation belongs to whoever holds the token the server issued with its id
 (`X-Conversation-Token`); an SMS or WhatsApp conversation exists only through the Twilio-signed `/twilio`; the
@@ -10,8 +11,10 @@ channel is the route's, never the client's word; an agent is whoever their beare
 (supportflow/bot/agents.py).
 """
 
+import asyncio
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
@@ -30,8 +33,10 @@ from supportflow.bot.handoff import MAX_PAGE, HandoffError, HandoffQueue, Status
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog
 from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
+from supportflow.internal_auth import InternalRoutes, internal_token
 from supportflow.keys import checked_secret, conversation_keys
 from supportflow.lake import open_lake
+from supportflow.limits import BodyLimit, TurnLimit
 from supportflow.logs import configure_json_logging
 from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import Settings, get_settings
@@ -112,6 +117,8 @@ class BotService:
         self.settings = settings
         self.keys = conversation_keys(settings)  # a placeholder or short key stops the start here
         self.agents = self.check_doors(settings)
+        if internal_token(settings) is None:
+            log.warning("no internal token: /internal/answer and /metrics are closed, so every turn Rasa answers is handed off")
         lake = open_lake(settings)
         desk = self.desk()
         retention = timedelta(days=settings.handoff_retention_days)
@@ -119,7 +126,12 @@ class BotService:
             knowledge=open_knowledge(settings),
             llm=LLMResponder(settings),
             handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(desk.catalogue_file).intents, retention),
-            turns=TurnLog(lake, flush_every=settings.turn_flush_every, flush_seconds=settings.turn_flush_seconds).start(),
+            turns=TurnLog(
+                lake,
+                flush_every=settings.turn_flush_every,
+                flush_seconds=settings.turn_flush_seconds,
+                max_buffered=settings.turn_buffer_max,
+            ).start(),
             rasa_url=settings.rasa_url,
             keys=self.keys,
             model_version=served_model_version(settings),
@@ -127,7 +139,11 @@ class BotService:
             offer_options=settings.offer_options,
             offer_min_share=settings.offer_min_share,
             texts=desk.config.texts,
+            conversations_in_memory=settings.conversations_in_memory,
+            conversation_memory_s=settings.conversation_memory_s,
         )
+        # The action server's callbacks run here, never on the threads the turns hold while they wait on them.
+        self.callbacks = ThreadPoolExecutor(max_workers=settings.max_concurrent_turns, thread_name_prefix="internal-answer")
         if settings.follow_production and not settings.model_version:
             from supportflow.release.production import ProductionFollower
 
@@ -156,12 +172,12 @@ class BotService:
 
     def _respond(self, conversation_id: str, text: str, channel: str, request_id: str) -> tuple[int, dict]:
         try:
-            with metrics.TURN_LATENCY.labels(channel=channel, route="any").time():
+            with metrics.TURN_LATENCY.labels(channel=metrics.channel_label(channel), route="any").time():
                 result = self.bot.chat(conversation_id, text, channel, request_id)
         except ChatError as error:
             metrics.REJECTED.labels(reason=str(error.status)).inc()
             return error.status, {"detail": str(error), "request_id": request_id}
-        metrics.TURNS.labels(channel=channel, route=result.route).inc()
+        metrics.TURNS.labels(channel=metrics.channel_label(channel), route=result.route).inc()
         if result.confidence is not None:
             metrics.INTENT_CONFIDENCE.observe(result.confidence)
         if result.route == "handoff":
@@ -236,8 +252,8 @@ class BotService:
         return Response(twiml(replies), media_type="application/xml", status_code=200 if status < 500 else status)
 
     @web.post("/internal/answer")
-    def answer(self, body: AnswerRequest) -> dict:
-        return self.bot.answer(body).model_dump()
+    async def answer(self, body: AnswerRequest) -> dict:
+        return (await asyncio.get_running_loop().run_in_executor(self.callbacks, self.bot.answer, body)).model_dump()
 
     def _agent(self, authorization: str | None) -> str:
         """The agent the bearer token belongs to (on a loopback-bound bot with no agent registered: `local`)."""
@@ -276,3 +292,9 @@ class BotService:
         except HandoffError as error:
             raise HTTPException(404 if "no handoff" in str(error) else 409, str(error)) from error
         raise HTTPException(404, f"unknown action {action!r}; use claim, answer or resolve")
+
+
+# Outermost first: the body cap and the turn limit refuse before anything is parsed or waits; then the token.
+BotService.add_asgi_middleware(BodyLimit)
+BotService.add_asgi_middleware(TurnLimit)
+BotService.add_asgi_middleware(InternalRoutes)

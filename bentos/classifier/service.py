@@ -7,6 +7,10 @@ Built as a bundle (`--arg model=<BentoML model tag>`), it serves the model the b
 from source (`bentoml serve bentos.classifier.service:ClassifierService`), it asks the registry for the
 production release's version (the champion before the first release). With `follow_production` on it
 then follows the `production` alias, swapping the model in place when a release is promoted or rolled back.
+
+Each request is bounded before it is batched: at most MAX_TEXTS texts of at most `max_message_chars` characters
+(checked when the request is parsed, so BentoML's batching cannot split a large request past the check), in a
+body of at most `max_request_bytes`; `/metrics` needs the internal token (supportflow/internal_auth.py).
 """
 
 from pathlib import Path
@@ -14,15 +18,17 @@ from typing import Annotated
 
 import bentoml
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
-from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from supportflow.classifier.batching import use_in_bentoml_dispatchers
+from supportflow.internal_auth import InternalRoutes
+from supportflow.limits import BodyLimit
 from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import get_settings
 
 MAX_TEXTS = 256
+Texts = Annotated[list[Annotated[str, Field(max_length=get_settings().max_message_chars)]], Field(max_length=MAX_TEXTS)]
 # Declared, so BentoML need not derive the media type from the output's JSON schema on every response
 # (measured with py-spy: a tenth of a served request's time).
 JSON = ContentType("application/json")
@@ -65,10 +71,8 @@ class ClassifierService:
         freeze_startup_objects()
 
     @bentoml.api(route="/classify", batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=2000)
-    def classify(self, texts: list[str]) -> Annotated[list[dict], JSON]:
-        if len(texts) > MAX_TEXTS:
-            raise InvalidArgument(f"at most {MAX_TEXTS} texts per request")
-        return self.classifier.classify([text if isinstance(text, str) else str(text) for text in texts])
+    def classify(self, texts: Texts) -> Annotated[list[dict], JSON]:
+        return self.classifier.classify(texts)
 
     @bentoml.api(route="/noop")
     def noop(self) -> Annotated[dict, JSON]:
@@ -78,3 +82,7 @@ class ClassifierService:
     @bentoml.api(route="/model")
     def model(self) -> Annotated[dict, JSON]:
         return self.classifier.describe()
+
+
+ClassifierService.add_asgi_middleware(BodyLimit)
+ClassifierService.add_asgi_middleware(InternalRoutes)

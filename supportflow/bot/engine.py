@@ -19,7 +19,6 @@ import logging
 import re
 import time
 import uuid
-from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +29,7 @@ from pydantic import BaseModel, Field
 from supportflow.bot.clarify import OFFERED_SLOT, options_to_offer, picked
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
+from supportflow.bot.memory import Expiring, Transcripts
 from supportflow.bot.turns import Route, Turn, TurnLog
 from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
 from supportflow.keys import ConversationKeys
@@ -39,6 +39,10 @@ from supportflow.workspace import BotTexts
 log = logging.getLogger("supportflow.bot")
 
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
+CHANNELS = ("webchat", "sms", "whatsapp")  # where a customer can write from; anything else is refused
+# What the action server utters (besides its apology) when it could not reach /internal/answer: the same dict
+# is in dialogue/rasa_files/actions.py, which runs in Rasa's environment and cannot import this module.
+BOT_UNREACHABLE = {"supportflow": "bot_unreachable"}
 
 
 class AnswerHit(Protocol):
@@ -142,9 +146,14 @@ class SupportBot:
     offer_options: int = 3  # below the threshold, offer at most this many close intents before a handoff (0: never)
     offer_min_share: float = 0.6  # ...when together they hold this much of the probability
     texts: BotTexts = field(default_factory=BotTexts)  # the desk's own words, from its workspace
-    _outcomes: dict[str, AnswerResponse] = field(default_factory=dict)
-    _transcripts: dict[str, deque[tuple[str, str]]] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
+    conversations_in_memory: int = 10_000
+    conversation_memory_s: float = 24 * 3600
     _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
+
+    def __post_init__(self) -> None:
+        # An outcome is read by the turn that asked for it, within Rasa's timeout; one nobody reads expires.
+        self._outcomes: Expiring[AnswerResponse] = Expiring(self.conversations_in_memory, 2 * self.rasa_timeout_s)
+        self._transcripts = Transcripts(self.conversations_in_memory, self.conversation_memory_s)
 
     # The answer a Rasa action asks for.
     def answer(self, request: AnswerRequest) -> AnswerResponse:
@@ -165,7 +174,7 @@ class SupportBot:
         if offered and OFFERED_SLOT not in response.slots:
             response.slots[OFFERED_SLOT] = None  # answered, or declined by a new message: an offer is made once
         if request.request_id:
-            self._outcomes[request.request_id] = response
+            self._outcomes.put(request.request_id, response)
         return response
 
     def _labels(self, intents: list[str]) -> dict[str, str]:
@@ -245,7 +254,7 @@ class SupportBot:
         return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
 
     def _handoff(self, request: AnswerRequest, reason: str, message: str | None = None) -> AnswerResponse:
-        transcript = list(self._transcripts[request.conversation_id]) or [("customer", request.text)]
+        transcript = self._transcripts.of(request.conversation_id) or [("customer", request.text)]
         self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent)
         return AnswerResponse(
             messages=[message or self.texts.handoff], route="handoff", intent=request.intent, confidence=request.confidence
@@ -258,19 +267,21 @@ class SupportBot:
         started = time.perf_counter()
         if not CONVERSATION_ID.match(conversation_id or ""):
             raise ChatError(400, "conversation_id must be 1-128 letters, digits or :_+.@-")
+        if channel not in CHANNELS:
+            raise ChatError(400, f"unknown channel {channel[:32]!r}; one of {', '.join(CHANNELS)}")
         text = (text or "").strip()
         if not text:
             raise ChatError(400, "the message is empty")
         if len(text) > self.max_message_chars:
             raise ChatError(413, f"the message is {len(text):,} characters long; at most {self.max_message_chars:,} are accepted")
         stored = self.keys.stored_id(conversation_id)
-        self._transcripts[stored].append(("customer", text))
+        self._transcripts.add(stored, "customer", text)
         result = self._chat(stored, text, channel, request_id)
         result.replies += self.handoffs.undelivered_replies(stored)
         for reply in result.replies:
-            self._transcripts[stored].append(("bot", reply))
+            self._transcripts.add(stored, "bot", reply)
         latency = (time.perf_counter() - started) * 1000
-        outcome = self._outcomes.pop(request_id, None)
+        outcome = self._outcomes.pop(request_id)
         self.turns.record(
             Turn(
                 conversation_id=stored,
@@ -316,12 +327,18 @@ class SupportBot:
                 timeout=self.rasa_timeout_s,
             )
             response.raise_for_status()
-            messages = [m["text"] for m in response.json() if m.get("text")]
+            said = response.json()
+            messages = [m["text"] for m in said if m.get("text")]
         except (httpx.HTTPError, ValueError) as error:
             log.error("dialogue unavailable", extra={"request_id": request_id, "error": str(error)})
-            self.handoffs.enqueue(stored, channel, list(self._transcripts[stored]), "the dialogue service was unavailable", None)
+            self.handoffs.enqueue(stored, channel, self._transcripts.of(stored), "the dialogue service was unavailable", None)
             return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         outcome = self._outcomes.get(request_id)
+        if outcome is None and any(m.get("custom") == BOT_UNREACHABLE for m in said):
+            # The action could not reach /internal/answer and told the customer a colleague is coming: make it true.
+            log.error("the action server could not reach the bot", extra={"request_id": request_id})
+            self.handoffs.enqueue(stored, channel, self._transcripts.of(stored), "the action server could not reach the bot", None)
+            return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         if outcome is None:
             return ChatResult(messages or [self.texts.handoff], "dialogue", request_id=request_id)
         status = 503 if outcome.degraded else 200

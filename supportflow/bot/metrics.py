@@ -2,6 +2,8 @@
 
 import bentoml
 
+from supportflow.bot.engine import CHANNELS
+
 TURN_LATENCY = bentoml.metrics.Histogram(
     name="supportflow_turn_latency_seconds",
     documentation="Time from a customer's message to the bot's reply",
@@ -21,3 +23,9 @@ HANDOFFS = bentoml.metrics.Counter(
 REJECTED = bentoml.metrics.Counter(
     name="supportflow_rejected_requests_total", documentation="Requests refused, by reason", labelnames=["reason"]
 )
+
+
+def channel_label(channel: str) -> str:
+    """A label value from a known set: every distinct value is a new time series, so a caller's string is
+    never one (a stream of made-up channels would grow the metrics without end)."""
+    return channel if channel in CHANNELS else "unknown"

@@ -1,7 +1,10 @@
 """The turn log: every turn the bot takes, redacted, in the lake's `turns/` area for the drift monitor.
 
 Turns are buffered and written as one Parquet file per flush (a file per turn would drown the lake in
-small files); a flush happens every `flush_every` turns, on `flush()`, and at shutdown.
+small files). `record` never touches the lake: a customer's turn must not wait on it, nor fail when it is
+down after Rasa already answered. Once `start()`ed, a writer thread flushes when `flush_every` turns wait,
+at least every `flush_seconds`, and at `stop()`; a failed write keeps its turns for the next try, up to
+`max_buffered` (beyond that the oldest are dropped, and the log says how many).
 """
 
 import logging
@@ -16,6 +19,8 @@ from pydantic import BaseModel, Field
 
 from supportflow.lake import Lake
 from supportflow.redact import redact
+
+log = logging.getLogger("supportflow.turns")
 
 Route = Literal["kb", "llm", "handoff", "clarify", "dialogue"]
 
@@ -55,23 +60,26 @@ class Turn(BaseModel):
 
 
 class TurnLog:
-    """Thread-safe buffer of turns, flushed to `turns/date=YYYY-MM-DD/<uuid>.parquet`.
+    """Thread-safe buffer of turns, flushed to `turns/date=YYYY-MM-DD/<uuid>.parquet` by its writer thread:
+    at least every `flush_seconds`, so a quiet bot does not hold its turns back from the hourly drift monitor."""
 
-    Flushed every `flush_every` turns and, once `start()`ed, at least every `flush_seconds`: a quiet bot
-    must not hold its turns back from the hourly drift monitor.
-    """
-
-    def __init__(self, lake: Lake, flush_every: int = 200, flush_seconds: float = 60.0) -> None:
+    def __init__(self, lake: Lake, flush_every: int = 200, flush_seconds: float = 60.0, max_buffered: int = 100_000) -> None:
         self.lake = lake
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
+        self.max_buffered = max_buffered
+        self.dropped = 0  # turns lost because the lake stayed down while more than max_buffered waited
         self._buffer: list[Turn] = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._full = threading.Event()
+        self._writer: threading.Thread | None = None
 
     def start(self) -> "TurnLog":
-        def flush_periodically() -> None:
-            while not self._stopped.wait(self.flush_seconds):
+        def write_in_background() -> None:
+            while not self._stopped.is_set():
+                self._full.wait(self.flush_seconds)
+                self._full.clear()
                 try:
                     self.flush()
                 except Exception as error:  # the lake may be down for a while: the turns stay buffered
@@ -80,21 +88,26 @@ class TurnLog:
                         "flushing turns failed; they stay buffered", extra={"error": type(error).__name__, "buffered": len(self._buffer)}
                     )
 
-        threading.Thread(target=flush_periodically, name="turn-log-flush", daemon=True).start()
+        self._writer = threading.Thread(target=write_in_background, name="turn-log-writer", daemon=True)
+        self._writer.start()
         return self
 
     def stop(self) -> list[str]:
+        """The writer's last try ends first, so no turns are in its hands when the final flush runs."""
         self._stopped.set()
+        self._full.set()
+        if self._writer is not None:
+            self._writer.join(timeout=60)
         return self.flush()
 
     def record(self, turn: Turn) -> None:
-        """Keep a turn; its text is redacted here so no caller can forget to."""
+        """Keep a turn for the writer; its text is redacted here so no caller can forget to."""
         turn = turn.model_copy(update={"text": redact(turn.text)})
         with self._lock:
             self._buffer.append(turn)
-            full = len(self._buffer) >= self.flush_every
-        if full:
-            self.flush()
+            waiting = len(self._buffer)
+        if waiting >= self.flush_every:
+            self._full.set()
 
     def flush(self) -> list[str]:
         with self._lock:
@@ -102,8 +115,14 @@ class TurnLog:
         try:
             return self._write(turns)
         except Exception:
-            with self._lock:  # nothing is lost: the turns go back in front of any newer ones
+            with self._lock:  # the turns go back in front of any newer ones, as many as the bound keeps
                 self._buffer = turns + self._buffer
+                over = len(self._buffer) - self.max_buffered
+                if over > 0:
+                    self._buffer = self._buffer[over:]
+                    self.dropped += over
+            if over > 0:
+                log.error("the lake is still down: %d turns dropped (%d in all), the newest %d kept", over, self.dropped, self.max_buffered)
             raise
 
     def _write(self, turns: list[Turn]) -> list[str]:

@@ -66,13 +66,24 @@ def test_conversations(settings: Settings, project: Path, model: Path) -> Path |
 
 
 def rasa_server(
-    settings: Settings, project: Path, model: Path, port: int, classifier_url: str, action_webhook_url: str, log_path: Path
+    settings: Settings,
+    project: Path,
+    model: Path,
+    port: int,
+    classifier_url: str,
+    action_webhook_url: str,
+    log_path: Path,
+    internal_token: str,
 ) -> ManagedProcess:
-    """Rasa's HTTP API; the classifier and action server addresses come from the environment."""
+    """Rasa on loopback. Its HTTP API stays on because a promotion on one machine loads the new model into it
+    (`PUT /model`, supportflow/release/promote.py), behind the internal token (Rasa's `?token=`); the REST
+    channel the bot talks to needs none, so readiness is checked there."""
     command = [
         str(rasa_executable(settings)),
         "run",
         "--enable-api",
+        "--auth-token",
+        internal_token,
         "--model",
         str(model),
         "--port",
@@ -81,11 +92,22 @@ def rasa_server(
         "127.0.0.1",
     ]
     command += ["--endpoints", "endpoints.yml", "--credentials", "credentials.yml"]
-    env = rasa_environment(project, {"SUPPORTFLOW_CLASSIFY_URL": classifier_url, "SUPPORTFLOW_ACTION_WEBHOOK_URL": action_webhook_url})
-    return ManagedProcess("rasa", command, project, env, f"http://127.0.0.1:{port}/status", log_path)
+    env = rasa_environment(
+        project,
+        {
+            "SUPPORTFLOW_CLASSIFY_URL": classifier_url,
+            "SUPPORTFLOW_ACTION_WEBHOOK_URL": action_webhook_url,
+            "SUPPORTFLOW_INTERNAL_TOKEN": internal_token,  # endpoints.yml sends it to the action server
+        },
+    )
+    return ManagedProcess("rasa", command, project, env, f"http://127.0.0.1:{port}/webhooks/rest/", log_path)
 
 
-def action_server(settings: Settings, project: Path, port: int, bot_url: str, log_path: Path) -> ManagedProcess:
+def action_server(settings: Settings, project: Path, port: int, bot_url: str, log_path: Path, internal_token: str) -> ManagedProcess:
+    """On loopback (rasa-sdk reads its interface from SANIC_HOST; 0.0.0.0 otherwise), asking Rasa for the
+    internal token (rasa_sdk_plugins.py) and sending it to the bot."""
     command = [str(rasa_executable(settings)), "run", "actions", "--actions", "actions", "--port", str(port)]
-    env = rasa_environment(project, {"SUPPORTFLOW_BOT_URL": bot_url})
+    env = rasa_environment(
+        project, {"SUPPORTFLOW_BOT_URL": bot_url, "SUPPORTFLOW_INTERNAL_TOKEN": internal_token, "SANIC_HOST": "127.0.0.1"}
+    )
     return ManagedProcess("rasa action server", command, project, env, f"http://127.0.0.1:{port}/health", log_path)

@@ -272,14 +272,15 @@ def apply_to_running_stack(settings: Settings, release: Release) -> bool:
     """On one machine: load the release's dialogue model into the running Rasa (the classifier and bot
     follow the `production` alias by themselves). Returns whether a running stack was updated; a Rasa that
     cannot load it keeps its model and says so in the log (the release itself stands)."""
-    from supportflow.release.stack import stack_file
+    from supportflow.release.stack import recorded_token, stack_file
 
     if not stack_file(settings).exists():
         return False
     port = json.loads(stack_file(settings).read_text())["ports"]["rasa"]
     archive = dialogue_archive(settings, release.bundles.dialogue_model)
+    token = {"token": recorded_token(settings) or ""}  # Rasa's API takes its token as a query parameter
     try:
-        httpx.put(f"http://127.0.0.1:{port}/model", json={"model_file": str(archive)}, timeout=120).raise_for_status()
+        httpx.put(f"http://127.0.0.1:{port}/model", params=token, json={"model_file": str(archive)}, timeout=120).raise_for_status()
     except httpx.HTTPError as error:
         log.warning("the running Rasa on port %s did not load %s (%s): restart it with `supportflow serve`", port, archive, error)
         return False

@@ -2,6 +2,10 @@
 
 Every child gets the same configuration as the caller (the settings, passed as SUPPORTFLOW_*
 variables). Used by `supportflow serve`, the demo, the integration tests and the serving benchmark.
+
+The services share one internal token (supportflow/internal_auth.py): the configured one, or on loopback a
+random one made for this stack. A stack left running keeps it in `<run_dir>/internal_token` (readable by its
+owner only), where a promotion and a local Prometheus find it.
 """
 
 import json
@@ -14,7 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
+from supportflow.internal_auth import internal_token, new_internal_token
 from supportflow.processes import ManagedProcess, free_port, signal_group
 from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import PROJECT_ROOT, Settings
@@ -76,6 +83,7 @@ def bot_service(settings: Settings, port: int, log_dir: Path, target: str = BOT_
 class Stack:
     ports: Ports
     processes: list[ManagedProcess] = field(default_factory=list)
+    internal_token: str = ""  # what /internal/answer, /metrics, Rasa's API and the action server ask for
 
     @property
     def bot_url(self) -> str:
@@ -127,10 +135,12 @@ def start_stack(
             "action_server_url": f"http://127.0.0.1:{ports.actions}",
         }
     )
-    stack = Stack(ports)
+    token = internal_token(settings) or new_internal_token()
+    settings = settings.model_copy(update={"internal_token": SecretStr(token)})
+    stack = Stack(ports, internal_token=token)
     stack.processes = [
         classifier_service(settings, ports.classifier, log_dir, bundles.classifier if bundles else CLASSIFIER_SOURCE),
-        action_server(settings, rasa_project, ports.actions, settings.bot_url, log_dir / "actions.log"),
+        action_server(settings, rasa_project, ports.actions, settings.bot_url, log_dir / "actions.log", token),
         rasa_server(
             settings,
             rasa_project,
@@ -139,6 +149,7 @@ def start_stack(
             f"{settings.classifier_url}/classify",
             f"{settings.action_server_url}/webhook",
             log_dir / "rasa.log",
+            token,
         ),
         bot_service(settings, ports.bot, log_dir, bundles.bot if bundles else BOT_SOURCE),
     ]
@@ -182,6 +193,16 @@ def stack_file(settings: Settings) -> Path:
     return settings.run_dir / "stack.json"
 
 
+def token_file(settings: Settings) -> Path:
+    return settings.run_dir / "internal_token"
+
+
+def recorded_token(settings: Settings) -> str | None:
+    """The internal token of the stack left running, for a promotion that loads a model into its Rasa."""
+    path = token_file(settings)
+    return path.read_text().strip() if path.exists() else None
+
+
 def record_stack(settings: Settings, stack: Stack) -> None:
     """Remember a stack left running in the background, so `supportflow stop` and promotions can find it."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +212,10 @@ def record_stack(settings: Settings, stack: Stack) -> None:
         "health": {p.name: p.health_url for p in stack.processes},
     }
     stack_file(settings).write_text(json.dumps(record, indent=2))
+    token_file(settings).unlink(missing_ok=True)
+    descriptor = os.open(token_file(settings), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # its owner's alone from the start
+    with os.fdopen(descriptor, "w") as out:
+        out.write(stack.internal_token)
 
 
 @dataclass(frozen=True)
@@ -220,4 +245,5 @@ def stop_recorded_stack(settings: Settings) -> list[str]:
         return []
     stopped = [name for name, pid in json.loads(path.read_text())["pids"].items() if signal_group(pid)]
     path.unlink()
+    token_file(settings).unlink(missing_ok=True)
     return stopped

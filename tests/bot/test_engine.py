@@ -161,7 +161,9 @@ def test_bad_messages_are_refused_with_a_fitting_status(bot: SupportBot) -> None
         bot.chat("c2", "x" * 100_000)
     with pytest.raises(ChatError, match="conversation_id") as bad_id:
         bot.chat("no spaces allowed", "hello")
-    assert (empty.value.status, huge.value.status, bad_id.value.status) == (400, 413, 400)
+    with pytest.raises(ChatError, match="unknown channel 'pager'") as channel:
+        bot.chat("c2", "hello", channel="pager")
+    assert (empty.value.status, huge.value.status, bad_id.value.status, channel.value.status) == (400, 413, 400, 400)
 
 
 def test_when_rasa_is_down_the_customer_gets_a_handoff_and_503(bot: SupportBot) -> None:
@@ -169,6 +171,7 @@ def test_when_rasa_is_down_the_customer_gets_a_handoff_and_503(bot: SupportBot) 
     assert (result.status, result.route, result.replies) == (503, "handoff", [TEXTS.outage])
     again = bot.chat("c3", "hello?")
     assert (again.status, again.replies) == (200, [TEXTS.with_agent])
+    bot.turns.flush()  # the turns wait for the log's writer: a turn never writes to the lake itself
     turns = read_turns(bot.turns.lake)
     assert list(turns["route"]) == ["handoff", "handoff"] and list(turns["conversation_id"]) == [KEYS.stored_id("c3")] * 2
 

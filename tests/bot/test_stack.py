@@ -47,6 +47,10 @@ class Served:
     def token(self, conversation: str) -> dict[str, str]:
         return {"X-Conversation-Token": self.conversations[conversation][1]}
 
+    def metrics(self, url: str) -> str:
+        """/metrics, with the internal token the stack made for itself."""
+        return httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {self.stack.internal_token}"}, timeout=10).text
+
     def example(self, intent: str) -> str:
         return self.rows.loc[self.rows["category"] == intent, "text"].iloc[0]
 
@@ -177,9 +181,10 @@ def test_twilio_requests_are_signed_checked_and_answered_in_twiml(served: Served
     from supportflow.keys import conversation_keys
 
     stored = conversation_keys(served.settings).stored_id("whatsapp:+15550001111")
-    tracker = httpx.get(f"{served.stack.rasa_url}/conversations/{stored}/tracker", timeout=10).json()
+    with_token = {"token": served.stack.internal_token}  # Rasa's API is the internal token's
+    tracker = httpx.get(f"{served.stack.rasa_url}/conversations/{stored}/tracker", params=with_token, timeout=10).json()
     assert form["Body"] in [event.get("text") for event in tracker["events"] if event["event"] == "user"]
-    by_phone = httpx.get(f"{served.stack.rasa_url}/conversations/whatsapp:+15550001111/tracker", timeout=10).json()
+    by_phone = httpx.get(f"{served.stack.rasa_url}/conversations/whatsapp:+15550001111/tracker", params=with_token, timeout=10).json()
     assert not [event for event in by_phone["events"] if event["event"] == "user"]
     tampered = httpx.post(url, data={**form, "Body": "send money"}, headers={"X-Twilio-Signature": signature}, timeout=10)
     assert tampered.status_code == 403
@@ -192,8 +197,10 @@ def test_twilio_requests_are_signed_checked_and_answered_in_twiml(served: Served
 
 def test_bad_messages_get_clear_refusals(served: Served) -> None:
     assert served.chat("it-bad", "").status_code == 400
-    huge = served.chat("it-bad", "x" * 100_000)
-    assert huge.status_code == 413 and "at most 4,000" in huge.json()["detail"]
+    long = served.chat("it-bad", "x" * 5_000)
+    assert long.status_code == 413 and "at most 4,000" in long.json()["detail"]
+    huge = served.chat("it-bad", "x" * 100_000)  # refused by the body cap before anything parses it
+    assert huge.status_code == 413 and "at most 65,536" in huge.json()["detail"]
     made_up = httpx.post(f"{served.stack.bot_url}/chat", json={"conversation_id": "bad id with spaces", "message": "hello"}, timeout=10)
     assert made_up.status_code == 403  # an id the bot did not issue is no one's
 
@@ -224,7 +231,7 @@ def test_the_webchat_page_holds_a_conversation_in_a_real_browser(served: Served)
 
 
 def test_metrics_expose_latency_confidence_and_handoffs(served: Served) -> None:
-    text = httpx.get(f"{served.stack.bot_url}/metrics", timeout=10).text
+    text = served.metrics(served.stack.bot_url)
     for metric in (
         "supportflow_turn_latency_seconds_bucket",
         "supportflow_intent_confidence_bucket",
@@ -245,16 +252,36 @@ def test_deploy_files_use_only_metrics_the_services_export(served: Served) -> No
     served.chat("it-metrics", served.example("exchange_rate"))
     exported = set()
     for url in (served.stack.bot_url, served.stack.classifier_url):
-        exported |= exported_metric_names(httpx.get(f"{url}/metrics", timeout=10).text)
+        exported |= exported_metric_names(served.metrics(url))
     deploy = ROOT / "deploy"
     used = referenced_metric_names(deploy / "prometheus" / "alerts.yml", deploy / "grafana" / "supportflow-dashboard.json")
     missing = {name: sorted(where) for name, where in used.items() if name not in exported}
     assert not missing, f"deploy/ uses metrics no service exports: {missing}"
     assert {"supportflow_turns_total", "bentoml_service_request_duration_seconds_bucket"} <= set(used)
     # the label values the classifier alerts and panels select on
-    families = text_string_to_metric_families(httpx.get(f"{served.stack.classifier_url}/metrics", timeout=10).text)
+    families = text_string_to_metric_families(served.metrics(served.stack.classifier_url))
     classify = [s.labels for f in families for s in f.samples if s.name.startswith("bentoml_") and s.labels.get("endpoint") == "/classify"]
     assert classify and all(labels["service_name"] == "supportflow-classifier" for labels in classify)
+
+
+def test_the_internal_doors_of_the_served_stack_refuse_strangers(served: Served) -> None:
+    """The attacker's requests at each internal port of the real stack (tests/bot/test_internal_doors.py has the bot's
+    own doors): Rasa's API, the action server, the classifier's metrics and per-request caps."""
+    token = served.stack.internal_token
+    rasa, actions = served.stack.rasa_url, f"http://127.0.0.1:{served.stack.ports.actions}"
+    assert httpx.get(f"{rasa}/status", timeout=10).status_code == 401
+    assert httpx.get(f"{rasa}/conversations/it-answer/tracker", timeout=10).status_code == 401  # a customer's conversation
+    assert httpx.put(f"{rasa}/model", json={"model_file": "/tmp/attacker.tar.gz"}, timeout=10).status_code == 401
+    assert httpx.get(f"{rasa}/status", params={"token": token}, timeout=10).status_code == 200
+    call = {"next_action": "action_handoff", "sender_id": "sms:+15550100", "tracker": {"sender_id": "sms:+15550100"}, "domain": {}}
+    assert httpx.post(f"{actions}/webhook", json=call, timeout=10).status_code == 401
+    assert httpx.get(f"{served.stack.classifier_url}/metrics", timeout=10).status_code == 401
+    too_many = httpx.post(f"{served.stack.classifier_url}/classify", json={"texts": ["where is my card"] * 257}, timeout=30)
+    too_long = httpx.post(f"{served.stack.classifier_url}/classify", json={"texts": ["card " * 1000]}, timeout=30)
+    assert (too_many.status_code, too_long.status_code) == (400, 400)  # refused per request, before batching
+    assert "at most 256 items" in too_many.text and "at most 4000 characters" in too_long.text
+    refused = served.chat("it-label", "hello", channel="made-up-channel")
+    assert refused.status_code == 400 and "made-up-channel" not in served.metrics(served.stack.bot_url)
 
 
 def test_evaluate_counts_what_chat_returned_for_each_labelled_message(

@@ -23,12 +23,15 @@ from supportflow.validate.snapshot import validate_lake
 
 
 def test_turns_are_redacted_partitioned_by_day_and_read_back_by_window(lake: Lake) -> None:
-    log = TurnLog(lake, flush_every=3)
+    log = TurnLog(lake, flush_every=3, flush_seconds=3600).start()  # only a full buffer wakes the writer within the test
     now = datetime(2026, 5, 2, 12, tzinfo=UTC)
     for i, when in enumerate([now - timedelta(days=1), now, now + timedelta(minutes=5)]):
         log.record(
             Turn(conversation_id=f"c{i}", channel="webchat", received_at=when, text=f"mail me at a{i}@x.io", route="kb", confidence=0.9)
         )
+    deadline = time.monotonic() + 30
+    while len(lake.files("turns")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     log.record(Turn(conversation_id="c9", channel="sms", received_at=now, text="still buffered", route="handoff"))
 
     stored = read_turns(lake)
@@ -36,7 +39,7 @@ def test_turns_are_redacted_partitioned_by_day_and_read_back_by_window(lake: Lak
     assert sorted({p.split("date=")[1][:10] for p in lake.files("turns")}) == ["2026-05-01", "2026-05-02"]
     assert list(read_turns(lake, start=now, end=now + timedelta(hours=1))["conversation_id"]) == ["c1", "c2"]
 
-    log.flush()
+    log.stop()
     assert len(read_turns(lake)) == 4
 
 

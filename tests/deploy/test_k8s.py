@@ -1,5 +1,6 @@
 """The Kubernetes manifests: valid objects (Kubernetes' own schemas, offline), one kustomization listing them,
-and the names, ports, probes and settings the services really use."""
+the names, ports, probes and settings the services really use, and who may reach what: the NetworkPolicies
+(evaluated here as Kubernetes evaluates them) and the Ingress, which exposes the public routes only."""
 
 import re
 import shutil
@@ -78,10 +79,12 @@ def test_bentos_rasa_and_action_server_use_their_images_ports_and_health_paths()
     rasa, actions = container("rasa"), container("actions")
     assert rasa["image"] == actions["image"] == "supportflow-rasa"
     assert rasa["args"][rasa["args"].index("--port") + 1] == str(ports.rasa) == str(rasa["ports"][0]["containerPort"])
-    assert (rasa["readinessProbe"]["httpGet"]["path"], rasa["livenessProbe"]["httpGet"]["path"]) == ("/status", "/")
+    assert "--enable-api" not in rasa["args"], "nothing in Kubernetes needs Rasa's HTTP API: it stays off"
+    probes = {rasa[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes == {"/webhooks/rest/"}  # the REST channel's own health route, there without the API
     assert actions["args"][:2] == ["run", "actions"] and actions["args"][actions["args"].index("--port") + 1] == str(ports.actions)
     assert actions["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert {e["name"]: e["value"] for e in rasa["env"]} == {
+    assert {e["name"]: e["value"] for e in rasa["env"] if "value" in e} == {
         "SUPPORTFLOW_CLASSIFY_URL": f"http://classifier:{ports.classifier}/classify",
         "SUPPORTFLOW_ACTION_WEBHOOK_URL": f"http://actions:{ports.actions}/webhook",
     }
@@ -134,6 +137,10 @@ def test_tokens_reach_the_bot_from_secrets() -> None:
             for variable in spec.get("env", []):
                 if reference := variable.get("valueFrom", {}).get("secretKeyRef"):
                     assert reference["key"] in template[reference["name"]], f"{reference} is not in {SECRETS_TEMPLATE.name}"
+    for deployment in ("bot", "classifier", "rasa", "actions"):  # every side of an internal call has the one token
+        env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container(deployment)["env"]}
+        reference = env["SUPPORTFLOW_INTERNAL_TOKEN"]
+        assert reference == {"name": "supportflow-secrets", "key": "internal_token"}, deployment  # required: no `optional`
     mlflow = container("mlflow")
     backend = next(e for e in mlflow["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"]
     assert backend == {"name": "mlflow-secrets", "key": "backend_store_uri"} and "--serve-artifacts" in mlflow["command"]
@@ -170,3 +177,114 @@ def test_the_secrets_templates_placeholders_are_refused_by_the_bot() -> None:
     for key in ("secret_key", "twilio_auth_token"):
         with pytest.raises(SecretKeyError, match="placeholder"):
             checked_secret(f"SUPPORTFLOW_{key.upper()}", SecretStr(template["supportflow-secrets"][key]))
+
+
+# Who may reach what.
+
+Pod = tuple[str, dict[str, str]]  # (namespace, labels)
+INGRESS_CONTROLLER: Pod = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+PROMETHEUS: Pod = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+STRANGER: Pod = ("supportflow", {"app": "some-other-workload"})  # any other pod, e.g. a compromised one
+OUTSIDER: Pod = ("default", {"app": "anything"})
+FLOW_RUN: Pod = ("supportflow", {"app.kubernetes.io/component": "pipeline", "job-name": "pipeline-run-1"})
+
+
+def pod(deployment: str) -> Pod:
+    return ("supportflow", objects("Deployment")[deployment]["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels are evaluated here: {selector}"
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def peer_matches(peer: dict[str, Any], source: Pod) -> bool:
+    namespace, labels = source
+    if "namespaceSelector" in peer:
+        namespace_labels = {"kubernetes.io/metadata.name": namespace}  # the label Kubernetes sets on every namespace
+        return selects(peer["namespaceSelector"], namespace_labels) and selects(peer.get("podSelector", {}), labels)
+    return namespace == "supportflow" and selects(peer["podSelector"], labels)
+
+
+def may_reach(source: Pod, deployment: str, port: int) -> bool:
+    """Kubernetes' rule: a pod some policy selects for Ingress takes only what one of those policies allows."""
+    target = pod(deployment)[1]
+    policies = [p["spec"] for p in objects("NetworkPolicy").values() if selects(p["spec"]["podSelector"], target)]
+    assert policies and all(p["policyTypes"] == ["Ingress"] for p in policies)
+    return any(
+        any(peer_matches(peer, source) for peer in rule.get("from", [])) and any(p["port"] == port for p in rule.get("ports", []))
+        for policy in policies
+        for rule in policy.get("ingress", [])
+    )
+
+
+def test_the_namespace_denies_every_connection_no_policy_allows() -> None:
+    deny = objects("NetworkPolicy")["default-deny-ingress"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}  # every pod selected, nothing allowed
+
+
+def test_each_service_is_reachable_only_by_those_that_call_it() -> None:
+    ports = Ports()
+    allowed = {
+        ("bot", ports.bot): {"ingress controller": INGRESS_CONTROLLER, "actions": pod("actions"), "prometheus": PROMETHEUS},
+        ("rasa", ports.rasa): {"bot": pod("bot")},
+        ("actions", ports.actions): {"rasa": pod("rasa")},
+        ("classifier", ports.classifier): {"rasa": pod("rasa"), "bot": pod("bot"), "prometheus": PROMETHEUS},
+        ("mlflow", 5000): {"flow runs": FLOW_RUN, "bot": pod("bot"), "ingress controller": INGRESS_CONTROLLER},
+    }
+    everyone = {
+        "ingress controller": INGRESS_CONTROLLER,
+        "prometheus": PROMETHEUS,
+        "stranger": STRANGER,
+        "outsider": OUTSIDER,
+        "flow runs": FLOW_RUN,
+        **{name: pod(name) for name in ("bot", "classifier", "rasa", "actions", "mlflow", "prefect-worker")},
+    }
+    for (deployment, port), callers in allowed.items():
+        for name, source in callers.items():
+            assert may_reach(source, deployment, port), f"{name} must reach {deployment}:{port}"
+        for name, source in everyone.items():
+            if name not in callers:
+                assert not may_reach(source, deployment, port), f"{name} must not reach {deployment}:{port}"
+        assert not may_reach(callers[next(iter(callers))], deployment, port + 1), "only the service's own port"
+
+
+def routed(path: str) -> list[tuple[str, str]]:
+    """The (host, service) pairs the Ingresses send a path to, by Kubernetes' Exact and Prefix matching."""
+    found = []
+    for ingress in objects("Ingress").values():
+        for rule in ingress["spec"]["rules"]:
+            for entry in rule["http"]["paths"]:
+                prefix = entry["path"].rstrip("/")
+                matched = path == entry["path"] if entry["pathType"] == "Exact" else path == prefix or path.startswith(f"{prefix}/")
+                if matched:
+                    found.append((rule["host"], entry["backend"]["service"]["name"]))
+    return found
+
+
+def test_the_ingress_exposes_the_bots_public_routes_and_nothing_internal() -> None:
+    bot_host = objects("Ingress")["bot"]["spec"]["rules"][0]["host"]
+    for public in ("/", "/chat", "/chat/web-1/replies", "/twilio", "/agent/handoffs", "/agent/handoffs/3/claim"):
+        assert (bot_host, "bot") in routed(public), public
+    for internal in ("/internal/answer", "/metrics", "/readyz", "/livez", "/healthz", "/docs.json", "/schema.json", "/status", "/classify"):
+        assert (bot_host, "bot") not in routed(internal), f"{internal} must not leave the cluster"
+    body_cap = objects("Ingress")["bot"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert body_cap == f"{Settings.model_fields['max_request_bytes'].default // 1024}k"
+    services = {
+        entry["backend"]["service"]["name"]
+        for ingress in objects("Ingress").values()
+        for rule in ingress["spec"]["rules"]
+        for entry in rule["http"]["paths"]
+    }
+    assert services == {"bot", "mlflow"}, "Rasa, the action server and the classifier never leave the cluster"
+
+
+def test_mlflow_is_exposed_only_behind_basic_auth_from_a_secret_in_the_template() -> None:
+    annotations = objects("Ingress")["mlflow"]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    template = {d["metadata"]["name"]: set(d["stringData"]) for d in yaml.safe_load_all(SECRETS_TEMPLATE.read_text())}
+    assert template[annotations["nginx.ingress.kubernetes.io/auth-secret"]] == {"auth"}
+    host = objects("Ingress")["mlflow"]["spec"]["rules"][0]["host"]
+    assert host in objects("ConfigMap")["mlflow-settings"]["data"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")  # MLflow 3 checks Host
+    worker = {e["name"]: e for e in container("prefect-worker")["env"]}
+    assert worker["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]["key"] == "prefect_api_auth_string"

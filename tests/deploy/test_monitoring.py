@@ -26,10 +26,19 @@ def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[
     return subprocess.run([executable, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
-def test_promtool_accepts_the_scrape_config_and_the_rules() -> None:
-    config = promtool("check", "config", "prometheus.yml")
+def test_promtool_accepts_the_scrape_config_and_the_rules(tmp_path: Path) -> None:
+    """Checked in a copy of the repository's layout, where the token file a running stack keeps exists (promtool
+    requires it): /metrics needs the internal token, and every scrape job sends it."""
+    copy = tmp_path / "deploy" / "prometheus"
+    shutil.copytree(PROMETHEUS, copy)
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run" / "internal_token").write_text("a-token")
+    config = promtool("check", "config", "prometheus.yml", cwd=copy)
     assert config.returncode == 0, config.stdout + config.stderr
     assert "SUCCESS: 1 rule files found" in config.stdout + config.stderr
+    jobs = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
+    tokens = {job["job_name"]: (copy / job["authorization"]["credentials_file"]).resolve() for job in jobs}
+    assert set(tokens.values()) == {(tmp_path / ".run" / "internal_token").resolve()}, tokens  # the stack's token file
     rules = promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
 
@@ -51,6 +60,7 @@ def test_the_kubernetes_scrape_config_finds_the_annotated_pods() -> None:
     config = yaml.safe_load((PROMETHEUS / "prometheus-kubernetes.yml").read_text())
     assert config["rule_files"] == ["alerts.yml"]
     (job,) = config["scrape_configs"]
+    assert job["authorization"]["credentials_file"].endswith("/internal_token")  # /metrics needs the internal token
     relabel = {tuple(r["source_labels"]): r for r in job["relabel_configs"]}
     assert relabel[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)]["action"] == "keep"
     assert relabel[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)]["target_label"] == "job"

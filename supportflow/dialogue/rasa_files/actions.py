@@ -3,6 +3,10 @@
 Runs in Rasa's Python 3.10 environment. Every action forwards the turn (text, intent, ranking, slots,
 request id) to the bot's `/internal/answer` and utters what comes back, so answers from the knowledge
 base, LLM replies, clarifications and handoffs are all decided (and tested) in the project itself.
+
+`/internal/answer` needs the internal token (SUPPORTFLOW_INTERNAL_TOKEN). When the bot cannot be reached, the
+action apologises and utters BOT_UNREACHABLE too: the bot (supportflow/bot/engine.py, which holds the same marker)
+then opens the handoff the apology promises.
 """
 
 import logging
@@ -17,6 +21,7 @@ from rasa_sdk.executor import CollectingDispatcher
 log = logging.getLogger(__name__)
 BOT_URL = os.environ.get("SUPPORTFLOW_BOT_URL", "http://127.0.0.1:3000")
 FALLBACK = "Sorry, something went wrong on our side. Let me connect you with a colleague."
+BOT_UNREACHABLE = {"supportflow": "bot_unreachable"}
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 _session: "aiohttp.ClientSession | None" = None
 
@@ -25,7 +30,8 @@ def session() -> aiohttp.ClientSession:
     """One pooled session for the server's event loop: concurrent turns must not queue behind each other."""
     global _session
     if _session is None or _session.closed:
-        _session = aiohttp.ClientSession(timeout=TIMEOUT)
+        token = os.environ.get("SUPPORTFLOW_INTERNAL_TOKEN", "")
+        _session = aiohttp.ClientSession(timeout=TIMEOUT, headers={"Authorization": f"Bearer {token}"} if token else {})
     return _session
 
 
@@ -71,6 +77,7 @@ class _ForwardToBot(Action):
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             log.error("request %s: the bot is unavailable: %s", payload["request_id"], error)
             dispatcher.utter_message(text=FALLBACK)
+            dispatcher.utter_message(json_message=BOT_UNREACHABLE)
             return []
         for text in answer.get("messages", []):
             dispatcher.utter_message(text=text)

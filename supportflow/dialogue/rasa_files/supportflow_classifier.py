@@ -6,6 +6,10 @@ A short message that names a value the desk's forms ask for (an entity in `infor
 Rasa's extractors from the desk's lookup tables) and that the classifier is not sure of is `inform`.
 A message that holds two requests becomes `multiple_requests`, with the requests as entities, so the bot
 can ask which comes first.
+
+What one message costs the classifier is bounded: each text sent is cut at `max_chars`, and a message that
+splits into more than `max_clauses` clauses is classified whole, as one text (a long run of "and ... and ..."
+would otherwise become hundreds of texts, trip the timeout and mark the classifier down for every customer).
 """
 
 import logging
@@ -39,9 +43,12 @@ DIALOGUE_ACTS = [
 SPLIT = re.compile(r"\s*(?:\?\s+|;\s*|\band also\b|\band\b|\balso\b)\s*", re.I)
 
 
-def clauses(text: Text) -> List[Text]:
+def clauses(text: Text, limit: int) -> List[Text]:
+    """The message's requests, for the multiple-requests check; none when there are more than `limit`: nobody
+    asks that many things at once, and asking which comes first among them would help no one."""
     parts = [p.strip(" ?.!,") for p in SPLIT.split(text)]
-    return [p for p in parts if len(p.split()) >= 3]
+    found = [p for p in parts if len(p.split()) >= 3]
+    return found if len(found) <= limit else []
 
 
 @DefaultV1Recipe.register([DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False)
@@ -56,6 +63,8 @@ class SupportflowClassifier(GraphComponent, IntentClassifier):
             "inform_entities": [],
             "inform_max_words": 4,
             "inform_below_confidence": 0.9,
+            "max_clauses": 4,
+            "max_chars": 1000,
         }
 
     def __init__(self, config: Dict[Text, Any]) -> None:
@@ -99,8 +108,9 @@ class SupportflowClassifier(GraphComponent, IntentClassifier):
             if pattern.search(text):
                 self._set(message, act, 1.0, [{"name": act, "confidence": 1.0}])
                 return
-        parts = clauses(text)
-        results = self._classify([text] + (parts if len(parts) >= 2 else []))
+        parts = clauses(text, self.config["max_clauses"])
+        texts = [text] + (parts if len(parts) >= 2 else [])
+        results = self._classify([t[: self.config["max_chars"]] for t in texts])
         if results is None:
             self._set(message, "nlu_fallback", 0.0, [])
             message.set("classifier_unavailable", True, add_to_output=True)
