@@ -31,6 +31,7 @@ from supportflow.bot.llm import LLMResponder
 from supportflow.bot.memory import Expiring, Transcripts
 from supportflow.bot.turns import TurnLog, read_turns
 from supportflow.internal_auth import InternalAuthError, InternalRoutes, internal_token
+from supportflow.keys import ConversationKeys, conversation_keys
 from supportflow.lake import Lake, open_lake
 from supportflow.processes import free_port
 from supportflow.settings import Settings, get_settings
@@ -96,7 +97,7 @@ class ServedBot:
 
     def handoffs(self) -> list[dict]:
         lake = open_lake(self.settings)
-        return HandoffQueue(self.settings.handoff_db_url, lake, load_catalogue(self.settings.catalogue_file).intents).handoffs()
+        return HandoffQueue(self.settings.handoff_db_url, lake, load_catalogue(self.settings.catalogue_file).intents).page().handoffs
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,7 @@ def served_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBot]:
         "SUPPORTFLOW_RUN_DIR": str(folder / "run"),
         "SUPPORTFLOW_RASA_URL": f"http://127.0.0.1:{rasa_server.server_address[1]}",
         "SUPPORTFLOW_BOT_URL": f"http://127.0.0.1:{port}",
+        "SUPPORTFLOW_BIND_HOST": "127.0.0.1",  # the agent API then serves the local developer, with no agent registered
         "SUPPORTFLOW_INTERNAL_TOKEN": TOKEN,
         "SUPPORTFLOW_FOLLOW_PRODUCTION": "false",
         "SUPPORTFLOW_MODEL_VERSION": "7",
@@ -211,10 +213,9 @@ def test_a_huge_body_is_refused_before_it_is_parsed(served_bot: ServedBot) -> No
 
 
 def test_made_up_channels_are_refused_and_never_become_metric_labels(served_bot: ServedBot) -> None:
-    for number in range(3):
-        channel = f"made-up-{number}"
-        refused = httpx.post(f"{served_bot.url}/chat", json={"conversation_id": "c-label", "message": "hi", "channel": channel}, timeout=10)
-        assert refused.status_code == 400 and "unknown channel" in refused.json()["detail"]
+    for number in range(3):  # the route decides the channel: a client naming one is refused before any turn
+        refused = httpx.post(f"{served_bot.url}/chat", json={"message": "hi", "channel": f"made-up-{number}"}, timeout=10)
+        assert refused.status_code == 422 and "channel" in refused.text
     assert [metrics.channel_label(c) for c in ("webchat", "sms", "whatsapp", "made-up-0")] == ["webchat", "sms", "whatsapp", "unknown"]
 
 
@@ -224,7 +225,7 @@ def test_a_flood_of_turns_is_turned_away_and_cannot_starve_the_callbacks(served_
     served_bot.rasa.callbacks.clear()
 
     def turn(number: int) -> httpx.Response:
-        return httpx.post(f"{served_bot.url}/chat", json={"conversation_id": f"flood-{number}", "message": "where is my card"}, timeout=120)
+        return httpx.post(f"{served_bot.url}/chat", json={"message": "where is my card"}, timeout=120)  # each a new conversation
 
     with ThreadPoolExecutor(max_workers=80) as pool:
         answers = list(pool.map(turn, range(80)))
@@ -238,12 +239,11 @@ def test_a_flood_of_turns_is_turned_away_and_cannot_starve_the_callbacks(served_
 
 
 def test_when_the_action_server_cannot_reach_the_bot_a_handoff_is_really_opened(served_bot: ServedBot) -> None:
-    answered = httpx.post(
-        f"{served_bot.url}/chat", json={"conversation_id": "stranded", "message": "the action server cannot reach you"}, timeout=30
-    )
+    answered = httpx.post(f"{served_bot.url}/chat", json={"message": "the action server cannot reach you"}, timeout=30)
     body = answered.json()
     assert (answered.status_code, body["route"]) == (503, "handoff")
-    (handoff,) = [h for h in served_bot.handoffs() if h["conversation_id"] == "stranded"]
+    stored = conversation_keys(served_bot.settings).stored_id(body["conversation_id"])
+    (handoff,) = [h for h in served_bot.handoffs() if h["conversation_id"] == stored]
     assert handoff["reason"] == "the action server could not reach the bot"
 
 
@@ -271,14 +271,16 @@ def fast_rasa() -> Iterator[str]:
 
 def small_bot(local_settings: Settings, tmp_path: Path, rasa_url: str, lake: Lake, **bounds: float) -> SupportBot:
     handoffs = HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", lake, load_catalogue(local_settings.catalogue_file).intents)
-    return SupportBot(None, LLMResponder(local_settings), handoffs, TurnLog(lake, flush_every=1).start(), rasa_url=rasa_url, **bounds)
+    turns = TurnLog(lake, flush_every=1).start()
+    return SupportBot(None, LLMResponder(local_settings), handoffs, turns, rasa_url=rasa_url, keys=ConversationKeys(b"k" * 32), **bounds)
 
 
 def test_a_stream_of_new_conversation_ids_cannot_grow_the_bots_memory(local_settings: Settings, tmp_path: Path, fast_rasa: str) -> None:
     bot = small_bot(local_settings, tmp_path, fast_rasa, open_lake(local_settings), conversations_in_memory=20)
     for number in range(60):
         assert bot.chat(f"stranger-{number}", "hello").status == 200
-    assert not bot.knows("stranger-0") and bot.knows("stranger-59")
+    kept = bot._transcripts  # what the bot holds in memory, by stored id
+    assert bot.keys.stored_id("stranger-0") not in kept and bot.keys.stored_id("stranger-59") in kept
     bot.turns.stop()
 
     transcripts = Transcripts(size=100, ttl_s=0.2)
@@ -304,7 +306,7 @@ def test_a_lake_outage_does_not_fail_a_turn_and_its_turns_are_written_once_the_l
     assert [a.status for a in answered] == [200, 200, 200] and answered[0].replies[0] == "hello"
     bot.turns.lake = lake  # the lake is back
     bot.turns.stop()
-    assert read_turns(lake)["conversation_id"].tolist() == ["during-outage"] * 3
+    assert read_turns(lake)["conversation_id"].tolist() == [bot.keys.stored_id("during-outage")] * 3
 
 
 def test_a_turn_log_kept_through_a_long_outage_is_bounded(local_settings: Settings, tmp_path: Path) -> None:

@@ -158,6 +158,7 @@ def test_a_turn_with_personal_data_leaves_none_in_the_turn_log_the_handoff_queue
 
     first = bot.chat("c-pii", f"call me on {PII[0]} about card {PII[1]}")  # Rasa is down: a handoff with the transcript
     second = bot.chat("c-pii", f"refund to {PII[2]} or write to {PII[3]}")  # added to the open handoff
+    bot.turns.stop()  # the turns reach the lake from the writer, at the latest when it stops
 
     assert (first.route, second.route) == ("handoff", "handoff")
     turns = read_turns(local_lake)["text"].tolist()
