@@ -48,8 +48,7 @@ class ValidationReport(BaseModel):
 
 
 NEVER_PREDICTED = (
-    "the model never predicts them: their messages get the closest learned intent's answer when the classifier is confident "
-    "enough, else a person"
+    "never predicted (a message of one gets the closest learned intent's answer when the classifier is confident enough, else a person)"
 )
 
 
@@ -89,8 +88,8 @@ class SnapshotManifest(BaseModel):
         if self.min_train_examples_per_intent is None:
             return ""
         return (
-            f"each intent keeps at least {self.min_train_examples_per_intent} examples for training, and test and validation "
-            f"take theirs ({self.fractions['test']:.0%} and {self.fractions['validation']:.0%}, at least 1 each) only from the rest"
+            f"each intent keeps at least {self.min_train_examples_per_intent} examples for training; test and validation "
+            f"({self.fractions['test']:.0%} and {self.fractions['validation']:.0%}, at least 1 each) take theirs only from the rest"
         )
 
     def lines(self) -> list[str]:
@@ -102,7 +101,7 @@ class SnapshotManifest(BaseModel):
             f"  splits {self.rows}, {self.intents} intents, contract {self.contract_version}, catalogue {catalogue}",
         ]
         if self.split_policy():
-            lines.append(f"  splits: {self.split_policy()}")
+            lines.append(f"  held out: {self.split_policy()}")
         if self.left_out:
             lines.append(f"  {len(self.left_out)} intents left out, {NEVER_PREDICTED}:")
             lines += [f"    {intent.line()}" for intent in self.left_out]
@@ -120,7 +119,7 @@ class SnapshotManifest(BaseModel):
             f"by rule: {report.by_rule}\n\nsplits: {self.rows}"
         )
         if self.split_policy():
-            text += f"; {self.split_policy()}"
+            text += f"\n\nheld out: {self.split_policy()}"
         if self.left_out:
             text += f"\n\n**{len(self.left_out)} intents left out**: {NEVER_PREDICTED}.\n\n"
             text += "| intent | left out by | examples | minimum | why |\n|---|---|---|---|---|\n"
