@@ -82,6 +82,13 @@ rasa-venv: $(RASA_VENV)/.installed
 bench-intent: install rasa-venv
 	$(BIN)/python bench/intent.py
 
+# The long tail: BANKING77 with a third of its intents cut to 10 examples and a third to 5 (two full-profile trainings,
+# about 35 min on 2 cores): bench/results/long_tail_banking77.json.
+.PHONY: bench-long-tail
+bench-long-tail: install
+	$(BIN)/python bench/long_tail.py
+	$(BIN)/python bench/report.py
+
 # The whole loop at full quality from an empty store: bench/results/pipeline.json (about 25 min on 2 cores).
 .PHONY: bench-pipeline
 bench-pipeline: install rasa-venv

@@ -40,12 +40,12 @@ VALIDATION_FRACTION = 0.1
 SEED = 13
 
 
-def banking77_splits(contracts_dir: Path, min_examples: int) -> LabelledSplits:
+def banking77_splits(catalogue_file: Path, min_examples: int) -> LabelledSplits:
     train = pd.read_csv(DATA / "train.csv").rename(columns={"category": "intent"})
     test = pd.read_csv(DATA / "test.csv").rename(columns={"category": "intent"})
     validation = train.groupby("intent", group_keys=False).sample(frac=VALIDATION_FRACTION, random_state=SEED)
     return check_training_data(
-        train.drop(index=validation.index), validation, test, load_catalogue(contracts_dir).intents, min_examples, str(DATA)
+        train.drop(index=validation.index), validation, test, load_catalogue(catalogue_file).intents, min_examples, str(DATA)
     )
 
 
@@ -116,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = get_settings().model_copy(update={"train_profile": args.profile})
     profile = settings.training_profile()
-    splits = banking77_splits(settings.contracts_dir, settings.min_train_examples_per_intent)
+    splits = banking77_splits(settings.catalogue_file, settings.min_train_examples_per_intent)
     tfidf_result, tfidf = tfidf_logreg(splits)
     peers = {"tfidf_logreg": tfidf_result}
     print("tfidf_logreg", peers["tfidf_logreg"], flush=True)

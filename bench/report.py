@@ -52,6 +52,22 @@ def _intent(r: dict) -> list[Row]:
     return rows
 
 
+def _long_tail(r: dict) -> list[Row]:
+    tail = r["models"]["long_tail"]["buckets"]
+    measured = (
+        f"macro-F1 {tail['10']['macro_f1']:.4f} on the 10-example intents, {tail['5']['macro_f1']:.4f} on the 5-example ones"
+        f" (accuracy {tail['10']['accuracy']:.4f}, {tail['5']['accuracy']:.4f}); untouched {tail['untouched']['macro_f1']:.4f}"
+    )
+    if "full_data" in r["models"]:
+        full = r["models"]["full_data"]["buckets"]["untouched"]["macro_f1"]
+        measured += f" against {full:.4f} from the full-data model"
+    what = (
+        f"Long-tail BANKING77 ({tail['10']['intents']} intents cut to 10 examples, {tail['5']['intents']} to 5,"
+        f" seed {r['seed']}), {r['profile']['name']} profile, scored on test"
+    )
+    return [(what, measured, ">= 0.80 (10), >= 0.70 (5); untouched intents lose <= 0.005", "long_tail_banking77.json")]
+
+
 def _kb(r: dict) -> list[Row]:
     rows = []
     for name, label, target in (
@@ -144,6 +160,7 @@ def _resolution(r: dict, file: str) -> list[Row]:
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "ingest.json": _ingest,
     "intent_banking77.json": _intent,
+    "long_tail_banking77.json": _long_tail,
     "kb_stackfaq.json": _kb,
     "serve_latency.json": _serve,
     "pipeline.json": _pipeline,

@@ -63,6 +63,9 @@ def train(profile: str | None = None) -> TrainingSummary:
     logger = get_run_logger()
     connect(settings)  # an unreachable store fails here, before minutes of training
     manifest, splits = load_snapshot(settings)
+    if splits.left_out:  # named in the validation report too; the model will never predict them
+        left_out = ", ".join(f"{intent} ({n})" for intent, n in splits.left_out.items())
+        logger.warning("left out, fewer than %d training examples: %s", settings.min_train_examples_per_intent, left_out)
     base = resolve_base_model(settings)
     key = training_key(settings, manifest.snapshot_id, base)
     summary = resume(settings, key, splits, manifest.snapshot_id)

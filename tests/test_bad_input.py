@@ -157,7 +157,7 @@ def test_most_rows_failing_stops_the_run_naming_file_and_rule(local_lake: Lake, 
     ingest_file(str(path), local_lake, local_settings)
 
     with pytest.raises(
-        ContractError, match=r"ingest_date=.*\.parquet: 30 of 40 rows \(75%\) break the contract tickets@1\.0\.0.*'intent_in_catalogue'"
+        ContractError, match=r"ingest_date=.*\.parquet: 30 of 40 rows \(75%\) break the contract tickets@1\.1\.0.*'intent_in_catalogue'"
     ):
         validate_lake(local_lake, local_settings)
     assert not local_lake.exists("snapshots", "latest.json")
@@ -170,7 +170,7 @@ def test_a_lake_file_with_a_missing_column_stops_the_run(local_lake: Lake, local
 
     with pytest.raises(
         ContractError,
-        match=r"broken\.parquet breaks the contract tickets@1\.0\.0: rule 'schema': .*\(missing \['channel'\], unexpected \[\]\)$",
+        match=r"broken\.parquet breaks the contract tickets@1\.1\.0: rule 'schema': .*\(missing \['channel'\], unexpected \[\]\)$",
     ):
         validate_lake(local_lake, local_settings)
 

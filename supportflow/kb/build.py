@@ -151,7 +151,7 @@ def validate_documents(documents: list[Document], settings: Settings) -> tuple[l
 
     if not documents:
         return [], [], {}
-    contract = load_contract(settings.suite_dirs, settings.catalogue_file, KB_SUITE)
+    contract = load_contract(settings, KB_SUITE)
     frame = pd.DataFrame([d.model_dump() for d in documents], columns=DOCUMENT_COLUMNS)
     frame["updated_at"] = pd.to_datetime(frame["updated_at"], utc=True)
     result = ContractChecker(contract, settings.gx_root).check(frame, "kb-build")

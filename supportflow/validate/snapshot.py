@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from supportflow.lake import Lake, open_lake
 from supportflow.parallel import ordered_map, process_pool
 from supportflow.progress import Step
 from supportflow.settings import Settings
-from supportflow.validate.contracts import Contract, ContractChecker, load_contract
+from supportflow.validate.contracts import MIN_EXAMPLES_RULE, Contract, ContractChecker, load_contract
 
 SPLITS = ("train", "validation", "test")
 DERIVED_SUPPORT = "intent_support"
@@ -46,6 +47,24 @@ class ValidationReport(BaseModel):
         return self.rows_read == self.accepted + self.quarantined
 
 
+NEVER_PREDICTED = (
+    "never predicted (a message of one gets the closest learned intent's answer when the classifier is confident enough, else a person)"
+)
+
+
+class LeftOutIntent(BaseModel):
+    """A catalogue intent the model will not learn, named so that nobody believes the bot recognises it."""
+
+    intent: str
+    stage: Literal["validate", "train"]  # quarantined by the contract, or left out by training after the split
+    examples: int  # validate: its labelled tickets in the lake; train: its training examples after the split
+    minimum: int  # what that count had to reach
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.intent}: {self.reason}"
+
+
 class SnapshotManifest(BaseModel):
     snapshot_id: str
     created_at: datetime
@@ -59,25 +78,53 @@ class SnapshotManifest(BaseModel):
     fractions: dict[str, float]
     validation: ValidationReport
     uri: str
+    # Absent from snapshots cut before the long-tail rules (contract 1.1.0): None and empty there.
+    min_examples_per_intent: int | None = None  # the contract's minimum, as its suite applied it
+    min_train_examples_per_intent: int | None = None  # what the split keeps for training before holding any example out
+    left_out: list[LeftOutIntent] = Field(default_factory=list)  # every catalogue intent the model will not learn
+
+    def split_policy(self) -> str:
+        """How the split treats a small intent, in words: so a reader knows why it has no test or validation example."""
+        if self.min_train_examples_per_intent is None:
+            return ""
+        return (
+            f"each intent keeps at least {self.min_train_examples_per_intent} examples for training; test and validation "
+            f"({self.fractions['test']:.0%} and {self.fractions['validation']:.0%}, at least 1 each) take theirs only from the rest"
+        )
 
     def lines(self) -> list[str]:
         report = self.validation
         catalogue = f"{self.intent_catalogue}@{self.intent_catalogue_version}"
-        return [
+        lines = [
             f"snapshot {self.snapshot_id} at {self.uri}",
             f"  rows read {report.rows_read:,} = accepted {report.accepted:,} + quarantined {report.quarantined:,} {report.by_rule or ''}",
             f"  splits {self.rows}, {self.intents} intents, contract {self.contract_version}, catalogue {catalogue}",
-            f"  data docs: {report.data_docs}",
         ]
+        if self.split_policy():
+            lines.append(f"  held out: {self.split_policy()}")
+        if self.left_out:
+            lines.append(f"  {len(self.left_out)} intents left out, {NEVER_PREDICTED}:")
+            lines += [f"    {intent.line()}" for intent in self.left_out]
+        elif self.min_examples_per_intent is not None:
+            lines.append("  every intent in the catalogue is learned")
+        lines.append(f"  data docs: {report.data_docs}")
+        return lines
 
     def markdown(self) -> str:
         report = self.validation
-        return (
+        text = (
             f"**Snapshot** `{self.snapshot_id}` (contract {self.contract_version}, "
             f"catalogue {self.intent_catalogue}@{self.intent_catalogue_version})\n\n"
             f"rows read {report.rows_read} = accepted {report.accepted} + quarantined {report.quarantined}\n\n"
-            f"by rule: {report.by_rule}\n\nsplits: {self.rows}\n\ndata docs: {report.data_docs}"
+            f"by rule: {report.by_rule}\n\nsplits: {self.rows}"
         )
+        if self.split_policy():
+            text += f"\n\nheld out: {self.split_policy()}"
+        if self.left_out:
+            text += f"\n\n**{len(self.left_out)} intents left out**: {NEVER_PREDICTED}.\n\n"
+            text += "| intent | left out by | examples | minimum | why |\n|---|---|---|---|---|\n"
+            text += "".join(f"| `{i.intent}` | {i.stage} | {i.examples} | {i.minimum} | {i.reason} |\n" for i in self.left_out)
+        return f"{text}\n\ndata docs: {report.data_docs}"
 
 
 def split_rank(keys: np.ndarray, seed: int) -> np.ndarray:
@@ -89,34 +136,57 @@ def split_rank(keys: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def split_cutoffs(intent_codes: np.ndarray, ranks: np.ndarray, validation_fraction: float, test_fraction: float) -> np.ndarray:
-    """Per intent, the highest rank that goes to test and the highest that goes to validation.
+def held_out(size: int, validation_fraction: float, test_fraction: float, min_train: int) -> tuple[int, int]:
+    """How many of an intent's `size` examples go to test and to validation.
+
+    Each split gets its share and at least one example, but only from what is left once training has `min_train`:
+    a long-tail intent must be learned before it is measured (5 examples at 10% each: 1 test, 1 validation, 3 train).
+    Validation gives way first, test next, so a small intent is still measured where there is one example to spare.
+    """
+    spare = max(0, size - min_train)
+    n_test = min(max(1, round(size * test_fraction)), spare)
+    n_validation = min(max(1, round(size * validation_fraction)), spare - n_test)
+    return n_test, n_validation
+
+
+def split_cutoffs(
+    intent_codes: np.ndarray, ranks: np.ndarray, validation_fraction: float, test_fraction: float, min_train: int
+) -> np.ndarray:
+    """Per intent, the lowest rank that goes to validation and the lowest that goes to train.
 
     Stratified and independent of input order: each intent's tickets, ordered by rank, give the
-    first share to test, the next to validation, the rest to train.
+    first share to test, the next to validation, the rest (never fewer than `min_train`, or all) to train.
     """
+    if min_train < 1:
+        raise ValueError(f"min_train must be at least 1, not {min_train}: an intent needs a training example to be learned")
     frame = pd.DataFrame({"intent": intent_codes, "rank": ranks}).sort_values(["intent", "rank"])
     cutoffs = np.zeros((int(intent_codes.max()) + 1 if len(intent_codes) else 0, 2), dtype=np.uint64)
     for code, group in frame.groupby("intent", sort=False):
-        size = len(group)
-        n_test = max(1, round(size * test_fraction))
-        n_validation = max(1, round(size * validation_fraction))
         ordered = group["rank"].to_numpy()
-        cutoffs[code] = (ordered[n_test - 1], ordered[min(n_test + n_validation, size) - 1])
+        n_test, n_validation = held_out(len(ordered), validation_fraction, test_fraction, min_train)
+        cutoffs[code] = (ordered[n_test], ordered[n_test + n_validation])  # train keeps at least one: both exist
     return cutoffs
 
 
 def assign_splits(intent_codes: np.ndarray, ranks: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
+    """Ranks are distinct (split_rank is a bijection of distinct ids), so `<` against a cutoff rank is exact."""
     split = np.full(len(ranks), "train", dtype=object)
-    to_validation = ranks <= cutoffs[intent_codes, 1]
-    split[to_validation] = "validation"
-    split[ranks <= cutoffs[intent_codes, 0]] = "test"
+    split[ranks < cutoffs[intent_codes, 1]] = "validation"
+    split[ranks < cutoffs[intent_codes, 0]] = "test"
     return split
 
 
 def _content_hash(keys: np.ndarray, contract: Contract, settings: Settings) -> str:
     digest = hashlib.sha256()
-    inputs = [contract.version, contract.catalogue.version, settings.snapshot_seed, settings.validation_fraction, settings.test_fraction]
+    inputs = [
+        contract.version,
+        contract.catalogue.version,
+        contract.intent_minimum,
+        settings.snapshot_seed,
+        settings.validation_fraction,
+        settings.test_fraction,
+        settings.min_train_examples_per_intent,
+    ]
     digest.update(json.dumps(inputs).encode())
     digest.update(np.sort(keys).tobytes())
     return digest.hexdigest()
@@ -154,6 +224,7 @@ class _FileCheck:
     labelled: np.ndarray
     intent_codes: np.ndarray
     rule_counts: dict[str, int]
+    too_few: set[str]  # intents whose rows broke the minimum-examples rule
     failure: str | None = None
     quarantine_file: str | None = None
 
@@ -196,7 +267,8 @@ def _check_file(job: _CheckJob) -> _FileCheck:
     codes = frame["intent"].astype(pd.CategoricalDtype(list(contract.catalogue.intents))).cat.codes.to_numpy()
     keep = np.ones(len(frame), dtype=bool)
     keep[list(result.row_reasons)] = False
-    check = _FileCheck(job.path, len(frame), keys, keep, frame["intent"].notna().to_numpy(), codes, result.rule_counts)
+    too_few = set(frame["intent"].iloc[result.rule_rows.get(MIN_EXAMPLES_RULE, [])].dropna())
+    check = _FileCheck(job.path, len(frame), keys, keep, frame["intent"].notna().to_numpy(), codes, result.rule_counts, too_few)
     where = lake.uri(job.path)
     if result.batch_failures:
         check.failure = f"{where} breaks the contract {contract.name}@{contract.version}: " + "; ".join(result.batch_failures)
@@ -247,7 +319,7 @@ def _split_file(job: _SplitJob) -> dict[str, pa.Table]:
 
 def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = None) -> SnapshotManifest:
     """Check every ticket in the lake, quarantine what breaks the contract, cut the snapshot."""
-    contract = contract or load_contract(settings.suite_dirs, settings.catalogue_file)
+    contract = contract or load_contract(settings)
     files = lake.files("tickets")
     if not files:
         raise ContractError(f"the lake has no tickets at {lake.uri('tickets')}; run ingest first")
@@ -260,6 +332,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
     _WORKER_TOOLS[_tools_key(settings, contract)] = (lake, checker)
     report = ValidationReport(lake_files=[lake.uri(p) for p in files])
     by_rule: Counter[str] = Counter()
+    too_few: set[str] = set()
     seen = KnownIds()
     checks: list[_FileCheck] = []
     pool = process_pool(settings.workers if size >= settings.parallel_min_bytes // 8 else 1)
@@ -271,6 +344,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
             if check.failure:
                 raise ContractError(check.failure)
             by_rule.update(check.rule_counts)
+            too_few |= check.too_few
             if check.quarantine_file:
                 report.quarantine_files.append(check.quarantine_file)
             repeated = np.flatnonzero(check.keep & seen.contains(check.keys))
@@ -291,7 +365,11 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
             raise ContractError("no labelled ticket passed the contract: there is nothing to train on")
         keys = np.concatenate([check.keys[mask] for check, mask in zip(checks, chosen, strict=True)])
         codes = np.concatenate([check.intent_codes[mask] for check, mask in zip(checks, chosen, strict=True)])
-        cutoffs = split_cutoffs(codes, split_rank(keys, settings.snapshot_seed), settings.validation_fraction, settings.test_fraction)
+        ranks = split_rank(keys, settings.snapshot_seed)
+        min_train = settings.min_train_examples_per_intent
+        cutoffs = split_cutoffs(codes, ranks, settings.validation_fraction, settings.test_fraction, min_train)
+        accepted = Counter(contract.catalogue.intents[code] for code in codes.tolist())
+        left_out = _left_out(contract, settings, support, too_few, accepted)
         content_hash = _content_hash(keys, contract, settings)
         snapshot_id = f"snap-{content_hash[:16]}"
         if lake.exists("snapshots", snapshot_id, "manifest.json"):
@@ -320,10 +398,41 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         fractions={"validation": settings.validation_fraction, "test": settings.test_fraction},
         validation=report,
         uri=lake.uri("snapshots", snapshot_id),
+        min_examples_per_intent=contract.intent_minimum,
+        min_train_examples_per_intent=settings.min_train_examples_per_intent,
+        left_out=left_out,
     )
     lake.write_json(manifest.model_dump(mode="json"), "snapshots", snapshot_id, "manifest.json")
     lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
     return manifest
+
+
+def _left_out(
+    contract: Contract, settings: Settings, support: Counter[str], too_few: set[str], accepted: Counter[str]
+) -> list[LeftOutIntent]:
+    """Every catalogue intent the model will not learn, and why: the contract quarantined it, or the split leaves it fewer
+    training examples than training needs. Sorted by count, highest first: where a few more labelled tickets pay soonest."""
+    minimum = contract.intent_minimum or 1
+    min_train = settings.min_train_examples_per_intent
+    left: list[LeftOutIntent] = []
+    for intent in contract.catalogue.intents:
+        found, kept = support[intent], accepted[intent]
+        if found == 0:
+            reason = "no labelled ticket in the lake"
+            left.append(LeftOutIntent(intent=intent, stage="validate", examples=0, minimum=minimum, reason=reason))
+        elif intent in too_few:
+            reason = f"{found} examples, fewer than the {minimum} the contract requires (quarantined)"
+            left.append(LeftOutIntent(intent=intent, stage="validate", examples=found, minimum=minimum, reason=reason))
+        elif kept == 0:
+            reason = f"0 of its {found} examples passed the contract (quarantined by other rules)"
+            left.append(LeftOutIntent(intent=intent, stage="validate", examples=0, minimum=minimum, reason=reason))
+        else:
+            n_test, n_validation = held_out(kept, settings.validation_fraction, settings.test_fraction, min_train)
+            train = kept - n_test - n_validation
+            if train < min_train:
+                reason = f"{train} training examples, fewer than the {min_train} training needs (left out by training)"
+                left.append(LeftOutIntent(intent=intent, stage="train", examples=train, minimum=min_train, reason=reason))
+    return sorted(left, key=lambda entry: (-entry.examples, entry.intent))
 
 
 def _write_splits(lake: Lake, snapshot_id: str, parts: Iterable[dict[str, pa.Table]]) -> dict[str, int]:

@@ -36,9 +36,23 @@ def test_single_intent_is_refused() -> None:
         check(GOOD_TRAIN[GOOD_TRAIN["intent"] == "card_arrival"])
 
 
-def test_intent_with_one_example_is_refused() -> None:
+def test_an_intent_with_too_few_training_examples_is_left_out_of_every_split_and_named() -> None:
     thin = pd.concat([GOOD_TRAIN, frame(("new pin please", "change_pin"))])
-    with pytest.raises(TrainingDataError, match=r"fewer than 2 training examples: change_pin \(1\)"):
+    held_out = pd.concat([GOOD_HELD_OUT, frame(("pin reset", "change_pin"))])
+
+    splits = check(thin, validation=held_out, test=held_out)
+
+    assert splits.left_out == {"change_pin": 1}
+    assert splits.labels == ["card_arrival", "exchange_rate"]
+    for split in ("train", "validation", "test"):
+        assert "change_pin" not in set(getattr(splits, split)["intent"]), split
+
+
+def test_leaving_out_thin_intents_that_leaves_one_intent_is_refused_with_both_named() -> None:
+    thin = pd.concat([GOOD_TRAIN[GOOD_TRAIN["intent"] == "card_arrival"], frame(("new pin please", "change_pin"))])
+    with pytest.raises(
+        TrainingDataError, match=r"single intent \(card_arrival\) \(left out with fewer than 2 training examples: change_pin \(1\)\)"
+    ):
         check(thin)
 
 
