@@ -209,9 +209,11 @@ class SupportBot:
         slots: dict[str, Any] = {PENDING_SLOT: None} if pending else {}
         question = request.text
         if pending and (request.form_completed or intent == "inform"):
-            if intent != pending:  # this message answers the form's question; the request came before it
-                given = [str(value) for name, value in request.slots.items() if name != PENDING_SLOT]
-                question = f"{humanise(pending)} ({', '.join(given)})" if given else humanise(pending)
+            # This message answers the form's question ("the virtual one"); the request came before it, so the search
+            # is for the request, by its article's title, with the values given (whatever this message was classified as).
+            given = [str(value) for name, value in request.slots.items() if name not in (PENDING_SLOT, OFFERED_SLOT) and value]
+            label = self._labels([pending])[pending]
+            question = f"{label} ({', '.join(given)})" if given else label
             intent = pending
         elif intent == "inform":
             return AnswerResponse(messages=[self.texts.clarification], route="dialogue", intent=intent, confidence=confidence)

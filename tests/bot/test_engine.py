@@ -81,6 +81,9 @@ def test_once_a_form_has_the_slot_the_answer_is_for_the_request_that_started_it(
     assert answered.route == "kb" and answered.kb_doc_id == "lost_or_stolen_card" and answered.slots == {"pending_intent": None}
     named = ask(bot, "virtual", "inform", 1.0, slots=slots)
     assert named.intent == "lost_or_stolen_card" and named.kb_doc_id == "lost_or_stolen_card"
+    # Classified as the request itself, the reply still finds the request's article: the search is for the request.
+    same = ask(bot, "the virtual one", "lost_or_stolen_card", 0.7, slots=slots, form_completed=True)
+    assert (same.route, same.kb_doc_id) == ("kb", "lost_or_stolen_card")
 
 
 def test_a_value_given_with_no_request_waiting_gets_the_clarification(bot: SupportBot) -> None:
