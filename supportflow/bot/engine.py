@@ -209,7 +209,7 @@ class SupportBot:
         slots: dict[str, Any] = {PENDING_SLOT: None} if pending else {}
         question = request.text
         if pending and (request.form_completed or intent == "inform"):
-            # This message answers the form's question ("the virtual one"); the request came before it, so the search
+            # This message answers the form's question (a bare value); the request came before it, so the search
             # is for the request, by its article's title, with the values given (whatever this message was classified as).
             given = [str(value) for name, value in request.slots.items() if name not in (PENDING_SLOT, OFFERED_SLOT) and value]
             label = self._labels([pending])[pending]
