@@ -41,3 +41,20 @@ def test_kb_index_flow_builds_the_demo_kb_and_records_it_in_mlflow(prefect_api: 
     again = kb_index()  # same content: a new build id, same hash, the old build swapped out
     assert again.previous_build == report.build_id and again.content_hash == report.content_hash
     assert sorted(p.name for p in (env_settings.kb_dir / "builds").iterdir()) == [again.build_id]
+
+
+def test_kb_search_asks_the_served_build(prefect_api: None, env_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """`supportflow kb-search`, before and after a build: it reads what serves, ranks, and says which article answers."""
+    from flows.kb_index import kb_index
+    from supportflow.cli import main
+
+    assert main(["kb-search", "where", "is", "my", "card"]) == 2
+    assert "supportflow kb-index" in capsys.readouterr().err  # nothing built yet: what to run
+
+    kb_index()
+    capsys.readouterr()
+    assert main(["kb-search", "-k", "2", "my", "new", "card", "has", "still", "not", "arrived"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "  Q: my new card has still not arrived" and len(lines) == 4  # the question, two answers, the verdict
+    assert all(line.startswith("    ") and line.rstrip().endswith("]") for line in lines[1:3])
+    assert "[card_arrival]" in lines[1] and lines[3].startswith("    -> answer from card_arrival: ")
