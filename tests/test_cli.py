@@ -373,6 +373,7 @@ def test_the_background_prefect_server_starts_once_is_reused_and_stops(tmp_path:
         stop_server(settings)
 
 
+@pytest.mark.slow  # two CLI processes run their flows on the test harness's API: over a minute
 def test_ingest_and_validate_print_their_reports_as_json(empty_store: Settings, banking77_sample: Path, prefect_harness: None) -> None:
     """As a program calls them: a subprocess whose stdout is one JSON document (progress and logs go elsewhere)."""
     from prefect.settings import PREFECT_API_URL

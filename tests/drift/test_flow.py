@@ -20,6 +20,8 @@ from supportflow.drift.figures import DriftReference, DriftReport
 from supportflow.errors import DriftReferenceError, SupportflowError
 from tests.drift.conftest import START, register, use_store, window
 
+pytestmark = pytest.mark.slow  # the drift monitor flow under Prefect's test harness, on a registry and 461 logged turns
+
 FAMILIAR, SPIKE, ONE_TURN, EMPTY, UNMONITORED = (START + timedelta(hours=h) for h in range(5))
 
 

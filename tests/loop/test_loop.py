@@ -27,6 +27,7 @@ import pytest
 from supportflow.tracking import connect
 from tests.loop.conftest import EVALUATE_EXAMPLES, FIRST_INTENTS, HELD_BACK, first_tickets, loop_settings, tiny_rows
 
+pytestmark = pytest.mark.slow
 SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
 # (the stage, the log line to wait for, seconds to wait after it): each lands inside a stage that is still running,
 # which the test checks: the stage's closing line (flows/pipeline.py: "stage <name>: <seconds> s") was never written.
