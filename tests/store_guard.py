@@ -93,7 +93,10 @@ def describe(lines: list[str], limit: int = 40) -> str:
 
 class WorkingCopyGuard:
     """A pytest plugin: fails the test during which the stores under `root` changed (its body, its fixtures'
-    set-up or tear-down, or for the first test the imports of collection). Sizes and mtimes only."""
+    set-up or tear-down, or for the first test the imports of collection). Sizes and mtimes only.
+
+    Under pytest-xdist each worker keeps its own last fingerprint, so a write is reported by the writer and also
+    by the next test another worker finishes: the message says so, and `make test`'s check names the paths."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -110,7 +113,9 @@ class WorkingCopyGuard:
             before, self.last = self.last, fingerprint(self.root, content=False)
             changed = changes(before, self.last)
             if changed:
-                pytest.fail(f"{item.nodeid} wrote into the working copy's stores ({self.root}):\n{describe(changed)}", pytrace=False)
+                beside = " (or a test another pytest-xdist worker ran meanwhile)" if hasattr(item.config, "workerinput") else ""
+                message = f"{item.nodeid}{beside} wrote into the working copy's stores ({self.root}):\n{describe(changed)}"
+                pytest.fail(message, pytrace=False)
 
 
 def main(argv: list[str] | None = None) -> int:
