@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from mlflow import MlflowClient
@@ -19,6 +20,8 @@ from supportflow.release.promote import SmokeReport, current_release, promote
 from supportflow.release.stack import Ports, Stack, record_stack, stack_file
 from supportflow.settings import Settings, get_settings
 from supportflow.tracking import CHAMPION, PRODUCTION, connect
+
+TOKEN = "internal-token-of-the-stack-left-running-0123456789"
 
 
 def register(client: MlflowClient, settings: Settings, previous_champion: str | None = None) -> str:
@@ -60,14 +63,20 @@ def passed(version: str) -> SmokeReport:
 
 
 class FakeRasa(BaseHTTPRequestHandler):
-    """Rasa's `PUT /model {"model_file": ...}`, the call that makes a running Rasa load another model."""
+    """Rasa's `PUT /model?token=... {"model_file": ...}`, the call that makes a running Rasa load another model; a call
+    without the stack's internal token is refused, as Rasa's --auth-token refuses it."""
 
     loaded: ClassVar[list[str]] = []
 
     def do_PUT(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeRasa.loaded.append(body["model_file"] if self.path == "/model" else f"unexpected {self.path}")
-        self.send_response(204)
+        url = urlsplit(self.path)
+        if (url.path, parse_qs(url.query).get("token")) != ("/model", [TOKEN]):
+            FakeRasa.loaded.append(f"refused {self.path}")
+            self.send_response(401)
+        else:
+            FakeRasa.loaded.append(body["model_file"])
+            self.send_response(204)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
@@ -81,7 +90,7 @@ def running_rasa() -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRasa)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    record_stack(get_settings(), Stack(Ports(rasa=server.server_address[1])))
+    record_stack(get_settings(), Stack(Ports(rasa=server.server_address[1]), internal_token=TOKEN))
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
