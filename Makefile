@@ -38,11 +38,14 @@ demo: install rasa-venv
 	$(BIN)/supportflow $(if $(WORKSPACE),--workspace $(WORKSPACE)) demo
 
 # Two workers, a test file each at a time: most of the slow tests wait on servers and subprocesses, so two share 2 cores well.
+# The working copy's stores (a demo's registry, KB, releases) must be byte-identical after the tests (tests/store_guard.py).
 TEST_WORKERS ?= 2
 test: install rasa-venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	@guard=$$(mktemp) && $(BIN)/python tests/store_guard.py save $$guard && \
+	  { $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; status=$$?; \
+	    $(BIN)/python tests/store_guard.py check $$guard || status=1; rm -f $$guard; exit $$status; }
 
 lint: install
 	$(BIN)/ruff check --fix .

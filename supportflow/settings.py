@@ -1,7 +1,8 @@
 """The one typed place for configuration.
 
 Every value can be set through an environment variable with the ``SUPPORTFLOW_`` prefix or a
-``.env`` file. The defaults run on one machine with no server to start.
+``.env`` file (``SUPPORTFLOW_ENV_FILE`` names another; empty, none is read). The defaults run on one
+machine with no server to start.
 """
 
 import os
@@ -10,10 +11,11 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_WORKSPACE = PROJECT_ROOT / "examples" / "banking77"  # the default desk, whose stores are the project's own
+ENV_FILE_VARIABLE = "SUPPORTFLOW_ENV_FILE"  # the dotenv file read besides the environment (default .env); empty: none
 
 
 class TrainingProfile(BaseModel):
@@ -61,7 +63,8 @@ class Settings(BaseSettings):
     s3_max_attempts: int = 2
 
     # The desk: its ticket sources, articles, intent catalogue and the bot's texts (supportflow/workspace.py).
-    workspace: Path = DEMO_WORKSPACE  # another desk's stores default to .desks/<its folder>/ (see _desk_stores)
+    workspace: Path = DEMO_WORKSPACE  # another desk's stores default to <desks_dir>/<its folder>/ (see _desk_stores)
+    desks_dir: Path = Field(PROJECT_ROOT / ".desks", description="Where each desk other than the demo keeps its stores, a folder each.")
 
     # Data contracts and their human-readable report: the project's suites, where the workspace overrides none.
     contracts_dir: Path = PROJECT_ROOT / "data_contracts"
@@ -229,15 +232,32 @@ class Settings(BaseSettings):
     drift: DriftThresholds = DriftThresholds()
     drift_experiment: str = "drift-monitor"
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`SUPPORTFLOW_ENV_FILE`, read when the settings are made (not when this module is imported), so a test
+        session can turn `.env` off: a developer's `.env` holds real keys and stores, which must never reach a test."""
+        chosen = os.environ.get(ENV_FILE_VARIABLE)
+        if chosen is None:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        dotenv = (DotEnvSettingsSource(settings_cls, env_file=chosen),) if chosen else ()
+        return init_settings, env_settings, *dotenv, file_secret_settings
+
     @model_validator(mode="after")
     def _desk_stores(self) -> "Settings":
-        """Another desk than the demo keeps its stores apart, under `.desks/<workspace folder>/`: two desks on one
+        """Another desk than the demo keeps its stores apart, under `<desks_dir>/<workspace folder>/`: two desks on one
         machine must never share a lake, a registry or a release (one desk's tickets would fail the other's
         catalogue, and one desk's champion would be the gate of the other's model). A store set explicitly stays
         where it is set."""
         if self.workspace.resolve() == DEMO_WORKSPACE:
             return self
-        root = PROJECT_ROOT / ".desks" / self.workspace.resolve().name
+        root = self.desks_dir / self.workspace.resolve().name
         scoped: dict[str, object] = {
             "lake_url": str(root / "lake"),
             "gx_root": root,

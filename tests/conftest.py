@@ -1,5 +1,10 @@
-"""Shared fixtures: settings on a temporary lake (a local folder, or a real moto S3 server on
-127.0.0.1), and one Prefect test harness per session (its API takes ~20 s to start)."""
+"""Shared fixtures: every store in the test's own folder, settings on a temporary lake (a local folder, or a real
+moto S3 server on 127.0.0.1), and one Prefect test harness per session (its API takes ~20 s to start).
+
+No test may touch the working copy: a developer's `.env` and shell variables are kept out, every store setting
+points into a temporary folder (`isolated_stores`, `stores_of_the_test`), and each test is failed if the working
+copy's stores changed while it ran (`WorkingCopyGuard`, tests/store_guard.py).
+"""
 
 import os
 import socket
@@ -14,18 +19,85 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-# The CLI's background Prefect server (supportflow/prefect_server.py) is off: tests run flows under the test harness.
-os.environ["SUPPORTFLOW_PREFECT_SERVER"] = "ephemeral"
 for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
     os.environ.setdefault(_variable, "1")
+# Before anything reads settings (collection imports the test modules): nothing the shell or a `.env` says reaches a
+# test. A real OpenAI key would make paid calls, a store variable would point the tests at someone's registry.
+# SUPPORTFLOW_ES_URL stays: it is how a developer opts in to the Elasticsearch contract tests (tests/kb/conftest.py).
+KEPT_VARIABLES = {"SUPPORTFLOW_ES_URL"}
+for _variable in [name for name in os.environ if name.startswith(("SUPPORTFLOW_", "OPENAI_", "MLFLOW_")) and name not in KEPT_VARIABLES]:
+    del os.environ[_variable]
+os.environ["SUPPORTFLOW_ENV_FILE"] = ""  # supportflow/settings.py: no dotenv file is read
+# The CLI's background Prefect server (supportflow/prefect_server.py) is off: tests run flows under the test harness.
+os.environ["SUPPORTFLOW_PREFECT_SERVER"] = "ephemeral"
 
 from supportflow.lake import Lake, open_lake  # noqa: E402
 from supportflow.processes import free_port  # noqa: E402
-from supportflow.settings import Settings  # noqa: E402
+from supportflow.settings import Settings, get_settings  # noqa: E402
 from tests.classifier.conftest import tiny_base  # noqa: E402, F401 - the tiny DistilBERT fixture, for every test folder
+from tests.store_guard import WorkingCopyGuard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BANKING77 = ROOT / "examples" / "banking77" / "data"
+
+
+def store_environment(folder: Path) -> dict[str, str]:
+    """Every store a setting names, and MLflow's own default store, in `folder`."""
+    registry = f"sqlite:///{folder / 'mlflow.db'}"
+    return {
+        "SUPPORTFLOW_LAKE_URL": str(folder / "lake"),
+        "SUPPORTFLOW_GX_ROOT": str(folder / "gx"),
+        "SUPPORTFLOW_MODELS_DIR": str(folder / "models"),
+        "SUPPORTFLOW_MLFLOW_TRACKING_URI": registry,
+        "SUPPORTFLOW_MLFLOW_ARTIFACT_ROOT": str(folder / "mlartifacts"),
+        "SUPPORTFLOW_KB_DIR": str(folder / "kb"),
+        "SUPPORTFLOW_RASA_PROJECT_DIR": str(folder / "rasa"),
+        "SUPPORTFLOW_HANDOFF_DB_URL": f"sqlite:///{folder / 'handoff.db'}",
+        "SUPPORTFLOW_BENTOML_HOME": str(folder / "bentoml"),
+        "SUPPORTFLOW_RUN_DIR": str(folder / "run"),
+        "SUPPORTFLOW_RESULTS_DIR": str(folder / "results"),
+        "SUPPORTFLOW_DESKS_DIR": str(folder / "desks"),
+        # MLflow's default is sqlite:///mlflow.db in the working directory: the demo's registry.
+        "MLFLOW_TRACKING_URI": registry,
+        "MLFLOW_REGISTRY_URI": registry,
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The stores for the whole session, in a session folder: what module- and session-scoped fixtures (set up
+    before any test's own fixtures) see unless they choose their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        environment = store_environment(tmp_path_factory.mktemp("session-stores"))
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        yield environment
+    get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def stores_of_the_test(
+    isolated_stores: dict[str, str], tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Each test's stores in a folder of its own, except those a wider fixture chose (a module's trained store stays
+    in force for each of its tests); the environment is put back as the test found it, since the CLI's
+    `--workspace` and MLflow's `set_tracking_uri` write variables that would otherwise reach the next test."""
+    for name, value in store_environment(tmp_path_factory.mktemp("stores")).items():
+        if os.environ.get(name) == isolated_stores[name]:
+            monkeypatch.setenv(name, value)
+    ours = ("SUPPORTFLOW_", "OPENAI_", "MLFLOW_")
+    before = {name: value for name, value in os.environ.items() if name.startswith(ours)}
+    get_settings.cache_clear()
+    yield
+    for name in [name for name in os.environ if name.startswith(ours) and name not in before]:
+        del os.environ[name]
+    os.environ.update(before)
+    get_settings.cache_clear()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(WorkingCopyGuard(ROOT), "working-copy-guard")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -247,6 +248,69 @@ def test_chat_finds_the_served_bot_and_status_checks_its_health(
     assert services["classifier"]["healthy"] is False
 
 
+def test_serve_refuses_without_a_release_or_a_dialogue_model(empty_store: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from supportflow.cli import main
+    from supportflow.release.stack import recorded_stack
+
+    assert main(["serve", "--background"]) == 2
+    model = empty_store.rasa_project_dir / "models" / "supportflow.tar.gz"
+    err = capsys.readouterr().err
+    assert err == f"supportflow: error: no release and no dialogue model at {model}: run `supportflow demo` (or the pipeline) first\n"
+    assert recorded_stack(empty_store) is None
+
+
+def test_serve_in_the_background_replaces_the_stack_it_left_and_stop_ends_it(
+    empty_store: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The commands' wiring: what `serve` serves (no release yet: the dialogue model in the Rasa project), where its
+    logs go, that it records the stack, stops the one it left before, and that `stop` ends it. Two small HTTP servers
+    stand in for the four services, which the same `start_stack` starts for real in tests/bot/test_stack.py."""
+    from supportflow.cli import main
+    from supportflow.release import stack as stacks
+
+    model = empty_store.rasa_project_dir / "models" / "supportflow.tar.gz"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"a dialogue model")
+    started: list[tuple[Path, Path | None, Path, object, stacks.Stack]] = []
+
+    def stand_in(settings: Settings, rasa_project: Path, rasa_model: Path | None, log_dir: Path, **options: object) -> stacks.Stack:
+        ports = stacks.Ports(bot=free_port(), classifier=free_port())
+        services = [
+            ManagedProcess(
+                name,
+                [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
+                tmp_path,
+                dict(os.environ),
+                f"http://127.0.0.1:{port}/",
+                log_dir / f"{name}.log",
+            )
+            for name, port in (("classifier", ports.classifier), ("bot", ports.bot))
+        ]
+        stack = stacks.Stack(ports, [service.start(timeout=60) for service in services])
+        started.append((rasa_project, rasa_model, log_dir, options.get("bundles"), stack))
+        return stack
+
+    monkeypatch.setattr(stacks, "start_stack", stand_in)
+    assert main(["serve", "--background"]) == 0
+    first = started[0][-1]
+    assert started[0][:4] == (empty_store.rasa_project_dir, model, empty_store.run_dir / "logs", None)
+    out = capsys.readouterr().out
+    assert f"  webchat:       {first.bot_url}/" in out and out.endswith("stop it with `supportflow stop` (or `make stop`)\n")
+    assert stacks.recorded_stack(empty_store).bot_url == first.bot_url
+
+    assert main(["serve", "--background"]) == 0  # again: the stack it left is stopped first
+    second = started[1][-1]
+    assert [service.process.wait(timeout=30) for service in first.processes] == [-signal.SIGTERM] * 2
+    assert stacks.recorded_stack(empty_store).bot_url == second.bot_url != first.bot_url
+    capsys.readouterr()
+
+    assert main(["stop"]) == 0
+    assert capsys.readouterr().out == "stopped: classifier, bot\n"
+    assert [service.process.wait(timeout=30) for service in second.processes] == [-signal.SIGTERM] * 2
+    assert stacks.recorded_stack(empty_store) is None
+    assert main(["stop"]) == 0 and capsys.readouterr().out == "nothing was running\n"
+
+
 def test_the_cli_leaves_prefect_alone_when_told_or_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from supportflow.prefect_server import configured_api_url, server_file, use_background_server
 
@@ -309,6 +373,7 @@ def test_the_background_prefect_server_starts_once_is_reused_and_stops(tmp_path:
         stop_server(settings)
 
 
+@pytest.mark.slow  # two CLI processes run their flows on the test harness's API: over a minute
 def test_ingest_and_validate_print_their_reports_as_json(empty_store: Settings, banking77_sample: Path, prefect_harness: None) -> None:
     """As a program calls them: a subprocess whose stdout is one JSON document (progress and logs go elsewhere)."""
     from prefect.settings import PREFECT_API_URL

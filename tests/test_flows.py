@@ -67,6 +67,7 @@ def test_the_cli_ingests_and_validates(configured: Settings, banking77_sample: P
     assert len(pd.read_parquet(Path(configured.lake_url) / "tickets")) == 1540
 
 
+@pytest.mark.slow  # imports every flow, and with them torch, transformers and MLflow: about 30 s
 def test_every_deployment_in_prefect_yaml_points_at_a_flow() -> None:
     import importlib
 

@@ -195,9 +195,13 @@ def test_init_refuses_a_folder_with_files_for_the_skeleton_too(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
-def test_each_desk_keeps_its_own_stores_unless_a_store_is_set(tmp_path: Path) -> None:
+def test_each_desk_keeps_its_own_stores_unless_a_store_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defaults themselves (the test session points every store elsewhere): only Settings objects, nothing written."""
     from supportflow.settings import PROJECT_ROOT
+    from tests.conftest import store_environment
 
+    for name in store_environment(tmp_path):
+        monkeypatch.delenv(name, raising=False)
     demo = Settings(workspace=ROOT / "examples" / "banking77")
     other = Settings(workspace=tmp_path / "shop")
     assert demo.lake_url == ".lake" and demo.mlflow_tracking_uri == "sqlite:///mlflow.db"
@@ -212,3 +216,5 @@ def test_each_desk_keeps_its_own_stores_unless_a_store_is_set(tmp_path: Path) ->
     assert other.handoff_db_url == f"sqlite:///{desk / 'handoff.db'}"
     placed = Settings(workspace=tmp_path / "shop", lake_url=str(tmp_path / "lake"))
     assert placed.lake_url == str(tmp_path / "lake") and placed.kb_dir == desk / "kb"
+    moved = Settings(workspace=tmp_path / "shop", desks_dir=tmp_path / "desks")  # SUPPORTFLOW_DESKS_DIR: all desks elsewhere
+    assert moved.lake_url == str(tmp_path / "desks" / "shop" / "lake") and moved.bentoml_home == tmp_path / "desks" / "shop" / "bentoml"

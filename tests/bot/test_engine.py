@@ -18,6 +18,8 @@ from supportflow.validate.catalogue import load_catalogue
 from supportflow.workspace import load_workspace, workspace
 from tests.bot.openai_server import FakeOpenAI
 
+pytestmark = pytest.mark.slow  # the session's demo knowledge base is built first (20-35 s)
+
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = load_workspace(ROOT / "examples" / "banking77").config.texts  # the demo desk's words, which its bot must speak
 KEYS = ConversationKeys(b"a test key of thirty-two bytes..")

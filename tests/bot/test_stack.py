@@ -230,15 +230,33 @@ def test_the_webchat_page_holds_a_conversation_in_a_real_browser(served: Served)
         driver.quit()
 
 
+def metric_samples(served: Served, url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Each sample line of a /metrics page, by name and labels: its value (the `# HELP` and `# TYPE` lines name
+    every family even before it has a sample, so a name alone proves nothing)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = served.metrics(url)
+    return {(s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
 def test_metrics_expose_latency_confidence_and_handoffs(served: Served) -> None:
-    text = served.metrics(served.stack.bot_url)
-    for metric in (
-        "supportflow_turn_latency_seconds_bucket",
-        "supportflow_intent_confidence_bucket",
-        "supportflow_turns_total",
-        "supportflow_handoffs_total",
-    ):
-        assert metric in text
+    before = metric_samples(served, served.stack.bot_url)
+    assert served.chat("it-metrics-answer", served.example("card_arrival")).json()["route"] == "kb"
+    assert served.chat("it-metrics-person", "I want to talk to a human").json()["route"] == "handoff"
+    after = metric_samples(served, served.stack.bot_url)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        assert key in after, f"no sample {name}{labels} on /metrics"
+        return after[key] - before.get(key, 0.0)
+
+    assert grew("supportflow_turn_latency_seconds_count", channel="webchat", route="any") == 2
+    assert grew("supportflow_turn_latency_seconds_sum", channel="webchat", route="any") > 0
+    assert grew("supportflow_turn_latency_seconds_bucket", channel="webchat", route="any", le="+Inf") == 2
+    assert grew("supportflow_intent_confidence_count") >= 1  # the answered turn had an intent and its confidence
+    assert grew("supportflow_turns_total", channel="webchat", route="kb") == 1
+    assert grew("supportflow_turns_total", channel="webchat", route="handoff") == 1
+    assert grew("supportflow_handoffs_total", reason="bot") == 1
     assert httpx.get(f"{served.stack.bot_url}/healthz", timeout=10).status_code == 200
 
 

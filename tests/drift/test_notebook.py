@@ -15,6 +15,8 @@ from supportflow.bot.turns import Turn, TurnLog
 from supportflow.drift.figures import DriftReference
 from tests.drift.conftest import LABELS, START, register, use_store, window
 
+pytestmark = pytest.mark.slow  # a Jupyter kernel runs the drift notebook against MLflow
+
 ROOT = Path(__file__).resolve().parents[2]
 # Handed-off messages and what the agent who resolved each said it was.
 HANDOFFS = [

@@ -11,6 +11,8 @@ from supportflow.errors import KnowledgeBaseError
 from supportflow.kb.build import build_knowledge_base, open_knowledge_base
 from supportflow.settings import Settings
 
+pytestmark = pytest.mark.slow  # most tests build the demo knowledge base (77 articles embedded), 20-35 s each on 2 cores
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_KB = ROOT / "examples" / "banking77" / "kb"
 

@@ -7,6 +7,8 @@ import pytest
 
 from supportflow.settings import Settings, get_settings
 
+pytestmark = pytest.mark.slow  # two builds of the demo knowledge base through the flow, about 35 s
+
 
 @pytest.fixture
 def prefect_api(prefect_harness: None) -> None:
@@ -24,8 +26,15 @@ def env_settings(kb_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iter
     get_settings.cache_clear()
 
 
-def test_kb_index_flow_builds_the_demo_kb_and_records_it_in_mlflow(prefect_api: None, env_settings: Settings) -> None:
+def test_kb_index_flow_builds_the_demo_kb_records_it_in_mlflow_and_kb_search_asks_it(
+    prefect_api: None, env_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`supportflow kb-search` asks what the flow built (no build of its own): before the first build, and after."""
     from flows.kb_index import kb_index
+    from supportflow.cli import main
+
+    assert main(["kb-search", "where", "is", "my", "card"]) == 2
+    assert "supportflow kb-index" in capsys.readouterr().err  # nothing built yet: what to run
 
     report = kb_index()
     assert report.documents == 77 and report.previous_build is None
@@ -41,3 +50,10 @@ def test_kb_index_flow_builds_the_demo_kb_and_records_it_in_mlflow(prefect_api: 
     again = kb_index()  # same content: a new build id, same hash, the old build swapped out
     assert again.previous_build == report.build_id and again.content_hash == report.content_hash
     assert sorted(p.name for p in (env_settings.kb_dir / "builds").iterdir()) == [again.build_id]
+
+    capsys.readouterr()
+    assert main(["kb-search", "-k", "2", "my", "new", "card", "has", "still", "not", "arrived"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "  Q: my new card has still not arrived" and len(lines) == 4  # the question, two answers, the verdict
+    assert all(line.startswith("    ") and line.endswith("]") for line in lines[1:3])
+    assert "[card_arrival]" in lines[1] and lines[3].startswith("    -> answer from card_arrival: ")

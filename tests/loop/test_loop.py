@@ -9,6 +9,7 @@
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,27 +27,33 @@ import pytest
 from supportflow.tracking import connect
 from tests.loop.conftest import EVALUATE_EXAMPLES, FIRST_INTENTS, HELD_BACK, first_tickets, loop_settings, tiny_rows
 
+pytestmark = pytest.mark.slow
 SUPPORTFLOW = str(Path(sys.executable).with_name("supportflow"))
-# (the log line to wait for, seconds to wait after it): each lands inside a stage that is still running.
+# (the stage, the log line to wait for, seconds to wait after it): each lands inside a stage that is still running,
+# which the test checks: the stage's closing line (flows/pipeline.py: "stage <name>: <seconds> s") was never written.
 KILLS = [
-    ("stage ingest: started", 0.2),
-    ("stage validate: started", 0.3),
-    ("stage train: started", 4.0),
-    ("stage kb_index: started", 3.0),
-    ("stage dialogue: started", 6.0),
-    ("stage release: started", 2.0),  # building the bundles
-    ("Task run 'build-bundles", 8.0),  # the smoke test's services are starting or answering
+    ("ingest", "stage ingest: started", 0.2),
+    ("validate", "stage validate: started", 0.3),
+    ("train", "stage train: started", 4.0),
+    ("kb_index", "stage kb_index: started", 3.0),
+    ("dialogue", "stage dialogue: started", 6.0),
+    ("release", "stage release: started", 2.0),  # building the bundles
+    ("release", "Task run 'build-bundles", 8.0),  # the smoke test's services are starting or answering
 ]
 
 
 @dataclass
 class Run:
+    killed_in: str | None  # the stage the kill was meant to land in
     killed_after: str | None
     returncode: int
-    output: str
+    output: str  # everything the process wrote, up to its death
+
+    def finished(self, stage: str) -> bool:
+        return re.search(rf"stage {stage}: \d+\.\d s", self.output) is not None
 
 
-def run_pipeline(csv: Path, env: dict[str, str], kill_after: str | None = None, delay: float = 0.0) -> Run:
+def run_pipeline(csv: Path, env: dict[str, str], kill: tuple[str, str, float] | None = None) -> Run:
     process = subprocess.Popen(
         [SUPPORTFLOW, "pipeline", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
     )
@@ -54,12 +61,12 @@ def run_pipeline(csv: Path, env: dict[str, str], kill_after: str | None = None, 
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if kill_after and kill_after in line:
-            time.sleep(delay)
+        if kill and kill[1] in line:
+            time.sleep(kill[2])
             os.killpg(process.pid, signal.SIGKILL)
             break
-    process.wait(timeout=900)
-    return Run(kill_after, process.returncode, "".join(lines))
+    rest, _ = process.communicate(timeout=900)  # what it wrote while the kill was pending: did its stage finish first?
+    return Run(kill[0] if kill else None, kill[1] if kill else None, process.returncode, "".join(lines) + rest)
 
 
 def services_of(folder: Path) -> list[psutil.Process]:
@@ -91,8 +98,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_har
         first_tickets().to_csv(csv, index=False)
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
         runs, orphans = [], []
-        for marker, delay in KILLS:
-            runs.append(run_pipeline(csv, env, marker, delay))
+        for kill in KILLS:
+            runs.append(run_pipeline(csv, env, kill))
             time.sleep(3)  # SIGTERM from a dead parent reaches the smoke test's services
             orphans += [" ".join(p.cmdline()[:3]) for p in services_of(folder)]
         runs.append(run_pipeline(csv, env))
@@ -103,7 +110,8 @@ def test_a_pipeline_killed_in_every_stage_finishes_when_run_again(chain: Chain) 
     killed, final = chain.runs[:-1], chain.runs[-1]
     for run in killed:
         assert run.returncode == -signal.SIGKILL, f"the run meant to die after {run.killed_after!r} was not killed"
-        assert "supportflow pipeline finished" not in run.output
+        assert run.killed_after in run.output and "supportflow pipeline finished" not in run.output
+        assert not run.finished(run.killed_in), f"the kill after {run.killed_after!r} landed after stage {run.killed_in} had finished"
     assert final.returncode == 0, final.output[-3000:]
     assert "supportflow pipeline finished" in final.output
     assert "production release" in final.output
