@@ -71,7 +71,7 @@ def internal_token(settings: Settings) -> str | None:
 
 
 def new_internal_token() -> str:
-    return secrets.token_urlsafe(32)
+    return secrets.token_hex(32)  # hex: safe in a command line, a URL's query and a header alike
 
 
 def bearer(token: str) -> dict[str, str]:

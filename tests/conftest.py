@@ -86,6 +86,9 @@ def stores_of_the_test(
     for name, value in store_environment(tmp_path_factory.mktemp("stores")).items():
         if os.environ.get(name) == isolated_stores[name]:
             monkeypatch.setenv(name, value)
+    # MLflow's own default follows the registry in force: a module fixture's `set_tracking_uri` outlives its module.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, os.environ["SUPPORTFLOW_MLFLOW_TRACKING_URI"])
     ours = ("SUPPORTFLOW_", "OPENAI_", "MLFLOW_")
     before = {name: value for name, value in os.environ.items() if name.startswith(ours)}
     get_settings.cache_clear()

@@ -82,8 +82,7 @@ def rasa_server(
         str(rasa_executable(settings)),
         "run",
         "--enable-api",
-        "--auth-token",
-        internal_token,
+        f"--auth-token={internal_token}",  # one argument: a token starting with "-" would read as an option
         "--model",
         str(model),
         "--port",
