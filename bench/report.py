@@ -147,6 +147,8 @@ def _resolution(r: dict, file: str) -> list[Row]:
         f"answered right {r['answered_right_rate']:.1%}, wrong {r['answered_wrong_rate']:.1%}, clarified {r['clarified_rate']:.1%},"
         f" handed off {r['handed_off_rate']:.1%} of {r['n']:,} messages ({r['source']}; classifier v{r['classifier_version']})"
     )
+    if r.get("offers"):  # below the threshold the bot offered a choice; the outcome counted is the reply to the choice
+        measured += f"; {r['offers']:,} unsure messages offered a choice, {r['right_after_offer']:,} of them then answered right"
     return [
         (
             f"The served bot, desk `{r['workspace']}`: each test message as a new conversation through `/chat`",
