@@ -56,11 +56,12 @@ def _long_tail(r: dict) -> list[Row]:
     tail = r["models"]["long_tail"]["buckets"]
     measured = (
         f"macro-F1 {tail['10']['macro_f1']:.4f} on the 10-example intents, {tail['5']['macro_f1']:.4f} on the 5-example ones"
-        f" (accuracy {tail['10']['accuracy']:.4f}, {tail['5']['accuracy']:.4f}); untouched {tail['untouched']['macro_f1']:.4f}"
+        f" (accuracy {tail['10']['accuracy']:.4f}, {tail['5']['accuracy']:.4f}); untouched macro-F1 {tail['untouched']['macro_f1']:.4f},"
+        f" accuracy {tail['untouched']['accuracy']:.4f} (the rare intents' messages land on them)"
     )
     if "full_data" in r["models"]:
         full = r["models"]["full_data"]["buckets"]["untouched"]["macro_f1"]
-        measured += f" against {full:.4f} from the full-data model"
+        measured += f"; {full:.4f} from the full-data model"
     what = (
         f"Long-tail BANKING77 ({tail['10']['intents']} intents cut to 10 examples, {tail['5']['intents']} to 5,"
         f" seed {r['seed']}), {r['profile']['name']} profile, scored on test"
