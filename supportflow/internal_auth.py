@@ -30,14 +30,20 @@ class InternalAuthError(SupportflowError):
     """The internal token is missing where it is required, or is a placeholder."""
 
 
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+def is_loopback(host: str | None) -> bool:
+    """Whether an address is reachable only from this machine; an unknown one (None) is not."""
+    if host is None:
+        return False
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback(urlsplit(url).hostname)
 
 
 def on_one_machine(settings: Settings) -> bool:

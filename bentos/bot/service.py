@@ -27,13 +27,13 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from supportflow.bot import metrics
-from supportflow.bot.agents import AgentError, Agents, is_loopback, require_agents
+from supportflow.bot.agents import AgentError, Agents, require_agents
 from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
 from supportflow.bot.handoff import MAX_PAGE, HandoffError, HandoffQueue, Status
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog
 from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
-from supportflow.internal_auth import InternalRoutes, internal_token
+from supportflow.internal_auth import InternalRoutes, internal_token, is_loopback
 from supportflow.keys import checked_secret, conversation_keys
 from supportflow.lake import open_lake
 from supportflow.limits import BodyLimit, TurnLimit

@@ -11,7 +11,6 @@ from elsewhere it needs a registered agent, and the bot refuses to start without
 
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from sqlalchemy import String, create_engine, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from supportflow.errors import SupportflowError
+from supportflow.internal_auth import is_loopback
 
 LOCAL_AGENT = "local"  # who uses the API on a loopback-bound bot with no agent registered
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -49,18 +49,6 @@ class AgentRecord(BaseModel):
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether an address is reachable only from this machine; an unknown one (None) is not."""
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Agents:
