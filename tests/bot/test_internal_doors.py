@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,25 +68,29 @@ class StandInRasa:
         return [{"recipient_id": sender, "text": text} for text in answered.json()["messages"]]
 
     def serve(self) -> ThreadingHTTPServer:
-        rasa = self
+        return serve_json(self.reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                out = json.dumps(rasa.reply(body)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
 
-            def log_message(self, *args: object) -> None:
-                pass
+def serve_json(reply: Callable[[dict], list[dict]]) -> ThreadingHTTPServer:
+    """A JSON-over-POST server on a free loopback port, answering each body with `reply(body)`: a stand-in Rasa."""
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            out = json.dumps(reply(body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 @dataclass
@@ -250,21 +254,7 @@ def test_when_the_action_server_cannot_reach_the_bot_a_handoff_is_really_opened(
 @pytest.fixture
 def fast_rasa() -> Iterator[str]:
     """A Rasa whose action answers at once, calling nobody: the bot's own memory and turn log are what is tested."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            out = b'[{"text": "hello"}]'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_json(lambda body: [{"text": "hello"}])
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
