@@ -38,18 +38,12 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target_preci
     When no threshold reaches it, nothing is routed (threshold above every confidence, coverage 0):
     the product promise wins over coverage.
     """
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == np.asarray(labels)
-    order = np.argsort(-confidence, kind="stable")
-    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    # Ties: a threshold routes every message at that confidence, so only the last of a run of equals counts.
-    sorted_confidence = confidence[order]
-    ends = np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True]
-    eligible = np.flatnonzero((precision >= target_precision) & ends)
-    if not len(eligible):
-        return ThresholdChoice(threshold=float(np.nextafter(sorted_confidence[0], np.inf)), coverage=0.0, precision=1.0)
-    k = int(eligible[-1])
-    return ThresholdChoice(threshold=float(sorted_confidence[k]), coverage=(k + 1) / len(order), precision=float(precision[k]))
+    curve = risk_coverage(probabilities, labels)
+    meeting = curve[curve["precision"] >= target_precision]
+    if meeting.empty:
+        return ThresholdChoice(threshold=float(np.nextafter(curve["threshold"].iloc[0], np.inf)), coverage=0.0, precision=1.0)
+    chosen = meeting.iloc[-1]
+    return ThresholdChoice(threshold=float(chosen["threshold"]), coverage=float(chosen["coverage"]), precision=float(chosen["precision"]))
 
 
 def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> ThresholdChoice:
