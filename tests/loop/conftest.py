@@ -36,6 +36,8 @@ def loop_settings(folder: Path, base: Path, workspace: Path = ROOT / "examples" 
         patch.setenv("SUPPORTFLOW_SERVING_THREADS", "1")
         patch.setenv("SUPPORTFLOW_TURN_FLUSH_SECONDS", "1")
         patch.setenv("SUPPORTFLOW_EVALUATE_EXAMPLES", str(EVALUATE_EXAMPLES))
+        # No offers of close intents: the loop's unseen intents must reach agents as handoffs, to be labelled.
+        patch.setenv("SUPPORTFLOW_OFFER_OPTIONS", "0")
         patch.setenv("SUPPORTFLOW_RESULTS_DIR", str(folder / "results"))
         get_settings.cache_clear()
         try:
