@@ -9,7 +9,7 @@ keep their artifacts under `mlflow_artifact_root` when one is set.
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import mlflow
@@ -30,10 +30,12 @@ def connect(settings: Settings, check: bool = True) -> MlflowClient:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri = settings.mlflow_tracking_uri
-    if check and uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise RegistryError(f"the MLflow store {uri} cannot be reached: the folder {folder} does not exist")
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        if database.parent.is_dir():
+            create_whole(database)
+        elif check:
+            raise RegistryError(f"the MLflow store {uri} cannot be reached: the folder {database.parent} does not exist")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -46,6 +48,25 @@ def connect(settings: Settings, check: bool = True) -> MlflowClient:
                 "start it or fix SUPPORTFLOW_MLFLOW_TRACKING_URI"
             ) from error
     return client
+
+
+def create_whole(database: Path) -> None:
+    """Create a missing SQLite store beside its path and link it into place once every migration has run.
+
+    MLflow creates its schema in many DDL statements that SQLite commits one by one, so a process killed while
+    a fresh store is being made would leave a half-migrated file that every later run fails on ("index ...
+    already exists"). A link, unlike a rename, never replaces a store another process made in the meantime.
+    """
+    if database.exists():
+        return
+    side = database.with_name(f".{database.name}.{os.getpid()}.creating")
+    side.unlink(missing_ok=True)
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{side}").search_experiments(max_results=1)
+        with suppress(FileExistsError):  # another process made it first; theirs is as whole as ours
+            os.link(side, database)
+    finally:
+        side.unlink(missing_ok=True)
 
 
 @contextmanager
