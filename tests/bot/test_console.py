@@ -180,3 +180,17 @@ def test_talk_to_a_person_after_an_unhelpful_answer_starts_a_handoff(served: Ser
     twice = served.client.post(f"/chat/{conversation}/handoff", headers=token).json()
     assert len(served.client.get("/agent/handoffs?status=waiting", headers=served.as_agent("ann")).json()["handoffs"]) == 1
     assert twice["replies"] != asked.json()["replies"]  # already with a person: told so, not queued twice
+
+
+def test_the_demo_agent_is_created_once_and_its_token_kept_for_the_demo_to_print_again(tmp_path: Path) -> None:
+    import stat
+
+    from supportflow.bot.agents import DEMO_TOKEN_FILE, Agents, demo_agent_token
+
+    agents, run_dir = Agents(f"sqlite:///{tmp_path / 'handoff.db'}"), tmp_path / "run"
+    token = demo_agent_token(agents, run_dir)
+    assert token and agents.identify(token, open_when_none=False) == "demo"
+    assert stat.S_IMODE((run_dir / DEMO_TOKEN_FILE).stat().st_mode) == 0o600  # a credential: its owner's alone
+    assert demo_agent_token(agents, run_dir) == token and [a.name for a in agents.registered()] == ["demo"]
+    (run_dir / DEMO_TOKEN_FILE).unlink()
+    assert demo_agent_token(agents, run_dir) is None  # shown once and not kept: the demo says how to mint a new one
