@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
+from supportflow.bot.feedback import read_ratings
 from supportflow.bot.turns import read_turns
 from supportflow.drift.events import DRIFT_EVENT, emit_drift_event, window_bounds
 from supportflow.drift.figures import DriftReference, DriftReport, compute_drift, window_model_version
@@ -38,6 +39,11 @@ def read_window(settings: Settings, start: datetime, end: datetime) -> pd.DataFr
     return read_turns(open_lake(settings), start, end)
 
 
+@task(name="read-ratings", cache_policy=NO_CACHE)
+def read_window_ratings(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
+    return read_ratings(open_lake(settings), start, end)
+
+
 @task(name="load-reference", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying)
 def reference_for(settings: Settings, version: str | None) -> DriftReference:
     return load_reference(settings, version)
@@ -56,7 +62,8 @@ def drift_monitor(window_hours: float = 1.0, end: str | None = None, retrain: bo
     start, until = window_bounds(window_hours, end)
     turns = read_window(settings, start, until)
     reference = reference_for(settings, window_model_version(turns)) if len(turns) else None
-    report = compute_drift(turns, reference, settings.drift, start, until)
+    ratings = read_window_ratings(settings, start, until)
+    report = compute_drift(turns, reference, settings.drift, start, until, ratings=ratings)
     run_id = record(report, turns, reference, settings)
     logger.info("%s (MLflow run %s)", report.headline(), run_id)
     if report.drifted:

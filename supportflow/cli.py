@@ -160,6 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print("  Prefect UI:    .venv/bin/prefect server start, then http://127.0.0.1:4200 (flow runs and their report artifacts)")
     if not args.no_serve:
         _print_stack(stack)
+        _print_demo_agent(stack)
         print("the bot keeps serving in the background: `supportflow stop` (or `make stop`) ends it")
 
 
@@ -188,8 +189,23 @@ def _print_stack(stack: "Stack") -> None:
 
     print(f"  webchat:       {stack.bot_url}/  (POST {stack.bot_url}/chat, Twilio webhook {stack.bot_url}/twilio)")
     print(f"  classifier:    {stack.classifier_url}/classify  (/metrics on both services needs the internal token)")
-    print(f"  agent API:     {stack.bot_url}/agent/handoffs")
+    print(f"  agent console: {stack.bot_url}/console  (agent API {stack.bot_url}/agent/handoffs)")
     print(f"  logs:          {get_settings().run_dir / 'logs'}/")
+
+
+def _print_demo_agent(stack: "Stack") -> None:
+    """The credentials a newcomer signs in to the console with: the demo agent's, created on the first demo."""
+    from supportflow.bot.agents import DEMO_AGENT, Agents, demo_agent_token
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    token = demo_agent_token(Agents(settings.handoff_db_url), settings.run_dir)
+    if token is None:
+        print(f"  console login: agent {DEMO_AGENT!r} exists, but its token was not kept by the demo: issue a new one with")
+        print(f"                 `supportflow agent remove {DEMO_AGENT} && supportflow agent add {DEMO_AGENT}`")
+    else:
+        print(f"  console login: agent {DEMO_AGENT}, token {token}  (kept in {settings.run_dir}/)")
+        print(f"                 ask for a person on {stack.bot_url}/ and the conversation waits for you in the console")
 
 
 def _converse(stack: "Stack", questions: Sequence[str]) -> None:

@@ -100,6 +100,20 @@ class ConversationKeys:
         conversation_id = WEBCHAT_PREFIX + secrets.token_urlsafe(18)
         return conversation_id, self.token(conversation_id)
 
+    def new_turn_id(self, stored_id: str) -> str:
+        """A turn's id (32 hex, the shape of a uuid's): 64 random bits and 64 of an HMAC binding them to the
+        conversation, so any replica can tell, with no shared state, a turn it issued to this conversation from
+        one made up or taken from another (a customer's rating names one)."""
+        nonce = secrets.token_hex(8)
+        return nonce + self._mac("turn-id", f"{stored_id}\0{nonce}")[:8].hex()
+
+    def issued_turn(self, stored_id: str, turn_id: str) -> bool:
+        """Whether `turn_id` is one `new_turn_id` issued for this conversation (compared in constant time)."""
+        if len(turn_id) != 32 or not all(c in "0123456789abcdef" for c in turn_id):
+            return False
+        expected = self._mac("turn-id", f"{stored_id}\0{turn_id[:16]}")[:8].hex()
+        return hmac.compare_digest(expected.encode(), turn_id[16:].encode())
+
     def owns_webchat_conversation(self, conversation_id: str, token: str | None) -> bool:
         """Whether the token is the one this server issued for this webchat id (compared in constant time)."""
         if token is None or not conversation_id.startswith(WEBCHAT_PREFIX):

@@ -51,6 +51,10 @@ class DriftThresholds(BaseModel):
     )
     significance: float = Field(0.01, gt=0, lt=1, description="KS and intent-mix p-values must be below this too.")
     max_oov_increase: float = Field(0.10, ge=0, le=1, description="Out-of-vocabulary rate above the reference's by more than this.")
+    max_unhelpful_rate: float | None = Field(
+        0.5, ge=0, le=1, description="Customers rated more than this share of the answers they rated unhelpful (None: report only)."
+    )
+    min_ratings: int = Field(20, ge=1, description="Fewer ratings in the window: the unhelpful share is reported, never alarmed on.")
 
 
 class Settings(BaseSettings):

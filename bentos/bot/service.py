@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from supportflow.bot import metrics
 from supportflow.bot.agents import AgentError, Agents, require_agents
 from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
+from supportflow.bot.feedback import Rating, record_rating
 from supportflow.bot.handoff import MAX_PAGE, HandoffError, HandoffQueue, Status
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog
@@ -46,6 +47,7 @@ from supportflow.workspace import BUNDLED_WORKSPACE, Workspace, load_workspace, 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")
 WEBCHAT = files("supportflow.bot").joinpath("static/webchat.html").read_text()
+CONSOLE = files("supportflow.bot").joinpath("static/console.html").read_text()
 WEBCHAT_CHANNEL = "webchat"  # the only channel /chat serves; SMS and WhatsApp arrive signed, through /twilio
 NOT_YOURS = {"detail": "unknown conversation, or a missing or wrong X-Conversation-Token"}  # one answer: no oracle
 
@@ -57,6 +59,15 @@ class ChatIn(BaseModel):
 
     conversation_id: str | None = None
     message: str = ""
+
+
+class FeedbackIn(BaseModel):
+    """A customer's rating of one of the bot's turns in their conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    turn_id: str
+    helpful: bool
 
 
 class AgentAction(BaseModel):
@@ -120,6 +131,7 @@ class BotService:
         if internal_token(settings) is None:
             log.warning("no internal token: /internal/answer and /metrics are closed, so every turn Rasa answers is handed off")
         lake = open_lake(settings)
+        self.lake = lake
         desk = self.desk()
         retention = timedelta(days=settings.handoff_retention_days)
         self.bot = SupportBot(
@@ -193,6 +205,7 @@ class BotService:
             "answer_intent": result.answer_intent,
             "offered": result.offered,
             "request_id": request_id,
+            "turn_id": result.turn_id,
         }
         return result.status, body
 
@@ -234,6 +247,29 @@ class BotService:
             return self._refuse_stranger()
         return JSONResponse({"conversation_id": conversation_id, "replies": self.bot.agent_replies(conversation_id)})
 
+    @web.post("/chat/{conversation_id}/feedback")
+    def feedback(
+        self, conversation_id: str, body: FeedbackIn, x_conversation_token: Annotated[str | None, Header()] = None
+    ) -> JSONResponse:
+        """A customer's rating of one turn of their conversation, kept beside the turn log (supportflow/bot/feedback.py)."""
+        if not self.keys.owns_webchat_conversation(conversation_id, x_conversation_token):
+            return self._refuse_stranger()
+        stored = self.keys.stored_id(conversation_id)
+        if not self.keys.issued_turn(stored, body.turn_id):
+            return JSONResponse({"detail": f"no turn {body.turn_id[:40]!r} in this conversation"}, status_code=404)
+        record_rating(self.lake, Rating(turn_id=body.turn_id, conversation_id=stored, channel=WEBCHAT_CHANNEL, helpful=body.helpful))
+        metrics.RATINGS.labels(channel=WEBCHAT_CHANNEL, rating="helpful" if body.helpful else "unhelpful").inc()
+        return JSONResponse({"turn_id": body.turn_id, "helpful": body.helpful})
+
+    @web.post("/chat/{conversation_id}/handoff")
+    def ask_for_person(self, conversation_id: str, x_conversation_token: Annotated[str | None, Header()] = None) -> JSONResponse:
+        """The webchat's "talk to a person" button: a handoff at the customer's word, with no message to classify."""
+        if not self.keys.owns_webchat_conversation(conversation_id, x_conversation_token):
+            return self._refuse_stranger()
+        replies = self.bot.hand_off(conversation_id, WEBCHAT_CHANNEL, "asked for a person after an unhelpful answer")
+        metrics.HANDOFFS.labels(reason="customer").inc()
+        return JSONResponse({"conversation_id": conversation_id, "replies": replies, "route": "handoff"})
+
     @web.post("/twilio")
     async def twilio(self, request: Request, x_twilio_signature: Annotated[str | None, Header()] = None) -> Response:
         form = {key: str(value) for key, value in (await request.form()).items()}
@@ -264,6 +300,22 @@ class BotService:
             raise HTTPException(401, "the agent API needs `Authorization: Bearer <agent token>`", headers={"WWW-Authenticate": "Bearer"})
         return agent
 
+    @web.get("/console", response_class=HTMLResponse)
+    def console(self) -> str:
+        """The agents' page; it holds nothing until an agent's token opens the API it calls."""
+        return CONSOLE
+
+    @web.get("/agent/me")
+    def me(self, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """Who the credential names: the console's login check."""
+        return {"agent": self._agent(authorization)}
+
+    @web.get("/agent/catalogue")
+    def catalogue(self, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """The intents an agent may confirm a handoff with (the desk's catalogue, in its order)."""
+        self._agent(authorization)
+        return {"intents": list(self.bot.handoffs.intents)}
+
     @web.get("/agent/handoffs")
     def handoffs(
         self,
@@ -289,9 +341,11 @@ class BotService:
                 return queue.answer(handoff_id, agent, body.text)
             if action == "resolve":
                 return queue.resolve(handoff_id, agent, body.intent)
+            if action == "give_back":
+                return queue.give_back(handoff_id, agent)
         except HandoffError as error:
             raise HTTPException(404 if "no handoff" in str(error) else 409, str(error)) from error
-        raise HTTPException(404, f"unknown action {action!r}; use claim, answer or resolve")
+        raise HTTPException(404, f"unknown action {action!r}; use claim, answer, resolve or give_back")
 
 
 # Outermost first: the body cap and the turn limit refuse before anything is parsed or waits; then the token.

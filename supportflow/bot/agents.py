@@ -11,9 +11,11 @@ from elsewhere it needs a registered agent, and the bot refuses to start without
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydantic import BaseModel
 from sqlalchemy import String, create_engine, delete, select
@@ -23,6 +25,8 @@ from supportflow.errors import SupportflowError
 from supportflow.internal_auth import is_loopback
 
 LOCAL_AGENT = "local"  # who uses the API on a loopback-bound bot with no agent registered
+DEMO_AGENT = "demo"  # the agent `supportflow demo` signs a newcomer in as
+DEMO_TOKEN_FILE = "demo_agent_token"  # in the run folder, 0600: the demo prints it on every run
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -91,6 +95,22 @@ class Agents:
             if hmac.compare_digest(presented, digest.encode()):
                 found = name
         return found if token else None
+
+
+def demo_agent_token(agents: Agents, run_dir: Path) -> str | None:
+    """The demo agent's token, registering the agent on first use. A token is shown only once, so the demo keeps it
+    (0600, in the run folder beside the server key) to print again; None when an agent named `demo` exists whose
+    token is not kept there (registered by hand: it was shown to whoever did)."""
+    path = run_dir / DEMO_TOKEN_FILE
+    if any(agent.name == DEMO_AGENT for agent in agents.registered()):
+        return path.read_text().strip() if path.exists() else None
+    token = agents.add(DEMO_AGENT)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a stale token of a removed demo agent
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token)
+    return token
 
 
 def require_agents(agents: Agents, bind_host: str | None) -> None:

@@ -115,6 +115,7 @@ class ChatResult:
     kb_doc_id: str | None = None
     answer_intent: str | None = None
     offered: list[str] = field(default_factory=list)  # the intents the reply offered to choose from, in its order
+    turn_id: str | None = None  # what a customer's rating of this turn names
 
 
 def extract_answer(body: str, limit: int = 600) -> str:
@@ -257,7 +258,7 @@ class SupportBot:
 
     def _handoff(self, request: AnswerRequest, reason: str, message: str | None = None) -> AnswerResponse:
         transcript = self._transcripts.of(request.conversation_id) or [("customer", request.text)]
-        self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent)
+        self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent, request.ranking)
         return AnswerResponse(
             messages=[message or self.texts.handoff], route="handoff", intent=request.intent, confidence=request.confidence
         )
@@ -284,8 +285,10 @@ class SupportBot:
             self._transcripts.add(stored, "bot", reply)
         latency = (time.perf_counter() - started) * 1000
         outcome = self._outcomes.pop(request_id)
+        result.turn_id = self.keys.new_turn_id(stored)
         self.turns.record(
             Turn(
+                turn_id=result.turn_id,
                 conversation_id=stored,
                 channel=channel,
                 text=text,
@@ -310,6 +313,14 @@ class SupportBot:
             },
         )
         return result
+
+    def hand_off(self, conversation_id: str, channel: str, reason: str) -> list[str]:
+        """Put a conversation in the agents' queue at the customer's word (a button, not a message to classify)."""
+        stored = self.keys.stored_id(conversation_id)
+        if self.handoffs.open_for(stored) is not None:
+            return [self.texts.with_agent]
+        self.handoffs.enqueue(stored, channel, self._transcripts.of(stored), reason, None)
+        return [self.texts.handoff]
 
     def agent_replies(self, conversation_id: str) -> list[str]:
         """Agent replies the customer of `conversation_id` has not seen yet; they count as delivered from now."""

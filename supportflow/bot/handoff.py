@@ -13,10 +13,10 @@ naming the error's class and the handoffs it touched, never the driver's message
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel
@@ -29,10 +29,12 @@ from supportflow.ingest.tickets import to_table, to_tickets
 from supportflow.lake import Lake
 from supportflow.redact import Redactor, redact
 
-Status = Literal["waiting", "claimed", "answered", "resolved"]
+Status = Literal["waiting", "claimed", "answered", "resolved", "returned"]
+CLOSED = ("resolved", "returned")  # resolved by an agent, or given back to the bot: the bot answers the next message
 AGENT_LABEL_SOURCE = "agent_label"
 log = logging.getLogger(__name__)
 MAX_PAGE = 100  # handoffs in one listing: an agent's screen, not the whole history
+SUGGESTIONS = 3  # the model's top intents kept with a handoff, for the agent who labels it
 
 
 class HandoffError(SupportflowError):
@@ -61,6 +63,8 @@ class Handoff(_Base):
     created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
     updated_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
     messages: Mapped[list["Message"]] = relationship(order_by="Message.id", cascade="all, delete-orphan")
+    suggestions: Mapped[list["Suggestion"]] = relationship(order_by="Suggestion.rank", cascade="all, delete-orphan")
+    events: Mapped[list["Event"]] = relationship(order_by="Event.id", cascade="all, delete-orphan")
 
 
 class Message(_Base):
@@ -72,6 +76,32 @@ class Message(_Base):
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
     delivered: Mapped[bool] = mapped_column(default=False)
+
+
+class Suggestion(_Base):
+    """One of the model's top catalogue intents for the message the bot handed off (their own table, so a queue
+    created before they were kept gains them without a migration)."""
+
+    __tablename__ = "handoff_suggestions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handoff_id: Mapped[int] = mapped_column(ForeignKey("handoffs.id"), index=True)
+    rank: Mapped[int] = mapped_column()
+    intent: Mapped[str] = mapped_column(String(128))
+    confidence: Mapped[float | None] = mapped_column()
+
+
+class Event(_Base):
+    """Who did what to a handoff and when: the agent comes from their credential, never from the request."""
+
+    __tablename__ = "handoff_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handoff_id: Mapped[int] = mapped_column(ForeignKey("handoffs.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # claim, answer, resolve or give_back
+    agent: Mapped[str] = mapped_column(String(128))
+    intent: Mapped[str | None] = mapped_column(String(128))  # the intent a resolution confirmed
+    at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
 
 
 def _stored(role: str, text: str) -> str:
@@ -92,7 +122,16 @@ def _view(handoff: Handoff) -> dict[str, object]:
         "agent": handoff.agent,
         "created_at": handoff.created_at.isoformat(),
         "transcript": [{"role": m.role, "text": m.text, "at": m.at.isoformat()} for m in handoff.messages],
+        "suggestions": [{"intent": s.intent, "confidence": s.confidence} for s in handoff.suggestions],
+        "events": [{"action": e.action, "agent": e.agent, "intent": e.intent, "at": e.at.isoformat()} for e in handoff.events],
     }
+
+
+def _suggested(ranking: Sequence[Mapping[str, Any]], intents: tuple[str, ...]) -> list["Suggestion"]:
+    """The ranking's first catalogue intents: Rasa's ranking also holds `nlu_fallback` and dialogue acts, which no
+    agent would label a ticket with."""
+    known = [r for r in ranking if r.get("intent") in intents][:SUGGESTIONS]
+    return [Suggestion(rank=i, intent=r["intent"], confidence=r.get("confidence")) for i, r in enumerate(known)]
 
 
 class HandoffPage(BaseModel):
@@ -112,15 +151,23 @@ class HandoffQueue:
         self.forget_expired()
 
     def enqueue(
-        self, conversation_id: str, channel: str, transcript: list[tuple[str, str]], reason: str, predicted_intent: str | None
+        self,
+        conversation_id: str,
+        channel: str,
+        transcript: list[tuple[str, str]],
+        reason: str,
+        predicted_intent: str | None,
+        ranking: Sequence[Mapping[str, Any]] = (),
     ) -> int:
-        """Open a handoff, or add to the conversation's open one; returns its id."""
+        """Open a handoff, or add to the conversation's open one; returns its id. `ranking` is the classifier's
+        (`{"intent", "confidence"}`, best first): its top catalogue intents are kept for the agent who labels it."""
         with self._session() as session:
             handoff = session.scalars(
-                select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status != "resolved")
+                select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status.not_in(CLOSED))
             ).first()
             if handoff is None:
                 handoff = Handoff(conversation_id=conversation_id, channel=channel, reason=reason, predicted_intent=predicted_intent)
+                handoff.suggestions.extend(_suggested(ranking, self.intents))
                 session.add(handoff)
                 session.flush()  # its id, which a failure below is reported with
             handoff.messages.extend(Message(role=role, text=_stored(role, text)) for role, text in transcript)
@@ -131,7 +178,7 @@ class HandoffQueue:
     def open_for(self, conversation_id: str) -> int | None:
         with self._session() as session:
             handoff = session.scalars(
-                select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status != "resolved")
+                select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status.not_in(CLOSED))
             ).first()
             return handoff.id if handoff else None
 
@@ -154,11 +201,12 @@ class HandoffQueue:
         return HandoffPage(handoffs=views[:limit], next_offset=offset + limit if len(views) > limit else None)
 
     def forget_expired(self) -> int:
-        """Delete resolved handoffs, with their transcripts, last touched longer ago than the retention period."""
+        """Delete closed handoffs, with their transcripts, last touched longer ago than the retention period."""
         cutoff = datetime.now(UTC) - self.retention
         with self._session() as session:
-            expired = select(Handoff.id).where(Handoff.status == "resolved", Handoff.updated_at < cutoff)
-            session.execute(delete(Message).where(Message.handoff_id.in_(expired)))
+            expired = select(Handoff.id).where(Handoff.status.in_(CLOSED), Handoff.updated_at < cutoff)
+            for table in (Message, Suggestion, Event):
+                session.execute(delete(table).where(table.handoff_id.in_(expired)))
             deleted = session.execute(delete(Handoff).where(Handoff.id.in_(expired))).rowcount
             session.commit()
             return deleted
@@ -170,9 +218,10 @@ class HandoffQueue:
     def claim(self, handoff_id: int, agent: str) -> dict[str, object]:
         with self._session() as session:
             handoff = self._get(session, handoff_id)
-            if handoff.status == "resolved" or (handoff.agent and handoff.agent != agent):
+            if handoff.status in CLOSED or (handoff.agent and handoff.agent != agent):
                 raise HandoffError(f"handoff {handoff_id} is {handoff.status} by {handoff.agent}; it cannot be claimed by {agent}")
             handoff.status, handoff.agent, handoff.updated_at = "claimed", agent, datetime.now(UTC)
+            handoff.events.append(Event(action="claim", agent=agent))
             session.commit()
             return _view(handoff)
 
@@ -181,6 +230,7 @@ class HandoffQueue:
             handoff = self._owned(session, handoff_id, agent)
             handoff.messages.append(Message(role="agent", text=text))
             handoff.status, handoff.updated_at = "answered", datetime.now(UTC)
+            handoff.events.append(Event(action="answer", agent=agent))
             session.commit()
             return _view(handoff)
 
@@ -205,9 +255,22 @@ class HandoffQueue:
         with self._session() as session:
             handoff = self._owned(session, handoff_id, agent)
             handoff.status, handoff.confirmed_intent, handoff.updated_at = "resolved", intent, datetime.now(UTC)
+            handoff.events.append(Event(action="resolve", agent=agent, intent=intent))
             customer = next((m.text for m in handoff.messages if m.role == "customer"), None)
             if intent is not None and customer:
                 self._write_label(customer, intent, handoff.channel)
+            session.commit()
+            return _view(handoff)
+
+    def give_back(self, handoff_id: int, agent: str) -> dict[str, object]:
+        """Return the conversation to the bot, unlabelled: its next message is the bot's to answer. A waiting
+        handoff any agent may give back; a claimed one only the agent who holds it."""
+        with self._session() as session:
+            handoff = self._get(session, handoff_id)
+            if handoff.status != "waiting":
+                handoff = self._owned(session, handoff_id, agent)
+            handoff.status, handoff.agent, handoff.updated_at = "returned", agent, datetime.now(UTC)
+            handoff.events.append(Event(action="give_back", agent=agent))
             session.commit()
             return _view(handoff)
 
@@ -241,8 +304,8 @@ class HandoffQueue:
 
     def _owned(self, session: Session, handoff_id: int, agent: str) -> Handoff:
         handoff = self._get(session, handoff_id)
-        if handoff.status == "resolved":
-            raise HandoffError(f"handoff {handoff_id} is already resolved")
+        if handoff.status in CLOSED:
+            raise HandoffError(f"handoff {handoff_id} is already {handoff.status}")
         if handoff.agent != agent:
             raise HandoffError(f"handoff {handoff_id} is not claimed by {agent}; claim it first")
         return handoff

@@ -20,6 +20,11 @@ FALLBACKS = bentoml.metrics.Counter(name="supportflow_fallbacks_total", document
 HANDOFFS = bentoml.metrics.Counter(
     name="supportflow_handoffs_total", documentation="Conversations handed to a person", labelnames=["reason"]
 )
+RATINGS = bentoml.metrics.Counter(
+    name="supportflow_ratings_total",
+    documentation="Customers' ratings of the bot's answers (rating: helpful or unhelpful)",
+    labelnames=["channel", "rating"],
+)
 REJECTED = bentoml.metrics.Counter(
     name="supportflow_rejected_requests_total", documentation="Requests refused, by reason", labelnames=["reason"]
 )

@@ -89,6 +89,8 @@ class DriftReport(BaseModel):
     oov_rate: float | None = None
     reference_oov_rate: float | None = None
     n_words: int = 0
+    n_ratings: int = Field(0, description="Customers' ratings given in the window (each rated turn's latest).")
+    unhelpful_rate: float | None = Field(None, description="Share of those ratings that said the answer did not help.")
     thresholds: DriftThresholds
     retraining: str = "not requested"
 
@@ -109,6 +111,8 @@ class DriftReport(BaseModel):
         "oov_rate",
         "reference_oov_rate",
         "n_words",
+        "n_ratings",
+        "unhelpful_rate",
     )
 
     def figures(self) -> dict[str, float]:
@@ -126,7 +130,15 @@ class DriftReport(BaseModel):
         lines = [self.headline()] + [f"  - {line}" for line in self.breaches + self.notes]
         if self.n_turns:
             figures = self.figures()
-            shown = ("fallback_rate", "handoff_rate", "confidence_psi", "confidence_ks_pvalue", "intent_mix_js_excess", "oov_rate")
+            shown = (
+                "fallback_rate",
+                "handoff_rate",
+                "confidence_psi",
+                "confidence_ks_pvalue",
+                "intent_mix_js_excess",
+                "oov_rate",
+                "unhelpful_rate",
+            )
             lines.append("  " + ", ".join(f"{name} {figures[name]:.3f}" for name in shown if name in figures))
         return [*lines, f"retraining: {self.retraining}"]
 
@@ -144,6 +156,7 @@ class DriftReport(BaseModel):
             ("confidence KS (p)", self.confidence_ks, self.confidence_ks_pvalue),
             ("intent mix JS distance (p)", self.intent_mix_js, self.intent_mix_pvalue),
             ("intent mix JS beyond sampling noise", self.intent_mix_js_excess, None),
+            (f"unhelpful share of {self.n_ratings} ratings", self.unhelpful_rate, None),
         ]
         for name, value, other in pairs:
             lines.append(f"| {name} | {'-' if value is None else f'{value:.3f}'} | {'-' if other is None else f'{other:.3g}'} |")
@@ -264,8 +277,12 @@ def compute_drift(
     start: datetime,
     end: datetime,
     top_changes: int = 8,
+    ratings: pd.DataFrame | None = None,
 ) -> DriftReport:
-    """The drift report of one window. No alarm is raised on fewer than `thresholds.min_turns` turns."""
+    """The drift report of one window. No alarm is raised on fewer than `thresholds.min_turns` turns, nor on the
+    unhelpful share of fewer than `thresholds.min_ratings` ratings. `ratings`: the customers' ratings given in the
+    window (supportflow/bot/feedback.py), one per rated turn: an answer customers say did not help is the bot
+    failing even where the classifier was sure of itself."""
     versions = turns["model_version"].fillna("unknown").value_counts()
     base = {
         "window_start": start,
@@ -312,6 +329,8 @@ def compute_drift(
         figures["intent_changes"] = changes[:top_changes]
     rate, n_words = oov(turns["text"].dropna(), set(reference.vocabulary))
     figures |= {"oov_rate": rate, "reference_oov_rate": reference.oov_rate, "n_words": n_words}
+    if ratings is not None and len(ratings):
+        figures |= {"n_ratings": len(ratings), "unhelpful_rate": float((~ratings["helpful"].astype(bool)).mean())}
 
     breaches = _breaches(figures, thresholds, n, reference)
     if n < thresholds.min_turns:
@@ -358,6 +377,9 @@ def _breaches(figures: dict[str, object], thresholds: DriftThresholds, n: int, r
             f"out-of-vocabulary words {rate:.1%} against {reference.oov_rate:.1%} at training (more than"
             f" {thresholds.max_oov_increase:.0%} above)"
         )
+    unhelpful, rated, ceiling = value("unhelpful_rate"), int(value("n_ratings") or 0), thresholds.max_unhelpful_rate
+    if unhelpful is not None and ceiling is not None and rated >= thresholds.min_ratings and unhelpful > ceiling:
+        breaches.append(f"customers rated {unhelpful:.1%} of {rated} rated answers unhelpful, above {ceiling:.0%}")
     return breaches
 
 

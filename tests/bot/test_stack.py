@@ -230,6 +230,77 @@ def test_the_webchat_page_holds_a_conversation_in_a_real_browser(served: Served)
         driver.quit()
 
 
+def chromium() -> object:
+    """Headless Debian Chromium through its chromedriver: the browser a customer or an agent would use."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options)
+
+
+def test_a_handoff_is_worked_from_the_webchat_to_the_console_and_back_in_real_browsers(served: Served) -> None:
+    """A customer finds an answer unhelpful and asks for a person; an agent logs in to the console, claims, replies;
+    the customer's page shows the reply without reloading; the agent labels and resolves, and the label is in the lake.
+    Two browsers, as two people: a background tab's timers are throttled, and the webchat's poll is one."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from supportflow.bot.agents import Agents
+    from supportflow.bot.feedback import read_ratings
+    from supportflow.keys import conversation_keys
+    from supportflow.lake import open_lake
+
+    bot, question, reply = served.stack.bot_url, served.example("card_arrival"), "Hi, Cleo here: I am checking with the courier."
+    token = Agents(served.settings.handoff_db_url).add("cleo")
+    customer, agent = chromium(), chromium()
+    try:
+        customer.get(f"{bot}/")
+        customer.find_element(By.ID, "message").send_keys(question)
+        customer.find_element(By.ID, "send").click()
+        WebDriverWait(customer, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".rating button.unhelpful"))
+        customer.find_element(By.CSS_SELECTOR, ".rating button.unhelpful").click()
+        WebDriverWait(customer, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".rating button.person")).pop().click()
+        WebDriverWait(customer, 20).until(lambda d: "colleague" in d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text)
+        conversation = json.loads(customer.execute_script("return sessionStorage.getItem('supportflow-conversation')"))
+        stored = conversation_keys(served.settings).stored_id(conversation["id"])
+
+        agent.get(f"{bot}/console")
+        agent.find_element(By.ID, "agent-name").send_keys("cleo")
+        agent.find_element(By.ID, "agent-token").send_keys(token)
+        agent.find_element(By.ID, "login-button").click()
+        waiting = httpx.get(f"{bot}/agent/handoffs", params={"status": "waiting"}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        handoff_id = next(h["id"] for h in waiting.json()["handoffs"] if h["conversation_id"] == stored)
+        WebDriverWait(agent, 20).until(lambda d: d.find_elements(By.ID, f"handoff-{handoff_id}")).pop().click()
+        assert question in agent.find_element(By.ID, "transcript").text
+        assert "asked for a person after an unhelpful answer" in agent.find_element(By.ID, "handoff-meta").text
+        agent.find_element(By.ID, "claim").click()
+        WebDriverWait(agent, 20).until(lambda d: d.find_elements(By.ID, "reply")).pop().send_keys(reply)
+        agent.find_element(By.ID, "send-reply").click()
+
+        WebDriverWait(customer, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text == reply)
+        assert customer.execute_script("return performance.getEntriesByType('navigation').length") == 1  # never reloaded
+
+        Select(agent.find_element(By.ID, "intent")).select_by_value("card_arrival")
+        agent.find_element(By.ID, "resolve").click()
+        assert "is resolved" in WebDriverWait(agent, 20).until(lambda d: d.find_elements(By.ID, "closed")).pop().text
+    finally:
+        customer.quit()
+        agent.quit()
+    lake = open_lake(served.settings)
+    labels = pd.concat([lake.read_parquet(path) for path in lake.files("tickets") if "agent_label-" in path])
+    assert ((labels["text"] == question) & (labels["intent"] == "card_arrival") & (labels["source"] == "agent_label")).any()
+    ratings = read_ratings(lake)
+    assert not ratings.loc[ratings["conversation_id"] == stored, "helpful"].any() and (ratings["conversation_id"] == stored).sum() == 1
+    resolved = httpx.get(f"{bot}/agent/handoffs", params={"status": "resolved"}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    handoff = next(h for h in resolved.json()["handoffs"] if h["id"] == handoff_id)
+    assert [(e["action"], e["agent"]) for e in handoff["events"]] == [("claim", "cleo"), ("answer", "cleo"), ("resolve", "cleo")]
+
+
 def metric_samples(served: Served, url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Each sample line of a /metrics page, by name and labels: its value (the `# HELP` and `# TYPE` lines name
     every family even before it has a sample, so a name alone proves nothing)."""

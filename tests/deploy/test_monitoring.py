@@ -108,6 +108,8 @@ def test_the_dashboard_has_the_panels_operations_need_on_a_prometheus_datasource
     titles = {p["title"] for p in panels}
     assert {"Fallbacks per minute", "Classify latency p50 / p99", "Turns per minute by route", "Intent confidence"} <= titles
     assert "* 60" in next(p for p in panels if p["title"] == "Fallbacks per minute")["targets"][0]["expr"]
+    ratings = by_metric["supportflow_ratings_total"]  # customers' helpful / not helpful, and the unhelpful share
+    assert ratings["title"] == "Customer ratings" and any('rating="unhelpful"' in t["expr"] for t in ratings["targets"])
 
 
 def test_metric_names_are_read_out_of_promql() -> None:

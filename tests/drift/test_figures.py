@@ -127,7 +127,7 @@ def test_an_empty_window_is_reported_as_such(reference: DriftReference) -> None:
     report = compute_drift(empty, None, THRESHOLDS, START, END)
     assert report.status == "empty window" and not report.drifted and report.breaches == []
     assert report.n_turns == 0 and report.fallback_rate is None
-    assert report.figures() == {"n_turns": 0.0, "n_classified": 0.0, "n_words": 0.0}
+    assert report.figures() == {"n_turns": 0.0, "n_classified": 0.0, "n_words": 0.0, "n_ratings": 0.0}
     assert "no turn" in report.headline()
 
 
@@ -163,3 +163,24 @@ def test_the_reference_is_the_model_that_served_most_turns() -> None:
     turns = pd.DataFrame({"model_version": ["1", "2", "2", None]})
     assert window_model_version(turns) == "2"
     assert window_model_version(pd.DataFrame({"model_version": [None, None]})) is None
+
+
+def ratings(helpful: list[bool]) -> pd.DataFrame:
+    return pd.DataFrame({"turn_id": [f"t{i}" for i in range(len(helpful))], "helpful": helpful})
+
+
+def test_customers_rating_answers_unhelpful_is_drift_once_enough_have_rated(reference: DriftReference, texts: dict) -> None:
+    """Familiar traffic the classifier is sure of, whose answers customers say did not help: only the ratings alarm."""
+    turns = window(np.random.default_rng(1), texts, 400, START)
+    unhappy = compute_drift(turns, reference, THRESHOLDS, START, END, ratings=ratings([False] * 18 + [True] * 12))
+    assert unhappy.drifted and (unhappy.n_ratings, unhappy.unhelpful_rate) == (30, 0.6)
+    assert unhappy.breaches == ["customers rated 60.0% of 30 rated answers unhelpful, above 50%"]
+    assert unhappy.figures()["unhelpful_rate"] == 0.6 and "unhelpful share of 30 ratings | 0.600" in unhappy.markdown("run")
+    few = compute_drift(turns, reference, THRESHOLDS, START, END, ratings=ratings([False] * 8 + [True] * 2))
+    assert not few.drifted and few.unhelpful_rate == 0.8  # 10 ratings: reported, below min_ratings for an alarm
+    content = compute_drift(turns, reference, THRESHOLDS, START, END, ratings=ratings([False] * 6 + [True] * 24))
+    assert not content.drifted and content.unhelpful_rate == pytest.approx(0.2)
+    unrated = report_for(turns, reference)
+    assert (unrated.n_ratings, unrated.unhelpful_rate) == (0, None) and "unhelpful_rate" not in unrated.figures()
+    report_only = THRESHOLDS.model_copy(update={"max_unhelpful_rate": None})
+    assert not compute_drift(turns, reference, report_only, START, END, ratings=ratings([False] * 30)).drifted
