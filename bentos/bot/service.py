@@ -1,5 +1,6 @@
-"""The bot service: channels (webchat, Twilio SMS/WhatsApp), the Rasa actions' answer endpoint, the
-agent API, and the conversation log. `bentoml serve bentos.bot.service:BotService` from the repository root.
+"""The bot service: channels (webchat, Twilio SMS/WhatsApp and voice), the Rasa actions' answer endpoint, the
+agent API (whose replies to SMS/WhatsApp customers a sender thread pushes through Twilio), and the conversation
+log. `bentoml serve bentos.bot.service:BotService` from the repository root.
 
 The routes are a FastAPI app mounted on the BentoML service (form-encoded webhooks, HTML and precise
 status codes are plain HTTP); BentoML adds `/healthz`, `/readyz` and `/metrics`, and the bundle. The internal
@@ -7,7 +8,8 @@ routes (`/internal/answer`, `/metrics`) need the internal token, and every reque
 
 Who may do what: a webchat conversation belongs to whoever holds the token the server issued with its id
 (`X-Conversation-Token`); an SMS or WhatsApp conversation exists only through the Twilio-signed `/twilio`; the
-channel is the route's, never the client's word; an agent is whoever their bearer token names
+channel is the route's, never the client's word; Twilio's status callbacks and calls come signed too
+(`/twilio/status`, `/twilio/voice`); an agent is whoever their bearer token names
 (supportflow/bot/agents.py).
 """
 
@@ -26,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from supportflow.bot import metrics
+from supportflow.bot import metrics, voice
 from supportflow.bot.agents import AgentError, Agents, require_agents
 from supportflow.bot.delivery import PUSHED_CHANNELS, Deliveries, DeliveryError, reply_sender
 from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
@@ -134,6 +136,7 @@ class BotService:
         lake = open_lake(settings)
         self.lake = lake
         desk = self.desk()
+        self.channels = desk.config.channels
         retention = timedelta(days=settings.handoff_retention_days)
         self.bot = SupportBot(
             knowledge=open_knowledge(settings),
@@ -328,6 +331,41 @@ class BotService:
         if state is None:
             return Response("no reply was sent with this MessageSid", status_code=404, media_type="text/plain")
         return Response(state, media_type="text/plain")
+
+    @web.post("/twilio/voice")
+    async def twilio_voice(
+        self,
+        request: Request,
+        silence: Annotated[int | None, Query(ge=0, lt=voice.NO_SPEECH_TRIES)] = None,
+        x_twilio_signature: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """A phone call, one signed request per exchange (supportflow/bot/voice.py); TwiML out."""
+        form = await self._signed_form(request, "/voice", x_twilio_signature)
+        if form is None:
+            return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+        here = public_url(self.settings.twilio_webhook_url, "/voice", str(request.url.replace(query="")))
+
+        def respond(conversation_id: str, text: str) -> voice.VoiceReply:
+            _, payload = self._respond(conversation_id, text, voice.CHANNEL, uuid.uuid4().hex)
+            return voice.VoiceReply(
+                payload.get("replies") or [payload.get("detail", self.bot.texts.outage)], payload.get("route") == "handoff"
+            )
+
+        def hand_off(conversation_id: str) -> None:
+            self.bot.handoffs.enqueue(self.keys.stored_id(conversation_id), voice.CHANNEL, [], "no speech heard on the call", None)
+            metrics.HANDOFFS.labels(reason="no speech").inc()
+
+        twiml_out = await run_in_threadpool(
+            voice.answer_call,
+            voice.parse(form),
+            silence,
+            lambda silences: f"{here}?silence={silences}",
+            respond,
+            hand_off,
+            self.bot.texts,
+            self.channels.agent_phone,
+        )
+        return Response(twiml_out, media_type="application/xml")
 
     @web.post("/internal/answer")
     async def answer(self, body: AnswerRequest) -> dict:
