@@ -35,6 +35,7 @@ from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
 from supportflow.bot.feedback import Rating, record_rating
 from supportflow.bot.handoff import MAX_PAGE, HandoffError, HandoffQueue, Status
 from supportflow.bot.llm import LLMResponder
+from supportflow.bot.sms_feedback import ANSWERS, FeedbackAsks
 from supportflow.bot.turns import TurnLog
 from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, public_url, twiml
 from supportflow.internal_auth import InternalRoutes, internal_token, is_loopback
@@ -137,6 +138,7 @@ class BotService:
         self.lake = lake
         desk = self.desk()
         self.channels = desk.config.channels
+        self.feedback_asks = FeedbackAsks(settings.handoff_db_url) if self.channels.sms_feedback else None
         retention = timedelta(days=settings.handoff_retention_days)
         self.bot = SupportBot(
             knowledge=open_knowledge(settings),
@@ -299,12 +301,33 @@ class BotService:
         if not inbound.text:
             reply = "I can only read text messages. Please type your question." if inbound.media_count else "Please type your question."
             return Response(twiml([reply]), media_type="application/xml")
+        asking = self.feedback_asks is not None and inbound.channel == "sms"
+        if asking and (rated := await run_in_threadpool(self._rated, inbound.conversation_id, inbound.text)):
+            return Response(twiml([rated]), media_type="application/xml")
         # The turn waits on Rasa, whose actions call back into this service: never block the event loop with it.
         status, payload = await run_in_threadpool(self._respond, inbound.conversation_id, inbound.text, inbound.channel, uuid.uuid4().hex)
+        if asking and payload.get("route") in ANSWERS:
+            await run_in_threadpool(self.feedback_asks.ask, self.keys.stored_id(inbound.conversation_id), payload["turn_id"])
+            payload["replies"] = [*payload["replies"], self.bot.texts.feedback_question]
         if payload.get("route") == "handoff" and self.deliveries.pushing:  # where the agent's replies will be pushed to
             self.deliveries.remember_address(self.keys.stored_id(inbound.conversation_id), inbound.customer, inbound.desk)
         replies = payload.get("replies") or [payload.get("detail", "Sorry, something went wrong.")]
         return Response(twiml(replies), media_type="application/xml", status_code=200 if status < 500 else status)
+
+    def _rated(self, conversation_id: str, text: str) -> str | None:
+        """Record the SMS as a rating when it answers the feedback question (returning the thanks), else None."""
+        stored = self.keys.stored_id(conversation_id)
+        settled = self.feedback_asks.settle(stored, text)
+        if settled is None:
+            return None
+        turn_id, helpful = settled
+        try:
+            record_rating(self.lake, Rating(turn_id=turn_id, conversation_id=stored, channel="sms", helpful=helpful))
+        except Exception as error:  # the lake may be down: the customer is thanked all the same, the loss logged
+            log.error("a rating was not recorded", extra={"turn_id": turn_id, "error": type(error).__name__})
+        else:
+            metrics.RATINGS.labels(channel="sms", rating="helpful" if helpful else "unhelpful").inc()
+        return self.bot.texts.feedback_thanks
 
     async def _signed_form(self, request: Request, route_suffix: str, signature: str | None) -> dict[str, str] | None:
         """The form of a request to `/twilio<route_suffix>` if Twilio signed it, else None (counted as refused)."""
