@@ -291,11 +291,8 @@ class BotService:
 
     @web.post("/twilio")
     async def twilio(self, request: Request, x_twilio_signature: Annotated[str | None, Header()] = None) -> Response:
-        form = {key: str(value) for key, value in (await request.form()).items()}
-        token = self.settings.twilio_auth_token
-        url = self.settings.twilio_webhook_url or str(request.url)
-        if token is None or not is_signed_by_twilio(token.get_secret_value(), url, form, x_twilio_signature):
-            metrics.REJECTED.labels(reason="twilio signature").inc()
+        form = await self._signed_form(request, "", x_twilio_signature)
+        if form is None:
             return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
         inbound = parse(form)
         if not inbound.text:

@@ -274,32 +274,42 @@ class Deliveries:
             return taken == 1
 
     def _try(self, message_id: int, attempt: int) -> None:
+        """One try of one reply; no database session is held while Twilio is asked."""
         with self._session() as session:
             delivery = session.get(Delivery, message_id)
             if delivery is None:
                 return  # forgotten with its handoff meanwhile
-            message = session.get(Message, message_id)
-            address = session.get(Address, delivery.conversation_id)
-            if message is None or address is None:
-                self._settle(session, delivery, "failed", "the conversation was forgotten before its reply was sent")
+            message, address = session.get(Message, message_id), session.get(Address, delivery.conversation_id)
+            conversation_id, text, sealed = delivery.conversation_id, message and message.text, address and address.sealed
+        try:
+            if text is None or sealed is None:
+                raise DeliveryError("the conversation was forgotten before its reply was sent")
+            customer, desk = self.seal.open(conversation_id, sealed)
+            sid, state = self.sender.send(customer, desk, text)
+        except (SendFailure, DeliveryError) as error:
+            self._not_sent(message_id, attempt, error)
+            return
+        with self._session() as session:
+            if (delivery := session.get(Delivery, message_id)) is not None:
+                delivery.twilio_sid = sid
+                self._settle(session, delivery, state, None)
+
+    def _not_sent(self, message_id: int, attempt: int, error: SendFailure | DeliveryError) -> None:
+        """Wait before the next try (exponential backoff), or mark the reply failed when no try is left or none can help."""
+        retry = isinstance(error, SendFailure) and error.retry and attempt < self.attempts
+        reason = error.reason if isinstance(error, SendFailure) else str(error)
+        log.warning("a reply was not sent", extra={"message_id": message_id, "attempt": attempt, "retry": retry, "error": reason})
+        with self._session() as session:
+            delivery = session.get(Delivery, message_id)
+            if delivery is None:
                 return
-            try:
-                customer, desk = self.seal.open(delivery.conversation_id, address.sealed)
-                sid, state = self.sender.send(customer, desk, message.text)
-            except (SendFailure, DeliveryError) as error:
-                retry = isinstance(error, SendFailure) and error.retry and attempt < self.attempts
-                reason = error.reason if isinstance(error, SendFailure) else str(error)
-                log.warning("a reply was not sent", extra={"message_id": message_id, "attempt": attempt, "retry": retry, "error": reason})
-                if retry:
-                    wait = min(self.retry_base_s * 2 ** (attempt - 1), self.retry_max_s)
-                    delivery.next_attempt_at, delivery.error = datetime.now(UTC) + timedelta(seconds=wait), reason
-                    delivery.updated_at = datetime.now(UTC)
-                    session.commit()
-                else:
-                    self._settle(session, delivery, "failed", f"{reason} (after {attempt} tries)")
-                return
-            delivery.twilio_sid = sid
-            self._settle(session, delivery, state, None)
+            if retry:
+                wait = min(self.retry_base_s * 2 ** (attempt - 1), self.retry_max_s)
+                delivery.next_attempt_at, delivery.error = datetime.now(UTC) + timedelta(seconds=wait), reason
+                delivery.updated_at = datetime.now(UTC)
+                session.commit()
+            else:
+                self._settle(session, delivery, "failed", f"{reason} (after {attempt} {'try' if attempt == 1 else 'tries'})")
 
     def _settle(self, session: Session, delivery: Delivery, state: DeliveryState, error: str | None) -> None:
         """Move a reply to `state` unless it is already further on; a failed one goes back to the old path, the

@@ -5,7 +5,7 @@ Twilio called (behind a proxy that is not the URL the server sees, so it is conf
 """
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
@@ -51,5 +51,5 @@ def public_url(webhook_url: str | None, route_suffix: str, called: str) -> str:
     configured, the URL the server saw."""
     if webhook_url is None:
         return called
-    query = urlsplit(called).query
-    return webhook_url.rstrip("/") + route_suffix + (f"?{query}" if query else "")
+    scheme, host, path = urlsplit(webhook_url)[:3]
+    return urlunsplit((scheme, host, path.rstrip("/") + route_suffix, urlsplit(called).query, ""))
