@@ -108,6 +108,19 @@ def test_wrong_credentials_are_refused_and_the_reply_fails_after_its_retries_wit
     assert desk.queue.undelivered_replies(STORED) == ["We blocked your card."]
 
 
+def test_a_number_twilio_refuses_fails_at_once_and_its_reason_names_no_number(desk: Desk, twilio: FakeTwilio) -> None:
+    deliveries = desk.deliveries(TwilioMessages(ACCOUNT, TWILIO_TOKEN, twilio.url, None))
+    twilio.unreachable.add(PHONE)
+    message_id = desk.agent_reply("We blocked your card.")
+    deliveries.queue(message_id, STORED)
+    deliveries.send_due()
+
+    assert twilio.requests == 1 and deliveries.send_due() == 0  # trying again cannot help
+    state, error = deliveries.states([message_id])[message_id]
+    assert state == "failed" and "400" in error and "21211" in error and "after 1 try" in error
+    assert PHONE not in error and PHONE[2:] not in error  # Twilio's text quotes the number; the stored reason does not
+
+
 def test_replies_queued_before_a_restart_are_sent_by_the_next_sender(desk: Desk, twilio: FakeTwilio) -> None:
     before = desk.deliveries(TwilioMessages(ACCOUNT, TWILIO_TOKEN, twilio.url, None))
     first, second = desk.agent_reply("One."), desk.agent_reply("Two.")

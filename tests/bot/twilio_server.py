@@ -20,6 +20,7 @@ class FakeTwilio:
         self.down_for = 0  # the next this-many requests get a 503, as while Twilio's API is down
         self.requests = 0  # every request that reached the server, refused or not
         self.sent: list[dict[str, str]] = []  # the messages it accepted, as their form fields
+        self.unreachable: set[str] = set()  # numbers it refuses as Twilio refuses an invalid 'To' (400, error 21211)
         self._lock = threading.Lock()
         server = self
 
@@ -60,6 +61,8 @@ class FakeTwilio:
                 return 404, {"code": 20404, "message": f"The requested resource {path} was not found", "status": 404}
             if not form.get("To") or not form.get("From") or not form.get("Body"):
                 return 400, {"code": 21604, "message": "A 'To', 'From' and 'Body' are required", "status": 400}
+            if form["To"] in self.unreachable:
+                return 400, {"code": 21211, "message": f"The 'To' number {form['To']} is not a valid phone number.", "status": 400}
             sid = f"SM{len(self.sent):032x}"
             self.sent.append({**form, "sid": sid})
             return 201, {
