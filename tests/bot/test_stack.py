@@ -297,6 +297,9 @@ def test_a_handoff_is_worked_from_the_webchat_to_the_console_and_back_in_real_br
 
         WebDriverWait(customer, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text == reply)
         assert customer.execute_script("return performance.getEntriesByType('navigation').length") == 1  # never reloaded
+        # the console says the webchat took the reply (its state in the agent API)
+        states = "#transcript .msg.agent .delivery"
+        WebDriverWait(agent, 30).until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, states)][-1:] == ["delivered"])
 
         Select(agent.find_element(By.ID, "intent")).select_by_value("card_arrival")
         agent.find_element(By.ID, "resolve").click()
