@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from supportflow.settings import Settings, get_settings
 
-TURN_ROUTES = frozenset({"/chat", "/twilio"})
+TURN_ROUTES = frozenset({"/chat", "/twilio", "/twilio/voice"})  # a call's speech is a turn too
 RETRY_AFTER_S = 1
 
 

@@ -178,7 +178,15 @@ class Settings(BaseSettings):
     turn_flush_seconds: float = Field(30.0, gt=0, description="...or at least this often, so the drift monitor sees a quiet bot.")
     model_version: str | None = Field(None, description="The classifier version being served, for the turn log.")
     twilio_auth_token: SecretStr | None = None
-    twilio_webhook_url: str | None = Field(None, description="The public URL Twilio calls; its signature covers it.")
+    twilio_webhook_url: str | None = Field(
+        None, description="The public URL Twilio calls; its signature covers it. `/status` and `/voice` after it are the other two."
+    )
+    # Agents' replies to SMS and WhatsApp customers, pushed through Twilio's Messages API (supportflow/bot/delivery.py).
+    twilio_account_sid: str | None = Field(None, description="Unset: agents' replies wait for the customer's next message.")
+    twilio_api_base_url: str = Field("https://api.twilio.com", description="Where the Messages API is reached (a proxy, a test server).")
+    twilio_send_attempts: int = Field(8, ge=1, description="Tries of one reply before it is marked failed.")
+    twilio_retry_base_s: float = Field(2.0, gt=0, description="The wait after a failed try, doubled after each one...")
+    twilio_retry_max_s: float = Field(600.0, gt=0, description="...up to this.")
     agent_token: SecretStr | None = Field(
         None, description="Retired: agents authenticate with their own tokens (`supportflow agent add`); set, the bot refuses to start."
     )

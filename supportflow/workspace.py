@@ -10,6 +10,7 @@ what is wrong with it.
 
 import glob
 import json
+import re
 import string
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from supportflow.errors import SupportflowError
@@ -27,6 +28,7 @@ from supportflow.settings import Settings
 CONFIG_FILE = "supportflow.yaml"
 BUNDLED_WORKSPACE = "workspace"  # the folder, inside a bundle's dialogue model, holding the desk's texts and catalogue
 SKELETON = "workspace_skeleton"  # the package data `supportflow init` copies when it is given no export
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")  # a phone number as Twilio dials it: +, country code, number
 
 
 class WorkspaceError(SupportflowError):
@@ -68,9 +70,28 @@ class BotTexts(BaseModel):
     multiple_requests: str = "I can help with each of those, one at a time. Which should we start with: {options}?"
     offer: str = "I'm not sure I understood. Is it about {options}? You can answer with a number."  # unsure between a few
     offer_one: str = "I'm not sure I understood. Is it about: {option}?"  # unsure, one likely reading
+    no_speech: str = "Sorry, I didn't catch that. What can I help you with?"  # on a call, when the caller said nothing
+    feedback_question: str = "Did this answer your question? Reply YES or NO"  # after an answer by SMS, when `sms_feedback` is on
+    feedback_thanks: str = "Thanks for telling us."  # to a YES or NO that rated an answer
     # Not said to customers: who the LLM (when one is configured) is told it is, in the prompt that writes answers from
     # the desk's articles ("You are <llm_role>."), so the desk's domain lives here and not in the code.
     llm_role: str = "a customer-support assistant"
+
+
+class Channels(BaseModel):
+    """The desk's phone channels through Twilio: where a handed-off call goes, and whether SMS answers ask for a rating."""
+
+    model_config = ConfigDict(extra="forbid")
+    agent_phone: str | None = None  # where a call is put through (<Dial>) when the bot hands it to a person
+    sms_feedback: bool = False  # after each answer by SMS, ask whether it answered the question (a YES/NO rating)
+
+    @field_validator("agent_phone")
+    @classmethod
+    def _dialable(cls, number: str | None) -> str | None:
+        """Checked when the workspace is read, not found out when a caller is waiting to be put through."""
+        if number is not None and not E164.match(number):
+            raise ValueError(f"agent_phone must be an E.164 number such as +15550100123 (+, country code, number); got {number!r}")
+        return number
 
 
 class WorkspaceConfig(BaseModel):
@@ -82,6 +103,7 @@ class WorkspaceConfig(BaseModel):
     tickets: list[TicketSource] = Field(default_factory=list)
     kb: list[str] = Field(default_factory=lambda: ["kb"])
     texts: BotTexts = Field(default_factory=BotTexts)
+    channels: Channels = Field(default_factory=Channels)
     demo_questions: list[str] = Field(default_factory=list)  # what `supportflow demo` asks the served bot
 
 

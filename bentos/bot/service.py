@@ -1,5 +1,6 @@
-"""The bot service: channels (webchat, Twilio SMS/WhatsApp), the Rasa actions' answer endpoint, the
-agent API, and the conversation log. `bentoml serve bentos.bot.service:BotService` from the repository root.
+"""The bot service: channels (webchat, Twilio SMS/WhatsApp and voice), the Rasa actions' answer endpoint, the
+agent API (whose replies to SMS/WhatsApp customers a sender thread pushes through Twilio), and the conversation
+log. `bentoml serve bentos.bot.service:BotService` from the repository root.
 
 The routes are a FastAPI app mounted on the BentoML service (form-encoded webhooks, HTML and precise
 status codes are plain HTTP); BentoML adds `/healthz`, `/readyz` and `/metrics`, and the bundle. The internal
@@ -7,7 +8,8 @@ routes (`/internal/answer`, `/metrics`) need the internal token, and every reque
 
 Who may do what: a webchat conversation belongs to whoever holds the token the server issued with its id
 (`X-Conversation-Token`); an SMS or WhatsApp conversation exists only through the Twilio-signed `/twilio`; the
-channel is the route's, never the client's word; an agent is whoever their bearer token names
+channel is the route's, never the client's word; Twilio's status callbacks and calls come signed too
+(`/twilio/status`, `/twilio/voice`); an agent is whoever their bearer token names
 (supportflow/bot/agents.py).
 """
 
@@ -26,14 +28,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from supportflow.bot import metrics
+from supportflow.bot import metrics, voice
 from supportflow.bot.agents import AgentError, Agents, require_agents
+from supportflow.bot.delivery import PUSHED_CHANNELS, Deliveries, DeliveryError, reply_sender
 from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
 from supportflow.bot.feedback import Rating, record_rating
 from supportflow.bot.handoff import MAX_PAGE, HandoffError, HandoffQueue, Status
 from supportflow.bot.llm import LLMResponder
+from supportflow.bot.sms_feedback import ANSWERS, FeedbackAsks
 from supportflow.bot.turns import TurnLog
-from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, twiml
+from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, public_url, twiml
 from supportflow.internal_auth import InternalRoutes, internal_token, is_loopback
 from supportflow.keys import checked_secret, conversation_keys
 from supportflow.lake import open_lake
@@ -133,6 +137,8 @@ class BotService:
         lake = open_lake(settings)
         self.lake = lake
         desk = self.desk()
+        self.channels = desk.config.channels
+        self.feedback_asks = FeedbackAsks(settings.handoff_db_url) if self.channels.sms_feedback else None
         retention = timedelta(days=settings.handoff_retention_days)
         self.bot = SupportBot(
             knowledge=open_knowledge(settings),
@@ -154,6 +160,14 @@ class BotService:
             conversations_in_memory=settings.conversations_in_memory,
             conversation_memory_s=settings.conversation_memory_s,
         )
+        self.deliveries = Deliveries(
+            settings.handoff_db_url,
+            self.keys,
+            reply_sender(settings, public_url(settings.twilio_webhook_url, "/status", "") if settings.twilio_webhook_url else None),
+            attempts=settings.twilio_send_attempts,
+            retry_base_s=settings.twilio_retry_base_s,
+            retry_max_s=settings.twilio_retry_max_s,
+        ).start()
         # The action server's callbacks run here, never on the threads the turns hold while they wait on them.
         self.callbacks = ThreadPoolExecutor(max_workers=settings.max_concurrent_turns, thread_name_prefix="internal-answer")
         if settings.follow_production and not settings.model_version:
@@ -181,6 +195,11 @@ class BotService:
     @bentoml.on_shutdown
     def flush_turns(self) -> None:
         self.bot.turns.stop()
+
+    @bentoml.on_shutdown
+    def stop_sender(self) -> None:
+        """Replies still queued stay in the database: the next start sends them."""
+        self.deliveries.stop()
 
     def _respond(self, conversation_id: str, text: str, channel: str, request_id: str) -> tuple[int, dict]:
         try:
@@ -272,20 +291,101 @@ class BotService:
 
     @web.post("/twilio")
     async def twilio(self, request: Request, x_twilio_signature: Annotated[str | None, Header()] = None) -> Response:
-        form = {key: str(value) for key, value in (await request.form()).items()}
-        token = self.settings.twilio_auth_token
-        url = self.settings.twilio_webhook_url or str(request.url)
-        if token is None or not is_signed_by_twilio(token.get_secret_value(), url, form, x_twilio_signature):
-            metrics.REJECTED.labels(reason="twilio signature").inc()
+        form = await self._signed_form(request, "", x_twilio_signature)
+        if form is None:
             return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
         inbound = parse(form)
         if not inbound.text:
             reply = "I can only read text messages. Please type your question." if inbound.media_count else "Please type your question."
             return Response(twiml([reply]), media_type="application/xml")
+        asking = self.feedback_asks is not None and inbound.channel == "sms"
+        if asking and (rated := await run_in_threadpool(self._rated, inbound.conversation_id, inbound.text)):
+            return Response(twiml([rated]), media_type="application/xml")
         # The turn waits on Rasa, whose actions call back into this service: never block the event loop with it.
         status, payload = await run_in_threadpool(self._respond, inbound.conversation_id, inbound.text, inbound.channel, uuid.uuid4().hex)
+        if asking and payload.get("route") in ANSWERS:
+            await run_in_threadpool(self.feedback_asks.ask, self.keys.stored_id(inbound.conversation_id), payload["turn_id"])
+            payload["replies"] = [*payload["replies"], self.bot.texts.feedback_question]
+        if payload.get("route") == "handoff" and self.deliveries.pushing:  # where the agent's replies will be pushed to
+            self.deliveries.remember_address(self.keys.stored_id(inbound.conversation_id), inbound.customer, inbound.desk)
         replies = payload.get("replies") or [payload.get("detail", "Sorry, something went wrong.")]
         return Response(twiml(replies), media_type="application/xml", status_code=200 if status < 500 else status)
+
+    def _rated(self, conversation_id: str, text: str) -> str | None:
+        """Record the SMS as a rating when it answers the feedback question (returning the thanks), else None."""
+        stored = self.keys.stored_id(conversation_id)
+        settled = self.feedback_asks.settle(stored, text)
+        if settled is None:
+            return None
+        turn_id, helpful = settled
+        try:
+            record_rating(self.lake, Rating(turn_id=turn_id, conversation_id=stored, channel="sms", helpful=helpful))
+        except Exception as error:  # the lake may be down: the customer is thanked all the same, the loss logged
+            log.error("a rating was not recorded", extra={"turn_id": turn_id, "error": type(error).__name__})
+        else:
+            metrics.RATINGS.labels(channel="sms", rating="helpful" if helpful else "unhelpful").inc()
+        return self.bot.texts.feedback_thanks
+
+    async def _signed_form(self, request: Request, route_suffix: str, signature: str | None) -> dict[str, str] | None:
+        """The form of a request to `/twilio<route_suffix>` if Twilio signed it, else None (counted as refused)."""
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        token = self.settings.twilio_auth_token
+        url = public_url(self.settings.twilio_webhook_url, route_suffix, str(request.url))
+        if token is None or not is_signed_by_twilio(token.get_secret_value(), url, form, signature):
+            metrics.REJECTED.labels(reason="twilio signature").inc()
+            return None
+        return form
+
+    @web.post("/twilio/status")
+    async def twilio_status(self, request: Request, x_twilio_signature: Annotated[str | None, Header()] = None) -> Response:
+        """Twilio's status callback for a pushed reply; a replayed or late one changes nothing and is answered the same."""
+        form = await self._signed_form(request, "/status", x_twilio_signature)
+        if form is None:
+            return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+        if not form.get("MessageSid") or not form.get("MessageStatus"):
+            return Response("a status callback needs MessageSid and MessageStatus", status_code=400, media_type="text/plain")
+        try:
+            state = await run_in_threadpool(self.deliveries.on_status, form["MessageSid"], form["MessageStatus"], form.get("ErrorCode"))
+        except DeliveryError as error:
+            return Response(str(error), status_code=400, media_type="text/plain")
+        if state is None:
+            return Response("no reply was sent with this MessageSid", status_code=404, media_type="text/plain")
+        return Response(state, media_type="text/plain")
+
+    @web.post("/twilio/voice")
+    async def twilio_voice(
+        self,
+        request: Request,
+        silence: Annotated[int | None, Query(ge=0, lt=voice.NO_SPEECH_TRIES)] = None,
+        x_twilio_signature: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """A phone call, one signed request per exchange (supportflow/bot/voice.py); TwiML out."""
+        form = await self._signed_form(request, "/voice", x_twilio_signature)
+        if form is None:
+            return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+        here = public_url(self.settings.twilio_webhook_url, "/voice", str(request.url.replace(query="")))
+
+        def respond(conversation_id: str, text: str) -> voice.VoiceReply:
+            _, payload = self._respond(conversation_id, text, voice.CHANNEL, uuid.uuid4().hex)
+            return voice.VoiceReply(
+                payload.get("replies") or [payload.get("detail", self.bot.texts.outage)], payload.get("route") == "handoff"
+            )
+
+        def hand_off(conversation_id: str) -> None:
+            self.bot.handoffs.enqueue(self.keys.stored_id(conversation_id), voice.CHANNEL, [], "no speech heard on the call", None)
+            metrics.HANDOFFS.labels(reason="no speech").inc()
+
+        twiml_out = await run_in_threadpool(
+            voice.answer_call,
+            voice.parse(form),
+            silence,
+            lambda silences: f"{here}?silence={silences}",
+            respond,
+            hand_off,
+            self.bot.texts,
+            self.channels.agent_phone,
+        )
+        return Response(twiml_out, media_type="application/xml")
 
     @web.post("/internal/answer")
     async def answer(self, body: AnswerRequest) -> dict:
@@ -326,7 +426,8 @@ class BotService:
     ) -> dict:
         """One page, oldest first; `next_offset` is null on the last page."""
         self._agent(authorization)
-        return self.bot.handoffs.page(status, limit, offset).model_dump()
+        page = self.bot.handoffs.page(status, limit, offset)
+        return page.model_copy(update={"handoffs": [self.deliveries.annotate(view) for view in page.handoffs]}).model_dump()
 
     @web.post("/agent/handoffs/{handoff_id}/{action}")
     def act(self, handoff_id: int, action: str, body: AgentAction, authorization: Annotated[str | None, Header()] = None) -> dict:
@@ -334,15 +435,18 @@ class BotService:
         queue = self.bot.handoffs
         try:
             if action == "claim":
-                return queue.claim(handoff_id, agent)
+                return self.deliveries.annotate(queue.claim(handoff_id, agent))
             if action == "answer":
                 if not body.text:
                     raise HTTPException(400, "an answer needs `text`")
-                return queue.answer(handoff_id, agent, body.text)
+                view = queue.answer(handoff_id, agent, body.text)
+                if view["channel"] in PUSHED_CHANNELS:
+                    self.deliveries.queue(view["transcript"][-1]["id"], view["conversation_id"])
+                return self.deliveries.annotate(view)
             if action == "resolve":
-                return queue.resolve(handoff_id, agent, body.intent)
+                return self.deliveries.annotate(queue.resolve(handoff_id, agent, body.intent))
             if action == "give_back":
-                return queue.give_back(handoff_id, agent)
+                return self.deliveries.annotate(queue.give_back(handoff_id, agent))
         except HandoffError as error:
             raise HTTPException(404 if "no handoff" in str(error) else 409, str(error)) from error
         raise HTTPException(404, f"unknown action {action!r}; use claim, answer, resolve or give_back")

@@ -39,7 +39,7 @@ from supportflow.workspace import BotTexts
 log = logging.getLogger("supportflow.bot")
 
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
-CHANNELS = ("webchat", "sms", "whatsapp")  # where a customer can write from; anything else is refused
+CHANNELS = ("webchat", "sms", "whatsapp", "phone")  # where a customer can write (or speak) from; anything else is refused
 # What the action server utters (besides its apology) when it could not reach /internal/answer: the same dict
 # is in dialogue/rasa_files/actions.py, which runs in Rasa's environment and cannot import this module.
 BOT_UNREACHABLE = {"supportflow": "bot_unreachable"}

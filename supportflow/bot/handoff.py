@@ -121,10 +121,19 @@ def _view(handoff: Handoff) -> dict[str, object]:
         "confirmed_intent": handoff.confirmed_intent,
         "agent": handoff.agent,
         "created_at": handoff.created_at.isoformat(),
-        "transcript": [{"role": m.role, "text": m.text, "at": m.at.isoformat()} for m in handoff.messages],
+        "transcript": [_entry(m) for m in handoff.messages],
         "suggestions": [{"intent": s.intent, "confidence": s.confidence} for s in handoff.suggestions],
         "events": [{"action": e.action, "agent": e.agent, "intent": e.intent, "at": e.at.isoformat()} for e in handoff.events],
     }
+
+
+def _entry(message: Message) -> dict[str, object]:
+    """One message of a transcript; an agent's reply says whether it reached the customer's channel (a pushed
+    reply's own state is the delivery rows', supportflow/bot/delivery.py)."""
+    entry: dict[str, object] = {"id": message.id, "role": message.role, "text": message.text, "at": message.at.isoformat()}
+    if message.role == "agent":
+        entry["delivery"] = "delivered" if message.delivered else "queued"
+    return entry
 
 
 def _suggested(ranking: Sequence[Mapping[str, Any]], intents: tuple[str, ...]) -> list["Suggestion"]:

@@ -158,7 +158,8 @@ def test_asking_for_a_person_hands_off_and_the_agent_answer_reaches_the_customer
     waiting = httpx.get(f"{bot}/agent/handoffs", params={"status": "waiting"}, headers=ann, timeout=10).json()["handoffs"]
     stored = conversation_keys(served.settings).stored_id(served.conversations["it-handoff"][0])
     handoff = next(h for h in waiting if h["conversation_id"] == stored)
-    assert handoff["transcript"][0] == {"role": "customer", "text": "I want to talk to a human", "at": handoff["transcript"][0]["at"]}
+    first = handoff["transcript"][0]
+    assert first == {"id": first["id"], "role": "customer", "text": "I want to talk to a human", "at": first["at"]}
     assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={}, headers=ann, timeout=10).json()["agent"] == "ann"
     assert httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/claim", json={}, headers=bo, timeout=10).status_code == 409
     httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/answer", json={"text": "Hi, Ann here. How can I help?"}, headers=ann, timeout=10)
@@ -167,6 +168,7 @@ def test_asking_for_a_person_hands_off_and_the_agent_answer_reaches_the_customer
     assert httpx.get(replies, headers=served.token("it-handoff"), timeout=10).json()["replies"] == ["Hi, Ann here. How can I help?"]
     resolved = httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/resolve", json={"intent": "terminate_account"}, headers=ann, timeout=10)
     assert resolved.json()["status"] == "resolved"
+    assert resolved.json()["transcript"][-1]["delivery"] == "delivered"  # the webchat took the reply
     assert httpx.get(f"{bot}/chat/never-seen/replies", timeout=10).status_code == 403
 
 
@@ -193,6 +195,17 @@ def test_twilio_requests_are_signed_checked_and_answered_in_twiml(served: Served
         url, data=media, headers={"X-Twilio-Signature": RequestValidator(TWILIO_TOKEN).compute_signature(url, media)}, timeout=10
     )
     assert picture.status_code == 200 and "I can only read text messages" in picture.text
+
+
+def test_a_call_is_answered_by_the_same_bot_and_listened_to_again(served: Served) -> None:
+    url = f"{served.stack.bot_url}/twilio/voice"
+    form = {"CallSid": "CA1", "From": "+15550006666", "To": "+15550009999", "SpeechResult": served.example("card_arrival")}
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(url, form)
+    answered = httpx.post(url, data=form, headers={"X-Twilio-Signature": signature}, timeout=60)
+    assert answered.status_code == 200 and answered.headers["content-type"].startswith("application/xml")
+    assert '<Gather action="' in answered.text and 'input="speech"' in answered.text and "More: https://" in answered.text
+    unsigned = httpx.post(url, data=form, timeout=10)
+    assert unsigned.status_code == 403
 
 
 def test_bad_messages_get_clear_refusals(served: Served) -> None:
@@ -284,6 +297,9 @@ def test_a_handoff_is_worked_from_the_webchat_to_the_console_and_back_in_real_br
 
         WebDriverWait(customer, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text == reply)
         assert customer.execute_script("return performance.getEntriesByType('navigation').length") == 1  # never reloaded
+        # the console says the webchat took the reply (its state in the agent API)
+        states = "#transcript .msg.agent .delivery"
+        WebDriverWait(agent, 30).until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, states)][-1:] == ["delivered"])
 
         Select(agent.find_element(By.ID, "intent")).select_by_value("card_arrival")
         agent.find_element(By.ID, "resolve").click()

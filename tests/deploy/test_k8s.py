@@ -264,7 +264,16 @@ def routed(path: str) -> list[tuple[str, str]]:
 
 def test_the_ingress_exposes_the_bots_public_routes_and_nothing_internal() -> None:
     bot_host = objects("Ingress")["bot"]["spec"]["rules"][0]["host"]
-    for public in ("/", "/chat", "/chat/web-1/replies", "/twilio", "/agent/handoffs", "/agent/handoffs/3/claim"):
+    for public in (
+        "/",
+        "/chat",
+        "/chat/web-1/replies",
+        "/twilio",
+        "/twilio/status",
+        "/twilio/voice",
+        "/agent/handoffs",
+        "/agent/handoffs/3/claim",
+    ):
         assert (bot_host, "bot") in routed(public), public
     for internal in ("/internal/answer", "/metrics", "/readyz", "/livez", "/healthz", "/docs.json", "/schema.json", "/status", "/classify"):
         assert (bot_host, "bot") not in routed(internal), f"{internal} must not leave the cluster"
