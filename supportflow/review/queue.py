@@ -130,8 +130,11 @@ def build_queue(
     answered = answered[~answered["turn_id"].isin(set(labelled))]
     rows = [(turn, *uncertainty_of(turn)) for _, turn in answered.iterrows()]
     rows.sort(key=lambda row: -row[1])
-    seen: set[str] = set()
-    unique = [row for row in rows if not (row[0]["text"] in seen or seen.add(row[0]["text"]))]
+    unique, seen = [], set()
+    for row in rows:  # most uncertain first, so the copy kept of a repeated message is its most uncertain turn
+        if row[0]["text"] not in seen:
+            seen.add(row[0]["text"])
+            unique.append(row)
     items: list[QueuedTurn] = []
     if unique:
         embeddings = embed([row[0]["text"] for row in unique])
