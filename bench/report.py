@@ -143,6 +143,21 @@ def _service_imports(r: dict) -> list[Row]:
     return rows
 
 
+def _active_learning(r: dict) -> list[Row]:
+    target = r["target"]
+    reached = target["queue_labels_to_reach"]
+    measured = (
+        f"queue {r['accuracy_queue'][-1]:.4f}, random {r['accuracy_random'][-1]:.4f} with {r['labels'][-1]:,} labels"
+        f" (mean of {len(r['seeds'])} seeds); the queue reached random's final {target['random_final_accuracy']:.4f} with"
+        + (f" {reached:,} labels ({target['queue_share_of_random_labels']:.0%} of random's)" if reached else "out reaching it")
+    )
+    what = (
+        f"Active learning on BANKING77: the review queue's pick vs random, from {r['labels'][0]:,} labels in rounds of {r['batch']}"
+        " (frozen MiniLM embeddings + logistic regression, scored on test)"
+    )
+    return [(what, measured, "random's final accuracy with <= 60% of its labels", "active_learning.json")]
+
+
 def _resolution(r: dict, file: str) -> list[Row]:
     measured = (
         f"answered right {r['answered_right_rate']:.1%}, wrong {r['answered_wrong_rate']:.1%}, clarified {r['clarified_rate']:.1%},"
@@ -170,6 +185,7 @@ RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "demo.json": _demo,
     "cli.json": _cli,
     "service_imports.json": _service_imports,
+    "active_learning.json": _active_learning,
 }
 
 

@@ -116,6 +116,18 @@ def cmd_drift(args: argparse.Namespace) -> None:
     _report(args, "drift monitor", drift_monitor(window_hours=args.hours, end=args.end, retrain=args.retrain))
 
 
+def cmd_gaps(args: argparse.Namespace) -> None:
+    from flows.knowledge_gaps import knowledge_gaps
+
+    _report(args, "knowledge gaps", knowledge_gaps(window_hours=args.hours, end=args.end))
+
+
+def cmd_review_queue(args: argparse.Namespace) -> None:
+    from flows.review_queue import review_queue
+
+    _report(args, "review queue", review_queue(window_hours=args.hours, end=args.end))
+
+
 def _run_pipeline(args: argparse.Namespace) -> "PipelineSummary":
     from flows.pipeline import pipeline
 
@@ -515,6 +527,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     drift.add_argument("--retrain", action="store_true", help="on drift, run the pipeline on the lake's tickets and agents' labels")
     drift.add_argument("--json", action="store_true", help="print the report as JSON")
     drift.set_defaults(run=cmd_drift, prefect=True)
+    gaps = commands.add_parser("gaps", help="the knowledge-gap report: questions the knowledge base failed, grouped by topic")
+    gaps.add_argument("--hours", type=float, default=168.0, help="the window's length (default a week)")
+    gaps.add_argument("--end", help="the window's end, ISO date-time (default now)")
+    gaps.add_argument("--json", action="store_true", help="print the report as JSON")
+    gaps.set_defaults(run=cmd_gaps, prefect=True)
+    review = commands.add_parser("review-queue", help="rebuild the review queue: the bot-answered turns worth an agent's label")
+    review.add_argument("--hours", type=float, default=168.0, help="the window's length (default a week)")
+    review.add_argument("--end", help="the window's end, ISO date-time (default now)")
+    review.add_argument("--json", action="store_true", help="print the queue as JSON")
+    review.set_defaults(run=cmd_review_queue, prefect=True)
     demo = commands.add_parser("demo", help="run the whole loop on the workspace's desk, then serve the promoted bot")
     demo.add_argument("--no-serve", action="store_true", help="stop after the pipeline")
     demo.add_argument("--profile", choices=["quick", "full"], help="training profile (default: SUPPORTFLOW_TRAIN_PROFILE, quick)")

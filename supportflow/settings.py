@@ -243,6 +243,7 @@ class Settings(BaseSettings):
     # Drift monitor: thresholds as one JSON object in SUPPORTFLOW_DRIFT, its reports in this MLflow experiment.
     drift: DriftThresholds = DriftThresholds()
     drift_experiment: str = "drift-monitor"
+    gaps_experiment: str = "knowledge-gaps"  # the knowledge-gap reports (flows/knowledge_gaps.py)
 
     @classmethod
     def settings_customise_sources(

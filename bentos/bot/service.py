@@ -43,6 +43,8 @@ from supportflow.keys import checked_secret, conversation_keys
 from supportflow.lake import open_lake
 from supportflow.limits import BodyLimit, TurnLimit
 from supportflow.logs import configure_json_logging
+from supportflow.review.gaps import read_report
+from supportflow.review.queue import MAX_QUEUE, ReviewError, label_turn, pending
 from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import Settings, get_settings
 from supportflow.validate.catalogue import load_catalogue
@@ -81,6 +83,14 @@ class AgentAction(BaseModel):
 
     text: str | None = None
     intent: str | None = None
+
+
+class ReviewLabel(BaseModel):
+    """No `agent`: the label is recorded as given by whoever the bearer token belongs to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intent: str
 
 
 def open_knowledge(settings: object) -> object | None:
@@ -135,7 +145,7 @@ class BotService:
         if internal_token(settings) is None:
             log.warning("no internal token: /internal/answer and /metrics are closed, so every turn Rasa answers is handed off")
         lake = open_lake(settings)
-        self.lake = lake
+        self.lake = lake  # where the review queue and the knowledge-gap report are read from
         desk = self.desk()
         self.channels = desk.config.channels
         self.feedback_asks = FeedbackAsks(settings.handoff_db_url) if self.channels.sms_feedback else None
@@ -450,6 +460,29 @@ class BotService:
         except HandoffError as error:
             raise HTTPException(404 if "no handoff" in str(error) else 409, str(error)) from error
         raise HTTPException(404, f"unknown action {action!r}; use claim, answer, resolve or give_back")
+
+    @web.get("/agent/review")
+    def review(self, limit: Annotated[int, Query(ge=1, le=MAX_QUEUE)] = 20, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """Bot-answered turns worth a label, the most useful first (built by the `review_queue` flow)."""
+        self._agent(authorization)
+        return {"items": [item.model_dump() for item in pending(self.lake, limit)]}
+
+    @web.post("/agent/review/{turn_id}/label")
+    def label(self, turn_id: str, body: ReviewLabel, authorization: Annotated[str | None, Header()] = None) -> dict:
+        agent = self._agent(authorization)
+        try:
+            return label_turn(self.lake, turn_id, body.intent, agent, self.bot.handoffs.intents).model_dump(mode="json")
+        except ReviewError as error:
+            raise HTTPException(error.status, str(error)) from error
+
+    @web.get("/agent/gaps")
+    def gaps(self, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """The latest knowledge-gap report (the `knowledge_gaps` flow's); no topics before its first run."""
+        self._agent(authorization)
+        report = read_report(self.lake)
+        if report is None:
+            return {"generated_at": None, "topics": []}
+        return {"generated_at": report.generated_at.isoformat(), "topics": [topic.model_dump() for topic in report.topics]}
 
 
 # Outermost first: the body cap and the turn limit refuse before anything is parsed or waits; then the token.

@@ -30,7 +30,7 @@ from supportflow.bot.clarify import OFFERED_SLOT, options_to_offer, picked
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.memory import Expiring, Transcripts
-from supportflow.bot.turns import Route, Turn, TurnLog
+from supportflow.bot.turns import RANKING_KEPT, Route, Turn, TurnLog
 from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
 from supportflow.keys import ConversationKeys
 from supportflow.redact import redact
@@ -94,6 +94,8 @@ class AnswerResponse(BaseModel):
     answer_intent: str | None = None  # the intent the chosen article answers: what an evaluation checks against the gold intent
     kb_score: float | None = None
     degraded: bool = False  # a part the bot needs (the classifier) is down
+    handoff_reason: str | None = None
+    ranking: list[dict[str, Any]] = Field(default_factory=list)  # the classifier's, for the turn log
 
 
 class ChatError(Exception):
@@ -175,6 +177,7 @@ class SupportBot:
         if offered and OFFERED_SLOT not in response.slots:
             response.slots[OFFERED_SLOT] = None  # answered, or declined by a new message: an offer is made once
         if request.request_id:
+            response.ranking = request.ranking[:RANKING_KEPT]
             self._outcomes.put(request.request_id, response)
         return response
 
@@ -260,7 +263,11 @@ class SupportBot:
         transcript = self._transcripts.of(request.conversation_id) or [("customer", request.text)]
         self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent, request.ranking)
         return AnswerResponse(
-            messages=[message or self.texts.handoff], route="handoff", intent=request.intent, confidence=request.confidence
+            messages=[message or self.texts.handoff],
+            route="handoff",
+            intent=request.intent,
+            confidence=request.confidence,
+            handoff_reason=reason,
         )
 
     # A customer's message from a channel.
@@ -300,6 +307,8 @@ class SupportBot:
                 model_version=self.model_version,
                 latency_ms=latency,
                 request_id=request_id,
+                ranking=[r for r in outcome.ranking if r.get("intent") and r.get("confidence") is not None] if outcome else [],
+                handoff_reason=outcome.handoff_reason if outcome else None,
             )
         )
         log.info(

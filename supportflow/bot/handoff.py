@@ -18,20 +18,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import pandas as pd
 from pydantic import BaseModel
 from sqlalchemy import ForeignKey, String, Text, create_engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from supportflow.errors import SupportflowError
-from supportflow.ingest.tickets import to_table, to_tickets
+from supportflow.ingest.labels import write_label
 from supportflow.lake import Lake
-from supportflow.redact import Redactor, redact
+from supportflow.redact import redact
 
 Status = Literal["waiting", "claimed", "answered", "resolved", "returned"]
 CLOSED = ("resolved", "returned")  # resolved by an agent, or given back to the bot: the bot answers the next message
-AGENT_LABEL_SOURCE = "agent_label"
 log = logging.getLogger(__name__)
 MAX_PAGE = 100  # handoffs in one listing: an agent's screen, not the whole history
 SUGGESTIONS = 3  # the model's top intents kept with a handoff, for the agent who labels it
@@ -267,7 +265,7 @@ class HandoffQueue:
             handoff.events.append(Event(action="resolve", agent=agent, intent=intent))
             customer = next((m.text for m in handoff.messages if m.role == "customer"), None)
             if intent is not None and customer:
-                self._write_label(customer, intent, handoff.channel)
+                write_label(self.lake, customer, intent, handoff.channel)
             session.commit()
             return _view(handoff)
 
@@ -282,15 +280,6 @@ class HandoffQueue:
             handoff.events.append(Event(action="give_back", agent=agent))
             session.commit()
             return _view(handoff)
-
-    def _write_label(self, text: str, intent: str, channel: str) -> None:
-        now = datetime.now(UTC)
-        raw = pd.DataFrame({"text": [text], "intent": [intent], "channel": [channel]})
-        tickets = to_tickets(raw, AGENT_LABEL_SOURCE, "other", Redactor(), now)
-        name = f"{AGENT_LABEL_SOURCE}-{tickets['ticket_id'].iloc[0]}.parquet"
-        if self.lake.fs.glob(self.lake.path("tickets", "*", name)):
-            return  # the same label was given before (the file is named by the ticket's id): the lake keeps one
-        self.lake.write_parquet(to_table(tickets), "tickets", f"ingest_date={now:%Y-%m-%d}", name)
 
     @contextmanager
     def _session(self) -> Iterator[Session]:

@@ -39,8 +39,16 @@ TURN_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("latency_ms", pa.float64()),
         ("request_id", pa.string()),
+        ("ranking", pa.list_(pa.struct([("intent", pa.string()), ("confidence", pa.float64())]))),
+        ("handoff_reason", pa.string()),
     ]
 )
+RANKING_KEPT = 5  # the intents a turn keeps from the classifier's ranking: the review queue's suggestions and margin
+
+
+class IntentScore(BaseModel):
+    intent: str
+    confidence: float
 
 
 class Turn(BaseModel):
@@ -57,6 +65,8 @@ class Turn(BaseModel):
     model_version: str | None = None
     latency_ms: float | None = None
     request_id: str | None = None
+    ranking: list[IntentScore] = Field(default_factory=list)  # the classifier's top intents, best first
+    handoff_reason: str | None = None  # why the bot handed off: the knowledge-gap report counts "nothing relevant"
 
 
 class TurnLog:

@@ -1,8 +1,10 @@
 """The bot's routing decisions, against the real demo knowledge base (tantivy + MiniLM)."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pydantic import SecretStr
 
@@ -213,3 +215,39 @@ def test_an_intent_with_no_article_is_handed_off_not_answered_from_another(tmp_p
     assert unwritten.route == "handoff" and unwritten.kb_doc_id is None
     (queued,) = handoffs.page().handoffs
     assert queued["reason"] == "no article answers order_physical_card"
+
+
+def test_the_turn_log_keeps_the_ranking_and_why_a_turn_was_handed_off(bot: SupportBot) -> None:
+    """What the review queue (its margin, its suggestions) and the knowledge-gap report (no-answer handoffs) read."""
+    import httpx
+
+    ranking = {
+        "my card still hasn't arrived": [
+            {"intent": "card_arrival", "confidence": 0.5},
+            {"intent": "card_delivery_estimate", "confidence": 0.4},
+        ],
+        "can you recommend a pizza topping for tonight?": [{"intent": "card_arrival", "confidence": 0.3}],
+    }
+
+    def rasa(request: httpx.Request) -> httpx.Response:  # a stand-in Rasa whose action asks the bot, as the real one does
+        said = json.loads(request.content)
+        top = ranking[said["message"]][0]
+        reply = bot.answer(
+            AnswerRequest(
+                conversation_id=said["sender"],
+                request_id=said["metadata"]["request_id"],
+                text=said["message"],
+                intent=top["intent"] if top["confidence"] > 0.4 else None,
+                confidence=top["confidence"],
+                ranking=ranking[said["message"]],
+            )
+        )
+        return httpx.Response(200, json=[{"text": message} for message in reply.messages])
+
+    bot._http = httpx.Client(transport=httpx.MockTransport(rasa))
+    assert bot.chat("c4", "my card still hasn't arrived").route == "kb"
+    assert bot.chat("c5", "can you recommend a pizza topping for tonight?").route == "handoff"
+    bot.turns.flush()
+    answered, handed_off = read_turns(bot.turns.lake).to_dict("records")
+    assert [dict(r) for r in answered["ranking"]] == ranking["my card still hasn't arrived"] and pd.isna(answered["handoff_reason"])
+    assert handed_off["handoff_reason"] == "nothing relevant in the knowledge base"
