@@ -115,7 +115,8 @@ def dialogue_archive(settings: Settings, tag: str) -> Path:
     return archive
 
 
-def _build(settings: Settings, name: str, version: str, labels: dict[str, str], arguments: dict[str, str]) -> str:
+def build_bento(settings: Settings, name: str, version: str, labels: dict[str, str], arguments: dict[str, str]) -> str:
+    """`bentoml build` of one bento in the settings' BentoML home; a tag already built is reused (tags are content-addressed)."""
     tag = f"{name}:{version}"
     if _exists(settings, "bentos", tag):
         return tag
@@ -149,9 +150,9 @@ def build_bundles(settings: Settings, classifier_version: str, dialogue_model: P
     # Tags must be content-addressed and short: the classifier version, then a digest of everything inside.
     inside = hashlib.sha256(f"{code}|{classifier_model}|{dialogue}|{kb_build}".encode()).hexdigest()[:12]
     version = f"v{classifier_version}-{inside}"
-    classifier = _build(settings, CLASSIFIER_BENTO, version, labels, {"model": classifier_model})
+    classifier = build_bento(settings, CLASSIFIER_BENTO, version, labels, {"model": classifier_model})
     step.advance(detail=classifier)
-    bot = _build(settings, BOT_BENTO, version, labels, {"dialogue": dialogue})
+    bot = build_bento(settings, BOT_BENTO, version, labels, {"dialogue": dialogue})
     step.advance(detail=bot)
     step.close()
     return Bundles(
