@@ -21,8 +21,17 @@ from packaging.utils import canonicalize_name
 
 from bench.service_imports import SERVICES
 from bentos.serving_requirements import BENTOS, closure, pinned, read_in, read_lock
-from supportflow.release.bundle import BOT_BENTO, CLASSIFIER_BENTO, CLASSIFIER_MODEL, DIALOGUE_MODEL, bentoml_environment, build_bento
+from supportflow.release.bundle import (
+    BOT_BENTO,
+    CLASSIFIER_BENTO,
+    CLASSIFIER_MODEL,
+    DIALOGUE_MODEL,
+    build_bento,
+    create_model,
+    import_dialogue,
+)
 from supportflow.settings import get_settings
+from supportflow.workspace import BUNDLED_WORKSPACE
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -131,32 +140,22 @@ def test_each_service_starts_up_with_nothing_installed_but_its_serving_requireme
     assert done.returncode == 0 and done.stdout.strip().endswith("imported"), done.stderr[-3000:]
 
 
-CREATE_MODEL = """
-import sys
-from pathlib import Path
-import bentoml
-
-with bentoml.models.create(sys.argv[1], labels=dict(pair.split("=", 1) for pair in sys.argv[3:])) as model:
-    Path(model.path, sys.argv[2]).write_text("{}")
-"""
-
-
 @pytest.fixture
-def tiny_models() -> dict[str, str]:
-    """What the bundle stage imports, in miniature: a classifier model and a dialogue archive, created through BentoML's
-    public API in a process whose BENTOML_HOME is the test's. Building a bento only needs the tags in the store."""
+def tiny_models(tmp_path: Path) -> dict[str, str]:
+    """What the bundle stage imports, in miniature, through its own functions: a classifier model folder and a
+    dialogue archive. Building a bento only needs the tags in the store; nothing is served from them here."""
     settings = get_settings()
-    models = {
-        "model": (f"{CLASSIFIER_MODEL}:tiny", "card.json", "version=1", "variant=int8"),
-        "dialogue": (f"{DIALOGUE_MODEL}:tiny", "model.tar.gz"),
-    }
-    for tag, *arguments in models.values():
-        done = subprocess.run(
-            [sys.executable, "-c", CREATE_MODEL, tag, *arguments], env=bentoml_environment(settings), capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
+    card = tmp_path / "classifier"
+    card.mkdir()
+    (card / "card.json").write_text("{}")
+    create_model(settings, f"{CLASSIFIER_MODEL}:tiny", {"version": "1", "variant": "int8"}, card)
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(b"not a real Rasa model")
+    dialogue = import_dialogue(settings, archive, classifier_version="1")
+    stored = settings.bentoml_home / "models" / DIALOGUE_MODEL / dialogue.split(":")[1]
+    assert (stored / "model.tar.gz").read_bytes() == archive.read_bytes() and (stored / BUNDLED_WORKSPACE / "intents.yaml").exists()
     assert (settings.bentoml_home / "models" / CLASSIFIER_MODEL / "tiny" / "card.json").exists()
-    return {argument: tag for argument, (tag, *_) in models.items()}
+    return {"model": f"{CLASSIFIER_MODEL}:tiny", "dialogue": dialogue}
 
 
 @pytest.mark.slow
