@@ -3,7 +3,8 @@
 ingest -> validate -> train (evaluate, register, gate) -> kb_index -> dialogue -> release (bundle, smoke
 test on spare ports, promote) -> report. Every stage can be re-run: ingest and validate are idempotent by
 content, training resumes from the registry (a finished training of the same snapshot is not repeated),
-the knowledge base and dialogue stages are cached on their inputs, bundles are content-addressed and a
+the knowledge base and dialogue stages are cached on their inputs (their results on the lake, flows/results.py,
+so a run resumed on another machine or pod finds them), bundles are content-addressed and a
 passed smoke test is cached on the bundles. So a run killed anywhere is finished by running it again.
 """
 
@@ -20,6 +21,7 @@ from flows.dialogue import dialogue
 from flows.ingest import ingest
 from flows.kb_index import kb_index
 from flows.release import release
+from flows.results import on_the_lake
 from flows.train import train
 from flows.validate import validate
 from supportflow.classifier.registry import registered_accuracy
@@ -75,11 +77,12 @@ def pipeline(paths: list[str] | None = None, source: str | None = None, profile:
     snapshot = timed("validate", validate)
     training = timed("train", lambda: train(profile=profile))
     served = keyword_index(settings).serving() is not None
-    knowledge = timed("kb_index", lambda: kb_stage.with_options(refresh_cache=not served)(settings, snapshot.snapshot_id))
+    kb_cached, dialogue_cached = on_the_lake(kb_stage, settings), on_the_lake(dialogue_stage, settings)
+    knowledge = timed("kb_index", lambda: kb_cached.with_options(refresh_cache=not served)(settings, snapshot.snapshot_id))
     champion = training.champion_version
-    built = timed("dialogue", lambda: dialogue_stage(settings, champion, snapshot.snapshot_id))
+    built = timed("dialogue", lambda: dialogue_cached(settings, champion, snapshot.snapshot_id))
     if not built.model.exists():  # the cached build's archive was removed since: build it again
-        built = timed("dialogue", lambda: dialogue_stage.with_options(refresh_cache=True)(settings, champion, snapshot.snapshot_id))
+        built = timed("dialogue", lambda: dialogue_cached.with_options(refresh_cache=True)(settings, champion, snapshot.snapshot_id))
     accuracy = registered_accuracy(settings, champion)
     released = timed("release", lambda: release(champion, str(built.model), knowledge.build_id, accuracy))
     summary = PipelineSummary(

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from flows.results import on_the_lake
 from supportflow.lake import open_lake
 from supportflow.release.bundle import Bundles, build_bundles
 from supportflow.release.promote import (
@@ -51,7 +52,7 @@ def log_resolution(settings: Settings, release: Release) -> str | None:
 def release(classifier_version: str, dialogue_model: str, kb_build: str | None, expected_accuracy: float) -> ReleaseSummary:
     settings = get_settings()
     bundles = bundle(settings, classifier_version, Path(dialogue_model), kb_build)
-    report = smoke(settings, bundles, expected_accuracy)
+    report = on_the_lake(smoke, settings)(settings, bundles, expected_accuracy)  # cached on the lake: any pod finds it
     promoted = promote_release(settings, bundles, report)
     run_id = log_resolution(settings, promoted)
     summary = ReleaseSummary(bundles=bundles, smoke=report, release=promoted, resolution_run_id=run_id)

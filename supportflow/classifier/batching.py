@@ -11,9 +11,45 @@ cost) / 0.05, about 28 ms for 1.4 ms of lateness. Measured here: after a burst a
 A request dispatched alone waited for company that never came; its wait says nothing about how long
 company takes to arrive. Logging it as no wait removes the fixed point, and the learnt wait then comes from
 calls that did batch, which is what the average is for.
+
+BentoML has no public API for its dispatcher, so this patches its internals (`bentoml._internal.marshal`). The
+patch is applied only to the BentoML versions it was measured on (PATCHED_FOR, the pin of pyproject.toml); on any
+other the service refuses to start with the reason, rather than patch code that may have changed underneath.
 """
 
+from importlib.metadata import version
+
 from bentoml._internal.marshal import dispatcher
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from supportflow.errors import SupportflowError
+
+PATCHED_FOR = SpecifierSet(">=1.4,<1.5")
+
+
+class BatchingPatchError(SupportflowError):
+    """The installed BentoML is not one the batching patch was written and measured for."""
+
+
+def bentoml_version() -> str:
+    return version("bentoml")
+
+
+def _check_patchable() -> None:
+    installed = bentoml_version()
+    if Version(installed) not in PATCHED_FOR:
+        raise BatchingPatchError(
+            f"supportflow/classifier/batching.py patches BentoML {PATCHED_FOR}'s dispatcher, and BentoML {installed} is installed: "
+            "re-measure the lone-request wait on it (tests/bot/test_serving_overhead.py) and widen PATCHED_FOR, or drop the patch"
+        )
+    missing = [
+        name
+        for name, owner in (("log_outbound", dispatcher.Optimizer), ("TICKET_INTERVAL", dispatcher.CorkDispatcher))
+        if not hasattr(owner, name)
+    ]
+    if missing:
+        raise BatchingPatchError(f"BentoML {installed}'s dispatcher has no {', '.join(missing)}: the batching patch does not apply")
 
 
 class LoneRequestsTeachNoWait(dispatcher.Optimizer):
@@ -21,6 +57,10 @@ class LoneRequestsTeachNoWait(dispatcher.Optimizer):
         super().log_outbound(n=n, wait=wait if n > 1 else 0.0, duration=duration)
 
 
-def use_in_bentoml_dispatchers() -> None:
-    """Every batching endpoint built after this call learns its wait from batched calls only."""
+def use_in_bentoml_dispatchers(poll_interval_s: float | None = None) -> None:
+    """Every batching endpoint built after this call learns its wait from batched calls only, and, given
+    `poll_interval_s`, its dispatcher polls a queue that many seconds apart (BentoML's default: 1 ms)."""
+    _check_patchable()
     dispatcher.Optimizer = LoneRequestsTeachNoWait
+    if poll_interval_s is not None:
+        dispatcher.CorkDispatcher.TICKET_INTERVAL = poll_interval_s

@@ -3,22 +3,79 @@
 Each build is an index `<name>-<build_id>` filled with the bulk helpers; the alias `<name>` is
 moved to it in one `update_aliases` call (remove and add together, atomic on the cluster), so a
 rebuild never leaves the bot without an index; the indices the alias left are deleted after.
+
+A build may carry its vectors too (`dense_vector` fields, HNSW-indexed for kNN): each passage's own vector and its
+article's title vector, beside the passage itself. Replicas then read a build from the cluster (`stored`), not from
+`.npy` files on a shared volume, and `hybrid_search` asks for BM25 and kNN in one request, the cluster summing
+the two scores. The request bodies are built by plain functions, so they are checked without a server.
 """
 
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from supportflow.errors import KnowledgeBaseError
 from supportflow.kb.documents import Passage
 from supportflow.kb.index import TITLE_BOOST, KeywordHit
 
-MAPPINGS = {
-    "properties": {
-        "id": {"type": "keyword"},
-        "title": {"type": "text", "analyzer": "english"},
-        "body": {"type": "text", "analyzer": "english"},
+DIMENSIONS = 384  # all-MiniLM-L6-v2's (supportflow/kb/embeddings.py)
+PASSAGE_FIELDS = ("doc_id", "source", "url", "updated_at", "intent")
+
+
+def index_mappings(dimensions: int = DIMENSIONS) -> dict[str, Any]:
+    """BM25 text fields, the passage as stored, and the two vectors; unit vectors, so `dot_product` is the cosine."""
+    vector = {"type": "dense_vector", "dims": dimensions, "index": True, "similarity": "dot_product"}
+    return {
+        "properties": {
+            "id": {"type": "keyword"},
+            "position": {"type": "integer"},  # the passage's place in the build, which the vectors' rows follow
+            "title": {"type": "text", "analyzer": "english"},
+            "body": {"type": "text", "analyzer": "english"},
+            "doc_id": {"type": "keyword"},
+            "source": {"type": "keyword", "index": False},
+            "url": {"type": "keyword", "index": False},
+            "updated_at": {"type": "date"},
+            "intent": {"type": "keyword"},
+            "passage_vector": vector,
+            "title_vector": vector,
+        }
     }
-}
+
+
+MAPPINGS = index_mappings()
+
+
+def keyword_query(query: str) -> dict[str, Any]:
+    return {"multi_match": {"query": query, "fields": [f"title^{TITLE_BOOST}", "body"], "type": "most_fields"}}
+
+
+def hybrid_body(
+    query: str, vector: Sequence[float], limit: int, candidates: int = 100, keyword_boost: float = 0.1, vector_boost: float = 1.0
+) -> dict[str, Any]:
+    """One search request: BM25 over title and body and kNN over the passage vectors, each hit scored by the sum of
+    its boosted BM25 score and boosted kNN similarity (a hit of only one side gets only that side's)."""
+    values = [float(value) for value in vector]
+    if not values or not all(np.isfinite(values)):
+        raise KnowledgeBaseError(f"a hybrid search needs a finite query vector, got {len(values)} values")
+    if limit < 1 or candidates < limit:
+        raise KnowledgeBaseError(f"a hybrid search needs 1 <= limit <= candidates, got limit {limit} and candidates {candidates}")
+    return {
+        "size": limit,
+        "query": {"bool": {"should": [keyword_query(query)], "boost": keyword_boost}},
+        "knn": {"field": "passage_vector", "query_vector": values, "k": limit, "num_candidates": candidates, "boost": vector_boost},
+        "_source": ["id"],
+    }
+
+
+def passage_document(passage: Passage, position: int, passage_vector: np.ndarray | None, title_vector: np.ndarray | None) -> dict:
+    document = {"id": passage.id, "position": position, "title": passage.title, "body": passage.body}
+    document |= {field: getattr(passage, field) for field in PASSAGE_FIELDS}
+    if passage.updated_at is not None:
+        document["updated_at"] = passage.updated_at.isoformat()
+    if passage_vector is not None and title_vector is not None:
+        document |= {"passage_vector": passage_vector.astype(float).tolist(), "title_vector": title_vector.astype(float).tolist()}
+    return document
 
 
 class ElasticsearchIndex:
@@ -42,17 +99,31 @@ class ElasticsearchIndex:
     def _index_name(self, build_id: str) -> str:
         return f"{self.name}-{build_id}"
 
-    def create(self, build_id: str, passages: Sequence[Passage]) -> None:
+    def create(self, build_id: str, passages: Sequence[Passage], vectors: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """`vectors`: the build's passage vectors (one row per passage) and title vectors (one row per article, in
+        the order `retrieval.article_keys` numbers them); without them the index holds BM25 only."""
         from elasticsearch import helpers
 
+        from supportflow.kb.retrieval import article_keys
+
+        rows: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, None)] * len(passages)
+        if vectors is not None:
+            passage_vectors, title_vectors = vectors
+            articles = article_keys(passages)
+            if passage_vectors.shape != (len(passages), DIMENSIONS) or title_vectors.shape != (int(articles.max()) + 1, DIMENSIONS):
+                raise KnowledgeBaseError(
+                    f"vectors of shape {passage_vectors.shape} and {title_vectors.shape} do not fit {len(passages)} passages "
+                    f"of {int(articles.max()) + 1} articles in {DIMENSIONS} dimensions"
+                )
+            rows = [(passage_vectors[i], title_vectors[articles[i]]) for i in range(len(passages))]
         index = self._index_name(build_id)
         if self._call(self.client.indices.exists, index=index):
             self._call(self.client.indices.delete, index=index)
         self._call(self.client.indices.create, index=index, settings={"number_of_shards": 1}, mappings=MAPPINGS)
 
         def actions() -> Iterator[dict[str, Any]]:
-            for passage in passages:
-                yield {"_index": index, "_id": passage.id, "_source": {"id": passage.id, "title": passage.title, "body": passage.body}}
+            for position, (passage, (passage_vector, title_vector)) in enumerate(zip(passages, rows, strict=True)):
+                yield {"_index": index, "_id": passage.id, "_source": passage_document(passage, position, passage_vector, title_vector)}
 
         indexed, errors = self._call(helpers.bulk, self.client, actions(), raise_on_error=False, refresh="wait_for")
         if errors:
@@ -68,10 +139,39 @@ class ElasticsearchIndex:
             self.client.search,
             index=index,
             size=limit,
-            query={"multi_match": {"query": query, "fields": [f"title^{TITLE_BOOST}", "body"], "type": "most_fields"}},
+            query=keyword_query(query),
             source=["id"],
         )
         return [KeywordHit(passage_id=hit["_source"]["id"], score=float(hit["_score"])) for hit in response["hits"]["hits"]]
+
+    def hybrid_search(
+        self, query: str, vector: Sequence[float], limit: int, build_id: str | None = None, **boosts: float
+    ) -> list[KeywordHit]:
+        """BM25 and kNN in one request (`hybrid_body`), best first; a build indexed without vectors finds nothing by kNN."""
+        index = self._index_name(build_id) if build_id else self.name
+        body = hybrid_body(query, vector, limit, max(limit, 100), **boosts)
+        response = self._call(
+            self.client.search, index=index, size=body["size"], query=body["query"], knn=body["knn"], source=body["_source"]
+        )
+        return [KeywordHit(passage_id=hit["_source"]["id"], score=float(hit["_score"])) for hit in response["hits"]["hits"]]
+
+    def stored(self, build_id: str | None = None) -> tuple[list[Passage], np.ndarray, np.ndarray]:
+        """A build's passages and vectors as the index holds them (the serving build by default): what a replica
+        needs to rank, with no file of the build's on its disk."""
+        from elasticsearch import helpers
+
+        from supportflow.kb.retrieval import article_keys
+
+        index = self._index_name(build_id) if build_id else self.name
+        hits = sorted(self._call(lambda: list(helpers.scan(self.client, index=index, query={"query": {"match_all": {}}}))), key=_position)
+        if not hits or "passage_vector" not in hits[0]["_source"]:
+            raise KnowledgeBaseError(f"Elasticsearch at {self.url}: {index} holds no vectors (built without them, or empty)")
+        passages = [Passage.model_validate({k: v for k, v in hit["_source"].items() if k in Passage.model_fields}) for hit in hits]
+        passage_vectors = np.array([hit["_source"]["passage_vector"] for hit in hits], dtype=np.float32)
+        articles = article_keys(passages)
+        first = {int(article): i for i, article in reversed(list(enumerate(articles)))}
+        title_vectors = np.array([hits[first[a]]["_source"]["title_vector"] for a in range(len(first))], dtype=np.float32)
+        return passages, passage_vectors, title_vectors
 
     def promote(self, build_id: str) -> None:
         index = self._index_name(build_id)
@@ -97,3 +197,7 @@ class ElasticsearchIndex:
     def versions(self) -> list[str]:
         found = self._call(self.client.indices.get, index=f"{self.name}-*", allow_no_indices=True, expand_wildcards="open")
         return sorted(name[len(self.name) + 1 :] for name in found.body)
+
+
+def _position(hit: dict[str, Any]) -> int:
+    return int(hit["_source"]["position"])

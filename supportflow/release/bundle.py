@@ -7,10 +7,12 @@ bundle stage after a failure finds the bentos it already built instead of buildi
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -51,11 +53,24 @@ def bentoml_environment(settings: Settings) -> dict[str, str]:
     return {**os.environ, "BENTOML_HOME": str(settings.bentoml_home), "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
 
 
-def _model_store(settings: Settings):
-    from bentoml._internal.models import ModelStore
+# BentoML's public API writes to the model store BENTOML_HOME names, which BentoML reads once, when it is imported:
+# so the model is created in a process of its own, as `bentoml build` runs in one.
+CREATE_MODEL = """
+import json, shutil, sys
+import bentoml
 
+with bentoml.models.create(sys.argv[1], labels=json.loads(sys.argv[2])) as model:
+    shutil.copytree(sys.argv[3], model.path, dirs_exist_ok=True)
+"""
+
+
+def create_model(settings: Settings, tag: str, labels: dict[str, str], folder: Path) -> None:
+    """A BentoML model holding the folder's files, in the settings' BentoML home."""
     settings.bentoml_home.mkdir(parents=True, exist_ok=True)
-    return ModelStore(str(settings.bentoml_home / "models"))
+    command = [sys.executable, "-c", CREATE_MODEL, tag, json.dumps(labels), str(folder)]
+    result = subprocess.run(command, env=bentoml_environment(settings), capture_output=True, text=True)
+    if result.returncode != 0 or not _exists(settings, "models", tag):
+        raise BundleError(f"creating the BentoML model {tag} failed (status {result.returncode}): {result.stderr[-2000:]}")
 
 
 def _exists(settings: Settings, kind: str, tag: str) -> bool:
@@ -70,18 +85,14 @@ def code_digest() -> str:
 
 def import_classifier(settings: Settings, version: str) -> tuple[str, str]:
     """The registry version as a BentoML model (once per version); returns its tag and serving variant."""
-    import bentoml
-
     client = connect(settings)
     registered = client.get_model_version(settings.registered_model_name, version)
     variant = client.get_run(registered.run_id).data.tags.get("serving_variant", "torch")
     tag = f"{CLASSIFIER_MODEL}:v{version}"
     if _exists(settings, "models", tag):
         return tag, variant
-    folder = download_classifier(settings, version)
     labels = {"registered_model": settings.registered_model_name, "version": version, "run_id": registered.run_id, "variant": variant}
-    with bentoml.models.create(tag, labels=labels, _model_store=_model_store(settings)) as model:
-        shutil.copytree(folder, model.path, dirs_exist_ok=True)
+    create_model(settings, tag, labels, download_classifier(settings, version))
     return tag, variant
 
 
@@ -90,19 +101,18 @@ def import_dialogue(settings: Settings, archive: Path, classifier_version: str) 
 
     The workspace's `supportflow.yaml` (the bot's texts) and `intents.yaml` (the catalogue agents label with) travel
     in the model, so a bundle serves the desk it was built for on any machine, whatever workspace is there."""
-    import bentoml
-
     desk = workspace(settings)
     carried = [desk.root / CONFIG_FILE, desk.catalogue_file]
     digest = hashlib.sha256(b"".join(path.read_bytes() for path in [archive, *carried])).hexdigest()[:16]
     tag = f"{DIALOGUE_MODEL}:{digest}"
     if not _exists(settings, "models", tag):
         labels = {"classifier_version": classifier_version, "workspace": desk.config.name}
-        with bentoml.models.create(tag, labels=labels, _model_store=_model_store(settings)) as model:
-            shutil.copy2(archive, Path(model.path) / "model.tar.gz")
-            (Path(model.path) / BUNDLED_WORKSPACE).mkdir()
+        with tempfile.TemporaryDirectory(prefix="dialogue-model-") as staging:
+            shutil.copy2(archive, Path(staging) / "model.tar.gz")
+            (Path(staging) / BUNDLED_WORKSPACE).mkdir()
             for path in carried:
-                shutil.copy2(path, Path(model.path) / BUNDLED_WORKSPACE / path.name)
+                shutil.copy2(path, Path(staging) / BUNDLED_WORKSPACE / path.name)
+            create_model(settings, tag, labels, Path(staging))
     return tag
 
 
@@ -115,7 +125,8 @@ def dialogue_archive(settings: Settings, tag: str) -> Path:
     return archive
 
 
-def _build(settings: Settings, name: str, version: str, labels: dict[str, str], arguments: dict[str, str]) -> str:
+def build_bento(settings: Settings, name: str, version: str, labels: dict[str, str], arguments: dict[str, str]) -> str:
+    """`bentoml build` of one bento in the settings' BentoML home; a tag already built is reused (tags are content-addressed)."""
     tag = f"{name}:{version}"
     if _exists(settings, "bentos", tag):
         return tag
@@ -149,9 +160,9 @@ def build_bundles(settings: Settings, classifier_version: str, dialogue_model: P
     # Tags must be content-addressed and short: the classifier version, then a digest of everything inside.
     inside = hashlib.sha256(f"{code}|{classifier_model}|{dialogue}|{kb_build}".encode()).hexdigest()[:12]
     version = f"v{classifier_version}-{inside}"
-    classifier = _build(settings, CLASSIFIER_BENTO, version, labels, {"model": classifier_model})
+    classifier = build_bento(settings, CLASSIFIER_BENTO, version, labels, {"model": classifier_model})
     step.advance(detail=classifier)
-    bot = _build(settings, BOT_BENTO, version, labels, {"dialogue": dialogue})
+    bot = build_bento(settings, BOT_BENTO, version, labels, {"dialogue": dialogue})
     step.advance(detail=bot)
     step.close()
     return Bundles(

@@ -1,9 +1,12 @@
 """What the served requests are spared: a batching wait left behind by a burst, and per-request logs and spans."""
 
+import re
+
 import pytest
 from bentoml._internal.marshal import dispatcher
 
-from supportflow.classifier.batching import LoneRequestsTeachNoWait, use_in_bentoml_dispatchers
+from supportflow.classifier import batching
+from supportflow.classifier.batching import BatchingPatchError, LoneRequestsTeachNoWait, use_in_bentoml_dispatchers
 from supportflow.services import bentoml_service_config
 from supportflow.settings import Settings
 
@@ -37,6 +40,30 @@ def test_batching_endpoints_built_after_the_switch_use_it(monkeypatch: pytest.Mo
         cork.optimizer.log_outbound(n=n, wait=0.01, duration=0.001 * n + 0.002)
     cork.optimizer.trigger_refresh()
     assert cork.optimizer.o_a == pytest.approx(0.001) and cork.optimizer.o_b == pytest.approx(0.002)
+
+
+def test_the_dispatcher_polls_at_the_interval_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatcher, "Optimizer", dispatcher.Optimizer)
+    monkeypatch.setattr(dispatcher.CorkDispatcher, "TICKET_INTERVAL", dispatcher.CorkDispatcher.TICKET_INTERVAL)
+    use_in_bentoml_dispatchers(poll_interval_s=0.005)
+    assert dispatcher.CorkDispatcher.TICKET_INTERVAL == 0.005
+
+
+@pytest.mark.parametrize("installed", ["1.5.0", "1.3.9", "2.0.0"])
+def test_the_patch_refuses_a_bentoml_it_was_not_measured_on(installed: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatcher, "Optimizer", dispatcher.Optimizer)
+    monkeypatch.setattr(batching, "bentoml_version", lambda: installed)
+    with pytest.raises(
+        BatchingPatchError, match=re.escape(f"BentoML {batching.PATCHED_FOR}'s dispatcher, and BentoML {installed} is installed")
+    ):
+        use_in_bentoml_dispatchers()
+    assert dispatcher.Optimizer is not LoneRequestsTeachNoWait  # nothing was patched
+
+
+def test_the_patch_refuses_a_dispatcher_without_the_hooks_it_replaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatcher, "Optimizer", type("Optimizer", (), {}))  # a BentoML whose optimizer changed shape
+    with pytest.raises(BatchingPatchError, match="has no log_outbound"):
+        use_in_bentoml_dispatchers()
 
 
 @pytest.mark.parametrize("on", [False, True])

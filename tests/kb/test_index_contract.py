@@ -1,9 +1,15 @@
-"""The keyword-index contract: every backend must pass these, tantivy always, Elasticsearch when SUPPORTFLOW_ES_URL is set."""
+"""The keyword-index contract: every backend must pass these, tantivy always, Elasticsearch when SUPPORTFLOW_ES_URL is set;
+then what only Elasticsearch does: the build's vectors in the index, and hybrid BM25 + kNN in one request."""
 
+import os
+from collections.abc import Iterator
+
+import numpy as np
 import pytest
 
 from supportflow.errors import KnowledgeBaseError
 from supportflow.kb.documents import Passage
+from supportflow.kb.elasticsearch_index import DIMENSIONS, ElasticsearchIndex
 from supportflow.kb.index import KeywordIndex
 from supportflow.settings import Settings
 
@@ -75,3 +81,43 @@ def test_elasticsearch_misconfigured_or_down_is_a_clear_error(kb_settings: Setti
     down = kb_settings.model_copy(update={"search_backend": "elasticsearch", "es_url": "http://127.0.0.1:9"})  # nothing listens on port 9
     with pytest.raises(KnowledgeBaseError, match=r"Elasticsearch at http://127\.0\.0\.1:9: ConnectionError"):
         keyword_index(down)
+
+
+@pytest.fixture
+def elasticsearch_index() -> Iterator[ElasticsearchIndex]:
+    url = os.environ.get("SUPPORTFLOW_ES_URL")
+    if not url:
+        pytest.skip("the vectors in Elasticsearch need a server: set SUPPORTFLOW_ES_URL (none can be installed here)")
+    index = ElasticsearchIndex(url, name=f"supportflow-vectors-{os.getpid()}")
+    yield index
+    for version in index.versions():
+        index.discard(version)
+
+
+def unit_vectors(rows: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(rows, DIMENSIONS)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_elasticsearch_keeps_a_builds_vectors_and_serves_them_after_the_alias_swap(elasticsearch_index: ElasticsearchIndex) -> None:
+    passage_vectors, title_vectors = unit_vectors(3, 1), unit_vectors(3, 2)
+    elasticsearch_index.create("b1", PASSAGES[:1], (passage_vectors[:1], title_vectors[:1]))
+    elasticsearch_index.promote("b1")
+    elasticsearch_index.create("b2", PASSAGES, (passage_vectors, title_vectors))
+    assert [p.id for p in elasticsearch_index.stored()[0]] == ["arrival#0"]  # b1 serves until the swap
+    elasticsearch_index.promote("b2")
+    passages, stored_passages, stored_titles = elasticsearch_index.stored()
+    assert passages == PASSAGES  # in the build's order, which the vectors' rows follow
+    assert np.allclose(stored_passages, passage_vectors, atol=1e-6) and np.allclose(stored_titles, title_vectors, atol=1e-6)
+    with pytest.raises(KnowledgeBaseError, match="do not fit"):
+        elasticsearch_index.create("b3", PASSAGES, (passage_vectors[:2], title_vectors))
+
+
+def test_elasticsearch_answers_bm25_and_knn_in_one_hybrid_request(elasticsearch_index: ElasticsearchIndex) -> None:
+    passage_vectors = unit_vectors(3, 3)
+    elasticsearch_index.create("b1", PASSAGES, (passage_vectors, unit_vectors(3, 4)))
+    elasticsearch_index.promote("b1")
+    by_vector = elasticsearch_index.hybrid_search("", passage_vectors[2], 1)
+    assert [hit.passage_id for hit in by_vector] == ["fees#0"]  # kNN alone: the passage whose vector it is
+    both = elasticsearch_index.hybrid_search("when will my cards arrive", passage_vectors[2], 3, keyword_boost=1.0, vector_boost=1.0)
+    assert {"arrival#0", "fees#0"} <= {hit.passage_id for hit in both}  # one by its words, one by its vector
