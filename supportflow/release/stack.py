@@ -168,10 +168,10 @@ def start_stack(
 
 @contextmanager
 def scratch_stack(settings: Settings, bundles: Bundles, log_dir: Path) -> Iterator[Stack]:
-    """The bundles served on spare ports against a scratch lake and handoff queue, beside whatever serves
-    production: what they are asked (a smoke test, an evaluation) never reaches the agents' queue or the drift
-    monitor, and their turns are attributed to the bundles' own classifier version. The services die with their
-    caller, so a killed check leaves nothing running; the scratch stores go with the stack."""
+    """The bundles served on spare ports against a scratch lake, handoff queue and Rasa tracker store, beside whatever
+    serves production: what they are asked (a smoke test, an evaluation) never reaches the agents' queue, the drift
+    monitor or production's conversations, and their turns are attributed to the bundles' own classifier version. The
+    services die with their caller, so a killed check leaves nothing running; the scratch stores go with the stack."""
     scratch = Path(tempfile.mkdtemp(prefix="scratch-stack-"))
     scratch_settings = settings.model_copy(
         update={
@@ -179,6 +179,8 @@ def scratch_stack(settings: Settings, bundles: Bundles, log_dir: Path) -> Iterat
             "model_version": bundles.classifier_version,
             "lake_url": str(scratch / "lake"),
             "handoff_db_url": f"sqlite:///{scratch / 'handoff.db'}",
+            "rasa_tracker_store_url": f"sqlite:///{scratch / 'rasa-trackers.db'}",  # its conversations are no customer's
+            "rasa_lock_store_url": None,
         }
     )
     ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
