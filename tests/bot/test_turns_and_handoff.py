@@ -68,9 +68,11 @@ def test_an_empty_turn_log_reads_as_an_empty_frame(local_lake: Lake) -> None:
     assert turns.empty and "confidence" in turns.columns
 
 
-@pytest.fixture
-def queue(local_lake: Lake, local_settings: Settings, tmp_path) -> HandoffQueue:
-    return HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", local_lake, load_catalogue(local_settings.catalogue_file).intents)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue(request: pytest.FixtureRequest, local_lake: Lake, local_settings: Settings, tmp_path: Path) -> HandoffQueue:
+    """The queue on one machine's SQLite file, and on the PostgreSQL server replicas share (tests/servers.py)."""
+    url = f"sqlite:///{tmp_path / 'handoff.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+    return HandoffQueue(url, local_lake, load_catalogue(local_settings.catalogue_file).intents)
 
 
 def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
@@ -193,9 +195,10 @@ def test_a_database_error_names_its_class_and_handoff_never_the_message(queue: H
     with caplog.at_level(logging.ERROR, logger="supportflow.bot.handoff"), pytest.raises(HandoffStoreError) as raised:
         queue.enqueue("c-db", "webchat", [("customer", typed), ("bot", "one moment")], "low confidence", None)
 
+    error = {"sqlite": "OperationalError", "postgresql": "ProgrammingError"}[queue.engine.dialect.name]  # a missing table, as each says
     (record,) = caplog.records
-    assert (record.error, record.handoff_ids) == ("OperationalError", [1])
-    assert str(raised.value) == "the handoff store failed (OperationalError; handoffs [1])"
+    assert (record.error, record.handoff_ids) == (error, [1])
+    assert str(raised.value) == f"the handoff store failed ({error}; handoffs [1])"
     told = "".join(traceback.format_exception(raised.value)) + caplog.text + " ".join(map(str, record.__dict__.values()))
     assert not [value for value in [typed, *PII, "<CARD>"] if value in told]  # not even the redacted text
 
