@@ -143,6 +143,7 @@ class BotService:
                 flush_every=settings.turn_flush_every,
                 flush_seconds=settings.turn_flush_seconds,
                 max_buffered=settings.turn_buffer_max,
+                journal=settings.run_dir / "turn-journal",  # each turn durable before its reply; replayed here on start
             ).start(),
             rasa_url=settings.rasa_url,
             keys=self.keys,

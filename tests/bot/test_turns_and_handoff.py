@@ -1,6 +1,10 @@
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -20,6 +24,8 @@ from supportflow.logs import json_handler
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import validate_lake
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_turns_are_redacted_partitioned_by_day_and_read_back_by_window(lake: Lake) -> None:
@@ -217,3 +223,74 @@ def test_a_failed_turn_flush_logs_the_error_class_not_its_text(local_lake: Lake,
     record = caplog.records[0]
     assert (record.getMessage(), record.buffered) == ("flushing turns failed; they stay buffered", 1)
     assert record.error in {"NotADirectoryError", "FileExistsError"} and str(blocked) not in caplog.text
+
+
+# The turn log's journal: a turn is durable before `record` returns (issue 14).
+
+RECORDER = """
+import sys
+from pathlib import Path
+from supportflow.bot.turns import Turn, TurnLog
+from supportflow.lake import open_lake
+from supportflow.settings import Settings
+
+log = TurnLog(open_lake(Settings(lake_url=sys.argv[1])), flush_every=7, flush_seconds=3600, journal=Path(sys.argv[2])).start()
+for number in range(int(sys.argv[3])):
+    log.record(Turn(turn_id=f"turn-{number}", conversation_id=f"c{number % 3}", channel="webchat", text=f"message {number}", route="kb"))
+    print(number, flush=True)  # the turn is accepted: its reply would go now
+sys.stdin.read()  # serving, until it is killed
+"""
+
+
+def journal_turn(number: int) -> Turn:
+    return Turn(turn_id=f"turn-{number}", conversation_id="c", channel="webchat", text=f"message {number}", route="kb")
+
+
+def test_a_bot_killed_with_sigkill_loses_no_accepted_turn_and_a_replay_duplicates_none(local_lake: Lake, tmp_path: Path) -> None:
+    journal, accepted = tmp_path / "journal", 100
+    recorder = subprocess.Popen(
+        [sys.executable, "-c", RECORDER, local_lake.url, str(journal), str(accepted)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert recorder.stdout is not None
+        said = [recorder.stdout.readline().strip() for _ in range(accepted)]
+        assert said[-1] == str(accepted - 1), said[-3:]
+    finally:
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait(timeout=30)
+    assert recorder.returncode == -signal.SIGKILL
+    in_lake = set(read_turns(local_lake)["turn_id"])
+    assert len(in_lake) < accepted and list(journal.glob("*.jsonl"))  # some turns were only in the journal when it died
+
+    for _ in range(2):  # the restart writes them; a second start finds nothing left to write
+        TurnLog(local_lake, journal=journal).start().stop()
+        turns = read_turns(local_lake)
+        assert sorted(turns["turn_id"]) == sorted(f"turn-{number}" for number in range(accepted)) and turns["turn_id"].is_unique
+        assert not list(journal.glob("*.jsonl"))
+
+
+def test_a_segment_whose_lake_file_was_written_just_before_a_kill_is_not_written_twice(local_lake: Lake, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    log = TurnLog(local_lake, journal=journal)
+    for number in range(3):
+        log.record(journal_turn(number))
+    (segment,) = journal.glob("*.jsonl")
+    kept = segment.read_bytes()
+    log.flush()  # the lake file is written and the segment deleted: a kill between the two leaves the segment
+    segment.write_bytes(kept + b'{"turn_id": "turn-3", "conversation_id"')  # and a turn cut mid-append, whose record never returned
+    TurnLog(local_lake, journal=journal).start().stop()
+    assert sorted(read_turns(local_lake)["turn_id"]) == ["turn-0", "turn-1", "turn-2"]
+
+
+def test_a_live_processs_journal_is_not_taken_by_another_starting_beside_it(local_lake: Lake, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    serving = TurnLog(local_lake, flush_seconds=3600, journal=journal).start()
+    serving.record(journal_turn(0))
+    TurnLog(local_lake, journal=journal).start().stop()  # a second worker sharing the folder
+    assert read_turns(local_lake).empty  # the turn is still the serving process's to write
+    serving.stop()
+    assert read_turns(local_lake)["turn_id"].tolist() == ["turn-0"] and not list(journal.glob("*.jsonl"))
