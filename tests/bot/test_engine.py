@@ -261,7 +261,6 @@ def test_a_turn_whose_callback_reaches_another_replica_keeps_its_outcome_and_tra
         bot.turns.flush()
         logged = read_turns(bot.turns.lake)
         assert list(logged["route"]) == ["kb", "handoff"] and logged["kb_doc_id"][0] == "card_arrival" and logged["kb_score"][0] > 0
-        assert not hasattr(bot, "_outcomes") and not hasattr(other, "_outcomes")  # no turn state waits in either process
     finally:
         rasa.server.shutdown()
 
