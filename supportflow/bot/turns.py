@@ -17,6 +17,7 @@ one journal folder.
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import threading
@@ -151,6 +152,14 @@ class _Segment:
             self.path.unlink(missing_ok=True)
         if self.file is not None:
             self.file.close()
+
+
+def journal_folder(run_dir: Path, lake: Lake) -> Path:
+    """Where a bot writing to `lake` keeps its journal: one folder per lake (named by its full address, however the
+    setting spelt it), so segments are written only to the lake they were recorded for: a smoke test's bot, on a
+    scratch lake, shares its run folder with production's."""
+    address = lake.fs.unstrip_protocol(lake.root)
+    return run_dir / "turn-journal" / hashlib.sha256(address.encode()).hexdigest()[:16]
 
 
 class TurnLog:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from supportflow.bot.turns import journal_folder
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
 from supportflow.internal_auth import internal_token, new_internal_token
+from supportflow.lake import open_lake
 from supportflow.processes import ManagedProcess, free_port, signal_group
 from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import PROJECT_ROOT, Settings
@@ -188,6 +190,8 @@ def scratch_stack(settings: Settings, bundles: Bundles, log_dir: Path) -> Iterat
         with start_stack(scratch_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles, die_with_parent=True) as stack:
             yield stack
     finally:
+        # The scratch bot's turn journal (in the shared run folder) goes with the scratch lake its turns were for.
+        shutil.rmtree(journal_folder(scratch_settings.run_dir, open_lake(scratch_settings)), ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -17,9 +17,9 @@ import pytest
 from supportflow.bot.engine import SupportBot
 from supportflow.bot.handoff import HandoffError, HandoffQueue, HandoffStoreError
 from supportflow.bot.llm import LLMResponder
-from supportflow.bot.turns import Turn, TurnLog, read_turns
+from supportflow.bot.turns import Turn, TurnLog, journal_folder, read_turns
 from supportflow.keys import ConversationKeys
-from supportflow.lake import Lake
+from supportflow.lake import Lake, open_lake
 from supportflow.logs import json_handler
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
@@ -246,10 +246,10 @@ def journal_turn(number: int) -> Turn:
     return Turn(turn_id=f"turn-{number}", conversation_id="c", channel="webchat", text=f"message {number}", route="kb")
 
 
-def test_a_bot_killed_with_sigkill_loses_no_accepted_turn_and_a_replay_duplicates_none(local_lake: Lake, tmp_path: Path) -> None:
-    journal, accepted = tmp_path / "journal", 100
+def record_and_die(lake: Lake, journal: Path, accepted: int) -> None:
+    """A bot process that accepts `accepted` turns (each answered only once `record` returned), then is killed with SIGKILL."""
     recorder = subprocess.Popen(
-        [sys.executable, "-c", RECORDER, local_lake.url, str(journal), str(accepted)],
+        [sys.executable, "-c", RECORDER, lake.url, str(journal), str(accepted)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -263,6 +263,11 @@ def test_a_bot_killed_with_sigkill_loses_no_accepted_turn_and_a_replay_duplicate
         recorder.send_signal(signal.SIGKILL)
         recorder.wait(timeout=30)
     assert recorder.returncode == -signal.SIGKILL
+
+
+def test_a_bot_killed_with_sigkill_loses_no_accepted_turn_and_a_replay_duplicates_none(local_lake: Lake, tmp_path: Path) -> None:
+    journal, accepted = tmp_path / "journal", 100
+    record_and_die(local_lake, journal, accepted)
     in_lake = set(read_turns(local_lake)["turn_id"])
     assert len(in_lake) < accepted and list(journal.glob("*.jsonl"))  # some turns were only in the journal when it died
 
@@ -294,3 +299,20 @@ def test_a_live_processs_journal_is_not_taken_by_another_starting_beside_it(loca
     assert read_turns(local_lake).empty  # the turn is still the serving process's to write
     serving.stop()
     assert read_turns(local_lake)["turn_id"].tolist() == ["turn-0"] and not list(journal.glob("*.jsonl"))
+
+
+def test_each_lake_has_its_own_journal_however_its_address_is_spelt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smoke test's bot writes to a scratch lake from production's run folder: a journal it leaves must never be
+    written to production's lake, nor production's to the scratch one."""
+    monkeypatch.chdir(tmp_path)
+    production = open_lake(Settings(lake_url=str(tmp_path / "lake")))
+    spelt_otherwise = open_lake(Settings(lake_url="lake"))
+    scratch = open_lake(Settings(lake_url=str(tmp_path / "scratch" / "lake")))
+    run = tmp_path / "run"
+    assert journal_folder(run, production) == journal_folder(run, spelt_otherwise) != journal_folder(run, scratch)
+
+    record_and_die(scratch, journal_folder(run, scratch), 1)
+    TurnLog(production, journal=journal_folder(run, production)).start().stop()
+    assert read_turns(production).empty
+    TurnLog(scratch, journal=journal_folder(run, scratch)).start().stop()
+    assert read_turns(scratch)["turn_id"].tolist() == ["turn-0"]
