@@ -125,12 +125,13 @@ serve: install rasa-venv
 stop:
 	$(BIN)/supportflow stop
 
-# Debian packages the webchat browser test, the serving benchmark and the alert-rule tests (promtool) use
-# (root, as on the project's machines).
+# Debian packages the webchat browser test, the serving benchmark, the alert-rule tests (promtool) and the shared
+# stores' tests (PostgreSQL 15 and Redis, started by tests/servers.py) use (root, as on the project's machines).
 system-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null || \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null && \
+	  test -x /usr/lib/postgresql/15/bin/postgres && command -v redis-server >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk && \
-	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus postgresql redis-server)
 
 # Drift monitor: the last hour of the turn log against the served model's training reference (docs/drift.md).
 .PHONY: drift bench-drift

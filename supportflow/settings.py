@@ -146,6 +146,14 @@ class Settings(BaseSettings):
     rasa_venv: Path = PROJECT_ROOT / ".venv-rasa"
     rasa_url: str = "http://127.0.0.1:5005"
     rasa_project_dir: Path = PROJECT_ROOT / ".rasa"  # generated from the catalogue; never edited by hand
+    rasa_tracker_store_url: str | None = Field(
+        None,
+        description="Where Rasa keeps conversations and their slots (supportflow/dialogue/stores.py): a postgresql:// URL shared by "
+        "Rasa replicas; unset: a SQLite file in run_dir, which a restarted Rasa continues from.",
+    )
+    rasa_lock_store_url: str | None = Field(
+        None, description="redis://[:password@]host[:port][/db]: the conversation locks Rasa replicas share; unset: Rasa's in-memory locks."
+    )
     dialogue_experiment: str = "dialogue"
 
     # LLM: optional; without a key the bot answers from the knowledge base or hands off.

@@ -29,6 +29,10 @@ def connect(settings: Settings, check: bool = True) -> MlflowClient:
     `models:/` URIs. With `check`, an unreachable store fails here with a message a person can act on."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if settings.s3_endpoint_url and (settings.mlflow_artifact_root or "").startswith("s3://"):
+        # Artifacts written straight to a bucket on an S3-compatible server (MinIO) go where the lake's do: MLflow's
+        # S3 client reads its endpoint from this variable only. One set explicitly is kept.
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()

@@ -35,6 +35,7 @@ from supportflow.lake import Lake, open_lake  # noqa: E402
 from supportflow.processes import free_port  # noqa: E402
 from supportflow.settings import Settings, get_settings  # noqa: E402
 from tests.classifier.conftest import tiny_base  # noqa: E402, F401 - the tiny DistilBERT fixture, for every test folder
+from tests.servers import postgres, redis_url  # noqa: E402, F401 - real PostgreSQL and Redis, for every test folder
 from tests.store_guard import WorkingCopyGuard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

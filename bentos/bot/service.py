@@ -36,7 +36,7 @@ from supportflow.bot.feedback import Rating, record_rating
 from supportflow.bot.handoff import MAX_PAGE, HandoffError, HandoffQueue, Status
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.sms_feedback import ANSWERS, FeedbackAsks
-from supportflow.bot.turns import TurnLog
+from supportflow.bot.turns import TurnLog, journal_folder
 from supportflow.bot.twilio_channel import is_signed_by_twilio, parse, public_url, twiml
 from supportflow.internal_auth import InternalRoutes, internal_token, is_loopback
 from supportflow.keys import checked_secret, conversation_keys
@@ -159,6 +159,7 @@ class BotService:
                 flush_every=settings.turn_flush_every,
                 flush_seconds=settings.turn_flush_seconds,
                 max_buffered=settings.turn_buffer_max,
+                journal=journal_folder(settings.run_dir, lake),  # each turn durable before its reply; replayed on start
             ).start(),
             rasa_url=settings.rasa_url,
             keys=self.keys,

@@ -10,6 +10,11 @@ call `chat`, which goes through Rasa and logs the turn. Routing:
   calibrated threshold; with an LLM configured the reply is written from those passages;
 - low confidence, nothing relevant, an explicit ask, or a part that is down: a human (handoff).
 
+Any replica can finish any turn: the action's callback may reach another bot process than the one whose `chat`
+waits, so the answer's outcome (route, intent, article...) travels back to `chat` through Rasa, as a custom
+payload of the action's reply, and the transcript a handoff shows comes with the action's request, from Rasa's
+tracker. Nothing a turn needs is kept in one process.
+
 A conversation's id (a webchat id, or `sms:+<phone>`) is known only to its channel and to `chat`: from there
 on, in Rasa's tracker, the turn log, the logs and the handoff queue, it is its stored id, a keyed hash
 (supportflow/keys.py), so a phone number never leaves the request.
@@ -21,15 +26,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, computed_field
 
 from supportflow.bot.clarify import OFFERED_SLOT, options_to_offer, picked
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
-from supportflow.bot.memory import Expiring, Transcripts
+from supportflow.bot.memory import TRANSCRIPT_TURNS, Transcripts
 from supportflow.bot.turns import RANKING_KEPT, Route, Turn, TurnLog
 from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
 from supportflow.keys import ConversationKeys
@@ -40,9 +45,12 @@ log = logging.getLogger("supportflow.bot")
 
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9:_+.@-]{1,128}$")
 CHANNELS = ("webchat", "sms", "whatsapp", "phone")  # where a customer can write (or speak) from; anything else is refused
-# What the action server utters (besides its apology) when it could not reach /internal/answer: the same dict
-# is in dialogue/rasa_files/actions.py, which runs in Rasa's environment and cannot import this module.
-BOT_UNREACHABLE = {"supportflow": "bot_unreachable"}
+# The `supportflow` key of the custom payloads an action utters (dialogue/rasa_files/actions.py, which runs in Rasa's
+# environment and cannot import this module, holds the same values): the outcome of an answer, or the marker the
+# action utters with its apology when it could not reach /internal/answer (with the transcript the handoff shows).
+PAYLOAD_KEY = "supportflow"
+OUTCOME = "outcome"
+BOT_UNREACHABLE = "bot_unreachable"
 
 
 class AnswerHit(Protocol):
@@ -67,6 +75,14 @@ class Knowledge(Protocol):
     def reply(self, question: str, k: int = 3) -> KnowledgeReply: ...
 
 
+class TranscriptLine(BaseModel):
+    role: Literal["customer", "bot"]
+    text: str
+
+
+TRANSCRIPT = TypeAdapter(list[TranscriptLine])
+
+
 class AnswerRequest(BaseModel):
     """What a Rasa action forwards for one turn."""
 
@@ -82,6 +98,24 @@ class AnswerRequest(BaseModel):
     slots: dict[str, Any] = Field(default_factory=dict)
     form_completed: bool = False  # a form finished in this turn: answer the request that started it
     classifier_unavailable: bool = False
+    # The conversation's last messages from Rasa's tracker, this one included: what a handoff shows the agent, whichever
+    # replica the callback reaches. Empty from an action that sends none: the handoff then shows what this process saw.
+    transcript: list[TranscriptLine] = Field(default_factory=list, max_length=TRANSCRIPT_TURNS)
+
+
+class TurnOutcome(BaseModel):
+    """What the turn waiting in `chat` needs to know of the answer, carried back to it through Rasa's reply."""
+
+    route: Route
+    intent: str | None = None
+    confidence: float | None = None
+    kb_doc_id: str | None = None
+    answer_intent: str | None = None  # the intent the chosen article answers: what an evaluation checks against the gold intent
+    kb_score: float | None = None
+    degraded: bool = False  # a part the bot needs (the classifier) is down
+    offered: list[str] = Field(default_factory=list)  # the intents the reply offered to choose from, in its order
+    handoff_reason: str | None = None  # for the turn log: what the knowledge-gap report reads
+    ranking: list[dict[str, Any]] = Field(default_factory=list)  # the classifier's top intents, for the turn log
 
 
 class AnswerResponse(BaseModel):
@@ -91,11 +125,18 @@ class AnswerResponse(BaseModel):
     intent: str | None = None
     confidence: float | None = None
     kb_doc_id: str | None = None
-    answer_intent: str | None = None  # the intent the chosen article answers: what an evaluation checks against the gold intent
+    answer_intent: str | None = None
     kb_score: float | None = None
     degraded: bool = False  # a part the bot needs (the classifier) is down
     handoff_reason: str | None = None
     ranking: list[dict[str, Any]] = Field(default_factory=list)  # the classifier's, for the turn log
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def custom(self) -> dict[str, Any]:
+        """The payload the action utters after the messages; Rasa hands it back to `chat` with them."""
+        outcome = TurnOutcome(**self.model_dump(exclude={"messages", "slots", "custom"}), offered=list(self.slots.get(OFFERED_SLOT) or []))
+        return {PAYLOAD_KEY: OUTCOME, OUTCOME: outcome.model_dump()}
 
 
 class ChatError(Exception):
@@ -118,6 +159,9 @@ class ChatResult:
     answer_intent: str | None = None
     offered: list[str] = field(default_factory=list)  # the intents the reply offered to choose from, in its order
     turn_id: str | None = None  # what a customer's rating of this turn names
+    kb_score: float | None = None
+    handoff_reason: str | None = None
+    ranking: list[dict[str, Any]] = field(default_factory=list)
 
 
 def extract_answer(body: str, limit: int = 600) -> str:
@@ -154,8 +198,8 @@ class SupportBot:
     _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
 
     def __post_init__(self) -> None:
-        # An outcome is read by the turn that asked for it, within Rasa's timeout; one nobody reads expires.
-        self._outcomes: Expiring[AnswerResponse] = Expiring(self.conversations_in_memory, 2 * self.rasa_timeout_s)
+        # What this process saw of each conversation: a handoff shows it only when Rasa's tracker cannot be had
+        # (Rasa is down, or an action sent no transcript); another replica never needs it.
         self._transcripts = Transcripts(self.conversations_in_memory, self.conversation_memory_s)
 
     # The answer a Rasa action asks for.
@@ -176,9 +220,7 @@ class SupportBot:
             response = self._answer(request)
         if offered and OFFERED_SLOT not in response.slots:
             response.slots[OFFERED_SLOT] = None  # answered, or declined by a new message: an offer is made once
-        if request.request_id:
-            response.ranking = request.ranking[:RANKING_KEPT]
-            self._outcomes.put(request.request_id, response)
+        response.ranking = request.ranking[:RANKING_KEPT]
         return response
 
     def _labels(self, intents: list[str]) -> dict[str, str]:
@@ -260,7 +302,8 @@ class SupportBot:
         return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
 
     def _handoff(self, request: AnswerRequest, reason: str, message: str | None = None) -> AnswerResponse:
-        transcript = self._transcripts.of(request.conversation_id) or [("customer", request.text)]
+        transcript = [(line.role, line.text) for line in request.transcript]
+        transcript = transcript or self._transcripts.of(request.conversation_id) or [("customer", request.text)]
         self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent, request.ranking)
         return AnswerResponse(
             messages=[message or self.texts.handoff],
@@ -291,7 +334,6 @@ class SupportBot:
         for reply in result.replies:
             self._transcripts.add(stored, "bot", reply)
         latency = (time.perf_counter() - started) * 1000
-        outcome = self._outcomes.pop(request_id)
         result.turn_id = self.keys.new_turn_id(stored)
         self.turns.record(
             Turn(
@@ -302,13 +344,13 @@ class SupportBot:
                 intent=result.intent,
                 confidence=result.confidence,
                 route=result.route,
-                kb_doc_id=outcome.kb_doc_id if outcome else None,
-                kb_score=outcome.kb_score if outcome else None,
+                kb_doc_id=result.kb_doc_id,
+                kb_score=result.kb_score,
                 model_version=self.model_version,
                 latency_ms=latency,
                 request_id=request_id,
-                ranking=[r for r in outcome.ranking if r.get("intent") and r.get("confidence") is not None] if outcome else [],
-                handoff_reason=outcome.handoff_reason if outcome else None,
+                ranking=[r for r in result.ranking if r.get("intent") and r.get("confidence") is not None],
+                handoff_reason=result.handoff_reason,
             )
         )
         log.info(
@@ -355,23 +397,38 @@ class SupportBot:
             log.error("dialogue unavailable", extra={"request_id": request_id, "error": str(error)})
             self.handoffs.enqueue(stored, channel, self._transcripts.of(stored), "the dialogue service was unavailable", None)
             return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
-        outcome = self._outcomes.get(request_id)
-        if outcome is None and any(m.get("custom") == BOT_UNREACHABLE for m in said):
+        payloads = [m["custom"] for m in said if isinstance(m.get("custom"), dict) and PAYLOAD_KEY in m["custom"]]
+        unreachable = next((p for p in payloads if p[PAYLOAD_KEY] == BOT_UNREACHABLE), None)
+        if unreachable is not None:
             # The action could not reach /internal/answer and told the customer a colleague is coming: make it true.
             log.error("the action server could not reach the bot", extra={"request_id": request_id})
-            self.handoffs.enqueue(stored, channel, self._transcripts.of(stored), "the action server could not reach the bot", None)
+            transcript = _transcript(unreachable.get("transcript")) or self._transcripts.of(stored)
+            self.handoffs.enqueue(stored, channel, transcript, "the action server could not reach the bot", None)
             return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
-        if outcome is None:
+        outcomes = [p[OUTCOME] for p in payloads if p[PAYLOAD_KEY] == OUTCOME]
+        if not outcomes:
             return ChatResult(messages or [self.texts.handoff], "dialogue", request_id=request_id)
-        status = 503 if outcome.degraded else 200
+        outcome = TurnOutcome.model_validate(outcomes[-1])  # the last action's: it answered the turn
         return ChatResult(
             messages,
             outcome.route,
-            status=status,
+            status=503 if outcome.degraded else 200,
             request_id=request_id,
             intent=outcome.intent,
             confidence=outcome.confidence,
             kb_doc_id=outcome.kb_doc_id,
             answer_intent=outcome.answer_intent,
-            offered=list(outcome.slots.get(OFFERED_SLOT) or []),
+            offered=outcome.offered,
+            kb_score=outcome.kb_score,
+            handoff_reason=outcome.handoff_reason,
+            ranking=outcome.ranking,
         )
+
+
+def _transcript(lines: object) -> list[tuple[str, str]]:
+    """The transcript an action sent with its marker, as the handoff queue takes it; none when it sent none or a malformed one."""
+    try:
+        valid = TRANSCRIPT.validate_python(lines)
+    except ValidationError:
+        return []
+    return [(line.role, line.text) for line in valid[-TRANSCRIPT_TURNS:]]

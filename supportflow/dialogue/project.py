@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from supportflow.bot.clarify import OFFERED_SLOT
+from supportflow.dialogue.stores import endpoints_stores
 from supportflow.errors import SupportflowError
 from supportflow.validate.catalogue import IntentCatalogue
 
@@ -409,15 +410,15 @@ def write_project(
     _copy_tree(desk.data_files, desk.root / "data", folder / "data" / "workspace")
     _copy_tree(desk.test_files, desk.root / "tests", folder / "tests")
     _dump(folder / "config.yml", _config(plan, desk, language, fallback_threshold, classifier_url))
-    # Rasa substitutes ${VARIABLES} in its endpoint file: the action server's address and the internal token its
-    # door asks for (rasa_sdk_plugins.py) are set at start-up. Selective domain: the actions never read the
+    # Rasa substitutes ${VARIABLES} in its endpoint file: the action server's address, the internal token its
+    # door asks for (rasa_sdk_plugins.py) and the stores (stores.py) are set at start-up. Selective domain: the actions never read the
     # domain, so Rasa need not serialise all of it into every call.
     action_endpoint = {
         "url": "${SUPPORTFLOW_ACTION_WEBHOOK_URL}",
         "headers": {"Authorization": "Bearer ${SUPPORTFLOW_INTERNAL_TOKEN}"},
         "enable_selective_domain": True,
     }
-    _dump(folder / "endpoints.yml", {"action_endpoint": action_endpoint})
+    _dump(folder / "endpoints.yml", {"action_endpoint": action_endpoint, **endpoints_stores()})
     _dump(folder / "credentials.yml", {"rest": None})
     shutil.copy(RASA_FILES / "supportflow_classifier.py", folder / "supportflow_classifier.py")
     shutil.copy(RASA_FILES / "rasa_speedups.py", folder / "rasa_speedups.py")

@@ -4,6 +4,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from supportflow.dialogue.stores import store_environment
 from supportflow.errors import SupportflowError
 from supportflow.processes import ManagedProcess
 from supportflow.settings import Settings
@@ -77,7 +78,8 @@ def rasa_server(
 ) -> ManagedProcess:
     """Rasa on loopback. Its HTTP API stays on because a promotion on one machine loads the new model into it
     (`PUT /model`, supportflow/release/promote.py), behind the internal token (Rasa's `?token=`); the REST
-    channel the bot talks to needs none, so readiness is checked there."""
+    channel the bot talks to needs none, so readiness is checked there. Its conversations live in the tracker store
+    the settings name (stores.py), so a restarted Rasa continues them."""
     command = [
         str(rasa_executable(settings)),
         "run",
@@ -91,12 +93,14 @@ def rasa_server(
         "127.0.0.1",
     ]
     command += ["--endpoints", "endpoints.yml", "--credentials", "credentials.yml"]
+    settings.run_dir.mkdir(parents=True, exist_ok=True)  # where the default tracker store's SQLite file goes
     env = rasa_environment(
         project,
         {
             "SUPPORTFLOW_CLASSIFY_URL": classifier_url,
             "SUPPORTFLOW_ACTION_WEBHOOK_URL": action_webhook_url,
             "SUPPORTFLOW_INTERNAL_TOKEN": internal_token,  # endpoints.yml sends it to the action server
+            **store_environment(settings),
         },
     )
     return ManagedProcess("rasa", command, project, env, f"http://127.0.0.1:{port}/webhooks/rest/", log_path)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from supportflow.bot.turns import journal_folder
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
 from supportflow.internal_auth import internal_token, new_internal_token
+from supportflow.lake import open_lake
 from supportflow.processes import ManagedProcess, free_port, signal_group
 from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import PROJECT_ROOT, Settings
@@ -168,10 +170,10 @@ def start_stack(
 
 @contextmanager
 def scratch_stack(settings: Settings, bundles: Bundles, log_dir: Path) -> Iterator[Stack]:
-    """The bundles served on spare ports against a scratch lake and handoff queue, beside whatever serves
-    production: what they are asked (a smoke test, an evaluation) never reaches the agents' queue or the drift
-    monitor, and their turns are attributed to the bundles' own classifier version. The services die with their
-    caller, so a killed check leaves nothing running; the scratch stores go with the stack."""
+    """The bundles served on spare ports against a scratch lake, handoff queue and Rasa tracker store, beside whatever
+    serves production: what they are asked (a smoke test, an evaluation) never reaches the agents' queue, the drift
+    monitor or production's conversations, and their turns are attributed to the bundles' own classifier version. The
+    services die with their caller, so a killed check leaves nothing running; the scratch stores go with the stack."""
     scratch = Path(tempfile.mkdtemp(prefix="scratch-stack-"))
     scratch_settings = settings.model_copy(
         update={
@@ -179,6 +181,8 @@ def scratch_stack(settings: Settings, bundles: Bundles, log_dir: Path) -> Iterat
             "model_version": bundles.classifier_version,
             "lake_url": str(scratch / "lake"),
             "handoff_db_url": f"sqlite:///{scratch / 'handoff.db'}",
+            "rasa_tracker_store_url": f"sqlite:///{scratch / 'rasa-trackers.db'}",  # its conversations are no customer's
+            "rasa_lock_store_url": None,
         }
     )
     ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
@@ -186,6 +190,8 @@ def scratch_stack(settings: Settings, bundles: Bundles, log_dir: Path) -> Iterat
         with start_stack(scratch_settings, settings.rasa_project_dir, None, log_dir, ports, bundles=bundles, die_with_parent=True) as stack:
             yield stack
     finally:
+        # The scratch bot's turn journal (in the shared run folder) goes with the scratch lake its turns were for.
+        shutil.rmtree(journal_folder(scratch_settings.run_dir, open_lake(scratch_settings)), ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from pydantic import SecretStr
 
-from supportflow.bot.engine import AnswerRequest, ChatError, SupportBot
+from supportflow.bot.engine import BOT_UNREACHABLE, PAYLOAD_KEY, AnswerRequest, ChatError, SupportBot
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder
 from supportflow.bot.turns import TurnLog, read_turns
@@ -19,6 +19,7 @@ from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.workspace import load_workspace, workspace
 from tests.bot.openai_server import FakeOpenAI
+from tests.bot.test_internal_doors import serve_json
 
 pytestmark = pytest.mark.slow  # the session's demo knowledge base is built first (20-35 s)
 
@@ -242,7 +243,7 @@ def test_the_turn_log_keeps_the_ranking_and_why_a_turn_was_handed_off(bot: Suppo
                 ranking=ranking[said["message"]],
             )
         )
-        return httpx.Response(200, json=[{"text": message} for message in reply.messages])
+        return httpx.Response(200, json=[*({"text": message} for message in reply.messages), {"custom": reply.custom}])
 
     bot._http = httpx.Client(transport=httpx.MockTransport(rasa))
     assert bot.chat("c4", "my card still hasn't arrived").route == "kb"
@@ -251,3 +252,67 @@ def test_the_turn_log_keeps_the_ranking_and_why_a_turn_was_handed_off(bot: Suppo
     answered, handed_off = read_turns(bot.turns.lake).to_dict("records")
     assert [dict(r) for r in answered["ranking"]] == ranking["my card still hasn't arrived"] and pd.isna(answered["handoff_reason"])
     assert handed_off["handoff_reason"] == "nothing relevant in the knowledge base"
+
+
+class TwoReplicaRasa:
+    """Rasa's REST channel in front of two bot replicas: each turn's action calls back the *other* replica than the
+    one whose `chat` sent it, and utters the answer and its outcome as Rasa's action server does. It keeps each
+    conversation's events, as Rasa's shared tracker store does, and the action sends them as the transcript."""
+
+    def __init__(self, callee: SupportBot) -> None:
+        self.callee = callee
+        self.events: dict[str, list[dict[str, str]]] = {}
+        self.server = serve_json(self.reply)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def reply(self, body: dict) -> list[dict]:
+        sender, text = body["sender"], body["message"]
+        events = self.events.setdefault(sender, [])
+        events.append({"role": "customer", "text": text})
+        kind, intent = ("handoff", "ask_human") if "person" in text else ("answer", "card_arrival")
+        request = {"kind": kind, "conversation_id": sender, "request_id": body["metadata"]["request_id"], "text": text}
+        answered = self.callee.answer(AnswerRequest(**request, intent=intent, confidence=0.93, transcript=events)).model_dump(mode="json")
+        events += [{"role": "bot", "text": message} for message in answered["messages"]]
+        said = [{"recipient_id": sender, "text": message} for message in answered["messages"]]
+        return [*said, {"recipient_id": sender, "custom": answered["custom"]}]
+
+
+def test_a_turn_whose_callback_reaches_another_replica_keeps_its_outcome_and_transcript(
+    knowledge: KnowledgeBase, bot: SupportBot, local_settings: Settings
+) -> None:
+    """Two replicas share the handoff queue and the lake, nothing else: the outcome comes back through Rasa's reply,
+    and the handoff made on the replica that never saw the conversation shows all of it."""
+    turns = TurnLog(bot.turns.lake, flush_every=1)
+    other = SupportBot(knowledge, LLMResponder(local_settings), bot.handoffs, turns, rasa_url="http://127.0.0.1:9", keys=KEYS)
+    rasa = TwoReplicaRasa(callee=other)
+    bot.rasa_url = rasa.url
+    try:
+        answered = bot.chat("c-replicas", "my card still hasn't arrived")
+        assert (answered.status, answered.route, answered.intent, answered.confidence) == (200, "kb", "card_arrival", 0.93)
+        assert (answered.kb_doc_id, answered.answer_intent) == ("card_arrival", "card_arrival")
+        assert "delivered" in answered.replies[0] and len(answered.replies) == 1  # the outcome payload is not shown to the customer
+        handed = bot.chat("c-replicas", "I want a person now")
+        assert (handed.route, handed.intent, handed.replies) == ("handoff", "ask_human", [TEXTS.handoff])
+        (handoff,) = bot.handoffs.page().handoffs
+        roles = [(m["role"], m["text"][:20]) for m in handoff["transcript"]]
+        assert roles == [("customer", "my card still hasn't"), ("bot", answered.replies[0][:20]), ("customer", "I want a person now")]
+        bot.turns.flush()
+        logged = read_turns(bot.turns.lake)
+        assert list(logged["route"]) == ["kb", "handoff"] and logged["kb_doc_id"][0] == "card_arrival" and logged["kb_score"][0] > 0
+    finally:
+        rasa.server.shutdown()
+
+
+def test_an_action_that_could_not_reach_the_bot_hands_off_with_rasas_transcript(bot: SupportBot) -> None:
+    transcript = [{"role": "customer", "text": "hi"}, {"role": "bot", "text": "Hello!"}, {"role": "customer", "text": "my card is lost"}]
+    marker = {PAYLOAD_KEY: BOT_UNREACHABLE, "transcript": transcript}
+    server = serve_json(lambda body: [{"text": "Sorry, something went wrong on our side."}, {"custom": marker}])
+    bot.rasa_url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = bot.chat("c-unreachable", "my card is lost")
+    finally:
+        server.shutdown()
+    assert (result.status, result.route, result.replies) == (503, "handoff", [TEXTS.outage])
+    (handoff,) = bot.handoffs.page().handoffs
+    assert [(m["role"], m["text"]) for m in handoff["transcript"]] == [(line["role"], line["text"]) for line in transcript]
+    assert handoff["reason"] == "the action server could not reach the bot"

@@ -1,6 +1,10 @@
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -13,13 +17,15 @@ import pytest
 from supportflow.bot.engine import SupportBot
 from supportflow.bot.handoff import HandoffError, HandoffQueue, HandoffStoreError
 from supportflow.bot.llm import LLMResponder
-from supportflow.bot.turns import Turn, TurnLog, read_turns
+from supportflow.bot.turns import Turn, TurnLog, journal_folder, read_turns
 from supportflow.keys import ConversationKeys
-from supportflow.lake import Lake
+from supportflow.lake import Lake, open_lake
 from supportflow.logs import json_handler
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import validate_lake
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_turns_are_redacted_partitioned_by_day_and_read_back_by_window(lake: Lake) -> None:
@@ -68,9 +74,11 @@ def test_an_empty_turn_log_reads_as_an_empty_frame(local_lake: Lake) -> None:
     assert turns.empty and "confidence" in turns.columns
 
 
-@pytest.fixture
-def queue(local_lake: Lake, local_settings: Settings, tmp_path) -> HandoffQueue:
-    return HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", local_lake, load_catalogue(local_settings.catalogue_file).intents)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue(request: pytest.FixtureRequest, local_lake: Lake, local_settings: Settings, tmp_path: Path) -> HandoffQueue:
+    """The queue on one machine's SQLite file, and on the PostgreSQL server replicas share (tests/servers.py)."""
+    url = f"sqlite:///{tmp_path / 'handoff.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+    return HandoffQueue(url, local_lake, load_catalogue(local_settings.catalogue_file).intents)
 
 
 def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
@@ -193,9 +201,10 @@ def test_a_database_error_names_its_class_and_handoff_never_the_message(queue: H
     with caplog.at_level(logging.ERROR, logger="supportflow.bot.handoff"), pytest.raises(HandoffStoreError) as raised:
         queue.enqueue("c-db", "webchat", [("customer", typed), ("bot", "one moment")], "low confidence", None)
 
+    error = {"sqlite": "OperationalError", "postgresql": "ProgrammingError"}[queue.engine.dialect.name]  # a missing table, as each says
     (record,) = caplog.records
-    assert (record.error, record.handoff_ids) == ("OperationalError", [1])
-    assert str(raised.value) == "the handoff store failed (OperationalError; handoffs [1])"
+    assert (record.error, record.handoff_ids) == (error, [1])
+    assert str(raised.value) == f"the handoff store failed ({error}; handoffs [1])"
     told = "".join(traceback.format_exception(raised.value)) + caplog.text + " ".join(map(str, record.__dict__.values()))
     assert not [value for value in [typed, *PII, "<CARD>"] if value in told]  # not even the redacted text
 
@@ -214,3 +223,96 @@ def test_a_failed_turn_flush_logs_the_error_class_not_its_text(local_lake: Lake,
     record = caplog.records[0]
     assert (record.getMessage(), record.buffered) == ("flushing turns failed; they stay buffered", 1)
     assert record.error in {"NotADirectoryError", "FileExistsError"} and str(blocked) not in caplog.text
+
+
+# The turn log's journal: a turn is durable before `record` returns (issue 14).
+
+RECORDER = """
+import sys
+from pathlib import Path
+from supportflow.bot.turns import Turn, TurnLog
+from supportflow.lake import open_lake
+from supportflow.settings import Settings
+
+log = TurnLog(open_lake(Settings(lake_url=sys.argv[1])), flush_every=7, flush_seconds=3600, journal=Path(sys.argv[2])).start()
+for number in range(int(sys.argv[3])):
+    log.record(Turn(turn_id=f"turn-{number}", conversation_id=f"c{number % 3}", channel="webchat", text=f"message {number}", route="kb"))
+    print(number, flush=True)  # the turn is accepted: its reply would go now
+sys.stdin.read()  # serving, until it is killed
+"""
+
+
+def journal_turn(number: int) -> Turn:
+    return Turn(turn_id=f"turn-{number}", conversation_id="c", channel="webchat", text=f"message {number}", route="kb")
+
+
+def record_and_die(lake: Lake, journal: Path, accepted: int) -> None:
+    """A bot process that accepts `accepted` turns (each answered only once `record` returned), then is killed with SIGKILL."""
+    recorder = subprocess.Popen(
+        [sys.executable, "-c", RECORDER, lake.url, str(journal), str(accepted)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert recorder.stdout is not None
+        said = [recorder.stdout.readline().strip() for _ in range(accepted)]
+        assert said[-1] == str(accepted - 1), said[-3:]
+    finally:
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait(timeout=30)
+    assert recorder.returncode == -signal.SIGKILL
+
+
+def test_a_bot_killed_with_sigkill_loses_no_accepted_turn_and_a_replay_duplicates_none(local_lake: Lake, tmp_path: Path) -> None:
+    journal, accepted = tmp_path / "journal", 100
+    record_and_die(local_lake, journal, accepted)
+    in_lake = set(read_turns(local_lake)["turn_id"])
+    assert len(in_lake) < accepted and list(journal.glob("*.jsonl"))  # some turns were only in the journal when it died
+
+    for _ in range(2):  # the restart writes them; a second start finds nothing left to write
+        TurnLog(local_lake, journal=journal).start().stop()
+        turns = read_turns(local_lake)
+        assert sorted(turns["turn_id"]) == sorted(f"turn-{number}" for number in range(accepted)) and turns["turn_id"].is_unique
+        assert not list(journal.glob("*.jsonl"))
+
+
+def test_a_segment_whose_lake_file_was_written_just_before_a_kill_is_not_written_twice(local_lake: Lake, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    log = TurnLog(local_lake, journal=journal)
+    for number in range(3):
+        log.record(journal_turn(number))
+    (segment,) = journal.glob("*.jsonl")
+    kept = segment.read_bytes()
+    log.flush()  # the lake file is written and the segment deleted: a kill between the two leaves the segment
+    segment.write_bytes(kept + b'{"turn_id": "turn-3", "conversation_id"')  # and a turn cut mid-append, whose record never returned
+    TurnLog(local_lake, journal=journal).start().stop()
+    assert sorted(read_turns(local_lake)["turn_id"]) == ["turn-0", "turn-1", "turn-2"]
+
+
+def test_a_live_processs_journal_is_not_taken_by_another_starting_beside_it(local_lake: Lake, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    serving = TurnLog(local_lake, flush_seconds=3600, journal=journal).start()
+    serving.record(journal_turn(0))
+    TurnLog(local_lake, journal=journal).start().stop()  # a second worker sharing the folder
+    assert read_turns(local_lake).empty  # the turn is still the serving process's to write
+    serving.stop()
+    assert read_turns(local_lake)["turn_id"].tolist() == ["turn-0"] and not list(journal.glob("*.jsonl"))
+
+
+def test_each_lake_has_its_own_journal_however_its_address_is_spelt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smoke test's bot writes to a scratch lake from production's run folder: a journal it leaves must never be
+    written to production's lake, nor production's to the scratch one."""
+    monkeypatch.chdir(tmp_path)
+    production = open_lake(Settings(lake_url=str(tmp_path / "lake")))
+    spelt_otherwise = open_lake(Settings(lake_url="lake"))
+    scratch = open_lake(Settings(lake_url=str(tmp_path / "scratch" / "lake")))
+    run = tmp_path / "run"
+    assert journal_folder(run, production) == journal_folder(run, spelt_otherwise) != journal_folder(run, scratch)
+
+    record_and_die(scratch, journal_folder(run, scratch), 1)
+    TurnLog(production, journal=journal_folder(run, production)).start().stop()
+    assert read_turns(production).empty
+    TurnLog(scratch, journal=journal_folder(run, scratch)).start().stop()
+    assert read_turns(scratch)["turn_id"].tolist() == ["turn-0"]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from supportflow.dialogue.stores import IN_MEMORY_LOCKS
 from supportflow.release.stack import Ports
 from supportflow.settings import Settings
 
@@ -87,7 +88,11 @@ def test_bentos_rasa_and_action_server_use_their_images_ports_and_health_paths()
     assert {e["name"]: e["value"] for e in rasa["env"] if "value" in e} == {
         "SUPPORTFLOW_CLASSIFY_URL": f"http://classifier:{ports.classifier}/classify",
         "SUPPORTFLOW_ACTION_WEBHOOK_URL": f"http://actions:{ports.actions}/webhook",
+        **IN_MEMORY_LOCKS,  # one Rasa replica
     }
+    # every variable the generated endpoints.yml names is set, or Rasa refuses to start
+    named = {e["name"] for e in rasa["env"]}
+    assert {"SUPPORTFLOW_RASA_TRACKER_STORE_URL", "SUPPORTFLOW_INTERNAL_TOKEN", *IN_MEMORY_LOCKS} <= named
     # what the generated Rasa project (supportflow/dialogue) reads from the environment and writes to disk
     project = (ROOT / "supportflow" / "dialogue" / "project.py").read_text()
     assert "${SUPPORTFLOW_ACTION_WEBHOOK_URL}" in project and '"endpoints.yml"' in project and '"credentials.yml"' in project
