@@ -83,7 +83,8 @@ def serve_desk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sms_feedback: bo
             intent=intent,
             confidence=0.95,
         )
-        return [{"recipient_id": body["sender"], "text": text} for text in holder[0].instance.bot.answer(request).messages]
+        answered = holder[0].instance.bot.answer(request)  # uttered as the action does: the messages, then the outcome
+        return [*({"recipient_id": body["sender"], "text": text} for text in answered.messages), {"custom": answered.custom}]
 
     server = serve_json(rasa)
     bot_environment(

@@ -79,7 +79,8 @@ def call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call]:
             intent=intent,
             confidence=0.9,
         )
-        return [{"recipient_id": body["sender"], "text": text} for text in bot.answer(request).messages]
+        answered = bot.answer(request)  # uttered as the action does: the messages, then the outcome
+        return [*({"recipient_id": body["sender"], "text": text} for text in answered.messages), {"custom": answered.custom}]
 
     server = serve_json(rasa)
     bot_environment(

@@ -136,6 +136,8 @@ def test_no_secret_is_written_in_the_repository_and_each_service_gets_the_ones_k
             if key in secret_fields or any(word in key for word in SECRET_WORDS):
                 variables = re.findall(r"\$\{(\w+)", str(value))
                 assert variables and all(variable in template for variable in variables), f"{name}: {key} is written inline"
+    rasa_stores = {e["name"] for e in k8s_container("rasa")["env"] if e["name"].startswith("SUPPORTFLOW_RASA_")}
+    assert rasa_stores and rasa_stores <= set(environment("rasa")), "Rasa refuses to start without every store variable"
     for deployment in ("bot", "classifier", "rasa", "actions"):
         from_secrets = {e["name"] for e in k8s_container(deployment)["env"] if "secretKeyRef" in e.get("valueFrom", {})}
         assert from_secrets <= set(environment(deployment)), f"{deployment} lacks {from_secrets - set(environment(deployment))}"
