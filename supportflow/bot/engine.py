@@ -8,7 +8,9 @@ call `chat`, which goes through Rasa and logs the turn. Routing:
 - two requests in one message get a clarifying question;
 - otherwise the knowledge base: the article for the predicted intent, or the best match above the
   calibrated threshold; with an LLM configured the reply is written from those passages;
-- low confidence, nothing relevant, an explicit ask, or a part that is down: a human (handoff).
+- low confidence, nothing relevant, an explicit ask, or a part that is down: a human (handoff);
+- a message outside every intent the classifier knows (`out_of_scope`) is routed like low confidence, but never offered
+  intents: offering card payments to a question about pizza helps nobody.
 
 A conversation's id (a webchat id, or `sms:+<phone>`) is known only to its channel and to `chat`: from there
 on, in Rasa's tracker, the turn log, the logs and the handoff queue, it is its stored id, a keyed hash
@@ -82,6 +84,7 @@ class AnswerRequest(BaseModel):
     slots: dict[str, Any] = Field(default_factory=dict)
     form_completed: bool = False  # a form finished in this turn: answer the request that started it
     classifier_unavailable: bool = False
+    out_of_scope: bool = False  # the classifier's unknown-intent detector: the message belongs to no intent it knows
 
 
 class AnswerResponse(BaseModel):
@@ -168,6 +171,8 @@ class SupportBot:
             response = self._from_knowledge(request, self._labels([choice])[choice], choice, request.confidence, {})
         elif request.kind == "handoff" and request.intent == "nlu_fallback" and not offered and (options := self._options(request)):
             response = self._offer(request, options)
+        elif request.kind == "handoff" and request.out_of_scope:
+            response = self._handoff(request, "outside every intent the classifier knows")
         elif request.kind == "handoff":
             response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
         elif request.kind == "clarify":
@@ -186,7 +191,7 @@ class SupportBot:
         return {intent: titles.get(intent) or humanise(intent) for intent in intents}
 
     def _options(self, request: AnswerRequest) -> list[str]:
-        if self.knowledge is None or not self.knowledge.answered_intents or self.offer_options < 1:
+        if request.out_of_scope or self.knowledge is None or not self.knowledge.answered_intents or self.offer_options < 1:
             return []  # offers name articles: a knowledge base whose articles name no intent has none to offer
         return options_to_offer(request.ranking, self.knowledge.answered_intents, self.offer_options, self.offer_min_share)
 

@@ -69,6 +69,7 @@ class _ForwardToBot(Action):
             },
             "form_completed": form_completed(tracker),
             "classifier_unavailable": bool(latest.get("classifier_unavailable")),
+            "out_of_scope": bool(latest.get("out_of_scope")),
         }
         try:
             async with session().post(f"{BOT_URL}/internal/answer", json=payload) as response:
