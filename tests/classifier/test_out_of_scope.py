@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector
-from tests.classifier.conftest import BANKING77, TINY_INTENTS, TINY_PROFILE, tiny_rows
+from tests.classifier.conftest import BANKING77, TINY_INTENTS, build_tiny_classifier
 
 pytestmark = pytest.mark.slow  # one tiny fine-tuning for the module (~30 s on a shared core)
 
@@ -60,21 +60,7 @@ class Tiny:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[Tiny]:
-    from supportflow.classifier.base_weights import BaseModelChoice
-    from supportflow.classifier.build import build_classifier
-    from supportflow.classifier.fine_tune import check_training_data
-    from supportflow.classifier.onnx_export import export_onnx
-    from supportflow.settings import TrainingProfile
-
-    rows = tiny_rows().rename(columns={"category": "intent"}).sample(frac=1.0, random_state=0)
-    test = rows.groupby("intent", group_keys=False).head(15)
-    validation = rows.drop(test.index).groupby("intent", group_keys=False).head(15)
-    train = rows.drop(test.index).drop(validation.index)
-    splits = check_training_data(train, validation, test, tuple(TINY_INTENTS), 2, "tiny")
-    folder = tmp_path_factory.mktemp("tiny-classifier") / "model"
-    base = BaseModelChoice(name="tiny", location=str(tiny_base), source="local")
-    built = build_classifier(splits, base, TrainingProfile(**TINY_PROFILE), 1, 0.9, folder, "snap-tiny", ood_quantile=0.95)
-    export_onnx(folder)
+    built, splits = build_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier") / "model", tiny_base)
     others = pd.read_csv(BANKING77 / "test.csv")
     unknown = others[~others["category"].isin(TINY_INTENTS)].sample(n=200, random_state=0)["text"].tolist()
     yield Tiny(built, splits.test["text"].tolist(), unknown)
