@@ -8,6 +8,7 @@ padding here once instead of on every call.
 """
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,16 @@ from supportflow.classifier.ood import OutOfScopeDetector
 from supportflow.errors import RegistryError
 
 EMBEDDING_OUTPUT = "embedding"  # the ONNX output the unknown-intent detector reads; exports before it have logits only
+# Two letters or digits in a row: the least a request is written with. A text without them (emoji, punctuation, a
+# single character, nothing) asks for no intent, however the model spreads its probability.
+_WORDS = re.compile(r"\w\w")
 
 
 @dataclass(frozen=True)
 class ModelOutputs:
     logits: np.ndarray  # (texts, intents)
     embeddings: np.ndarray | None  # (texts, dim): the pooled embedding; None from an export without it
+    truncated: np.ndarray  # (texts,): the text was longer than the model reads, and only its beginning was classified
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -76,9 +81,11 @@ def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Seq
     names = ["logits"] + [EMBEDDING_OUTPUT for output in session.get_outputs() if output.name == EMBEDDING_OUTPUT]
     order = np.argsort([len(text) for text in texts], kind="stable")
     out: list[np.ndarray] = []
+    truncated = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_size):
         chosen = order[start : start + batch_size]
         encodings = tokenizer.encode_batch([texts[i] for i in chosen])
+        truncated[chosen] = [bool(e.overflowing) for e in encodings]
         inputs = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
@@ -90,23 +97,27 @@ def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Seq
             target[chosen] = result
     if not out:
         raise ValueError("no texts to classify")
-    return ModelOutputs(logits=out[0], embeddings=out[1] if len(out) > 1 else None)
+    return ModelOutputs(logits=out[0], embeddings=out[1] if len(out) > 1 else None, truncated=truncated)
 
 
 def classify_outputs(
-    outputs: ModelOutputs, card: ClassifierCard, detector: OutOfScopeDetector | None, top_k: int | None = None
+    texts: Sequence[str], outputs: ModelOutputs, card: ClassifierCard, detector: OutOfScopeDetector | None, top_k: int | None = None
 ) -> list[dict]:
-    """The classify contract per text: the ranking, and whether the text lies outside every intent (`out_of_scope`,
-    from `ood_score`, the distance to the nearest intent; false and null for a model trained without a detector)."""
+    """The classify contract per text: the ranking; whether the text lies outside every intent (`out_of_scope`: its
+    `ood_score`, the distance to the nearest intent, passes the detector's threshold, or it has no words at all); and
+    whether only its beginning was read (`truncated`). A model trained without a detector scores nothing (null)."""
     results = ranking(softmax(outputs.logits, card.temperature), card.labels, top_k)
     if detector is None:
-        return [result | {"out_of_scope": False, "ood_score": None} for result in results]
-    if outputs.embeddings is None:
+        scores: list[float | None] = [None] * len(results)
+        beyond = [False] * len(results)
+    elif outputs.embeddings is None:
         raise RegistryError("the classifier has an unknown-intent detector but its model gives no pooled embedding")
-    scores = detector.scores(outputs.embeddings)
+    else:
+        distances = detector.scores(outputs.embeddings)
+        scores, beyond = [float(d) for d in distances], [bool(d > detector.threshold) for d in distances]
     return [
-        result | {"out_of_scope": bool(score > detector.threshold), "ood_score": float(score)}
-        for result, score in zip(results, scores, strict=True)
+        result | {"out_of_scope": far or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
+        for result, text, score, far, cut in zip(results, texts, scores, beyond, outputs.truncated, strict=True)
     ]
 
 
@@ -128,4 +139,5 @@ class OnnxClassifier:
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:
             return []
-        return classify_outputs(onnx_outputs(self.session, self.tokenizer, list(texts)), self.card, self.detector, top_k)
+        texts = list(texts)
+        return classify_outputs(texts, onnx_outputs(self.session, self.tokenizer, texts), self.card, self.detector, top_k)

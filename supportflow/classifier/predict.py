@@ -34,13 +34,16 @@ def predict_outputs(
     order = np.argsort([len(text) for text in texts], kind="stable")
     logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     embeddings = np.zeros((len(texts), model.config.dim), dtype=np.float32)
+    truncated = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_size):
         chosen = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        chunk = [texts[i] for i in chosen]
+        truncated[chosen] = [len(ids) > max_length for ids in tokenizer(chunk, truncation=False)["input_ids"]]
+        batch = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         output = model(**batch, output_hidden_states=True)
         logits[chosen] = output.logits.float().numpy()
         embeddings[chosen] = pooled_embedding(output.hidden_states).float().numpy()
-    return ModelOutputs(logits=logits, embeddings=embeddings)
+    return ModelOutputs(logits=logits, embeddings=embeddings, truncated=truncated)
 
 
 class IntentClassifier:
@@ -61,5 +64,6 @@ class IntentClassifier:
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:
             return []
-        outputs = predict_outputs(self.model, self.tokenizer, list(texts), self.card.max_length)
-        return classify_outputs(outputs, self.card, self.detector, top_k)
+        texts = list(texts)
+        outputs = predict_outputs(self.model, self.tokenizer, texts, self.card.max_length)
+        return classify_outputs(texts, outputs, self.card, self.detector, top_k)

@@ -111,3 +111,44 @@ def test_a_model_trained_before_the_detector_flags_nothing(tiny: Tiny, tmp_path:
     results = OnnxClassifier(old, "fp32", threads=1).classify(tiny.unknown[:5])
     assert [(r["out_of_scope"], r["ood_score"]) for r in results] == [(False, None)] * 5
     assert OnnxClassifier(old, "fp32", threads=1).classify([]) == []
+
+
+def test_texts_without_words_are_out_of_scope_and_long_texts_say_they_were_cut(tiny: Tiny) -> None:
+    from supportflow.classifier.inference import OnnxClassifier
+    from supportflow.classifier.predict import IntentClassifier
+
+    wordless = ["", "🙂🙂🙂", "?!...", "a", "   "]
+    long = "I would like to know why my card has not arrived yet, " * 40  # far beyond the tiny model's 32 tokens
+    texts = [*wordless, tiny.in_scope[0], long]
+    onnx = OnnxClassifier(tiny.built.folder, "fp32", threads=1)
+    read = onnx.tokenizer.encode(long)
+    beginning = onnx.tokenizer.decode(read.ids)  # the 30 word pieces between [CLS] and [SEP] the model was given
+    assert len(read.ids) == 32 and len(onnx.tokenizer.encode(beginning).ids) == 32
+    for classifier in (onnx, IntentClassifier(tiny.built.folder, threads=1)):
+        results = classifier.classify(texts)
+        assert [r["out_of_scope"] for r in results[: len(wordless)]] == [True] * len(wordless)
+        assert all(r["ood_score"] is not None for r in results)  # still scored: the flag is the rule's, not a guess
+        assert [r["truncated"] for r in results] == [False] * (len(texts) - 1) + [True]
+        # What was read is the beginning: the long text is classified as its first 32 tokens are.
+        (alone,) = classifier.classify([beginning])
+        assert not alone["truncated"] and alone["intent"] == results[-1]["intent"]
+        assert alone["confidence"] == pytest.approx(results[-1]["confidence"], rel=1e-4)
+
+
+def test_a_batch_of_ten_thousand_needs_working_memory_of_one_batch_not_of_the_whole(tiny: Tiny) -> None:
+    import tracemalloc
+
+    from supportflow.classifier.inference import OnnxClassifier
+
+    classifier = OnnxClassifier(tiny.built.folder, "int8", threads=1)
+    texts = [f"{text} {n}" for n, text in enumerate((tiny.in_scope + tiny.unknown) * 50)][:10_000]
+    assert len(texts) == 10_000
+    tracemalloc.start()
+    try:
+        results = classifier.classify(texts, top_k=3)
+        answer, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(results) == 10_000 and all(r["ranking"] for r in results)
+    # Beyond the answers it returns, the work is done 128 texts at a time: a few megabytes, whatever the batch.
+    assert peak - answer < 16 * 2**20
