@@ -16,10 +16,11 @@ to ONNX and classified by `OnnxClassifier` in the served variant (`--variant`, i
 same run, the maximum-softmax-probability baseline (MSP, Hendrycks and Gimpel 2017) on the same model, its threshold
 the same validation quantile of the top confidence.
 
-Cost on the project's 2 cores (one training per ratio and seed; the training set is ratio x 9,003 messages): the
-quick profile takes about 1-3 min per model, the full profile about 6-17 min (20 min for all 77 intents), so three
-seeds of the three ratios take roughly 20 min (quick) or 1.8 h (full). `--limit N` keeps N training messages and N
-test messages per intent, to check the whole path end to end in a couple of minutes.
+Cost on the project's 2 cores (one training per ratio and seed on ratio x 9,003 messages, an ONNX export, 3,080 test
+messages): with 25% known the quick profile took 6.3 min for one model (4.4 of them training, cores shared with other
+jobs); three seeds of the three ratios take about 30 min with the quick profile and about 2.5 h with the full one
+(7 epochs instead of 1). `--limit N` keeps N training messages and N test messages per intent, to check the whole
+path end to end (about 15 min for one seed of the three ratios, most of it imports and exports).
 
     .venv/bin/python bench/open_intent.py [--profile quick|full] [--seeds 0 1 2] [--ratios 0.25 0.5 0.75]
         [--variant int8|fp32] [--limit N] [--out PATH]
