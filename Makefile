@@ -100,7 +100,7 @@ bench-active-learning: install
 	$(BIN)/python bench/report.py
 
 # Unknown intents: ADB's open-intent protocol on BANKING77 (25/50/75% of intents known, three seeds, nine trainings;
-# about 20 min on 2 cores with the quick profile, 1.8 h with OPEN_INTENT_PROFILE=full): bench/results/open_intent_banking77.json.
+# about 30 min on 2 cores with the quick profile, 2.5 h with OPEN_INTENT_PROFILE=full): bench/results/open_intent_banking77.json.
 OPEN_INTENT_PROFILE ?= quick
 .PHONY: bench-open-intent
 bench-open-intent: install
