@@ -37,7 +37,8 @@ def fine_tune_step(splits: LabelledSplits, base: BaseModelChoice, settings: Sett
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_step(tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str) -> BuiltClassifier:
-    return evaluate_classifier(tuned, splits, base, settings.training_profile(), settings.target_precision, snapshot_id)
+    profile = settings.training_profile()
+    return evaluate_classifier(tuned, splits, base, profile, settings.target_precision, snapshot_id, settings.ood_quantile)
 
 
 @task(name="register", cache_policy=NO_CACHE)

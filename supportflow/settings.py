@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # The product promise: the answers the bot routes on its own are this precise (on validation); below the
     # threshold it offers choices or hands off. Every run logs the whole risk-coverage curve to choose from.
     target_precision: float = Field(0.97, gt=0.0, le=1.0)
+    # The unknown-intent detector flags this share of in-scope validation messages' distances as in scope (0.95: about
+    # one in-scope message in twenty is handed off as unknown); supportflow/classifier/ood.py.
+    ood_quantile: float = Field(0.99, gt=0.0, lt=1.0)
     mlflow_experiment: str = "intent-classifier"
     mlflow_artifact_root: str | None = Field(None, description="Where new experiments keep artifacts; default: MLflow's (./mlartifacts).")
 

@@ -8,7 +8,9 @@ call `chat`, which goes through Rasa and logs the turn. Routing:
 - two requests in one message get a clarifying question;
 - otherwise the knowledge base: the article for the predicted intent, or the best match above the
   calibrated threshold; with an LLM configured the reply is written from those passages;
-- low confidence, nothing relevant, an explicit ask, or a part that is down: a human (handoff).
+- low confidence, nothing relevant, an explicit ask, or a part that is down: a human (handoff);
+- a message outside every intent the classifier knows (`out_of_scope`) is routed like low confidence, but never offered
+  intents: offering card payments to a question about pizza helps nobody.
 
 Any replica can finish any turn: the action's callback may reach another bot process than the one whose `chat`
 waits, so the answer's outcome (route, intent, article...) travels back to `chat` through Rasa, as a custom
@@ -98,6 +100,7 @@ class AnswerRequest(BaseModel):
     slots: dict[str, Any] = Field(default_factory=dict)
     form_completed: bool = False  # a form finished in this turn: answer the request that started it
     classifier_unavailable: bool = False
+    out_of_scope: bool = False  # the classifier's unknown-intent detector: the message belongs to no intent it knows
     # The conversation's last messages from Rasa's tracker, this one included: what a handoff shows the agent, whichever
     # replica the callback reaches. Empty from an action that sends none: the handoff then shows what this process saw.
     transcript: list[TranscriptLine] = Field(default_factory=list, max_length=TRANSCRIPT_TURNS)
@@ -212,6 +215,8 @@ class SupportBot:
             response = self._from_knowledge(request, self._labels([choice])[choice], choice, request.confidence, {})
         elif request.kind == "handoff" and request.intent == "nlu_fallback" and not offered and (options := self._options(request)):
             response = self._offer(request, options)
+        elif request.kind == "handoff" and request.out_of_scope:
+            response = self._handoff(request, "outside every intent the classifier knows")
         elif request.kind == "handoff":
             response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
         elif request.kind == "clarify":
@@ -228,7 +233,7 @@ class SupportBot:
         return {intent: titles.get(intent) or humanise(intent) for intent in intents}
 
     def _options(self, request: AnswerRequest) -> list[str]:
-        if self.knowledge is None or not self.knowledge.answered_intents or self.offer_options < 1:
+        if request.out_of_scope or self.knowledge is None or not self.knowledge.answered_intents or self.offer_options < 1:
             return []  # offers name articles: a knowledge base whose articles name no intent has none to offer
         return options_to_offer(request.ranking, self.knowledge.answered_intents, self.offer_options, self.offer_min_share)
 

@@ -1,18 +1,22 @@
 """A trained classifier folder, as training writes it and serving reads it, and how to fetch one from the registry.
 
 Serving imports this, never the training modules: the folder's layout, its card and the download are all it
-needs before it picks a runtime (ONNX Runtime, or torch for the `torch` variant).
+needs before it picks a runtime (ONNX Runtime, or torch for the `torch` variant). The portable MLflow model imports
+it too, in an environment without the project's settings (pydantic-settings), hence `Settings` for type checks only.
 """
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from supportflow.errors import RegistryError
-from supportflow.settings import Settings
+
+if TYPE_CHECKING:
+    from supportflow.settings import Settings
 
 CLASSIFIER_CARD = "classifier.json"
 MODEL_ARTIFACT = "classifier"  # the folder's name inside the logged MLflow model
@@ -42,7 +46,7 @@ class ClassifierCard:
         return cls(**json.loads((folder / CLASSIFIER_CARD).read_text()))
 
 
-def download_classifier(settings: Settings, reference: str) -> Path:
+def download_classifier(settings: "Settings", reference: str) -> Path:
     """The classifier folder of a registered version (`"3"`) or alias (`"@production"`), fetched locally."""
     separator = "" if reference.startswith("@") else "/"
     uri = f"models:/{settings.registered_model_name}{separator}{reference}"

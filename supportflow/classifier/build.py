@@ -1,4 +1,5 @@
-"""One classifier build: fine-tune, calibrate on validation, score on test, write the classifier folder.
+"""One classifier build: fine-tune, calibrate on validation, fit the unknown-intent detector, score on test, write
+the classifier folder.
 
 The Prefect flow and the benchmark both call `build_classifier`, so the figures in the benchmark are
 those of the model the pipeline registers.
@@ -16,7 +17,8 @@ from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choo
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
 from supportflow.classifier.inference import softmax
-from supportflow.classifier.predict import predict_logits
+from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector
+from supportflow.classifier.predict import predict_outputs
 from supportflow.settings import TrainingProfile
 
 
@@ -33,6 +35,8 @@ class BuiltClassifier:
     validation_labels: np.ndarray
     test_probabilities: np.ndarray
     test_labels: np.ndarray
+    detector: OutOfScopeDetector
+    test_ood_scores: np.ndarray  # the detector's distances on the test split (all in scope)
 
 
 def build_classifier(
@@ -43,26 +47,38 @@ def build_classifier(
     target_precision: float,
     folder: Path,
     snapshot_id: str,
+    ood_quantile: float = DEFAULT_QUANTILE,
 ) -> BuiltClassifier:
     tuned = fine_tune(base.location, splits, profile, threads, folder)
-    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id)
+    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id, ood_quantile)
 
 
 def evaluate_classifier(
-    tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, profile: TrainingProfile, target_precision: float, snapshot_id: str
+    tuned: FineTuned,
+    splits: LabelledSplits,
+    base: BaseModelChoice,
+    profile: TrainingProfile,
+    target_precision: float,
+    snapshot_id: str,
+    ood_quantile: float = DEFAULT_QUANTILE,
 ) -> BuiltClassifier:
-    """Calibrate on validation, choose the threshold there, score on test; write the card into the folder."""
+    """Calibrate on validation, choose both thresholds there, score on test; write the card and the unknown-intent
+    detector into the folder. The detector costs one more pass over the training messages (their embeddings)."""
     folder = tuned.model_dir
     model = DistilBertForSequenceClassification.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     validation_labels = np.array(splits.label_ids("validation"))
     test_labels = np.array(splits.label_ids("test"))
-    validation_logits = predict_logits(model, tokenizer, splits.validation["text"].tolist(), profile.max_length)
-    test_logits = predict_logits(model, tokenizer, splits.test["text"].tolist(), profile.max_length)
+    train = predict_outputs(model, tokenizer, splits.train["text"].tolist(), profile.max_length)
+    validation = predict_outputs(model, tokenizer, splits.validation["text"].tolist(), profile.max_length)
+    test = predict_outputs(model, tokenizer, splits.test["text"].tolist(), profile.max_length)
+    assert train.embeddings is not None and validation.embeddings is not None and test.embeddings is not None
+    detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile)
+    detector.save(folder)
 
-    temperature = fit_temperature(validation_logits, validation_labels)
-    validation_probabilities = softmax(validation_logits, temperature)
-    test_probabilities = softmax(test_logits, temperature)
+    temperature = fit_temperature(validation.logits, validation_labels)
+    validation_probabilities = softmax(validation.logits, temperature)
+    test_probabilities = softmax(test.logits, temperature)
     chosen = choose_threshold(validation_probabilities, validation_labels, target_precision)
     card = ClassifierCard(
         labels=splits.labels,
@@ -88,4 +104,6 @@ def evaluate_classifier(
         validation_labels=validation_labels,
         test_probabilities=test_probabilities,
         test_labels=test_labels,
+        detector=detector,
+        test_ood_scores=detector.scores(test.embeddings),
     )

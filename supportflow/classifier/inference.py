@@ -1,5 +1,5 @@
-"""From a classifier's logits to the classify contract, and running its ONNX export: what serving shares with
-training's checks.
+"""From a classifier's outputs to the classify contract, and running its ONNX export: what serving, the portable
+MLflow model and training's checks share, so the three cannot answer the same text differently.
 
 numpy, ONNX Runtime and the `tokenizers` library only: serving an ONNX variant must not import torch, and
 transformers' tokenizer classes import it (through their configuration module). The ids and masks are the same:
@@ -8,14 +8,30 @@ padding here once instead of on every call.
 """
 
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard
+from supportflow.classifier.ood import OutOfScopeDetector
 from supportflow.errors import RegistryError
+
+EMBEDDING_OUTPUT = "embedding"  # the ONNX output the unknown-intent detector reads; exports before it have logits only
+# Two letters or digits in a row: the least a request is written with. A text without them (emoji, punctuation, a
+# single character, nothing) asks for no intent, however the model spreads its probability.
+_WORDS = re.compile(r"\w\w")
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    logits: np.ndarray  # (texts, intents)
+    embeddings: np.ndarray | None  # (texts, dim): the pooled embedding; None from an export without it
+    truncated: np.ndarray  # (texts,): the text was longer than the model reads, and only its beginning was classified
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -59,20 +75,69 @@ def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-    """Logits in input order; batches are built from length-sorted texts so padding stays small."""
+def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 128) -> ModelOutputs:
+    """Logits (and the pooled embedding, when the export has it) in input order; batches are built from length-sorted
+    texts so padding stays small."""
+    names = ["logits"] + [EMBEDDING_OUTPUT for output in session.get_outputs() if output.name == EMBEDDING_OUTPUT]
     order = np.argsort([len(text) for text in texts], kind="stable")
-    out: np.ndarray | None = None
+    out: list[np.ndarray] = []
+    truncated = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_size):
         chosen = order[start : start + batch_size]
         encodings = tokenizer.encode_batch([texts[i] for i in chosen])
+        truncated[chosen] = [bool(e.overflowing) for e in encodings]
         inputs = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         }
-        logits = session.run(["logits"], inputs)[0]
-        if out is None:
-            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
-        out[chosen] = logits
-    assert out is not None
-    return out
+        results = session.run(names, inputs)
+        if not out:
+            out = [np.zeros((len(texts), result.shape[1]), dtype=np.float32) for result in results]
+        for target, result in zip(out, results, strict=True):
+            target[chosen] = result
+    if not out:
+        raise ValueError("no texts to classify")
+    return ModelOutputs(logits=out[0], embeddings=out[1] if len(out) > 1 else None, truncated=truncated)
+
+
+def classify_outputs(
+    texts: Sequence[str], outputs: ModelOutputs, card: ClassifierCard, detector: OutOfScopeDetector | None, top_k: int | None = None
+) -> list[dict]:
+    """The classify contract per text: the ranking; whether the text lies outside every intent (`out_of_scope`: its
+    `ood_score`, the distance to the nearest intent, passes the detector's threshold, or it has no words at all); and
+    whether only its beginning was read (`truncated`). A model trained without a detector scores nothing (null)."""
+    results = ranking(softmax(outputs.logits, card.temperature), card.labels, top_k)
+    if detector is None:
+        scores: list[float | None] = [None] * len(results)
+        beyond = [False] * len(results)
+    elif outputs.embeddings is None:
+        raise RegistryError("the classifier has an unknown-intent detector but its model gives no pooled embedding")
+    else:
+        distances = detector.scores(outputs.embeddings)
+        scores, beyond = [float(d) for d in distances], [bool(d > detector.threshold) for d in distances]
+    return [
+        result | {"out_of_scope": far or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
+        for result, text, score, far, cut in zip(results, texts, scores, beyond, outputs.truncated, strict=True)
+    ]
+
+
+class OnnxClassifier:
+    """A classifier folder's ONNX variant, answering the classify contract: what `/classify` serves and what the
+    portable MLflow model loads, so a notebook gets the bot's very answers."""
+
+    def __init__(self, folder: Path, variant: str, threads: int) -> None:
+        path = folder / ONNX_DIR / VARIANTS[variant]
+        if not path.exists():
+            raise RegistryError(f"{folder} has no {variant} ONNX export at {path}")
+        self.card = ClassifierCard.load(folder)
+        self.detector = OutOfScopeDetector.load(folder)
+        self.session = onnx_session(path, threads)
+        self.tokenizer = onnx_tokenizer(folder, self.card.max_length)
+        if self.detector is not None and EMBEDDING_OUTPUT not in {output.name for output in self.session.get_outputs()}:
+            raise RegistryError(f"{path} has no {EMBEDDING_OUTPUT} output, which the folder's unknown-intent detector reads")
+
+    def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
+        if not texts:
+            return []
+        texts = list(texts)
+        return classify_outputs(texts, onnx_outputs(self.session, self.tokenizer, texts), self.card, self.detector, top_k)

@@ -1,4 +1,5 @@
-"""Export the fine-tuned classifier to ONNX, plus an int8 variant, and check both against torch.
+"""Export the fine-tuned classifier to ONNX (its logits and pooled embedding), plus an int8 variant, and check both
+against torch.
 
 Serving picks the fastest variant whose top-1 accuracy on the test split stays within the
 configured tolerance of torch's; the parity figures travel with the model so that choice is recorded.
@@ -15,16 +16,20 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import DistilBertForSequenceClassification
 
 from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS
-from supportflow.classifier.inference import onnx_logits, onnx_session, onnx_tokenizer
+from supportflow.classifier.inference import EMBEDDING_OUTPUT, onnx_outputs, onnx_session, onnx_tokenizer
+from supportflow.classifier.predict import pooled_embedding
 
 
-class _LogitsOnly(torch.nn.Module):
+class _LogitsAndEmbedding(torch.nn.Module):
+    """The two outputs serving reads: the logits, and the pooled embedding the unknown-intent detector measures."""
+
     def __init__(self, model: DistilBertForSequenceClassification) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return output.logits, pooled_embedding(output.hidden_states)
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,17 @@ def export_onnx(folder: Path) -> dict[str, Path]:
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     with torch.inference_mode():
         torch.onnx.export(
-            _LogitsOnly(model),
+            _LogitsAndEmbedding(model),
             example,
             str(paths["fp32"]),
             input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
+            output_names=["logits", EMBEDDING_OUTPUT],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "logits": {0: "batch"},
+                EMBEDDING_OUTPUT: {0: "batch"},
+            },
             opset_version=17,
             dynamo=False,
         )
@@ -72,7 +82,7 @@ def check_parity(
     for name, path in paths.items():
         session = onnx_session(path, threads)
         started = time.perf_counter()
-        logits = onnx_logits(session, tokenizer, texts)
+        logits = onnx_outputs(session, tokenizer, texts).logits
         seconds = time.perf_counter() - started
         accuracy = float((logits.argmax(axis=1) == labels).mean())
         results.append(VariantParity(name, accuracy, torch_accuracy, 100 * seconds / max(len(texts), 1)))

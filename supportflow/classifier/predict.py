@@ -12,26 +12,38 @@ import torch
 from transformers import AutoTokenizer, DistilBertForSequenceClassification, PreTrainedTokenizerBase
 
 from supportflow.classifier.artifacts import ClassifierCard
-from supportflow.classifier.inference import ranking, softmax
+from supportflow.classifier.inference import ModelOutputs, classify_outputs, softmax
+from supportflow.classifier.ood import OutOfScopeDetector
+
+
+def pooled_embedding(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """What the unknown-intent detector measures: the last layer's [CLS] vector, which the classification head reads."""
+    return hidden_states[-1][:, 0]
 
 
 @torch.inference_mode()
-def predict_logits(
+def predict_outputs(
     model: DistilBertForSequenceClassification,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     max_length: int,
     batch_size: int = 128,
-) -> np.ndarray:
-    """Logits in input order; batches are built from length-sorted texts so padding stays small."""
+) -> ModelOutputs:
+    """Logits and pooled embeddings in input order; batches are built from length-sorted texts so padding stays small."""
     model.eval()
     order = np.argsort([len(text) for text in texts], kind="stable")
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    embeddings = np.zeros((len(texts), model.config.dim), dtype=np.float32)
+    truncated = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_size):
         chosen = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        out[chosen] = model(**batch).logits.float().numpy()
-    return out
+        chunk = [texts[i] for i in chosen]
+        truncated[chosen] = [len(ids) > max_length for ids in tokenizer(chunk, truncation=False)["input_ids"]]
+        batch = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        output = model(**batch, output_hidden_states=True)
+        logits[chosen] = output.logits.float().numpy()
+        embeddings[chosen] = pooled_embedding(output.hidden_states).float().numpy()
+    return ModelOutputs(logits=logits, embeddings=embeddings, truncated=truncated)
 
 
 class IntentClassifier:
@@ -44,9 +56,14 @@ class IntentClassifier:
         self.card = ClassifierCard.load(self.folder)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         self.model = DistilBertForSequenceClassification.from_pretrained(str(self.folder)).eval()
+        self.detector = OutOfScopeDetector.load(self.folder)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return softmax(predict_logits(self.model, self.tokenizer, list(texts), self.card.max_length), self.card.temperature)
+        return softmax(predict_outputs(self.model, self.tokenizer, list(texts), self.card.max_length).logits, self.card.temperature)
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
-        return ranking(self.probabilities(texts), self.card.labels, top_k)
+        if not texts:
+            return []
+        texts = list(texts)
+        outputs = predict_outputs(self.model, self.tokenizer, texts, self.card.max_length)
+        return classify_outputs(texts, outputs, self.card, self.detector, top_k)

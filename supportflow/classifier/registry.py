@@ -20,14 +20,14 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from supportflow.classifier.artifacts import MODEL_ARTIFACT, download_classifier
+from supportflow.classifier.artifacts import MODEL_ARTIFACT, VARIANTS, download_classifier
 from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.calibrate import promises, risk_coverage
 from supportflow.classifier.evaluate import plot_confusion_matrix, plot_reliability, plot_risk_coverage
 from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.onnx_export import VariantParity, fastest_within
+from supportflow.classifier.portable import INPUT_EXAMPLE, MODEL_CODE, pinned_requirements, stage_code
 from supportflow.classifier.predict import IntentClassifier
 from supportflow.drift.figures import REFERENCE_ARTIFACT
 from supportflow.errors import RegistryError
@@ -35,16 +35,6 @@ from supportflow.settings import Settings, TrainingProfile
 from supportflow.tracking import CHALLENGER, CHAMPION, connect, start_run
 
 MODEL_NAME_IN_RUN = "model"
-
-
-class IntentClassifierModel(PythonModel):
-    """The pyfunc face of a classifier folder: a list of texts in, the ranking contract out."""
-
-    def load_context(self, context: PythonModelContext) -> None:
-        self.classifier = IntentClassifier(Path(context.artifacts[MODEL_ARTIFACT]))
-
-    def predict(self, context: PythonModelContext, model_input: list[str], params: dict | None = None) -> list[dict]:
-        return self.classifier.classify(list(model_input))
 
 
 @dataclass(frozen=True)
@@ -72,6 +62,8 @@ def log_training_run(
     """
     card = built.card
     serving_variant = fastest_within(parities, settings.onnx_parity_tolerance)
+    # The portable model has no torch: where serving falls back to it, the faithful ONNX export stands in.
+    portable_variant = serving_variant if serving_variant in VARIANTS else "fp32"
     with start_run(settings, settings.mlflow_experiment, f"{card.snapshot_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
         mlflow.log_params(
             {
@@ -85,7 +77,14 @@ def log_training_run(
                 "target_precision": card.target_precision,
             }
         )
-        mlflow.set_tags({"snapshot_id": card.snapshot_id, "serving_variant": serving_variant, "training_key": training_key})
+        mlflow.set_tags(
+            {
+                "snapshot_id": card.snapshot_id,
+                "serving_variant": serving_variant,
+                "portable_variant": portable_variant,
+                "training_key": training_key,
+            }
+        )
         mlflow.log_dict(manifest, "snapshot/manifest.json")
         if drift_reference is not None:
             mlflow.log_dict(drift_reference, REFERENCE_ARTIFACT)
@@ -104,6 +103,10 @@ def log_training_run(
             "test_precision_at_threshold": built.test_at_threshold.precision,
             "train_seconds": built.train_seconds,
             "train_loss": built.train_loss,
+            "ood_threshold": built.detector.threshold,
+            "ood_quantile": built.detector.quantile,
+            # In-scope test messages the detector calls unknown: its false alarms, which the bot hands off.
+            "test_out_of_scope_rate": float((built.test_ood_scores > built.detector.threshold).mean()),
         }
         validation = (built.validation_probabilities, built.validation_labels)
         test = (built.test_probabilities, built.test_labels)
@@ -128,13 +131,17 @@ def log_training_run(
             {"pairs": built.test.most_confused(card.labels, top=20).to_dict("records")},
             "reports/most_confused.json",
         )
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME_IN_RUN,
-            python_model=IntentClassifierModel(),
-            artifacts={MODEL_ARTIFACT: str(built.folder)},
-            pip_requirements=["torch", "transformers", "pandas", "numpy"],
-            metadata={"classifier": json.loads((built.folder / "classifier.json").read_text())},
-        )
+        with tempfile.TemporaryDirectory() as scratch:
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN,
+                python_model=MODEL_CODE,
+                artifacts={MODEL_ARTIFACT: str(built.folder)},
+                code_paths=[str(stage_code(Path(scratch)))],
+                pip_requirements=pinned_requirements(),
+                input_example=INPUT_EXAMPLE,
+                model_config={"variant": portable_variant, "threads": settings.serving_threads},
+                metadata={"classifier": json.loads((built.folder / "classifier.json").read_text())},
+            )
     return run.info.run_id, info.model_uri
 
 

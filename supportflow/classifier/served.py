@@ -9,14 +9,15 @@ is exactly the one that passed the gate. Only the `torch` variant imports torch.
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard, download_classifier
-from supportflow.classifier.inference import onnx_logits, onnx_session, onnx_tokenizer, ranking, softmax
-from supportflow.errors import RegistryError
+from supportflow.classifier.artifacts import ClassifierCard, download_classifier
+from supportflow.classifier.inference import OnnxClassifier
 from supportflow.release.production import served_version
 from supportflow.settings import Settings
+
+if TYPE_CHECKING:
+    pass
 
 
 class ServingClassifier:
@@ -26,23 +27,12 @@ class ServingClassifier:
         if variant == "torch":
             from supportflow.classifier.predict import IntentClassifier
 
-            self._torch = IntentClassifier(folder, threads=threads)
+            self.model: IntentClassifier | OnnxClassifier = IntentClassifier(folder, threads=threads)
         else:
-            path = folder / ONNX_DIR / VARIANTS[variant]
-            if not path.exists():
-                raise RegistryError(f"version {version} has no {variant} ONNX export at {path}")
-            self.session = onnx_session(path, threads)
-            self.tokenizer = onnx_tokenizer(folder, self.card.max_length)
-
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        if self.variant == "torch":
-            return self._torch.probabilities(texts)
-        return softmax(onnx_logits(self.session, self.tokenizer, list(texts)), self.card.temperature)
+            self.model = OnnxClassifier(folder, variant, threads)
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
-        if not texts:
-            return []
-        return ranking(self.probabilities(texts), self.card.labels, top_k)
+        return self.model.classify(texts, top_k)
 
     def describe(self) -> dict:
         return {
@@ -50,6 +40,7 @@ class ServingClassifier:
             "variant": self.variant,
             "intents": len(self.card.labels),
             "threshold": self.card.threshold,
+            "ood_threshold": None if self.model.detector is None else self.model.detector.threshold,
             "temperature": self.card.temperature,
             "snapshot_id": self.card.snapshot_id,
         }

@@ -78,9 +78,9 @@ def load_training_splits(settings: Settings) -> tuple[SnapshotManifest, Labelled
 
 
 def training_key(settings: Settings, snapshot_id: str, base: BaseModelChoice) -> str:
-    """Same snapshot, profile and base model: the same training, which a re-run must not repeat."""
+    """Same snapshot, profile, base model and thresholds' targets: the same training, which a re-run must not repeat."""
     profile = settings.training_profile().model_dump_json()
-    return text_digest(snapshot_id, settings.train_profile, profile, base.name, settings.target_precision)
+    return text_digest(snapshot_id, settings.train_profile, profile, base.name, settings.target_precision, settings.ood_quantile)
 
 
 @contextmanager

@@ -102,8 +102,9 @@ def _check_classifier(url: str, bundles: Bundles, examples: pd.DataFrame) -> flo
     if described["version"] != bundles.classifier_version:
         raise ReleaseError(f"the bundle serves v{described['version']}, not v{bundles.classifier_version}")
     results = httpx.post(f"{url}/classify", json={"texts": examples["text"].tolist()}, timeout=60).raise_for_status().json()
-    if len(results) != len(examples) or not all({"intent", "confidence", "ranking"} <= set(r) for r in results):
-        raise ReleaseError("/classify broke its contract: one {intent, confidence, ranking} per text expected")
+    fields = {"intent", "confidence", "ranking", "out_of_scope", "ood_score", "truncated"}  # the classify contract, docs/architecture.md
+    if len(results) != len(examples) or not all(fields <= set(r) for r in results):
+        raise ReleaseError(f"/classify broke its contract: one {{{', '.join(sorted(fields))}}} per text expected")
     return sum(r["intent"] == intent for r, intent in zip(results, examples["intent"], strict=True)) / len(examples)
 
 

@@ -82,6 +82,26 @@ def build_tiny_base(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
+def build_tiny_classifier(folder: Path, base: Path, target_precision: float = 0.9) -> tuple[object, object]:
+    """A trained, calibrated and ONNX-exported tiny classifier of TINY_INTENTS in `folder`, without lake or MLflow;
+    returns (BuiltClassifier, LabelledSplits). 15 test and 15 validation messages per intent."""
+    from supportflow.classifier.base_weights import BaseModelChoice
+    from supportflow.classifier.build import build_classifier
+    from supportflow.classifier.fine_tune import check_training_data
+    from supportflow.classifier.onnx_export import export_onnx
+    from supportflow.settings import TrainingProfile
+
+    rows = tiny_rows().rename(columns={"category": "intent"}).sample(frac=1.0, random_state=0)
+    test = rows.groupby("intent", group_keys=False).head(15)
+    validation = rows.drop(test.index).groupby("intent", group_keys=False).head(15)
+    train = rows.drop(test.index).drop(validation.index)
+    splits = check_training_data(train, validation, test, tuple(TINY_INTENTS), 2, "tiny")
+    choice = BaseModelChoice(name="tiny", location=str(base), source="local")
+    built = build_classifier(splits, choice, TrainingProfile(**TINY_PROFILE), 1, target_precision, folder, "snap-tiny", ood_quantile=0.95)
+    export_onnx(folder)
+    return built, splits
+
+
 @contextmanager
 def classifier_settings(folder: Path, base: Path) -> Iterator[Path]:
     """Settings for a test: its own lake, models folder and MLflow store; the tiny base; a tiny profile."""

@@ -85,6 +85,7 @@ class _ForwardToBot(Action):
             },
             "form_completed": form_completed(tracker),
             "classifier_unavailable": bool(latest.get("classifier_unavailable")),
+            "out_of_scope": bool(latest.get("out_of_scope")),
             "transcript": transcript(tracker),
         }
         try:

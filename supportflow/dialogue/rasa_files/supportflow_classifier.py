@@ -5,7 +5,9 @@ Runs inside Rasa's Python 3.10 environment (copied into the generated project). 
 A short message that names a value the desk's forms ask for (an entity in `inform_entities`, found by
 Rasa's extractors from the desk's lookup tables) and that the classifier is not sure of is `inform`.
 A message that holds two requests becomes `multiple_requests`, with the requests as entities, so the bot
-can ask which comes first.
+can ask which comes first. A message the classifier's unknown-intent detector places outside every intent
+(`out_of_scope`) is `nlu_fallback`, flagged `out_of_scope`, with no ranking: the bot hands it off like low confidence
+and has no intents to offer for it.
 
 What one message costs the classifier is bounded: each text sent is cut at `max_chars`, and a message that
 splits into more than `max_clauses` clauses is classified whole, as one text (a long run of "and ... and ..."
@@ -130,5 +132,9 @@ class SupportflowClassifier(GraphComponent, IntentClassifier):
             and best["confidence"] < self.config["inform_below_confidence"]
         ):
             self._set(message, "inform", 1.0, ranking)
+            return
+        if best.get("out_of_scope"):
+            self._set(message, "nlu_fallback", best["confidence"], [])
+            message.set("out_of_scope", True, add_to_output=True)
             return
         self._set(message, best["intent"], best["confidence"], ranking)

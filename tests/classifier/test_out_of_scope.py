@@ -1,0 +1,154 @@
+"""The unknown-intent detector: fitted on in-scope messages only, stored with the model, computed by every variant.
+
+The tiny model learns eight BANKING77 intents; messages of the other 69 intents are the out-of-scope traffic it never
+saw, in training or in choosing its threshold.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector
+from tests.classifier.conftest import BANKING77, TINY_INTENTS, build_tiny_classifier
+
+pytestmark = pytest.mark.slow  # one tiny fine-tuning for the module (~30 s on a shared core)
+
+
+def test_threshold_keeps_the_chosen_share_of_validation_and_flags_what_lies_far() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=8.0, size=(4, 16))
+    labels = rng.integers(0, 4, size=2000)
+    train = centres[labels] + rng.normal(size=(2000, 16))
+    validation = centres[rng.integers(0, 4, size=1000)] + rng.normal(size=(1000, 16))
+    detector = fit_detector(train, labels, validation, quantile=0.9)
+    flagged = detector.scores(validation) > detector.threshold
+    assert flagged.mean() == pytest.approx(0.1, abs=0.002)  # the threshold is the validation distances' 90th percentile
+    far = rng.normal(scale=8.0, size=(200, 16)) + 40.0  # nowhere near any centre
+    assert (detector.scores(far) > detector.threshold).all()
+    near_held_out = centres[rng.integers(0, 4, size=1000)] + rng.normal(size=(1000, 16))
+    assert 0.05 < (detector.scores(near_held_out) > detector.threshold).mean() < 0.15  # new in-scope data: ~10% too
+
+
+def test_fewer_messages_than_dimensions_still_give_finite_distances() -> None:
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(10, 64))  # a covariance of rank 8 at most: singular without the ridge
+    detector = fit_detector(train, np.repeat([0, 1], 5), rng.normal(size=(5, 64)))
+    assert np.isfinite(detector.scores(rng.normal(size=(3, 64)))).all() and np.isfinite(detector.threshold)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5])
+def test_a_quantile_outside_zero_to_one_is_refused(quantile: float) -> None:
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        fit_detector(np.ones((4, 2)), np.array([0, 0, 1, 1]), np.ones((2, 2)), quantile)
+
+
+def test_no_validation_messages_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs validation messages"):
+        fit_detector(np.ones((4, 2)), np.array([0, 0, 1, 1]), np.ones((0, 2)))
+
+
+@dataclass(frozen=True)
+class Tiny:
+    built: object  # BuiltClassifier
+    in_scope: list[str]  # test messages of the learnt intents
+    unknown: list[str]  # messages of intents the model never saw
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[Tiny]:
+    built, splits = build_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier") / "model", tiny_base)
+    others = pd.read_csv(BANKING77 / "test.csv")
+    unknown = others[~others["category"].isin(TINY_INTENTS)].sample(n=200, random_state=0)["text"].tolist()
+    yield Tiny(built, splits.test["text"].tolist(), unknown)
+
+
+def test_the_detector_is_stored_with_the_model_and_flags_unseen_intents_more_than_learnt_ones(tiny: Tiny) -> None:
+    from supportflow.classifier.inference import OnnxClassifier
+
+    built = tiny.built
+    assert (built.folder / DETECTOR_FILE).exists()
+    stored = OutOfScopeDetector.load(built.folder)
+    assert stored is not None and stored.threshold == pytest.approx(built.detector.threshold) and stored.quantile == 0.99
+    served = OnnxClassifier(built.folder, "fp32", threads=1)
+    in_scope = served.classify(tiny.in_scope, top_k=3)
+    unknown = served.classify(tiny.unknown, top_k=3)
+    for result in in_scope + unknown:
+        assert result["out_of_scope"] == (result["ood_score"] > stored.threshold)
+    in_scope_rate = np.mean([r["out_of_scope"] for r in in_scope])
+    unknown_rate = np.mean([r["out_of_scope"] for r in unknown])
+    # Chosen at validation's 95th percentile: few in-scope messages are flagged, and far more of the unseen intents'.
+    assert in_scope_rate <= 0.2
+    assert unknown_rate > in_scope_rate + 0.2
+    assert np.mean([r["ood_score"] for r in unknown]) > np.mean([r["ood_score"] for r in in_scope])
+
+
+def test_every_variant_computes_the_same_detector(tiny: Tiny) -> None:
+    from supportflow.classifier.inference import OnnxClassifier
+    from supportflow.classifier.predict import IntentClassifier
+
+    texts = tiny.in_scope[:20] + tiny.unknown[:20]
+    torch_results = IntentClassifier(tiny.built.folder, threads=1).classify(texts)
+    onnx_results = OnnxClassifier(tiny.built.folder, "fp32", threads=1).classify(texts)
+    for ours, theirs in zip(onnx_results, torch_results, strict=True):
+        assert ours["intent"] == theirs["intent"]
+        assert ours["ood_score"] == pytest.approx(theirs["ood_score"], rel=1e-3)
+    int8 = OnnxClassifier(tiny.built.folder, "int8", threads=1).classify(texts)
+    assert all(r["ood_score"] is not None and np.isfinite(r["ood_score"]) for r in int8)
+
+
+def test_a_model_trained_before_the_detector_flags_nothing(tiny: Tiny, tmp_path: Path) -> None:
+    import shutil
+
+    from supportflow.classifier.inference import OnnxClassifier
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny.built.folder, old)
+    (old / DETECTOR_FILE).unlink()
+    results = OnnxClassifier(old, "fp32", threads=1).classify(tiny.unknown[:5])
+    assert [(r["out_of_scope"], r["ood_score"]) for r in results] == [(False, None)] * 5
+    assert OnnxClassifier(old, "fp32", threads=1).classify([]) == []
+
+
+def test_texts_without_words_are_out_of_scope_and_long_texts_say_they_were_cut(tiny: Tiny) -> None:
+    from supportflow.classifier.inference import OnnxClassifier
+    from supportflow.classifier.predict import IntentClassifier
+
+    wordless = ["", "🙂🙂🙂", "?!...", "a", "   "]
+    long = "I would like to know why my card has not arrived yet, " * 40  # far beyond the tiny model's 32 tokens
+    texts = [*wordless, tiny.in_scope[0], long]
+    onnx = OnnxClassifier(tiny.built.folder, "fp32", threads=1)
+    read = onnx.tokenizer.encode(long)
+    beginning = onnx.tokenizer.decode(read.ids)  # the 30 word pieces between [CLS] and [SEP] the model was given
+    assert len(read.ids) == 32 and len(onnx.tokenizer.encode(beginning).ids) == 32
+    for classifier in (onnx, IntentClassifier(tiny.built.folder, threads=1)):
+        results = classifier.classify(texts)
+        assert [r["out_of_scope"] for r in results[: len(wordless)]] == [True] * len(wordless)
+        assert all(r["ood_score"] is not None for r in results)  # still scored: the flag is the rule's, not a guess
+        assert [r["truncated"] for r in results] == [False] * (len(texts) - 1) + [True]
+        # What was read is the beginning: the long text is classified as its first 32 tokens are.
+        (alone,) = classifier.classify([beginning])
+        assert not alone["truncated"] and alone["intent"] == results[-1]["intent"]
+        assert alone["confidence"] == pytest.approx(results[-1]["confidence"], rel=1e-4)
+
+
+def test_a_batch_of_ten_thousand_needs_working_memory_of_one_batch_not_of_the_whole(tiny: Tiny) -> None:
+    import tracemalloc
+
+    from supportflow.classifier.inference import OnnxClassifier
+
+    classifier = OnnxClassifier(tiny.built.folder, "int8", threads=1)
+    texts = [f"{text} {n}" for n, text in enumerate((tiny.in_scope + tiny.unknown) * 50)][:10_000]
+    assert len(texts) == 10_000
+    tracemalloc.start()
+    try:
+        results = classifier.classify(texts, top_k=3)
+        answer, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(results) == 10_000 and all(r["ranking"] for r in results)
+    # Beyond the answers it returns, the work is done 128 texts at a time: a few megabytes, whatever the batch.
+    assert peak - answer < 16 * 2**20
