@@ -2,10 +2,11 @@
 
 Each wrk connection holds one conversation at a time, its own thread, so a turn's reply (the conversation's id
 and token) is read before its next turn is sent: conversations of `--turns` messages, drawn from the desk's
-labelled test messages, then a new one. The stack is the demo's trained release (`make demo` first), served
-from the source tree as supportflow.release.replicas starts it, on shared stores the benchmark starts itself
-(PostgreSQL for the handoff queue and Rasa's trackers, Redis for Rasa's locks, a scratch lake for the turn log),
-so nothing reaches the working copy's queue or turn log. Writes bench/results/soak.json.
+labelled test messages, then a new one. The stack is the demo's production classifier (`make demo` first) and a
+Rasa project and model this code generates and trains for it, served from the source tree as
+supportflow.release.replicas starts it, on shared stores the benchmark starts itself (PostgreSQL for the handoff
+queue and Rasa's trackers, Redis for Rasa's locks, a scratch lake for the turn log unless `--turns-lake` keeps
+it), so nothing reaches the working copy's queue or turn log. Writes bench/results/soak.json.
 
 Every process (wrk included) shares the machine's cores, so on a small machine the figures bound the CPU, not
 the design: `bound` in the JSON says so.
@@ -112,6 +113,16 @@ def desk_messages(settings: object, limit: int = 200) -> list[str]:
     return snapshot_test_split(settings).frame["text"].drop_duplicates().head(limit).tolist()
 
 
+def dialogue_for(settings: object, folder: Path) -> object:
+    """The production classifier's Rasa project and model, generated and trained by this code into `folder`: the
+    working copy's `.rasa/` may come from an older release, whose actions speak another contract to the bot."""
+    from supportflow.dialogue.build import build_dialogue
+    from supportflow.lake import open_lake
+
+    own = settings.model_copy(update={"rasa_project_dir": folder, "dialogue_experiment": "bench-soak-dialogue"})
+    return build_dialogue(own, open_lake(own))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=600)
@@ -119,6 +130,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3, help="messages per conversation")
     parser.add_argument("--replicas", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    parser.add_argument("--turns-lake", type=Path, help="keep the soak's turn log in this folder (default: a scratch one, removed)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (or `make system-deps`)")
@@ -131,28 +143,27 @@ def main() -> None:
     from tests.servers import running_postgres, running_redis
 
     settings = get_settings()
-    model = settings.rasa_project_dir / "models" / "supportflow.tar.gz"
-    if not model.exists():
-        raise SystemExit(f"no dialogue model at {model}: run `make demo` first")
     version, _ = alias_version(settings, PRODUCTION)
     messages = desk_messages(settings)
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp, running_postgres() as postgres, running_redis() as redis_url:
         folder = Path(tmp)
+        dialogue = dialogue_for(settings, folder / "rasa")
         script = wrk_script(folder, messages, args.turns)
         for count in args.replicas:
             run = folder / f"replicas-{count}"
+            lake = args.turns_lake / f"replicas-{count}" if args.turns_lake else run / "lake"
             stores = settings.model_copy(
                 update={
                     "follow_production": False,
                     "model_version": version,
-                    "lake_url": str(run / "lake"),
+                    "lake_url": str(lake.resolve()),
                     "handoff_db_url": postgres.new_database(),
-                    "rasa_tracker_store_url": postgres.new_database(),
+                    "rasa_tracker_store_url": postgres.new_database().replace("+psycopg", ""),  # Rasa has psycopg2
                     "rasa_lock_store_url": redis_url,
                 }
             )
-            with start_replicas(stores, settings.rasa_project_dir, model, run, count) as stack:
+            with start_replicas(stores, dialogue.project, dialogue.model, run, count) as stack:
                 for message in messages[:20]:  # warm every replica's caches before the clock starts
                     httpx.post(f"{stack.bot_url}/chat", json={"message": message}, timeout=60)
                 started = time.perf_counter()

@@ -1,4 +1,5 @@
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,16 @@ from tests.classifier.conftest import classifier_settings, tiny_base, tiny_rows 
 ROOT = Path(__file__).resolve().parents[2]
 TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
 SECRET_KEY = "stack-test-key-5a1f9c3e7b2d4f6a8c0e1b3d5f7a9c2e"
+
+
+@pytest.fixture(autouse=True)
+def _forget_served_bot() -> Iterator[None]:
+    """Tests that serve the bot in-process point the service's routes at their own instance; the next test in the
+    same worker (one whose uvicorn bot has its own stores) must not find it still there."""
+    yield
+    service = sys.modules.get("bentos.bot.service")
+    if service is not None:
+        service.web.dependency_overrides.clear()
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def replicated(
     folder = tmp_path_factory.mktemp("replicas")
     stores = {
         "SUPPORTFLOW_HANDOFF_DB_URL": postgres.new_database(),
-        "SUPPORTFLOW_RASA_TRACKER_STORE_URL": postgres.new_database(),
+        "SUPPORTFLOW_RASA_TRACKER_STORE_URL": postgres.new_database().replace("+psycopg", ""),  # Rasa has psycopg2
         "SUPPORTFLOW_RASA_LOCK_STORE_URL": redis_url,
     }
     with prepared_desk(folder, tiny_base, **stores) as desk:
