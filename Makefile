@@ -134,12 +134,19 @@ stop:
 	$(BIN)/supportflow stop
 
 # Debian packages the webchat browser test, the serving benchmark, the alert-rule tests (promtool) and the shared
-# stores' tests (PostgreSQL 15 and Redis, started by tests/servers.py) use (root, as on the project's machines).
+# stores' tests (PostgreSQL 15 and Redis, started by tests/servers.py) and the replica test's proxy (HAProxy) use
+# (root, as on the project's machines).
 system-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null && \
-	  test -x /usr/lib/postgresql/15/bin/postgres && command -v redis-server >/dev/null || \
+	  test -x /usr/lib/postgresql/15/bin/postgres && command -v redis-server >/dev/null && command -v haproxy >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver wrk && \
-	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus postgresql redis-server)
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus postgresql redis-server haproxy)
+
+# Soak: multi-turn conversations through HAProxy for 10 minutes on two replicas, then one (`make demo` first).
+.PHONY: bench-soak
+bench-soak: install rasa-venv system-deps
+	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/report.py
 
 # Drift monitor: the last hour of the turn log against the served model's training reference (docs/drift.md).
 .PHONY: drift bench-drift

@@ -172,6 +172,24 @@ def _active_learning(r: dict) -> list[Row]:
     return [(what, measured, "random's final accuracy with <= 60% of its labels", "active_learning.json")]
 
 
+def _soak(r: dict) -> list[Row]:
+    rows = []
+    for count in (2, 1):
+        figures = r.get(f"replicas_{count}")
+        if figures is None:
+            continue
+        measured = (
+            f"{figures['requests']:,} turns in {figures['duration_s'] / 60:.0f} min at c={figures['connections']}: "
+            f"{figures['errors']} errors, p50 {figures['p50_ms']:.0f} ms, p99 {figures['p99_ms']:.0f} ms, {figures['rps']:.1f} turns/s"
+        )
+        if count == 2 and "throughput_ratio" in r:
+            measured += f"; {r['throughput_ratio']:.2f}x one replica"
+        target = "0 errors, p99 <= 250 ms; 2 replicas >= 1.6x one" if count == 2 else "the baseline"
+        what = f"Soak: multi-turn conversations through HAProxy, {count} replica{'s' if count > 1 else ''}"
+        rows.append((what, measured, target, "soak.json"))
+    return rows
+
+
 def _resolution(r: dict, file: str) -> list[Row]:
     measured = (
         f"answered right {r['answered_right_rate']:.1%}, wrong {r['answered_wrong_rate']:.1%}, clarified {r['clarified_rate']:.1%},"
@@ -201,6 +219,7 @@ RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "cli.json": _cli,
     "service_imports.json": _service_imports,
     "active_learning.json": _active_learning,
+    "soak.json": _soak,
 }
 
 

@@ -1,6 +1,7 @@
 """Real PostgreSQL and Redis servers for the tests of the stores that run on them at scale (Debian's packages:
-`make system-deps` installs them). Each is one session fixture: started on a free loopback port in a temporary
-folder, the way the moto S3 server is (tests/conftest.py), and stopped at the end. A test asks `postgres` for a
+`make system-deps` installs them). Each is a context manager (the soak benchmark starts them too) and a session
+fixture: started on a free loopback port in a temporary folder, the way the moto S3 server is
+(tests/conftest.py), and stopped at the end. A test asks `postgres` for a
 fresh database of its own (`postgres.new_database()`), so tests never see each other's rows.
 
 PostgreSQL refuses to run as root: when the tests do (as on the project's machines), its processes run as the
@@ -16,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +71,11 @@ def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", POSTGRES_USER, "--", *command] if os.geteuid() == 0 else command
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
+@contextmanager
+def running_postgres() -> Iterator[Postgres]:
     """A PostgreSQL 15 server in a temporary folder, trusting loopback connections (nothing else can reach it)."""
     if not (POSTGRES_BIN / "postgres").exists():
-        pytest.fail(f"PostgreSQL 15 is not installed at {POSTGRES_BIN}: run `make system-deps`")
+        raise RuntimeError(f"PostgreSQL 15 is not installed at {POSTGRES_BIN}: run `make system-deps`")
     folder = Path(tempfile.mkdtemp(prefix="supportflow-postgres-"))
     if os.geteuid() == 0:
         account = pwd.getpwnam(POSTGRES_USER)
@@ -101,12 +103,12 @@ def postgres() -> Iterator[Postgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+@contextmanager
+def running_redis() -> Iterator[str]:
     """A Redis server on loopback, persisting nothing; its URL (database 1, the one Rasa's lock store uses)."""
     executable = shutil.which("redis-server")
     if executable is None:
-        pytest.fail("redis-server is not installed: run `make system-deps`")
+        raise RuntimeError("redis-server is not installed: run `make system-deps`")
     folder = Path(tempfile.mkdtemp(prefix="supportflow-redis-"))
     port = free_port()
     server = subprocess.Popen(
@@ -120,3 +122,15 @@ def redis_url() -> Iterator[str]:
     finally:
         stop(server)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with running_redis() as url:
+        yield url

@@ -16,12 +16,10 @@ import pandas as pd
 import pytest
 from twilio.request_validator import RequestValidator
 
-from tests.classifier.conftest import classifier_settings, tiny_rows
+from tests.bot.conftest import TWILIO_TOKEN, prepared_desk
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
-SECRET_KEY = "stack-test-key-5a1f9c3e7b2d4f6a8c0e1b3d5f7a9c2e"
 
 
 @dataclass
@@ -57,55 +55,17 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_harness: None) -> Iterator[Served]:
-    if shutil.which("rasa", path=str(ROOT / ".venv-rasa" / "bin")) is None:
-        pytest.fail("Rasa is not installed: `make rasa-venv` (make test does it)")
-    from flows.train import train
-    from supportflow.dialogue.build import build_dialogue
-    from supportflow.ingest.load import ingest_file
-    from supportflow.kb.build import build_knowledge_base
-    from supportflow.lake import open_lake
     from supportflow.processes import free_port
     from supportflow.release.stack import Ports, start_stack
-    from supportflow.settings import get_settings
-    from supportflow.validate.snapshot import validate_lake
 
     folder = tmp_path_factory.mktemp("stack")
-    # The demo desk, except that change_pin (one of the tiny model's intents) needs to know which card: its form.
-    desk = folder / "workspace"
-    source = ROOT / "examples" / "banking77"
-    shutil.copytree(source, desk, ignore=lambda folder, names: ["data"] if Path(folder) == source else [])
-    catalogue = desk / "intents.yaml"
-    catalogue.write_text(catalogue.read_text().replace("\n- change_pin\n", "\n- name: change_pin\n  needs: [card_type]\n"))
-    with classifier_settings(folder, tiny_base), pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SUPPORTFLOW_WORKSPACE", str(desk))
-        patch.setenv("SUPPORTFLOW_KB_DIR", str(folder / "kb"))
-        patch.setenv("SUPPORTFLOW_KB_MODEL_CACHE", str(ROOT / "models" / "embedder"))
-        patch.setenv("SUPPORTFLOW_KB_SOURCES", f'["{ROOT / "examples" / "banking77" / "kb"}"]')
-        patch.setenv("SUPPORTFLOW_RASA_PROJECT_DIR", str(folder / "rasa"))
-        patch.setenv("SUPPORTFLOW_HANDOFF_DB_URL", f"sqlite:///{folder / 'handoff.db'}")
-        patch.setenv("SUPPORTFLOW_BENTOML_HOME", str(folder / "bentoml"))
-        patch.setenv("SUPPORTFLOW_RUN_DIR", str(folder / "run"))
-        patch.setenv("SUPPORTFLOW_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
-        patch.setenv("SUPPORTFLOW_SECRET_KEY", SECRET_KEY)
-        patch.setenv("SUPPORTFLOW_SERVING_THREADS", "1")
-        get_settings.cache_clear()
-        settings = get_settings()
-        rows = tiny_rows()
-        source = folder / "tickets.csv"
-        rows.to_csv(source, index=False)
-        lake = open_lake(settings)
-        ingest_file(str(source), lake, settings, source="banking77")
-        validate_lake(lake, settings)
-        train()  # on the session's Prefect test API: a second harness would leave the events client on a dead server
-        build_knowledge_base(settings)
-        dialogue = build_dialogue(settings, lake)
+    with prepared_desk(folder, tiny_base) as desk:
         ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
-        stack = start_stack(settings, dialogue.project, dialogue.model, folder / "logs", ports)
+        stack = start_stack(desk.settings, desk.rasa_project, desk.rasa_model, folder / "logs", ports)
         try:
-            yield Served(stack, settings, rows, folder)
+            yield Served(stack, desk.settings, desk.rows, folder)
         finally:
             stack.stop()
-            get_settings.cache_clear()
 
 
 def test_classify_answers_the_contract_with_calibrated_confidence(served: Served) -> None:
