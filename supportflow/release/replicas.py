@@ -8,8 +8,11 @@ the bots reach Rasa through another, both round-robin with health checks, so a k
 its conversations continue on the others. One classifier serves every replica: it keeps no conversation state.
 """
 
+import csv
 import shutil
+import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +63,7 @@ class ReplicatedStack:
         self.stop()
 
 
-def haproxy_config(bot_port: int, bots: list[int], rasa_port: int, rasas: list[int]) -> str:
+def haproxy_config(bot_port: int, bots: list[int], rasa_port: int, rasas: list[int], stats_socket: Path) -> str:
     """Round-robin over healthy replicas. A request that fails to connect is sent again to another replica
     (`redispatch`), and fast health checks take a killed replica out within a second; an answer already under
     way when its replica dies is lost, as on any load balancer, and the client sees the error."""
@@ -70,7 +73,7 @@ def haproxy_config(bot_port: int, bots: list[int], rasa_port: int, rasas: list[i
         return f"backend {name}\n    balance roundrobin\n    option httpchk GET {health}\n    retries 3\n    option redispatch 1\n{servers}"
 
     return (
-        "global\n    maxconn 4096\n\n"
+        f"global\n    maxconn 4096\n    stats socket {stats_socket} mode 600 level user\n\n"
         "defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n"
         "    retry-on conn-failure empty-response response-timeout\n\n"
         f"frontend bots\n    bind 127.0.0.1:{bot_port}\n    default_backend bot\n\n"
@@ -79,6 +82,36 @@ def haproxy_config(bot_port: int, bots: list[int], rasa_port: int, rasas: list[i
         + "\n"
         + backend("rasa", rasas, "/")
     )
+
+
+def wait_in_rotation(stats_socket: Path, count: int, timeout: float) -> None:
+    """Until HAProxy has every replica in rotation: its health checks marked them down while they started, and
+    `rise` checks must pass before it sends them traffic (until then it answers 503, or sends all to the others)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            states = server_states(stats_socket)
+        except OSError:  # HAProxy has not opened its socket yet
+            states = {}
+        if len(states) == 2 * count and all(state == "UP" for state in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise ProxyError(f"HAProxy did not put every replica in rotation within {timeout:.0f} s: {states}")
+        time.sleep(0.25)
+
+
+def server_states(stats_socket: Path) -> dict[str, str]:
+    """Each backend server's status (`UP`, `DOWN`, ...) from HAProxy's stats socket (`show stat`, CSV)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(str(stats_socket))
+        connection.sendall(b"show stat\n")
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    rows = list(csv.reader(b"".join(chunks).decode().lstrip("# ").splitlines()))
+    header, body = rows[0], [row for row in rows[1:] if row]
+    name, server, status = header.index("pxname"), header.index("svname"), header.index("status")
+    return {f"{row[name]}/{row[server]}": row[status] for row in body if row[server] not in ("FRONTEND", "BACKEND")}
 
 
 def start_proxy(config: str, folder: Path) -> subprocess.Popen[bytes]:
@@ -143,12 +176,14 @@ def start_replicas(
     stack = ReplicatedStack(shared.bot_url, shared.rasa_url, classifier, replicas, internal_token=token)
     stack.processes = [classifier] + [p for r in replicas for p in (r.actions, r.rasa, r.bot)]
     try:
-        config = haproxy_config(bot_proxy, [r.bot_port for r in replicas], rasa_proxy, [r.rasa_port for r in replicas])
+        bots, rasas = [r.bot_port for r in replicas], [r.rasa_port for r in replicas]
+        config = haproxy_config(bot_proxy, bots, rasa_proxy, rasas, folder / "haproxy.sock")
         stack.proxy = start_proxy(config, folder)
         for process in stack.processes:
             process.launch()
         for process in stack.processes:
             process.wait_healthy(timeout)
+        wait_in_rotation(folder / "haproxy.sock", count, timeout)
     except BaseException:
         stack.stop()
         raise
