@@ -51,6 +51,12 @@ def index_mappings(dimensions: int = DIMENSIONS) -> dict[str, Any]:
 MAPPINGS = index_mappings()
 
 
+def index_settings(server: tuple[int, int]) -> dict[str, Any]:
+    """One shard (a knowledge base is small); from 9.2 a new index leaves vectors out of `_source` unless told not
+    to, and serving reads them from there, so the setting is named where it exists (older clusters refuse it)."""
+    return {"number_of_shards": 1} | ({"index.mapping.exclude_source_vectors": False} if server >= (9, 2) else {})
+
+
 def keyword_query(query: str) -> dict[str, Any]:
     return {"multi_match": {"query": query, "fields": [f"title^{TITLE_BOOST}", "body"], "type": "most_fields"}}
 
@@ -133,7 +139,8 @@ class ElasticsearchIndex:
         self.url = url
         self.name = name
         self.client = Elasticsearch(url, request_timeout=timeout_s)
-        self._call(self.client.info)
+        number = self._call(self.client.info)["version"]["number"]
+        self.server = tuple(int(part) for part in number.split("-")[0].split(".")[:2])
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         from elastic_transport import TransportError
@@ -166,7 +173,7 @@ class ElasticsearchIndex:
         index = self._index_name(build_id)
         if self._call(self.client.indices.exists, index=index):
             self._call(self.client.indices.delete, index=index)
-        self._call(self.client.indices.create, index=index, settings={"number_of_shards": 1}, mappings=MAPPINGS)
+        self._call(self.client.indices.create, index=index, settings=index_settings(self.server), mappings=MAPPINGS)
 
         def actions() -> Iterator[dict[str, Any]]:
             for position, (passage, vectors) in enumerate(zip(passages, rows, strict=True)):

@@ -21,6 +21,7 @@ from supportflow.kb.elasticsearch_index import (
     ElasticsearchIndex,
     hybrid_body,
     index_mappings,
+    index_settings,
     keyword_query,
     passage_document,
     served_body,
@@ -87,6 +88,11 @@ def test_a_stored_passage_is_the_passage_with_its_vectors() -> None:
         document["position"] == 3 and document["passage_vector"] == [0.5] * DIMENSIONS and document["title_vector"] == [-0.25] * DIMENSIONS
     )
     assert "passage_vector" not in passage_document(passage, 3, None, None)  # a BM25-only build
+
+
+def test_a_new_index_keeps_its_vectors_in_source_where_the_cluster_would_drop_them() -> None:
+    assert index_settings((9, 2)) == index_settings((10, 0)) == {"number_of_shards": 1, "index.mapping.exclude_source_vectors": False}
+    assert index_settings((8, 15)) == index_settings((9, 1)) == {"number_of_shards": 1}  # a setting they do not know
 
 
 def test_a_served_question_is_one_request_bm25_named_and_knn_over_each_vector() -> None:
