@@ -240,5 +240,6 @@ def test_a_stored_passage_carries_its_articles_mean_vector() -> None:
     articles = article_keys(PASSAGES)
     means = article_vectors(passage_vectors, articles)
     document = passage_document(PASSAGES[4], 4, passage_vectors[4], title_vectors[articles[4]], means[articles[4]])
-    assert document["article_vector"] == pytest.approx(means[2].tolist()) and articles[4] == 2
+    assert document["article_vector"] == pytest.approx(means[2].tolist(), rel=0, abs=5e-9) and articles[4] == 2
+    assert all(len(repr(value)) <= 11 for value in document["passage_vector"])  # 8 decimals, not a double's 17 digits
     assert np.linalg.norm(document["article_vector"]) == pytest.approx(1.0)
