@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from supportflow.kb.build import build_knowledge_base, open_knowledge_base
-from supportflow.kb.retrieval import PRESETS, Retriever
+from supportflow.kb.retrieval import PRESETS, Ranker
 from supportflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ DEFAULT_STACKFAQ = ROOT.parent / "shared" / "data" / "stackfaq"
 RESULTS = ROOT / "bench" / "results" / "kb_stackfaq.json"
 
 
-def document_ranking(retriever: Retriever, scores: np.ndarray, doc_ids: list[str]) -> list[str]:
+def document_ranking(retriever: Ranker, scores: np.ndarray, doc_ids: list[str]) -> list[str]:
     """Every document, best first, scored by its best passage."""
     best: dict[str, float] = {}
     for passage, score in zip(retriever.passages, scores.tolist(), strict=True):

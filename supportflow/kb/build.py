@@ -3,6 +3,10 @@
 Everything up to the swap happens beside the serving build, under a new build id; the swap is
 the keyword index's atomic promote. Any failure before it discards the new build and leaves the
 previous one serving, so the bot is never without an index and never serves half of one.
+
+Where a build's vectors live depends on the backend: with tantivy, in the build's folder beside the
+index (`.npy` files, ranked in memory); with Elasticsearch, in the index itself with the manifest,
+so a replica opens and serves the build from the cluster alone (`retrieval.IndexedRetriever`).
 """
 
 import json
@@ -12,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeGuard, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,13 +27,16 @@ from supportflow.kb.documents import Document, Passage, Skipped, content_hash, r
 from supportflow.kb.embeddings import Embedder, embedder
 from supportflow.kb.index import KeywordIndex
 from supportflow.kb.loaders import LoadResult, load_sources
-from supportflow.kb.retrieval import PRESETS, Answer, RetrievalConfig, Retriever, article_keys, passage_text
+from supportflow.kb.retrieval import PRESETS, Answer, IndexedRetriever, Ranker, RetrievalConfig, Retriever, article_keys, passage_text
 from supportflow.kb.threshold import Calibration, LabelledQuestion, calibrate
 from supportflow.lake import open_lake
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import IntentCatalogue, load_catalogue
 from supportflow.workspace import kb_sources
+
+if TYPE_CHECKING:
+    from supportflow.kb.elasticsearch_index import ElasticsearchIndex
 
 KB_SUITE = "kb_documents.suite.json"
 DOCUMENT_COLUMNS = ["id", "title", "body", "source", "url", "updated_at", "intent"]
@@ -193,7 +200,14 @@ def read_retriever(folder: Path, index: KeywordIndex, model: Embedder | None, bu
     return Retriever(passages, np.load(folder / "passage_vectors.npy"), np.load(folder / "title_vectors.npy"), index, model, build_id)
 
 
-def smoke_query(retriever: Retriever, config: RetrievalConfig, min_hit_rate: float, sample: int = 50) -> SmokeResult:
+def holds_vectors(index: KeywordIndex) -> TypeGuard["ElasticsearchIndex"]:
+    """Whether the build's vectors go into the index (Elasticsearch) rather than the build's folder (tantivy)."""
+    from supportflow.kb.elasticsearch_index import ElasticsearchIndex
+
+    return isinstance(index, ElasticsearchIndex)
+
+
+def smoke_query(retriever: Ranker, config: RetrievalConfig, min_hit_rate: float, sample: int = 50) -> SmokeResult:
     """Ask the new build for some of its own titles: each should bring back its own article first."""
     step = max(1, len(retriever.passages) // sample)
     probes = retriever.passages[::step][:sample]
@@ -254,11 +268,18 @@ def build_knowledge_base(
     report.build_id = f"{started:%Y%m%d%H%M%S}-{report.content_hash[:8]}"
     folder = build_folder(settings, report.build_id)
     try:
-        _timed(report, "index", lambda: index.create(report.build_id, passages))
-        model = embedder(settings.kb_model_cache)
-        vectors = _timed(report, "embed", lambda: embed_passages(passages, model))
-        _timed(report, "write", lambda: write_build(folder, passages, *vectors))
-        retriever = Retriever(passages, vectors[0], vectors[1], index, model, report.build_id)
+        retriever: Ranker
+        if holds_vectors(index):  # the vectors go into the index, and the build is smoked and calibrated as it will serve
+            model = embedder(settings.kb_model_cache)
+            vectors = _timed(report, "embed", lambda: embed_passages(passages, model))
+            _timed(report, "index", lambda: index.create(report.build_id, passages, vectors))
+            retriever = IndexedRetriever(passages, index, model, report.build_id)
+        else:
+            _timed(report, "index", lambda: index.create(report.build_id, passages))
+            model = embedder(settings.kb_model_cache)
+            vectors = _timed(report, "embed", lambda: embed_passages(passages, model))
+            _timed(report, "write", lambda: write_build(folder, passages, *vectors))
+            retriever = Retriever(passages, vectors[0], vectors[1], index, model, report.build_id)
         report.smoke = _timed(report, "smoke", lambda: smoke_query(retriever, config, settings.kb_smoke_min_hit_rate))
         questions = questions_for(documents, labelled, settings.kb_calibration_questions) if labelled is not None else []
         if questions:
@@ -267,7 +288,10 @@ def build_knowledge_base(
             report.calibration = Calibration(
                 threshold=settings.kb_default_threshold, source="default: no labelled questions for these documents"
             )
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "manifest.json").write_text(report.model_dump_json(indent=2))
+        if holds_vectors(index):
+            index.write_manifest(report.build_id, report.model_dump(mode="json"))
         _timed(report, "swap", lambda: index.promote(report.build_id))
     except BaseException as error:
         index.discard(report.build_id)
@@ -293,7 +317,7 @@ class Reply(BaseModel):
 class KnowledgeBase:
     """The served build: search it, and decide between answering and escalating."""
 
-    def __init__(self, retriever: Retriever, manifest: BuildReport, config: RetrievalConfig) -> None:
+    def __init__(self, retriever: Ranker, manifest: BuildReport, config: RetrievalConfig) -> None:
         self.retriever = retriever
         self.manifest = manifest
         self.config = config
@@ -320,6 +344,11 @@ def open_knowledge_base(settings: Settings, index: KeywordIndex | None = None) -
     build_id = index.serving()
     if build_id is None:
         raise KnowledgeBaseError(f"no knowledge base is served as {settings.kb_index_name!r}; run `supportflow kb-index` first")
+    if holds_vectors(index):  # everything from the cluster: no file of the build on this replica's disk
+        manifest = BuildReport.model_validate(index.manifest(build_id))
+        config = PRESETS.get(manifest.retrieval, retrieval_config(settings))
+        retriever = IndexedRetriever(index.passages(build_id), index, embedder(settings.kb_model_cache), build_id)
+        return KnowledgeBase(retriever, manifest, config)
     folder = build_folder(settings, build_id)
     if not (folder / "manifest.json").exists():
         raise KnowledgeBaseError(f"build {build_id} is served but {folder} is missing; rebuild with `supportflow kb-index`")

@@ -17,11 +17,13 @@ this question count rather than its usual level. docs/kb.md has what each varian
 """
 
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from supportflow.errors import KnowledgeBaseError
 from supportflow.kb.documents import Passage
 from supportflow.kb.embeddings import Embedder
 from supportflow.kb.index import KeywordIndex
@@ -83,8 +85,77 @@ def passage_text(passage: Passage) -> str:
     return f"{passage.title}\n{passage.body}"
 
 
-class Retriever:
-    """One served build: its passages, their vectors, and the keyword index they were built with."""
+def fuse(signals: dict[str, np.ndarray], config: RetrievalConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per passage: the score to rank by, and a relevance comparable across questions (for the threshold).
+
+    They differ when signals are normalised per question or fused by rank: the best passage then
+    always scores near the top of the scale, however poor the match, so the relevance reported
+    (and compared with the threshold) is the weighted sum of the raw signals.
+    """
+    active = [name for name, weight in config.weights.items() if weight]
+    ranking = np.zeros(size, dtype=np.float32)
+    relevance = np.zeros(size, dtype=np.float32)
+    for name in active:
+        weight, signal = config.weights[name], signals[name]
+        relevance += weight * signal
+        if config.fusion == "rrf":
+            ranks = np.empty(size, dtype=np.float32)
+            ranks[np.argsort(-signal, kind="stable")] = np.arange(1, size + 1)
+            ranking += weight / (config.rrf_k + ranks)
+        elif config.normalise == "minmax":
+            low, high = float(signal.min()), float(signal.max())
+            ranking += weight * (signal - low) / max(high - low, 1e-9)
+        else:
+            ranking += weight * signal
+    return ranking, relevance
+
+
+class Ranker:
+    """What every served build shares: its passages and articles, and how scores become answers."""
+
+    def __init__(self, passages: Sequence[Passage], build_id: str) -> None:
+        self.passages = list(passages)
+        self.position = {p.id: i for i, p in enumerate(self.passages)}
+        self.articles = article_keys(self.passages)
+        self.build_id = build_id
+
+    def scores(self, query: str, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Per passage of the build: the score to rank by (-inf for a passage not ranked at all) and its relevance."""
+        raise NotImplementedError
+
+    def answers(self, ranking: np.ndarray, relevance: np.ndarray, k: int, exclude: set[str] | None = None) -> list[Answer]:
+        """The k best documents, each with its best passage and that passage's relevance."""
+        out: list[Answer] = []
+        seen: set[str] = set(exclude or ())
+        for position in np.argsort(-ranking, kind="stable"):
+            if not np.isfinite(ranking[position]):
+                break  # a passage the search did not bring back (the sort puts them last)
+            passage = self.passages[int(position)]
+            if passage.doc_id in seen:
+                continue
+            seen.add(passage.doc_id)
+            out.append(
+                Answer(
+                    doc_id=passage.doc_id,
+                    passage_id=passage.id,
+                    title=passage.title,
+                    body=passage.body,
+                    url=passage.url,
+                    source=passage.source,
+                    intent=passage.intent,
+                    score=float(relevance[position]),
+                )
+            )
+            if len(out) == k:
+                break
+        return out
+
+    def search(self, query: str, config: RetrievalConfig, k: int = 5) -> list[Answer]:
+        return self.answers(*self.scores(query, config), k)
+
+
+class Retriever(Ranker):
+    """One served build: its passages, their vectors (in memory), and the keyword index they were built with."""
 
     def __init__(
         self,
@@ -95,15 +166,12 @@ class Retriever:
         embedder: Embedder | None,
         build_id: str,
     ) -> None:
-        self.passages = list(passages)
-        self.position = {p.id: i for i, p in enumerate(self.passages)}
-        self.articles = article_keys(self.passages)
+        super().__init__(passages, build_id)
         self.passage_vectors = passage_vectors
         self.title_vectors = title_vectors  # one per article
         self.article_vectors = article_vectors(passage_vectors, self.articles)
         self.keyword_index = keyword_index
         self.embedder = embedder
-        self.build_id = build_id
 
     def signals(self, query: str, wanted: Sequence[str], candidates: int) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -128,54 +196,80 @@ class Retriever:
         return out
 
     def scores(self, query: str, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
-        """Per passage: the score to rank by, and a relevance comparable across questions (for the threshold).
-
-        They differ when signals are normalised per question or fused by rank: the best passage then
-        always scores near the top of the scale, however poor the match, so the relevance reported
-        (and compared with the threshold) is the weighted sum of the raw signals.
-        """
         active = [name for name, weight in config.weights.items() if weight]
-        signals = self.signals(query, active, config.candidates)
-        ranking = np.zeros(len(self.passages), dtype=np.float32)
+        return fuse(self.signals(query, active, config.candidates), config, len(self.passages))
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    """One passage a hybrid search brought back: its BM25 score (0 when its words did not match) and its vectors."""
+
+    passage_id: str
+    bm25: float
+    passage_vector: np.ndarray
+    title_vector: np.ndarray  # its article's title
+    article_vector: np.ndarray  # the normalised mean of its article's passage vectors
+
+
+class VectorIndex(Protocol):
+    """An index that holds the build's vectors and answers BM25 and kNN together (Elasticsearch)."""
+
+    def vector_search(self, query: str, vector: np.ndarray, candidates: int, build_id: str) -> list[VectorHit]:
+        """The passages that match the words or lie near the vector, with what ranking them needs."""
+
+
+class IndexedRetriever(Ranker):
+    """A served build whose vectors stay in the index: one hybrid request per question brings back the candidates with
+    their BM25 scores and vectors, and the signals and their fusion are the in-memory `Retriever`'s, over those
+    candidates. Only the question is embedded here, so a replica holds no vector file of the build.
+
+    Two differences from `Retriever`, both about passages the search did not bring back: they are not ranked (a
+    dense signal's per-question minimum and an article's best BM25 are taken over the candidates), and an article's
+    best BM25 is its best returned passage's. The relevance of a returned passage, which the threshold is compared
+    with, is the same sum of raw signals.
+    """
+
+    def __init__(self, passages: Sequence[Passage], index: VectorIndex, embedder: Embedder, build_id: str) -> None:
+        super().__init__(passages, build_id)
+        self.index = index
+        self.embedder = embedder
+
+    def signals(self, query: str, candidates: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The returned passages' positions in the build, and every signal over them (in that order)."""
+        vector = self.embedder.embed_query(query)
+        hits = self.index.vector_search(query, vector, candidates, self.build_id)
+        return candidate_signals(hits, vector, self.position, self.articles)
+
+    def scores(self, query: str, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
+        rows, signals = self.signals(query, config.candidates)
+        ranking = np.full(len(self.passages), -np.inf, dtype=np.float32)
         relevance = np.zeros(len(self.passages), dtype=np.float32)
-        for name in active:
-            weight, signal = config.weights[name], signals[name]
-            relevance += weight * signal
-            if config.fusion == "rrf":
-                ranks = np.empty(len(self.passages), dtype=np.float32)
-                ranks[np.argsort(-signal, kind="stable")] = np.arange(1, len(self.passages) + 1)
-                ranking += weight / (config.rrf_k + ranks)
-            elif config.normalise == "minmax":
-                low, high = float(signal.min()), float(signal.max())
-                ranking += weight * (signal - low) / max(high - low, 1e-9)
-            else:
-                ranking += weight * signal
+        if len(rows):
+            ranking[rows], relevance[rows] = fuse(signals, config, len(rows))
         return ranking, relevance
 
-    def answers(self, ranking: np.ndarray, relevance: np.ndarray, k: int, exclude: set[str] | None = None) -> list[Answer]:
-        """The k best documents, each with its best passage and that passage's relevance."""
-        out: list[Answer] = []
-        seen: set[str] = set(exclude or ())
-        for position in np.argsort(-ranking, kind="stable"):
-            passage = self.passages[int(position)]
-            if passage.doc_id in seen:
-                continue
-            seen.add(passage.doc_id)
-            out.append(
-                Answer(
-                    doc_id=passage.doc_id,
-                    passage_id=passage.id,
-                    title=passage.title,
-                    body=passage.body,
-                    url=passage.url,
-                    source=passage.source,
-                    intent=passage.intent,
-                    score=float(relevance[position]),
-                )
-            )
-            if len(out) == k:
-                break
-        return out
 
-    def search(self, query: str, config: RetrievalConfig, k: int = 5) -> list[Answer]:
-        return self.answers(*self.scores(query, config), k)
+def candidate_signals(
+    hits: Sequence[VectorHit], vector: np.ndarray, position: dict[str, int], articles: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """What `Retriever.signals` computes, for the passages a hybrid search returned: raw BM25, each article's best
+    BM25 over the best one, and the cosines with the passage, its article's title and its article as a whole."""
+    unknown = [hit.passage_id for hit in hits if hit.passage_id not in position]
+    if unknown:
+        raise KnowledgeBaseError(f"the index returned passages this build does not have ({unknown[:3]}); reopen the knowledge base")
+    hits = sorted(hits, key=lambda hit: position[hit.passage_id])  # in the build's order, so ties break as in memory
+    rows = np.array([position[hit.passage_id] for hit in hits], dtype=np.int64)
+    if not len(rows):
+        return rows, {}
+    bm25 = np.array([hit.bm25 for hit in hits], dtype=np.float32)
+    best = np.zeros(int(articles.max()) + 1, dtype=np.float32)
+    np.maximum.at(best, articles[rows], bm25)
+    signals = {"bm25": bm25, "bm25_article": best[articles[rows]] / max(float(bm25.max()), 1e-9)}
+    signals["passage"] = np.stack([hit.passage_vector for hit in hits]).astype(np.float32) @ vector
+    # An article's signals once per article, as in memory: its passages then tie exactly, and the build's order decides.
+    keys = articles[rows]
+    first = {int(key): i for i, key in reversed(list(enumerate(keys)))}
+    for name, field in (("title", "title_vector"), ("article", "article_vector")):
+        per_article = dict(zip(first, np.stack([getattr(hits[i], field) for i in first.values()]).astype(np.float32) @ vector, strict=True))
+        signals[name] = np.array([per_article[int(key)] for key in keys], dtype=np.float32)
+    return rows, signals

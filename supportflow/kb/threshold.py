@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from supportflow.kb.retrieval import RetrievalConfig, Retriever
+from supportflow.kb.retrieval import Ranker, RetrievalConfig
 
 
 class LabelledQuestion(BaseModel):
@@ -31,7 +31,7 @@ class Calibration(BaseModel):
     escalated_out_of_scope: float | None = None
 
 
-def calibrate(retriever: Retriever, config: RetrievalConfig, questions: Sequence[LabelledQuestion], source: str) -> Calibration:
+def calibrate(retriever: Ranker, config: RetrievalConfig, questions: Sequence[LabelledQuestion], source: str) -> Calibration:
     in_scope: list[tuple[float, bool]] = []  # (top score, top document relevant)
     out_of_scope: list[float] = []  # top score with the relevant documents held out
     for question in questions:

@@ -1,17 +1,24 @@
 """The keyword-index contract: every backend must pass these, tantivy always, Elasticsearch when SUPPORTFLOW_ES_URL is set;
-then what only Elasticsearch does: the build's vectors in the index, and hybrid BM25 + kNN in one request."""
+then what only Elasticsearch does: the build's vectors in the index, hybrid BM25 + kNN in one request, and a build
+served from the cluster alone."""
 
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from supportflow.errors import KnowledgeBaseError
+from supportflow.kb.build import build_knowledge_base, open_knowledge_base
 from supportflow.kb.documents import Passage
 from supportflow.kb.elasticsearch_index import DIMENSIONS, ElasticsearchIndex
 from supportflow.kb.index import KeywordIndex
 from supportflow.settings import Settings
+
+DEMO_KB = Path(__file__).resolve().parents[2] / "examples" / "banking77" / "kb"
 
 
 def passage(pid: str, title: str, body: str) -> Passage:
@@ -121,3 +128,49 @@ def test_elasticsearch_answers_bm25_and_knn_in_one_hybrid_request(elasticsearch_
     assert [hit.passage_id for hit in by_vector] == ["fees#0"]  # kNN alone: the passage whose vector it is
     both = elasticsearch_index.hybrid_search("when will my cards arrive", passage_vectors[2], 3, keyword_boost=1.0, vector_boost=1.0)
     assert {"arrival#0", "fees#0"} <= {hit.passage_id for hit in both}  # one by its words, one by its vector
+
+
+def test_elasticsearch_returns_each_hit_with_its_bm25_score_and_vectors(elasticsearch_index: ElasticsearchIndex) -> None:
+    passage_vectors, title_vectors = unit_vectors(3, 5), unit_vectors(3, 6)
+    elasticsearch_index.create("b1", PASSAGES, (passage_vectors, title_vectors))
+    hits = {hit.passage_id: hit for hit in elasticsearch_index.vector_search("exchanging", passage_vectors[0], 3, "b1")}
+    assert set(hits) == {"arrival#0", "pin#0", "fees#0"}  # three passages, every one within kNN's reach
+    assert hits["fees#0"].bm25 > 0 and hits["arrival#0"].bm25 == hits["pin#0"].bm25 == 0.0  # only "exchanging" matched words
+    assert np.allclose(hits["arrival#0"].passage_vector, passage_vectors[0], atol=1e-6)
+    assert np.allclose(hits["pin#0"].title_vector, title_vectors[1], atol=1e-6)
+    assert np.linalg.norm(hits["pin#0"].article_vector) == pytest.approx(1.0, abs=1e-5)
+    assert [p.id for p in elasticsearch_index.passages("b1")] == [p.id for p in PASSAGES]
+
+
+def test_an_elasticsearch_build_serves_from_the_cluster_with_no_build_folder(kb_settings: Settings, tmp_path: Path) -> None:
+    """The build writes the vectors and the manifest into the index before the swap; a replica with an empty disk
+    opens it and answers each question with one hybrid request, against the threshold the build calibrated."""
+    url = os.environ.get("SUPPORTFLOW_ES_URL")
+    if not url:
+        pytest.skip("an Elasticsearch build needs a server: set SUPPORTFLOW_ES_URL (none can be installed here)")
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in ("card_arrival", "change_pin", "passcode_forgotten", "age_limit", "terminate_account", "exchange_rate"):
+        shutil.copy(DEMO_KB / f"{name}.md", sources)
+    on_elasticsearch = {"search_backend": "elasticsearch", "es_url": url, "kb_index_name": f"supportflow-build-{os.getpid()}"}
+    settings = kb_settings.model_copy(update=on_elasticsearch | {"kb_sources": [sources]})
+    index = ElasticsearchIndex(url, settings.kb_index_name)
+    try:
+        labelled = pd.read_csv(DEMO_KB.parent / "data" / "test.csv").rename(columns={"category": "intent"})
+        report = build_knowledge_base(settings, labelled=labelled)  # smoked and calibrated through the cluster, as it serves
+        assert index.serving() == report.build_id and report.smoke and report.smoke.hit_rate == 1.0
+        assert report.calibration and report.calibration.source == "labelled tickets" and report.calibration.questions > 0
+        assert not list(settings.kb_dir.rglob("*.npy"))  # the vectors went into the index, not the build's folder
+        shutil.rmtree(settings.kb_dir)  # a replica on another machine: nothing of the build on its disk
+
+        kb = open_knowledge_base(settings)
+
+        assert kb.manifest.build_id == report.build_id
+        assert kb.threshold == report.calibration.threshold
+        reply = kb.reply("I ordered my card two weeks ago and it still hasn't come")
+        assert reply.answers[0].doc_id == "card_arrival" and reply.answers[0].score > reply.answers[1].score
+        assert "card_arrival" in {p.doc_id for p in kb.retriever.passages}
+        assert not settings.kb_dir.exists()
+    finally:
+        for version in index.versions():
+            index.discard(version)
