@@ -65,16 +65,19 @@ class ReplicatedStack:
 
 def haproxy_config(bot_port: int, bots: list[int], rasa_port: int, rasas: list[int], stats_socket: Path) -> str:
     """Round-robin over healthy replicas. A request that fails to connect is sent again to another replica
-    (`redispatch`), and fast health checks take a killed replica out within a second; an answer already under
-    way when its replica dies is lost, as on any load balancer, and the client sees the error."""
+    (`redispatch`), and health checks take a killed replica out within a few seconds (a refused connection fails
+    a check at once). A check waits up to 5 s for its answer: Rasa serves on one event loop, and under full load
+    it answers its health check late, not never (with a check timeout of half a second the soak saw both Rasas
+    marked down and 150 turns refused). An answer under way when its replica dies is lost, as on any load
+    balancer, and the client sees the error."""
 
     def backend(name: str, ports: list[int], health: str) -> str:
-        servers = "".join(f"    server {name}{i} 127.0.0.1:{port} check inter 500 fall 2 rise 2\n" for i, port in enumerate(ports))
+        servers = "".join(f"    server {name}{i} 127.0.0.1:{port} check inter 1s fall 3 rise 2\n" for i, port in enumerate(ports))
         return f"backend {name}\n    balance roundrobin\n    option httpchk GET {health}\n    retries 3\n    option redispatch 1\n{servers}"
 
     return (
         f"global\n    maxconn 4096\n    stats socket {stats_socket} mode 600 level user\n\n"
-        "defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n"
+        "defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    timeout check 5s\n"
         "    retry-on conn-failure empty-response response-timeout\n\n"
         f"frontend bots\n    bind 127.0.0.1:{bot_port}\n    default_backend bot\n\n"
         f"frontend rasas\n    bind 127.0.0.1:{rasa_port}\n    default_backend rasa\n\n"
