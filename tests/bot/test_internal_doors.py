@@ -73,6 +73,11 @@ class StandInRasa:
         return serve_json(self.reply)
 
 
+def uttered(sender: str, answered: object) -> list[dict]:
+    """What Rasa's REST channel returns for an action that answered: its messages, then the outcome payload."""
+    return [*({"recipient_id": sender, "text": text} for text in answered.messages), {"custom": answered.custom}]
+
+
 def serve_json(reply: Callable[[dict], list[dict]]) -> ThreadingHTTPServer:
     """A JSON-over-POST server on a free loopback port, answering each body with `reply(body)`: a stand-in Rasa."""
 

@@ -23,7 +23,7 @@ from supportflow.kb.build import build_knowledge_base
 from supportflow.lake import open_lake
 from supportflow.settings import Settings, get_settings
 from supportflow.workspace import BotTexts, skeleton
-from tests.bot.test_internal_doors import serve_json
+from tests.bot.test_internal_doors import serve_json, uttered
 from tests.bot.test_security import TWILIO_TOKEN, TWILIO_URL, bot_environment, start_bot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,8 +83,7 @@ def serve_desk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sms_feedback: bo
             intent=intent,
             confidence=0.95,
         )
-        answered = holder[0].instance.bot.answer(request)  # uttered as the action does: the messages, then the outcome
-        return [*({"recipient_id": body["sender"], "text": text} for text in answered.messages), {"custom": answered.custom}]
+        return uttered(body["sender"], holder[0].instance.bot.answer(request))
 
     server = serve_json(rasa)
     bot_environment(

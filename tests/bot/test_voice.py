@@ -19,7 +19,7 @@ from supportflow.bot.engine import AnswerRequest
 from supportflow.bot.voice import parse
 from supportflow.settings import get_settings
 from supportflow.workspace import BotTexts, WorkspaceError, load_workspace, skeleton
-from tests.bot.test_internal_doors import serve_json
+from tests.bot.test_internal_doors import serve_json, uttered
 from tests.bot.test_security import TWILIO_TOKEN, TWILIO_URL, bot_environment, start_bot
 
 CALLER = "+15550004444"
@@ -79,8 +79,7 @@ def call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call]:
             intent=intent,
             confidence=0.9,
         )
-        answered = bot.answer(request)  # uttered as the action does: the messages, then the outcome
-        return [*({"recipient_id": body["sender"], "text": text} for text in answered.messages), {"custom": answered.custom}]
+        return uttered(body["sender"], bot.answer(request))
 
     server = serve_json(rasa)
     bot_environment(
