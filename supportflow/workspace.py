@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails
 from supportflow.errors import SupportflowError
 from supportflow.ingest.decoding import DEFAULT_ENCODING, codec_name
 from supportflow.settings import Settings
+from supportflow.validate.catalogue import intent_name_problem
 
 CONFIG_FILE = "supportflow.yaml"
 BUNDLED_WORKSPACE = "workspace"  # the folder, inside a bundle's dialogue model, holding the desk's texts and catalogue
@@ -253,6 +254,8 @@ def scaffold(
             f"{export}: no ticket has both a text and an intent, so there is nothing to build a catalogue from; "
             'name the columns with --field-map (e.g. \'{"text": "message", "intent": "category"}\')'
         )
+    if problems := [f"{problem} ({counts[intent]} tickets)" for intent in counts if (problem := intent_name_problem(intent))]:
+        raise WorkspaceError(f"{export}: {'; '.join(problems)}: rename those intents in the export, then run init again")
     (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "kb").mkdir()
     shutil.copyfile(export, folder / "data" / export.name)

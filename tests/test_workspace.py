@@ -131,6 +131,22 @@ def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(t
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
 
 
+def test_an_intent_named_with_a_slash_is_refused_before_init_writes_anything(tmp_path: Path) -> None:
+    """Help-desk categories are often paths ("Account/Login"); Rasa would read one as a retrieval intent, and its draft
+    article as a file in a folder. Refused whole, so the user can rename them and run init again on the same folder."""
+    from supportflow.workspace import scaffold
+
+    export = tmp_path / "export.csv"
+    export.write_text("text,intent\nI cannot log in,Account/Login\nlocked out,Account/Login\nrefund please,Billing & Refunds\n")
+    with pytest.raises(WorkspaceError, match=r"intent 'Account/Login' has '/' in its name.*\(2 tickets\): rename those intents"):
+        scaffold(tmp_path / "desk", export, None, {}, Settings())
+    assert not (tmp_path / "desk").exists()
+    catalogue = tmp_path / "intents.yaml"
+    catalogue.write_text("name: shop\nversion: 1\nintents:\n- order_status\n- name: faq/opening_hours\n")
+    with pytest.raises(ContractError, match=rf"{catalogue}: intent 'faq/opening_hours' has '/' in its name"):
+        load_catalogue(catalogue)
+
+
 def test_init_from_an_export_in_another_encoding_records_it_on_the_source(tmp_path: Path) -> None:
     from supportflow.workspace import scaffold
 

@@ -12,6 +12,20 @@ import yaml
 
 from supportflow.errors import ContractError
 
+# Rasa reads "faq/ask_hours" as the retrieval intent "faq" and looks for responses named after it, and each intent's
+# draft article is a file named after it: a slash in an intent's name would break both, so a desk renames it.
+RESERVED_IN_INTENT_NAMES = "/"
+
+
+def intent_name_problem(name: str) -> str | None:
+    """Why an intent cannot be called `name`, or None when it can."""
+    if not name.strip():
+        return "an intent's name is empty"
+    reserved = sorted({character for character in name if character in RESERVED_IN_INTENT_NAMES})
+    if reserved:
+        return f"intent {name!r} has {' and '.join(repr(c) for c in reserved)} in its name, which Rasa reserves for retrieval intents"
+    return None
+
 
 @dataclass(frozen=True)
 class IntentSpec:
@@ -60,6 +74,8 @@ def load_catalogue(path: Path) -> IntentCatalogue:
             raise ContractError(f"{path}: `{key}` is required")
     specs = [_spec(entry, path) for entry in document.get("intents") or ()]
     intents = tuple(spec.name for spec in specs)
+    if problems := [problem for name in intents if (problem := intent_name_problem(name))]:
+        raise ContractError(f"{path}: {'; '.join(problems)}: rename it here and in the tickets that carry it")
     if not intents or len(set(intents)) != len(intents):
         raise ContractError(f"{path}: the catalogue must list distinct intents")
     return IntentCatalogue(
