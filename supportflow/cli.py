@@ -234,10 +234,17 @@ def _converse(stack: "Stack", questions: Sequence[str]) -> None:
 
 def _field_map(text: str | None) -> dict[str, str]:
     """`--field-map`: JSON, ticket field to column; none given, none."""
+    if not text:
+        return {}
+    from supportflow.ingest.tickets import field_map_problem
+
     try:
-        return json.loads(text) if text else {}
+        field_map = json.loads(text)
     except json.JSONDecodeError as error:
         raise SupportflowError(f"--field-map is not JSON: {error}") from error
+    if problem := field_map_problem(field_map):
+        raise SupportflowError(f"--field-map: {problem}")
+    return field_map
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

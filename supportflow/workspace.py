@@ -23,6 +23,7 @@ from pydantic_core import ErrorDetails
 
 from supportflow.errors import SupportflowError
 from supportflow.ingest.decoding import DEFAULT_ENCODING, codec_name
+from supportflow.ingest.tickets import field_map_problem
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import intent_name_problem
 
@@ -45,6 +46,13 @@ class TicketSource(BaseModel):
     source: str | None = None  # the source system's name (default: the file's name)
     field_map: dict[str, str] = Field(default_factory=dict)  # ticket field -> column, e.g. {"intent": "category"}
     encoding: str = DEFAULT_ENCODING  # the export's text encoding, e.g. cp1252 for a spreadsheet saved on Windows
+
+    @field_validator("field_map")
+    @classmethod
+    def _known_fields(cls, field_map: dict[str, str]) -> dict[str, str]:
+        if problem := field_map_problem(field_map):
+            raise ValueError(problem)
+        return field_map
 
     @model_validator(mode="after")
     def _known_encoding(self) -> "TicketSource":

@@ -415,6 +415,28 @@ def test_init_without_an_export_writes_the_skeleton_and_says_what_to_run_next(tm
     assert not (tmp_path / "other").exists()
 
 
+def test_init_from_tickets_names_the_columns_and_says_what_to_run_next(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from supportflow.cli import main
+
+    export = tmp_path / "export.csv"
+    export.write_text("message,category\nmy refund never came,refund\nI cannot log in,login\nlocked out again,login\n")
+    folder = tmp_path / "shop"
+    for field_map, reason in (
+        ('["text", "intent"]', "a field map is an object from ticket field to column name"),
+        ('{"text": "message", "intnet": "category"}', "'intnet' is not a ticket field; the fields are text, intent,"),
+        ('{"text": 1}', "a field map is an object from ticket field to column name"),
+    ):
+        assert main(["init", str(folder), "--from-tickets", str(export), "--field-map", field_map]) == 2
+        assert f"--field-map: {reason}" in capsys.readouterr().err
+        assert not folder.exists()
+
+    assert main(["init", str(folder), "--from-tickets", str(export), "--field-map", '{"text": "message", "intent": "category"}']) == 0
+    printed = capsys.readouterr().out
+    assert f"workspace shop at {folder}" in printed and "2 intents with their ticket counts" in printed
+    assert f"make demo WORKSPACE={folder}" in printed and f"supportflow --workspace {folder} demo" in printed
+    assert sorted(path.name for path in (folder / "kb").iterdir()) == ["login.md", "refund.md"]
+
+
 def test_agents_are_added_with_a_token_shown_once_listed_and_removed(empty_store: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     from supportflow.bot.agents import Agents
     from supportflow.cli import main

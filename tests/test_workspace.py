@@ -64,6 +64,9 @@ def test_a_wrong_key_and_an_unmatched_source_name_the_file_and_the_key(tmp_path:
     (tmp_path / "supportflow.yaml").write_text("name: shop\ntickets:\n  - path: exports/*.csv\n")
     with pytest.raises(WorkspaceError, match=r"ticket source 'exports/\*\.csv' matches no file"):
         load_workspace(tmp_path).ticket_files()
+    (tmp_path / "supportflow.yaml").write_text("name: shop\ntickets:\n  - path: export.csv\n    field_map: {txt: message}\n")
+    with pytest.raises(WorkspaceError, match=r"supportflow\.yaml: tickets\.0\.field_map: 'txt' is not a ticket field"):
+        load_workspace(tmp_path)
     (tmp_path / "supportflow.yaml").write_text("name: [unclosed\n")
     with pytest.raises(WorkspaceError, match="not valid YAML"):
         load_workspace(tmp_path)

@@ -59,6 +59,16 @@ CHANNEL_SYNONYMS = {
 }
 
 
+def field_map_problem(field_map: object) -> str | None:
+    """Why `field_map` cannot say which column holds which ticket field, or None when it can. A misspelt field
+    would otherwise be ignored, and its column read under an alias or not at all."""
+    if not isinstance(field_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in field_map.items()):
+        return 'a field map is an object from ticket field to column name, e.g. {"text": "message", "intent": "category"}'
+    if unknown := sorted(set(field_map) - set(RAW_FIELDS)):
+        return f"{', '.join(map(repr, unknown))} is not a ticket field; the fields are {', '.join(RAW_FIELDS)}"
+    return None
+
+
 def resolve_columns(columns: list[str], field_map: dict[str, str]) -> dict[str, str]:
     """Map raw ticket fields to the source's column names: explicit mapping first, then aliases."""
     present = {column.strip().lower(): column for column in columns}
