@@ -11,7 +11,7 @@ from supportflow.classifier.training import TrainingSummary
 from supportflow.dialogue.build import DialogueBuild
 from supportflow.digest import files_digest, text_digest
 from supportflow.ingest.load import IngestReport
-from supportflow.kb.build import BuildReport
+from supportflow.kb.build import KB_SUITE, BuildReport
 from supportflow.release.promote import ReleaseSummary
 from supportflow.settings import PROJECT_ROOT, Settings
 from supportflow.validate.snapshot import SnapshotManifest
@@ -66,7 +66,8 @@ def _stores(settings: Settings) -> str:
 
 def kb_stage_key(settings: Settings, snapshot_id: str) -> str:
     names = {name for name in Settings.model_fields if name.startswith(("kb_", "search_", "es_"))}
-    sources = files_digest([*kb_sources(settings), settings.catalogue_file])
+    # The knowledge-base contract is read too: a desk's override in its data_contracts/ first, then the project's.
+    sources = files_digest([*kb_sources(settings), settings.catalogue_file, *(folder / KB_SUITE for folder in settings.suite_dirs)])
     return text_digest("kb", sources, settings.model_dump_json(include=names), snapshot_id, _stores(settings))
 
 
