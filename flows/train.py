@@ -23,6 +23,7 @@ from supportflow.classifier.training import (
 from supportflow.settings import Settings, get_settings
 from supportflow.tracking import connect
 from supportflow.validate.snapshot import SnapshotManifest
+from supportflow.workspace import target_precision
 
 
 @task(name="load-snapshot", cache_policy=NO_CACHE)
@@ -61,6 +62,7 @@ def train(profile: str | None = None) -> TrainingSummary:
     settings = get_settings()
     if profile:
         settings = settings.model_copy(update={"train_profile": profile})
+    settings = settings.model_copy(update={"target_precision": target_precision(settings)})  # the desk's, unless set
     logger = get_run_logger()
     connect(settings)  # an unreachable store fails here, before minutes of training
     manifest, splits = load_snapshot(settings)

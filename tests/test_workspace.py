@@ -86,6 +86,22 @@ def test_a_catalogue_may_say_what_each_intent_needs_and_rejects_what_it_cannot_r
         load_catalogue(path)
 
 
+def test_a_desk_sets_its_own_precision_target_unless_the_setting_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supportflow.workspace import target_precision
+
+    monkeypatch.delenv("SUPPORTFLOW_TARGET_PRECISION", raising=False)
+    config = tmp_path / "supportflow.yaml"
+    config.write_text("name: shop\n")
+    assert target_precision(Settings(workspace=tmp_path)) == Settings.model_fields["target_precision"].default
+    config.write_text("name: shop\ntarget_precision: 0.9\n")
+    assert target_precision(Settings(workspace=tmp_path)) == 0.9
+    monkeypatch.setenv("SUPPORTFLOW_TARGET_PRECISION", "0.95")  # an operator's word wins over the desk's file
+    assert target_precision(Settings(workspace=tmp_path)) == 0.95
+    config.write_text("name: shop\ntarget_precision: 1.5\n")
+    with pytest.raises(WorkspaceError, match=r"supportflow\.yaml: target_precision: Input should be less than or equal to 1"):
+        load_workspace(tmp_path)
+
+
 def test_init_scaffolds_a_workspace_from_a_labelled_export_with_drafts_that_are_never_served(tmp_path: Path) -> None:
     from supportflow.kb.loaders import load_sources
     from supportflow.workspace import scaffold
