@@ -105,6 +105,18 @@ def test_only_the_bot_is_published_beyond_the_hosts_loopback() -> None:
         assert not published[internal], f"{internal} is reached by service name only"
 
 
+def test_every_port_the_stack_opens_is_in_the_operations_ports_table() -> None:
+    """docs/operations.md promises every port a deployment opens, who may reach it and with what credential (issue 13):
+    each port Compose publishes or a Compose server listens on, and each Kubernetes Service's, has its row."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    table = text.split("## Ports and who may reach them", 1)[1].split("\n## ", 1)[0]
+    listed = {int(port) for line in table.splitlines() if line.startswith("| ") for port in re.findall(r"\b\d{4,5}\b", line.split("|")[1])}
+    published = {int(str(mapping).rsplit(":", 2)[-2]) for spec in SERVICES.values() for mapping in spec.get("ports", [])}
+    servers = {5432, 6379, 9000}  # PostgreSQL, Redis and MinIO answer on the Compose network alone
+    services = {port["port"] for document in K8S if document["kind"] == "Service" for port in document["spec"]["ports"]}
+    assert published | servers | services <= listed, sorted((published | servers | services) - listed)
+
+
 def test_settings_are_real_settings_and_point_at_the_services(monkeypatch: pytest.MonkeyPatch) -> None:
     fields = Settings.model_fields
     # Variables the generated Rasa project and its actions read (supportflow/dialogue), not Settings fields.
