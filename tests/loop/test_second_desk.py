@@ -108,6 +108,22 @@ def test_the_pipeline_ran_every_stage_on_the_desks_own_data(desk: Desk) -> None:
     assert sum(resolution[outcome] for outcome in ("answered_right", "answered_wrong", "clarified", "handed_off")) == resolution["n"]
 
 
+def test_the_dialogues_validation_and_conversation_test_reports_are_in_mlflow_beside_its_model(desk: Desk) -> None:
+    """Issue 11: `rasa data validate` and `rasa test` run on the desk's files, and their reports go to MLflow next to
+    the dialogue model."""
+    from mlflow import MlflowClient
+
+    from supportflow.settings import get_settings
+
+    run_id = desk.summary["dialogue"]["run_id"]
+    client = MlflowClient(get_settings().mlflow_tracking_uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert (metrics["conversation_stories"], metrics["conversation_stories_failed"]) == (7, 0)
+    logged = {artifact.path for artifact in client.list_artifacts(run_id, "rasa")}
+    assert {"rasa/supportflow.tar.gz", "rasa/validate.txt", "rasa/tests"} <= logged, logged
+    assert client.list_artifacts(run_id, "rasa/tests"), "Rasa's conversation test report was not logged"
+
+
 def test_the_bot_greets_and_answers_in_the_desks_own_words_wherever_its_bundle_is_served(desk: Desk) -> None:
     from supportflow.workspace import load_workspace
 
