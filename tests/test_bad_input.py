@@ -128,6 +128,7 @@ def test_empty_blank_unknown_and_unlabelled_rows_each_get_their_reason(lake: Lak
     assert "text_present" in reasons["<null>"]
     assert "text_not_blank" in reasons["   \t "]
     assert "intent_in_catalogue" in reasons["what is a flux capacitor"] and "'time_travel'" in reasons["what is a flux capacitor"]
+    assert "add the intent to the workspace's intents.yaml" in reasons["what is a flux capacitor"]  # and how to keep them
     assert "intent_min_examples" in reasons["what is a flux capacitor"]
     assert "channel_allowed" in reasons["my card is lost"] and "'pigeon'" in reasons["my card is lost"]
     assert "text_length" in reasons["x"]
