@@ -225,6 +225,13 @@ def skeleton(folder: Path) -> Workspace:
     return load_workspace(folder)
 
 
+def _yaml_string(text: str) -> str:
+    """`text` as YAML reads it back as this string: bare where it can be, else quoted. Exports label tickets with
+    category numbers, "no", "null" or "Billing: refunds", which bare YAML reads as numbers, booleans, nothing or a
+    mapping, and the catalogue `init` wrote would not load."""
+    return text if yaml.safe_load(f"- {text}  # count") == [text] else json.dumps(text, ensure_ascii=False)
+
+
 def _humanise(intent: str) -> str:
     return intent.replace("_", " ").replace("-", " ").strip().capitalize()
 
@@ -299,7 +306,7 @@ def scaffold(
         "# Edit the texts in your desk's voice; add ticket sources as the desk exports more.\n"
         + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)
     )
-    lines = [f"- {intent}  # {count} tickets" for intent, count in ranked]
+    lines = [f"- {_yaml_string(intent)}  # {count} tickets" for intent, count in ranked]
     (folder / "intents.yaml").write_text(
         f"# The intent catalogue, from {export.name}: each intent with its ticket count. Versioned: bump `version` on any change.\n"
         f"name: {folder.name}\nversion: 1.0.0\nintents:\n" + "\n".join(lines) + "\n"

@@ -166,6 +166,18 @@ def test_an_intent_named_with_a_slash_is_refused_before_init_writes_anything(tmp
         load_catalogue(catalogue)
 
 
+def test_init_writes_a_catalogue_that_reads_back_whatever_the_exports_labels_look_like(tmp_path: Path) -> None:
+    """Category numbers, "no", "null" or "Billing: refunds" are labels YAML would read as something else if written bare."""
+    from supportflow.workspace import scaffold
+
+    labels = ["1", "no", "null", "Billing: refunds", "refund #2", "on", "3.5", "~", "refund"]
+    export = tmp_path / "export.csv"
+    pd.DataFrame({"text": [f"question {n} about it" for n in range(len(labels))], "intent": labels}).to_csv(export, index=False)
+    desk = scaffold(tmp_path / "desk", export, None, {}, Settings())
+    assert load_catalogue(desk.catalogue_file).intents == tuple(labels)
+    assert "- refund  # 1 tickets" in desk.catalogue_file.read_text()  # a plain name stays plain
+
+
 def test_init_from_an_export_in_another_encoding_records_it_on_the_source(tmp_path: Path) -> None:
     from supportflow.workspace import scaffold
 
