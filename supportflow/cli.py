@@ -260,7 +260,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     field_map = _field_map(args.field_map) or None
-    examples = labelled_export(settings, args.file, args.format, field_map) if args.file else snapshot_test_split(settings)
+    examples = labelled_export(settings, args.file, args.format, field_map, args.encoding) if args.file else snapshot_test_split(settings)
     examples = examples.sample(args.limit, settings.snapshot_seed)
     notes = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the report alone
 
@@ -560,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--file", metavar="EXPORT", help="a labelled export (CSV, JSON Lines, Zendesk JSON); default: the test split")
     evaluate.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="the export's format (default: from the file's suffix)")
     evaluate.add_argument("--field-map", help='JSON, ticket field to column, e.g. \'{"text": "message", "intent": "category"}\'')
+    evaluate.add_argument("--encoding", type=_encoding, default="utf-8", help="the export's text encoding, e.g. cp1252 (default: utf-8)")
     evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="a seeded sample of N messages (default: all)")
     evaluate.add_argument(
         "--bot-url",

@@ -37,6 +37,7 @@ import pandas as pd
 from pydantic import BaseModel, Field, computed_field
 
 from supportflow.errors import SupportflowError
+from supportflow.ingest.decoding import DEFAULT_ENCODING
 from supportflow.lake import open_lake
 from supportflow.progress import Step
 from supportflow.settings import Settings
@@ -292,14 +293,18 @@ def snapshot_test_split(settings: Settings) -> LabelledExamples:
 
 
 def labelled_export(
-    settings: Settings, path: str, fmt: Literal["csv", "jsonl", "zendesk"] | None = None, field_map: dict[str, str] | None = None
+    settings: Settings,
+    path: str,
+    fmt: Literal["csv", "jsonl", "zendesk"] | None = None,
+    field_map: dict[str, str] | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> LabelledExamples:
-    """A labelled export, read as ingest reads it (its format, the field map); rows without a text or an intent
-    cannot be judged and are counted in the source's name rather than dropped unseen."""
+    """A labelled export, read as ingest reads it (its format, the field map, its encoding); rows without a text or
+    an intent cannot be judged and are counted in the source's name rather than dropped unseen."""
     from supportflow.ingest.readers import open_source
 
     columns = settings.with_field_map(field_map).field_map
-    opened = open_source(path, fmt, settings.ingest_batch_rows, columns, settings.zendesk_intent_field_id)
+    opened = open_source(path, fmt, settings.ingest_batch_rows, columns, settings.zendesk_intent_field_id, encoding)
     frames, unreadable, unlabelled = [], 0, 0
     for batch in opened.batches:
         unreadable += len(batch.rejects)

@@ -176,6 +176,11 @@ def test_labelled_exports_are_read_as_ingest_reads_them(tmp_path: Path) -> None:
     assert mapped.frame.to_dict("records") == [{"text": "what rate do you use?", "intent": "exchange_rate"}]
     with pytest.raises(ResolutionError, match="no message has both a text and an intent"):
         labelled_export(Settings(), str(jsonl))
+    windows = tmp_path / "windows.csv"  # a spreadsheet saved on Windows: evaluated in its encoding, as ingest reads it
+    windows.write_bytes("text,intent\nmy café card is blocked,card_blocked\n".encode("cp1252"))
+    assert labelled_export(Settings(), str(windows), encoding="cp1252").frame.to_dict("records") == [
+        {"text": "my café card is blocked", "intent": "card_blocked"}
+    ]
 
 
 def test_a_limit_is_a_seeded_sample() -> None:
