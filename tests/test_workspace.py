@@ -55,6 +55,9 @@ def test_a_missing_workspace_or_config_file_is_named(tmp_path: Path) -> None:
         load_workspace(tmp_path / "nowhere")
     with pytest.raises(WorkspaceError, match=r"supportflow\.yaml is missing"):
         load_workspace(tmp_path)
+    (tmp_path / "supportflow.yaml").write_text("name: shop\n")
+    with pytest.raises(ContractError, match=rf"{tmp_path / 'intents.yaml'}: the intent catalogue is missing"):
+        load_catalogue(Settings(workspace=tmp_path).catalogue_file)
 
 
 def test_a_wrong_key_and_an_unmatched_source_name_the_file_and_the_key(tmp_path: Path) -> None:
