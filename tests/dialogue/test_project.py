@@ -102,6 +102,24 @@ def test_mistakes_in_the_desks_files_name_the_file_and_line(desk: Path) -> None:
         plan(desk)
 
 
+def test_what_rasa_says_about_the_build_folders_copies_names_the_desks_own_files(desk: Path, tmp_path: Path) -> None:
+    """What only `rasa data validate` finds (a story conflict, a YAML it cannot read) is reported on the build folder's
+    copies; the error the desk reads names the files it edits."""
+    from supportflow.dialogue.project import workspace_path
+
+    project = build(desk, tmp_path / "project", "saas")
+    dialogue = read_desk_dialogue(desk / "domain")
+    said = (
+        f"`rasa data validate` failed in {project} (exit 1):\n"
+        f"YamlSyntaxException: Failed to read '{project / 'data' / 'workspace' / 'nlu.yml'}'. in line 3\n"
+        "Story structure conflict after intent 'pricing_inquiry' in 'data/workspace/nlu.yml' and 'domain/workspace/domain.yml'"
+    )
+    told = workspace_path(said, project, dialogue)
+    assert f"Failed to read '{desk / 'domain' / 'data' / 'nlu.yml'}'. in line 3" in told
+    assert f"in '{desk / 'domain' / 'data' / 'nlu.yml'}' and '{desk / 'domain' / 'domain.yml'}'" in told
+    assert all((desk / "domain" / relative).is_file() for relative in ("data/nlu.yml", "domain.yml"))  # real files, named right
+
+
 def test_a_needed_slot_must_be_declared_with_a_question_to_ask(desk: Path) -> None:
     catalogue = desk / "intents.yaml"
     catalogue.write_text(catalogue.read_text().replace("needs: [product_name]", "needs: [plan_name]"))
