@@ -153,9 +153,10 @@ def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(t
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
 
 
-def test_an_intent_named_with_a_slash_is_refused_before_init_writes_anything(tmp_path: Path) -> None:
+def test_an_intent_rasa_would_misread_is_refused_before_init_writes_anything(tmp_path: Path) -> None:
     """Help-desk categories are often paths ("Account/Login"); Rasa would read one as a retrieval intent, and its draft
-    article as a file in a folder. Refused whole, so the user can rename them and run init again on the same folder."""
+    article as a file in a folder; an intent named `restart` would restart the conversation instead of being answered.
+    Refused whole, so the user can rename them and run init again on the same folder."""
     from supportflow.workspace import scaffold
 
     export = tmp_path / "export.csv"
@@ -166,6 +167,9 @@ def test_an_intent_named_with_a_slash_is_refused_before_init_writes_anything(tmp
     catalogue = tmp_path / "intents.yaml"
     catalogue.write_text("name: shop\nversion: 1\nintents:\n- order_status\n- name: faq/opening_hours\n")
     with pytest.raises(ContractError, match=rf"{catalogue}: intent 'faq/opening_hours' has '/' in its name"):
+        load_catalogue(catalogue)
+    catalogue.write_text("name: shop\nversion: 1\nintents:\n- order_status\n- restart\n")  # "restart my router", say
+    with pytest.raises(ContractError, match=rf"{catalogue}: intent 'restart' is Rasa's own: it restarts the conversation"):
         load_catalogue(catalogue)
 
 

@@ -24,7 +24,7 @@ import yaml
 from supportflow.bot.clarify import OFFERED_SLOT
 from supportflow.dialogue.stores import endpoints_stores
 from supportflow.errors import SupportflowError
-from supportflow.validate.catalogue import IntentCatalogue
+from supportflow.validate.catalogue import RASA_RESERVED_INTENTS, IntentCatalogue
 
 RASA_FILES = Path(__file__).resolve().parent / "rasa_files"
 DIALOGUE_ACTS = ("greet", "goodbye", "affirm", "deny", "ask_human", "inform", "multiple_requests")
@@ -54,7 +54,7 @@ RASA_BUILT_IN_ACTIONS = frozenset(
         "action_extract_slots",
     }
 )
-RASA_BUILT_IN_INTENTS = frozenset({"nlu_fallback", "restart", "back", "out_of_scope", "session_start"})
+RASA_BUILT_IN_INTENTS = frozenset({*RASA_RESERVED_INTENTS, "out_of_scope"})
 EXAMPLES_PER_VALUE = 12  # `inform` examples drawn from each lookup table
 
 

@@ -15,12 +15,22 @@ from supportflow.errors import ContractError
 # Rasa reads "faq/ask_hours" as the retrieval intent "faq" and looks for responses named after it, and each intent's
 # draft article is a file named after it: a slash in an intent's name would break both, so a desk renames it.
 RESERVED_IN_INTENT_NAMES = "/"
+# Intents Rasa acts on itself, whatever a desk's rules say: the first three run Rasa's own action (the conversation
+# restarts, undoes a turn, starts a session), and `nlu_fallback` is what the bot hands off as not understood.
+RASA_RESERVED_INTENTS = {
+    "restart": "restarts the conversation",
+    "back": "undoes the last turn",
+    "session_start": "starts a session",
+    "nlu_fallback": "marks a message not understood, which the bot hands off",
+}
 
 
 def intent_name_problem(name: str) -> str | None:
     """Why an intent cannot be called `name`, or None when it can."""
     if not name.strip():
         return "an intent's name is empty"
+    if name in RASA_RESERVED_INTENTS:
+        return f"intent {name!r} is Rasa's own: it {RASA_RESERVED_INTENTS[name]} instead of being answered"
     reserved = sorted({character for character in name if character in RESERVED_IN_INTENT_NAMES})
     if reserved:
         return f"intent {name!r} has {' and '.join(repr(c) for c in reserved)} in its name, which Rasa reserves for retrieval intents"
