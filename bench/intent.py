@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,14 +24,17 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
+from sklearn.pipeline import FeatureUnion, make_pipeline
 
-from supportflow.classifier.base_weights import resolve_base_model
-from supportflow.classifier.build import BuiltClassifier, build_classifier
+from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
+from supportflow.classifier.build import BuiltClassifier, build_classifier, evaluate_classifier
 from supportflow.classifier.calibrate import promises
 from supportflow.classifier.evaluate_metrics import load_metric
-from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
-from supportflow.settings import get_settings
+from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data
+from supportflow.classifier.fusion import FusionChoice
+from supportflow.classifier.inference import OnnxClassifier
+from supportflow.classifier.onnx_export import check_parity, export_onnx, fastest_within
+from supportflow.settings import Settings, TrainingProfile, get_settings
 from supportflow.validate.catalogue import load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +60,7 @@ def scores(predicted: list[int] | np.ndarray, references: list[int] | np.ndarray
     }
 
 
-def tfidf_logreg(splits: LabelledSplits) -> tuple[dict, Pipeline]:
+def tfidf_logreg(splits: LabelledSplits) -> dict:
     model = make_pipeline(
         FeatureUnion(
             [
@@ -69,18 +73,38 @@ def tfidf_logreg(splits: LabelledSplits) -> tuple[dict, Pipeline]:
     started = time.perf_counter()
     model.fit(splits.train["text"], splits.label_ids("train"))
     seconds = time.perf_counter() - started
-    return {**scores(model.predict(splits.test["text"]), splits.label_ids("test")), "train_seconds": round(seconds, 1)}, model
+    return {**scores(model.predict(splits.test["text"]), splits.label_ids("test")), "train_seconds": round(seconds, 1)}
 
 
-def ensemble(built: BuiltClassifier, tfidf: Pipeline, splits: LabelledSplits) -> dict:
-    """Average the classifier's calibrated probabilities with TF-IDF's; the weight is chosen on validation only."""
-    validation_labels = np.array(splits.label_ids("validation"))
-    tfidf_validation = tfidf.predict_proba(splits.validation["text"])
-    weights = np.linspace(0.0, 1.0, 21)
-    accuracy = [((w * built.validation_probabilities + (1 - w) * tfidf_validation).argmax(1) == validation_labels).mean() for w in weights]
-    weight = float(weights[int(np.argmax(accuracy))])
-    mixed = weight * built.test_probabilities + (1 - weight) * tfidf.predict_proba(splits.test["text"])
-    return {**scores(mixed.argmax(1), splits.label_ids("test")), "classifier_weight": round(weight, 2), "weight_chosen_on": "validation"}
+def reuse_fine_tuned(
+    source: Path, target: Path, splits: LabelledSplits, base: BaseModelChoice, profile: TrainingProfile, settings: Settings
+) -> tuple[BuiltClassifier, str]:
+    """Everything after fine-tuning, on an encoder fine-tuned earlier by the same function, profile and splits."""
+    meta = json.loads((source.parent / "meta.json").read_text())
+    shutil.copytree(source, target)
+    tuned = FineTuned(model_dir=target, train_seconds=float(meta["train_seconds"]), train_loss=float("nan"))
+    built = evaluate_classifier(
+        tuned, splits, base, profile, settings.target_precision, "banking77", settings.ood_quantile, FusionChoice.of(settings)
+    )
+    return built, f"fine-tuned earlier by fine_tune() with this profile and these splits ({source}), its seconds recorded then"
+
+
+def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, tolerance: float) -> dict:
+    """The model as the bot serves it: exported to ONNX, the variant chosen as training chooses it, scored through
+    the class `/classify` runs (the lexical reader fused, as in serving)."""
+    paths = export_onnx(built.folder)
+    texts = splits.test["text"].tolist()
+    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, threads)
+    variant = fastest_within(parities, tolerance)
+    if variant == "torch":
+        return {"variant": "torch", **scores(built.test_probabilities.argmax(1), built.test_labels)}
+    index = {label: i for i, label in enumerate(built.card.labels)}
+    predicted = [index[result["intent"]] for result in OnnxClassifier(built.folder, variant, threads).classify(texts, top_k=1)]
+    return {
+        "variant": variant,
+        **scores(predicted, built.test_labels),
+        "variants": {p.variant: {"accuracy": round(p.accuracy, 4), "seconds_per_100": round(p.seconds_per_100, 3)} for p in parities},
+    }
 
 
 def rasa_diet(splits: LabelledSplits, rasa_python: Path, epochs: int, transformer_layers: int) -> dict:
@@ -112,29 +136,55 @@ def main() -> None:
     # DIET's default two transformer layers took ~150 s per epoch here; without them an epoch takes ~10 s.
     parser.add_argument("--rasa-epochs", type=int, default=40)
     parser.add_argument("--rasa-transformer-layers", type=int, default=0)
+    parser.add_argument(
+        "--fine-tuned",
+        type=Path,
+        help="a folder `fine_tune` wrote with this profile on these splits, with its run's train_seconds in meta.json beside "
+        "it: the readers, fusion, calibration and serving are measured on it instead of fine-tuning again",
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     settings = get_settings().model_copy(update={"train_profile": args.profile})
     profile = settings.training_profile()
     splits = banking77_splits(settings.catalogue_file, settings.min_train_examples_per_intent)
-    tfidf_result, tfidf = tfidf_logreg(splits)
-    peers = {"tfidf_logreg": tfidf_result}
+    peers = {"tfidf_logreg": tfidf_logreg(splits)}
     print("tfidf_logreg", peers["tfidf_logreg"], flush=True)
 
     base = resolve_base_model(settings)
     with tempfile.TemporaryDirectory(prefix="intent-bench-") as folder:
-        target = Path(folder) / "model"
-        built = build_classifier(splits, base, profile, settings.train_threads, settings.target_precision, target, "banking77")
-    print("classifier", built.test.accuracy, built.test.macro_f1, round(built.train_seconds), flush=True)
+        target, started = Path(folder) / "model", time.perf_counter()
+        if args.fine_tuned:
+            built, fine_tuning = reuse_fine_tuned(args.fine_tuned, target, splits, base, profile, settings)
+        else:
+            built = build_classifier(
+                splits,
+                base,
+                profile,
+                settings.train_threads,
+                settings.target_precision,
+                target,
+                "banking77",
+                settings.ood_quantile,
+                FusionChoice.of(settings),
+            )
+            fine_tuning = "fine-tuned in this run"
+        build_seconds = time.perf_counter() - started + (built.train_seconds if args.fine_tuned else 0.0)
+        serving = served(built, splits, settings.train_threads, settings.onnx_parity_tolerance)
+    print("classifier", serving, round(built.train_seconds), flush=True)
     peers["rasa_diet"] = (
         None if args.skip_rasa else rasa_diet(splits, settings.rasa_venv / "bin" / "python", args.rasa_epochs, args.rasa_transformer_layers)
     )
     print("rasa_diet", peers["rasa_diet"], flush=True)
 
     result = {
-        "accuracy": round(built.test.accuracy, 4),
-        "macro_f1": round(built.test.macro_f1, 4),
+        # The served model: ONNX, the lexical reader fused, through the class /classify runs.
+        "accuracy": serving["accuracy"],
+        "macro_f1": serving["macro_f1"],
+        "serving_variant": serving["variant"],
         "train_seconds": round(built.train_seconds, 1),
+        # Fine-tuning, the lexical reader, fusion, calibration and the detector: all a training run does before export.
+        "build_seconds": round(build_seconds, 1),
+        "fine_tuning": fine_tuning,
         "base_model": base.name,
         "threshold": round(built.card.threshold, 4),
         "coverage_at_threshold": round(built.test_at_threshold.coverage, 4),
@@ -147,9 +197,26 @@ def main() -> None:
             ).items()
         },
         "peers": peers,
-        "ensemble_with_tfidf": ensemble(built, tfidf, splits),
+        # Every reader tried on this run's models, on test; the served figures are the fused ONNX ones above.
+        "variants": {
+            "encoder_alone_torch": {
+                "accuracy": round(built.encoder_test.accuracy, 4),
+                "macro_f1": round(built.encoder_test.macro_f1, 4),
+            },
+            "three_readers_torch": {
+                "accuracy": round(built.test.accuracy, 4),
+                "macro_f1": round(built.test.macro_f1, 4),
+                "lexical_weight": round(built.fusion.lexical_weight, 4),
+                "prototype_weight": round(built.fusion.prototype_weight, 4),
+            },
+            **{f"three_readers_onnx_{name}": figures for name, figures in serving.get("variants", {}).items()},
+        },
         "target_precision": settings.target_precision,
         "temperature": round(built.card.temperature, 4),
+        "lexical_weight": round(built.card.lexical_weight, 4),
+        "prototype_weight": round(built.card.prototype_weight, 4),
+        "class_balance": settings.class_balance,
+        "readers": settings.classifier_readers,
         "validation_coverage_at_threshold": round(built.card.coverage_at_threshold, 4),
         "expected_calibration_error": round(built.test.expected_calibration_error, 4),
         "profile": {"name": args.profile, **profile.model_dump()},

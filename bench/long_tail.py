@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -31,8 +32,9 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
-from supportflow.classifier.build import build_classifier
-from supportflow.classifier.fine_tune import LabelledSplits
+from supportflow.classifier.build import build_classifier, evaluate_classifier
+from supportflow.classifier.fine_tune import FineTuned, LabelledSplits
+from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.training import load_training_splits
 from supportflow.ingest.load import ingest_file
 from supportflow.lake import open_lake
@@ -85,9 +87,17 @@ def bucket_scores(gold: np.ndarray, predicted: np.ndarray, intents: list[str]) -
 
 
 def train_and_score(
-    export: pd.DataFrame, test: pd.DataFrame, buckets: dict[str, list[str]], settings: Settings, base: BaseModelChoice, name: str
+    export: pd.DataFrame,
+    test: pd.DataFrame,
+    buckets: dict[str, list[str]],
+    settings: Settings,
+    base: BaseModelChoice,
+    name: str,
+    fine_tuned: Path | None = None,
 ) -> dict:
-    """One model through the pipeline's path, scored on the official test set per bucket."""
+    """One model through the pipeline's path, scored on the official test set per bucket. With `fine_tuned`, an
+    encoder `fine_tune` wrote earlier on this very path's splits and profile (its run's seconds in meta.json beside
+    it) stands in for fine-tuning again; everything after it runs here."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"long-tail-{name}-") as scratch:
         folder = Path(scratch)
@@ -99,9 +109,32 @@ def train_and_score(
         learned = test["intent"].isin(splits.labels).to_numpy()
         official = LabelledSplits(splits.train, splits.validation, test[learned].reset_index(drop=True), splits.labels, splits.left_out)
         profile = settings.training_profile()
-        built = build_classifier(
-            official, base, profile, settings.train_threads, settings.target_precision, folder / "model", manifest.snapshot_id
-        )
+        if fine_tuned is None:
+            built = build_classifier(
+                official,
+                base,
+                profile,
+                settings.train_threads,
+                settings.target_precision,
+                folder / "model",
+                manifest.snapshot_id,
+                settings.ood_quantile,
+                FusionChoice.of(settings),
+            )
+        else:
+            shutil.copytree(fine_tuned, folder / "model")
+            seconds = float(json.loads((fine_tuned.parent / "meta.json").read_text())["train_seconds"])
+            tuned = FineTuned(model_dir=folder / "model", train_seconds=seconds, train_loss=float("nan"))
+            built = evaluate_classifier(
+                tuned,
+                official,
+                base,
+                profile,
+                settings.target_precision,
+                manifest.snapshot_id,
+                settings.ood_quantile,
+                FusionChoice.of(settings),
+            )
     gold = test["intent"].to_numpy()
     predicted = np.full(len(test), NOT_LEARNED, dtype=object)
     predicted[learned] = np.array(splits.labels, dtype=object)[built.test_probabilities.argmax(axis=1)]
@@ -115,6 +148,14 @@ def train_and_score(
         "train_seconds": round(built.train_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),
         "threshold": round(built.card.threshold, 4),
+        "fusion": {
+            "lexical_weight": round(built.card.lexical_weight, 4),
+            "prototype_weight": round(built.card.prototype_weight, 4),
+            "class_balance": settings.class_balance,
+            "readers": settings.classifier_readers,
+        },
+        "head_alone": {"accuracy": round(built.encoder_test.accuracy, 4), "macro_f1": round(built.encoder_test.macro_f1, 4)},
+        "fine_tuning": "fine-tuned in this run" if fine_tuned is None else f"fine-tuned earlier on this path ({fine_tuned})",
     }
     print(name, json.dumps(result["buckets"]), flush=True)
     return result
@@ -126,6 +167,10 @@ def main() -> None:
     parser.add_argument("--max-intents", type=int, default=0, help="only this many intents (seeded), to check the script quickly")
     parser.add_argument("--skip-full-data", action="store_true", help="train only the long-tail model (no comparison)")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument(
+        "--fine-tuned", type=Path, help="the long-tail model's encoder, fine-tuned earlier on this path (see train_and_score)"
+    )
+    parser.add_argument("--full-data-fine-tuned", type=Path, help="the same for the full-data model")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     settings = get_settings().model_copy(update={"train_profile": args.profile, "workers": 1})
@@ -139,9 +184,9 @@ def main() -> None:
     cut, buckets = long_tail(train, args.seed)
     print(f"long tail: {len(cut)} of {len(train)} training rows; " + ", ".join(f"{b}: {len(i)} intents" for b, i in buckets.items()))
     base = resolve_base_model(settings)
-    models = {"long_tail": train_and_score(cut, test, buckets, settings, base, "long_tail")}
+    models = {"long_tail": train_and_score(cut, test, buckets, settings, base, "long_tail", args.fine_tuned)}
     if not args.skip_full_data:
-        models["full_data"] = train_and_score(train, test, buckets, settings, base, "full_data")
+        models["full_data"] = train_and_score(train, test, buckets, settings, base, "full_data", args.full_data_fine_tuned)
     long_tail_buckets = models["long_tail"]["buckets"]
     verdict = {
         "10_examples_macro_f1": {"measured": long_tail_buckets["10"]["macro_f1"], "target": TARGETS["10"]},

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
 from supportflow.classifier.build import BuiltClassifier, evaluate_classifier
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
+from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.registry import GateResult
 from supportflow.classifier.training import (
     TrainingSummary,
@@ -39,7 +40,9 @@ def fine_tune_step(splits: LabelledSplits, base: BaseModelChoice, settings: Sett
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_step(tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str) -> BuiltClassifier:
     profile = settings.training_profile()
-    return evaluate_classifier(tuned, splits, base, profile, settings.target_precision, snapshot_id, settings.ood_quantile)
+    return evaluate_classifier(
+        tuned, splits, base, profile, settings.target_precision, snapshot_id, settings.ood_quantile, FusionChoice.of(settings)
+    )
 
 
 @task(name="register", cache_policy=NO_CACHE)

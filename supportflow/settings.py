@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     # The unknown-intent detector flags this share of in-scope validation messages' distances as in scope (0.95: about
     # one in-scope message in twenty is handed off as unknown); supportflow/classifier/ood.py.
     ood_quantile: float = Field(0.99, gt=0.0, lt=1.0)
+    # How far the encoder's answers are freed from how common each intent was in the history: 1, every intent equally
+    # likely before a message is read (the rare ones get answered); 0, the history's frequencies. fusion.prior_offsets.
+    class_balance: float = Field(1.0, ge=0.0, le=1.0)
+    # The readers beside the fine-tuned head (docs/classifier.md, "Three readers"): fewer only for comparisons.
+    classifier_readers: list[Literal["lexical", "prototypes"]] = Field(default_factory=lambda: ["lexical", "prototypes"])
     mlflow_experiment: str = "intent-classifier"
     mlflow_artifact_root: str | None = Field(None, description="Where new experiments keep artifacts; default: MLflow's (./mlartifacts).")
 

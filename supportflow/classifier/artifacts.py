@@ -6,7 +6,7 @@ it too, in an environment without the project's settings (pydantic-settings), he
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,17 @@ VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
 @dataclass(frozen=True)
+class FusionWeights:
+    """How the readers' scores add up to the served logits: `encoder / temperature + lexical_weight * lexical +
+    prototype_weight * prototypes + offsets` (`supportflow.classifier.fusion` fits them)."""
+
+    temperature: float
+    lexical_weight: float = 0.0
+    prototype_weight: float = 0.0
+    offsets: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClassifierCard:
     """What serving needs besides the weights; stored with the model."""
 
@@ -37,6 +48,14 @@ class ClassifierCard:
     max_length: int
     base_model: str
     snapshot_id: str
+    # The other readers' shares of the fused logits (`lexical.py`, `prototypes.py`); 0 for a folder without them.
+    lexical_weight: float = 0.0
+    prototype_weight: float = 0.0
+    # Per intent, added to the fused logits: the class balance (`fusion.prior_offsets`); none before it.
+    logit_offsets: list[float] = field(default_factory=list)
+
+    def weights(self) -> "FusionWeights":
+        return FusionWeights(self.temperature, self.lexical_weight, self.prototype_weight, tuple(self.logit_offsets))
 
     def save(self, folder: Path) -> None:
         (folder / CLASSIFIER_CARD).write_text(json.dumps(asdict(self), indent=2))

@@ -1,24 +1,26 @@
-"""One classifier build: fine-tune, calibrate on validation, fit the unknown-intent detector, score on test, write
-the classifier folder.
+"""One classifier build: fine-tune, fit the lexical reader, fuse and calibrate on validation, fit the unknown-intent
+detector, score on test, write the classifier folder.
 
 The Prefect flow and the benchmark both call `build_classifier`, so the figures in the benchmark are
 those of the model the pipeline registers.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer, DistilBertForSequenceClassification
 
-from supportflow.classifier.artifacts import ClassifierCard
+from supportflow.classifier.artifacts import ClassifierCard, FusionWeights
 from supportflow.classifier.base_weights import BaseModelChoice
-from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choose_threshold, fit_temperature
+from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choose_threshold
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
-from supportflow.classifier.inference import softmax
+from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
+from supportflow.classifier.inference import Readings, fused_softmax, softmax
 from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector
 from supportflow.classifier.predict import predict_outputs
+from supportflow.classifier.prototypes import fit_prototypes
 from supportflow.settings import TrainingProfile
 
 
@@ -37,6 +39,8 @@ class BuiltClassifier:
     test_labels: np.ndarray
     detector: OutOfScopeDetector
     test_ood_scores: np.ndarray  # the detector's distances on the test split (all in scope)
+    fusion: FusionWeights
+    encoder_test: Evaluation  # the fine-tuned head alone (temperature-scaled): what the other readers and the balance add
 
 
 def build_classifier(
@@ -48,9 +52,10 @@ def build_classifier(
     folder: Path,
     snapshot_id: str,
     ood_quantile: float = DEFAULT_QUANTILE,
+    fusion: FusionChoice = DEFAULT_FUSION,
 ) -> BuiltClassifier:
     tuned = fine_tune(base.location, splits, profile, threads, folder)
-    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id, ood_quantile)
+    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id, ood_quantile, fusion)
 
 
 def evaluate_classifier(
@@ -61,9 +66,12 @@ def evaluate_classifier(
     target_precision: float,
     snapshot_id: str,
     ood_quantile: float = DEFAULT_QUANTILE,
+    fusion: FusionChoice = DEFAULT_FUSION,
 ) -> BuiltClassifier:
-    """Calibrate on validation, choose both thresholds there, score on test; write the card and the unknown-intent
-    detector into the folder. The detector costs one more pass over the training messages (their embeddings)."""
+    """Fit the lexical reader and the prototypes on the training messages, fuse the three readers and calibrate on
+    validation, choose both thresholds there, score on test; write the card, the two readers and the unknown-intent
+    detector into the folder. The detector and the prototypes cost one more pass over the training messages (their
+    embeddings)."""
     folder = tuned.model_dir
     model = DistilBertForSequenceClassification.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -76,13 +84,40 @@ def evaluate_classifier(
     detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile)
     detector.save(folder)
 
-    temperature = fit_temperature(validation.logits, validation_labels)
-    validation_probabilities = softmax(validation.logits, temperature)
-    test_probabilities = softmax(test.logits, temperature)
+    # The readers are fitted on the training messages and weighed on validation, which they have not seen; then the
+    # two cheap ones are fitted again on both (the head is not): an intent with five tickets keeps one for validation,
+    # and its reader's answers are better from four examples than from three. The threshold stays chosen on the
+    # weighing's out-of-sample confidences.
+    train_labels, validation_texts = np.array(splits.label_ids("train")), splits.validation["text"].tolist()
+    learnt = np.concatenate([train_labels, validation_labels])
+    n_labels = len(splits.labels)
+    lexical = fit_lexical(splits.train["text"].tolist(), train_labels, n_labels) if "lexical" in fusion.readers else None
+    prototypes = fit_prototypes(train.embeddings, train_labels, n_labels) if "prototypes" in fusion.readers else None
+    validation_readings = Readings(
+        validation.logits,
+        None if lexical is None else lexical.scores(validation_texts),
+        None if prototypes is None else prototypes.scores(validation.embeddings),
+    )
+    offsets = tuple(float(offset) for offset in prior_offsets(learnt, n_labels, fusion.class_balance))
+    weights = replace(fit_fusion(validation_readings, validation_labels), offsets=offsets)
+    validation_probabilities = fused_softmax(validation_readings, weights)
+    if lexical is not None:
+        lexical = fit_lexical(splits.train["text"].tolist() + validation_texts, learnt, n_labels)
+        lexical.save(folder)
+    if prototypes is not None:
+        prototypes = fit_prototypes(np.concatenate([train.embeddings, validation.embeddings]), learnt, n_labels)
+        prototypes.save(folder)
+    test_readings = Readings(
+        test.logits,
+        None if lexical is None else lexical.scores(splits.test["text"].tolist()),
+        None if prototypes is None else prototypes.scores(test.embeddings),
+    )
+    test_probabilities = fused_softmax(test_readings, weights)
+    encoder_alone = fit_fusion(Readings(validation.logits), validation_labels)
     chosen = choose_threshold(validation_probabilities, validation_labels, target_precision)
     card = ClassifierCard(
         labels=splits.labels,
-        temperature=temperature,
+        temperature=weights.temperature,
         threshold=chosen.threshold,
         coverage_at_threshold=chosen.coverage,
         precision_at_threshold=chosen.precision,
@@ -90,6 +125,9 @@ def evaluate_classifier(
         max_length=profile.max_length,
         base_model=base.name,
         snapshot_id=snapshot_id,
+        lexical_weight=weights.lexical_weight,
+        prototype_weight=weights.prototype_weight,
+        logit_offsets=list(weights.offsets),
     )
     card.save(folder)
     return BuiltClassifier(
@@ -106,4 +144,6 @@ def evaluate_classifier(
         test_labels=test_labels,
         detector=detector,
         test_ood_scores=detector.scores(test.embeddings),
+        fusion=weights,
+        encoder_test=evaluate_predictions(softmax(test.logits, encoder_alone.temperature), test_labels, splits.labels),
     )

@@ -17,8 +17,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard
+from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard, FusionWeights
+from supportflow.classifier.lexical import LexicalModel
 from supportflow.classifier.ood import OutOfScopeDetector
+from supportflow.classifier.prototypes import Prototypes
 from supportflow.errors import RegistryError
 
 EMBEDDING_OUTPUT = "embedding"  # the ONNX output the unknown-intent detector reads; exports before it have logits only
@@ -39,6 +41,56 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = scaled - scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What each of the classifier's readers says of a batch of messages, per intent (`fusion.py`)."""
+
+    encoder: np.ndarray  # the fine-tuned head's logits
+    lexical: np.ndarray | None = None  # the TF-IDF reader's logits (`lexical.py`)
+    prototypes: np.ndarray | None = None  # the cosine to each intent's centre (`prototypes.py`)
+
+
+def fused_softmax(readings: Readings, weights: FusionWeights) -> np.ndarray:
+    """The served confidences: the readers' scores added with the fitted weights, then the class balance's offsets."""
+    fused = readings.encoder / weights.temperature
+    if readings.lexical is not None and weights.lexical_weight > 0:
+        fused = fused + weights.lexical_weight * readings.lexical
+    if readings.prototypes is not None and weights.prototype_weight > 0:
+        fused = fused + weights.prototype_weight * readings.prototypes
+    if weights.offsets:
+        fused = fused + np.asarray(weights.offsets)
+    return softmax(fused)
+
+
+@dataclass(frozen=True)
+class ClassifierParts:
+    """What a classifier folder holds besides the encoder: the card, the unknown-intent detector and the other two
+    readers; a folder trained before one of them has None in its place, and is served without it."""
+
+    card: ClassifierCard
+    detector: OutOfScopeDetector | None
+    lexical: LexicalModel | None
+    prototypes: Prototypes | None
+
+    @classmethod
+    def load(cls, folder: Path) -> "ClassifierParts":
+        return cls(ClassifierCard.load(folder), OutOfScopeDetector.load(folder), LexicalModel.load(folder), Prototypes.load(folder))
+
+    def read(self, texts: Sequence[str], outputs: ModelOutputs) -> Readings:
+        """Each reader the card gives weight to, on these messages; the encoder's outputs are computed already."""
+        card = self.card
+        lexical = self.lexical.scores(list(texts)) if self.lexical is not None and card.lexical_weight > 0 else None
+        prototypes = None
+        if self.prototypes is not None and card.prototype_weight > 0:
+            if outputs.embeddings is None:
+                raise RegistryError("the classifier has prototypes but its model gives no pooled embedding")
+            prototypes = self.prototypes.scores(outputs.embeddings)
+        return Readings(outputs.logits, lexical, prototypes)
+
+    def probabilities(self, texts: Sequence[str], outputs: ModelOutputs) -> np.ndarray:
+        return fused_softmax(self.read(texts, outputs), self.card.weights())
 
 
 def ranking(probabilities: np.ndarray, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
@@ -100,13 +152,12 @@ def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Seq
     return ModelOutputs(logits=out[0], embeddings=out[1] if len(out) > 1 else None, truncated=truncated)
 
 
-def classify_outputs(
-    texts: Sequence[str], outputs: ModelOutputs, card: ClassifierCard, detector: OutOfScopeDetector | None, top_k: int | None = None
-) -> list[dict]:
+def classify_outputs(texts: Sequence[str], outputs: ModelOutputs, parts: ClassifierParts, top_k: int | None = None) -> list[dict]:
     """The classify contract per text: the ranking; whether the text lies outside every intent (`out_of_scope`: its
     `ood_score`, the distance to the nearest intent, passes the detector's threshold, or it has no words at all); and
     whether only its beginning was read (`truncated`). A model trained without a detector scores nothing (null)."""
-    results = ranking(softmax(outputs.logits, card.temperature), card.labels, top_k)
+    results = ranking(parts.probabilities(texts, outputs), parts.card.labels, top_k)
+    detector = parts.detector
     if detector is None:
         scores: list[float | None] = [None] * len(results)
         beyond = [False] * len(results)
@@ -129,15 +180,17 @@ class OnnxClassifier:
         path = folder / ONNX_DIR / VARIANTS[variant]
         if not path.exists():
             raise RegistryError(f"{folder} has no {variant} ONNX export at {path}")
-        self.card = ClassifierCard.load(folder)
-        self.detector = OutOfScopeDetector.load(folder)
+        self.parts = ClassifierParts.load(folder)
+        self.card = self.parts.card
         self.session = onnx_session(path, threads)
         self.tokenizer = onnx_tokenizer(folder, self.card.max_length)
-        if self.detector is not None and EMBEDDING_OUTPUT not in {output.name for output in self.session.get_outputs()}:
-            raise RegistryError(f"{path} has no {EMBEDDING_OUTPUT} output, which the folder's unknown-intent detector reads")
+        reading_embeddings = self.parts.detector is not None or (self.parts.prototypes is not None and self.card.prototype_weight > 0)
+        if reading_embeddings and EMBEDDING_OUTPUT not in {output.name for output in self.session.get_outputs()}:
+            raise RegistryError(f"{path} has no {EMBEDDING_OUTPUT} output, which the folder's detector and prototypes read")
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:
             return []
         texts = list(texts)
-        return classify_outputs(texts, onnx_outputs(self.session, self.tokenizer, texts), self.card, self.detector, top_k)
+        outputs = onnx_outputs(self.session, self.tokenizer, texts)
+        return classify_outputs(texts, outputs, self.parts, top_k)

@@ -16,7 +16,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import DistilBertForSequenceClassification
 
 from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS
-from supportflow.classifier.inference import EMBEDDING_OUTPUT, onnx_outputs, onnx_session, onnx_tokenizer
+from supportflow.classifier.inference import EMBEDDING_OUTPUT, OnnxClassifier
 from supportflow.classifier.predict import pooled_embedding
 
 
@@ -73,18 +73,17 @@ def export_onnx(folder: Path) -> dict[str, Path]:
 
 
 def check_parity(
-    folder: Path, paths: dict[str, Path], texts: Sequence[str], labels: np.ndarray, torch_accuracy: float, max_length: int, threads: int
+    folder: Path, variants: Sequence[str], texts: Sequence[str], labels: np.ndarray, torch_accuracy: float, threads: int
 ) -> list[VariantParity]:
-    """Top-1 accuracy and speed of each ONNX variant on the same texts the torch model was scored on, tokenized
-    as serving tokenizes them."""
-    tokenizer = onnx_tokenizer(folder, max_length)
+    """Top-1 accuracy and speed of each ONNX variant on the texts the torch model was scored on, through the class
+    `/classify` serves (tokenised as serving tokenises, fused with the lexical reader as serving fuses)."""
     results = []
-    for name, path in paths.items():
-        session = onnx_session(path, threads)
+    for name in variants:
+        classifier = OnnxClassifier(folder, name, threads)
         started = time.perf_counter()
-        logits = onnx_outputs(session, tokenizer, texts).logits
+        predicted = [result["intent"] for result in classifier.classify(texts, top_k=1)]
         seconds = time.perf_counter() - started
-        accuracy = float((logits.argmax(axis=1) == labels).mean())
+        accuracy = float(np.mean([intent == classifier.card.labels[label] for intent, label in zip(predicted, labels, strict=True)]))
         results.append(VariantParity(name, accuracy, torch_accuracy, 100 * seconds / max(len(texts), 1)))
     return results
 

@@ -24,8 +24,10 @@ MODULES = (
     "supportflow/classifier/__init__.py",
     "supportflow/classifier/artifacts.py",
     "supportflow/classifier/inference.py",
+    "supportflow/classifier/lexical.py",
     "supportflow/classifier/ood.py",
     "supportflow/classifier/portable.py",
+    "supportflow/classifier/prototypes.py",
 )
 MODEL_CODE = Path(__file__).with_name("portable_model.py")  # what MLflow runs to build the model when it loads it
 # What those modules import, plus cloudpickle, which reads the pickled model back.

@@ -11,9 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, DistilBertForSequenceClassification, PreTrainedTokenizerBase
 
-from supportflow.classifier.artifacts import ClassifierCard
-from supportflow.classifier.inference import ModelOutputs, classify_outputs, softmax
-from supportflow.classifier.ood import OutOfScopeDetector
+from supportflow.classifier.inference import ClassifierParts, ModelOutputs, classify_outputs
 
 
 def pooled_embedding(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -53,17 +51,18 @@ class IntentClassifier:
         if threads:
             torch.set_num_threads(threads)
         self.folder = Path(folder)
-        self.card = ClassifierCard.load(self.folder)
+        self.parts = ClassifierParts.load(self.folder)
+        self.card = self.parts.card
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         self.model = DistilBertForSequenceClassification.from_pretrained(str(self.folder)).eval()
-        self.detector = OutOfScopeDetector.load(self.folder)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return softmax(predict_outputs(self.model, self.tokenizer, list(texts), self.card.max_length).logits, self.card.temperature)
+        texts = list(texts)
+        return self.parts.probabilities(texts, predict_outputs(self.model, self.tokenizer, texts, self.card.max_length))
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:
             return []
         texts = list(texts)
         outputs = predict_outputs(self.model, self.tokenizer, texts, self.card.max_length)
-        return classify_outputs(texts, outputs, self.card, self.detector, top_k)
+        return classify_outputs(texts, outputs, self.parts, top_k)

@@ -96,6 +96,11 @@ def log_training_run(
             "validation_macro_f1": built.validation.macro_f1,
             "validation_ece": built.validation.expected_calibration_error,
             "temperature": card.temperature,
+            "lexical_weight": card.lexical_weight,
+            "prototype_weight": card.prototype_weight,
+            # The fine-tuned head alone on the same split: what the other readers and the class balance add.
+            "encoder_test_accuracy": built.encoder_test.accuracy,
+            "encoder_test_macro_f1": built.encoder_test.macro_f1,
             "threshold": card.threshold,
             "validation_coverage_at_threshold": card.coverage_at_threshold,
             "validation_precision_at_threshold": card.precision_at_threshold,

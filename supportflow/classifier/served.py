@@ -40,7 +40,7 @@ class ServingClassifier:
             "variant": self.variant,
             "intents": len(self.card.labels),
             "threshold": self.card.threshold,
-            "ood_threshold": None if self.model.detector is None else self.model.detector.threshold,
+            "ood_threshold": None if self.model.parts.detector is None else self.model.parts.detector.threshold,
             "temperature": self.card.temperature,
             "snapshot_id": self.card.snapshot_id,
         }

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
+from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.onnx_export import check_parity, export_onnx
 from supportflow.classifier.registry import MODEL_NAME_IN_RUN, GateResult, find_trained, log_training_run, register_and_gate, score_version
 from supportflow.digest import text_digest
@@ -80,7 +81,9 @@ def load_training_splits(settings: Settings) -> tuple[SnapshotManifest, Labelled
 def training_key(settings: Settings, snapshot_id: str, base: BaseModelChoice) -> str:
     """Same snapshot, profile, base model and thresholds' targets: the same training, which a re-run must not repeat."""
     profile = settings.training_profile().model_dump_json()
-    return text_digest(snapshot_id, settings.train_profile, profile, base.name, settings.target_precision, settings.ood_quantile)
+    return text_digest(
+        snapshot_id, settings.train_profile, profile, base.name, settings.target_precision, settings.ood_quantile, FusionChoice.of(settings)
+    )
 
 
 @contextmanager
@@ -100,9 +103,7 @@ def log_run(
     """Export ONNX, check its parity, and log the run with the drift reference; returns (run id, model URI)."""
     paths = export_onnx(built.folder)
     texts = splits.test["text"].tolist()
-    parities = check_parity(
-        built.folder, paths, texts, built.test_labels, built.test.accuracy, built.card.max_length, settings.train_threads
-    )
+    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, settings.train_threads)
     reference = build_reference(
         built.validation_probabilities,
         built.card.labels,

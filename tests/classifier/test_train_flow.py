@@ -143,8 +143,10 @@ def test_gate_keeps_champion_rolls_back_and_serves(store: Store, monkeypatch: py
     first = store.first
     name = get_settings().registered_model_name
 
-    # A weaker model (a fraction of an epoch) registers as challenger only; the champion keeps serving.
+    # A weaker model (a fraction of an epoch, the head alone: the other readers would carry it) registers as challenger
+    # only; the champion keeps serving.
     monkeypatch.setenv("SUPPORTFLOW_QUICK_PROFILE", '{"epochs": 0.05, "learning_rate": 1e-5, "max_length": 32}')
+    monkeypatch.setenv("SUPPORTFLOW_CLASSIFIER_READERS", "[]")
     get_settings.cache_clear()
     second = train()
     settings = get_settings()
