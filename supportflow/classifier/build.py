@@ -17,7 +17,7 @@ from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choo
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
 from supportflow.classifier.inference import softmax
-from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector
+from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary
 from supportflow.classifier.predict import predict_outputs
 from supportflow.settings import TrainingProfile
 
@@ -37,6 +37,7 @@ class BuiltClassifier:
     test_labels: np.ndarray
     detector: OutOfScopeDetector
     test_ood_scores: np.ndarray  # the detector's distances on the test split (all in scope)
+    test_out_of_scope: np.ndarray  # the test messages the detector flags: its false alarms, by distance or by words
 
 
 def build_classifier(
@@ -73,7 +74,8 @@ def evaluate_classifier(
     validation = predict_outputs(model, tokenizer, splits.validation["text"].tolist(), profile.max_length)
     test = predict_outputs(model, tokenizer, splits.test["text"].tolist(), profile.max_length)
     assert train.embeddings is not None and validation.embeddings is not None and test.embeddings is not None
-    detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile)
+    vocabulary = fit_vocabulary(splits.train["text"].tolist(), splits.validation["text"].tolist(), ood_quantile)
+    detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile, vocabulary)
     detector.save(folder)
 
     temperature = fit_temperature(validation.logits, validation_labels)
@@ -92,6 +94,7 @@ def evaluate_classifier(
         snapshot_id=snapshot_id,
     )
     card.save(folder)
+    test_ood_scores = detector.scores(test.embeddings)
     return BuiltClassifier(
         folder=folder,
         card=card,
@@ -105,5 +108,6 @@ def evaluate_classifier(
         test_probabilities=test_probabilities,
         test_labels=test_labels,
         detector=detector,
-        test_ood_scores=detector.scores(test.embeddings),
+        test_ood_scores=test_ood_scores,
+        test_out_of_scope=detector.out_of_scope(splits.test["text"].tolist(), test_ood_scores),
     )

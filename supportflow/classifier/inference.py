@@ -104,8 +104,9 @@ def classify_outputs(
     texts: Sequence[str], outputs: ModelOutputs, card: ClassifierCard, detector: OutOfScopeDetector | None, top_k: int | None = None
 ) -> list[dict]:
     """The classify contract per text: the ranking; whether the text lies outside every intent (`out_of_scope`: its
-    `ood_score`, the distance to the nearest intent, passes the detector's threshold, or it has no words at all); and
-    whether only its beginning was read (`truncated`). A model trained without a detector scores nothing (null)."""
+    `ood_score`, the distance to the nearest intent, passes the detector's threshold, most of its words are foreign to
+    the desk's training messages, or it has no words at all); and whether only its beginning was read (`truncated`).
+    A model trained without a detector scores nothing (null)."""
     results = ranking(softmax(outputs.logits, card.temperature), card.labels, top_k)
     if detector is None:
         scores: list[float | None] = [None] * len(results)
@@ -114,7 +115,7 @@ def classify_outputs(
         raise RegistryError("the classifier has an unknown-intent detector but its model gives no pooled embedding")
     else:
         distances = detector.scores(outputs.embeddings)
-        scores, beyond = [float(d) for d in distances], [bool(d > detector.threshold) for d in distances]
+        scores, beyond = [float(d) for d in distances], [bool(flag) for flag in detector.out_of_scope(texts, distances)]
     return [
         result | {"out_of_scope": far or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
         for result, text, score, far, cut in zip(results, texts, scores, beyond, outputs.truncated, strict=True)

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector
-from tests.classifier.conftest import BANKING77, TINY_INTENTS, build_tiny_classifier
+from tests.classifier.conftest import BANKING77, ROOT, TINY_INTENTS, build_tiny_classifier
 
 pytestmark = pytest.mark.slow  # one tiny fine-tuning for the module (~30 s on a shared core)
+MULTILINGUAL = ROOT / "bench" / "data" / "multilingual.csv"  # 205 non-English support messages (bench/multilingual.py)
 
 
 def test_threshold_keeps_the_chosen_share_of_validation_and_flags_what_lies_far() -> None:
@@ -74,17 +75,28 @@ def test_the_detector_is_stored_with_the_model_and_flags_unseen_intents_more_tha
     stored = OutOfScopeDetector.load(built.folder)
     assert stored is not None and stored.threshold == pytest.approx(built.detector.threshold)
     assert stored.quantile == 0.95  # as the fixture built it
+    assert stored.vocabulary is not None and stored.vocabulary.vocabulary == built.detector.vocabulary.vocabulary
     served = OnnxClassifier(built.folder, "fp32", threads=1)
     in_scope = served.classify(tiny.in_scope, top_k=3)
     unknown = served.classify(tiny.unknown, top_k=3)
-    for result in in_scope + unknown:
-        assert result["out_of_scope"] == (result["ood_score"] > stored.threshold)
+    unfamiliar = stored.vocabulary.unfamiliar(tiny.in_scope + tiny.unknown)
+    for result, share in zip(in_scope + unknown, unfamiliar, strict=True):
+        assert result["out_of_scope"] == (result["ood_score"] > stored.threshold or share > stored.vocabulary.threshold)
     in_scope_rate = np.mean([r["out_of_scope"] for r in in_scope])
     unknown_rate = np.mean([r["out_of_scope"] for r in unknown])
     # Chosen at validation's 95th percentile: few in-scope messages are flagged, and far more of the unseen intents'.
     assert in_scope_rate <= 0.2
     assert unknown_rate > in_scope_rate + 0.2
     assert np.mean([r["ood_score"] for r in unknown]) > np.mean([r["ood_score"] for r in in_scope])
+
+
+def test_foreign_questions_about_the_learnt_topics_are_out_of_scope(tiny: Tiny) -> None:
+    from supportflow.classifier.inference import OnnxClassifier
+
+    foreign = pd.read_csv(MULTILINGUAL)
+    results = OnnxClassifier(tiny.built.folder, "int8", threads=1).classify(foreign["text"].tolist(), top_k=1)
+    flagged = np.array([r["out_of_scope"] for r in results])
+    assert flagged.mean() >= 0.9, foreign["text"][~flagged].tolist()
 
 
 def test_every_variant_computes_the_same_detector(tiny: Tiny) -> None:
