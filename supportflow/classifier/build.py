@@ -17,7 +17,7 @@ from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choo
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
 from supportflow.classifier.inference import softmax
-from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary
+from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary, vocabulary_quantile
 from supportflow.classifier.predict import predict_outputs
 from supportflow.settings import TrainingProfile
 
@@ -74,7 +74,7 @@ def evaluate_classifier(
     validation = predict_outputs(model, tokenizer, splits.validation["text"].tolist(), profile.max_length)
     test = predict_outputs(model, tokenizer, splits.test["text"].tolist(), profile.max_length)
     assert train.embeddings is not None and validation.embeddings is not None and test.embeddings is not None
-    vocabulary = fit_vocabulary(splits.train["text"].tolist(), splits.validation["text"].tolist(), ood_quantile)
+    vocabulary = fit_vocabulary(splits.train["text"].tolist(), splits.validation["text"].tolist(), vocabulary_quantile(ood_quantile))
     detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile, vocabulary)
     detector.save(folder)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector
+from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector, vocabulary_quantile, words
 from tests.classifier.conftest import BANKING77, ROOT, TINY_INTENTS, build_tiny_classifier
 
 pytestmark = pytest.mark.slow  # one tiny fine-tuning for the module (~30 s on a shared core)
@@ -57,6 +57,8 @@ class Tiny:
     built: object  # BuiltClassifier
     in_scope: list[str]  # test messages of the learnt intents
     unknown: list[str]  # messages of intents the model never saw
+    train: list[str]  # the training messages, whose words the detector keeps
+    validation: list[str]  # the validation messages, which set both thresholds
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[
     built, splits = build_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier") / "model", tiny_base)
     others = pd.read_csv(BANKING77 / "test.csv")
     unknown = others[~others["category"].isin(TINY_INTENTS)].sample(n=200, random_state=0)["text"].tolist()
-    yield Tiny(built, splits.test["text"].tolist(), unknown)
+    yield Tiny(built, splits.test["text"].tolist(), unknown, splits.train["text"].tolist(), splits.validation["text"].tolist())
 
 
 def test_the_detector_is_stored_with_the_model_and_flags_unseen_intents_more_than_learnt_ones(tiny: Tiny) -> None:
@@ -75,7 +77,10 @@ def test_the_detector_is_stored_with_the_model_and_flags_unseen_intents_more_tha
     stored = OutOfScopeDetector.load(built.folder)
     assert stored is not None and stored.threshold == pytest.approx(built.detector.threshold)
     assert stored.quantile == 0.95  # as the fixture built it
-    assert stored.vocabulary is not None and stored.vocabulary.vocabulary == built.detector.vocabulary.vocabulary
+    # The vocabulary is the training messages' words; its threshold is read off the validation messages alone.
+    assert stored.vocabulary is not None and stored.vocabulary.vocabulary == frozenset(w for text in tiny.train for w in words(text))
+    validation_shares = stored.vocabulary.unfamiliar(tiny.validation)
+    assert stored.vocabulary.threshold == pytest.approx(np.quantile(validation_shares, vocabulary_quantile(0.95)))
     served = OnnxClassifier(built.folder, "fp32", threads=1)
     in_scope = served.classify(tiny.in_scope, top_k=3)
     unknown = served.classify(tiny.unknown, top_k=3)
