@@ -110,15 +110,15 @@ def classify_outputs(
     results = ranking(softmax(outputs.logits, card.temperature), card.labels, top_k)
     if detector is None:
         scores: list[float | None] = [None] * len(results)
-        beyond = [False] * len(results)
+        outside = [False] * len(results)
     elif outputs.embeddings is None:
         raise RegistryError("the classifier has an unknown-intent detector but its model gives no pooled embedding")
     else:
         distances = detector.scores(outputs.embeddings)
-        scores, beyond = [float(d) for d in distances], [bool(flag) for flag in detector.out_of_scope(texts, distances)]
+        scores, outside = [float(d) for d in distances], [bool(flag) for flag in detector.out_of_scope(texts, distances)]
     return [
-        result | {"out_of_scope": far or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
-        for result, text, score, far, cut in zip(results, texts, scores, beyond, outputs.truncated, strict=True)
+        result | {"out_of_scope": out or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
+        for result, text, score, out, cut in zip(results, texts, scores, outside, outputs.truncated, strict=True)
     ]
 
 
