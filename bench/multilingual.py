@@ -22,8 +22,9 @@ training messages never use, alone; null for a model without it):
 Beside it, on BANKING77's `test.csv` (3,080 English messages, every one in scope) or the files `--in-scope` names, the
 share each rule flags: the false alarms a fix must not raise. The demo's model was trained on a snapshot of `train.csv`
 and `test.csv` together, so it has seen part of `test.csv` (and its words); its snapshot's own test split
-(`.lake/snapshots/<id>/test.parquet`) is the held-out check for it. A model on bench/intent.py's splits has not: `vocabulary_on_benchmark_splits` is the
-vocabulary check such a model holds (it needs no model), on `test.csv` and on the set.
+(`.lake/snapshots/<id>/test.parquet`) is the held-out check for it. A model on bench/intent.py's splits has not:
+`vocabulary_on_benchmark_splits` is the vocabulary check such a model holds (it needs no model), on `test.csv` and on
+the set.
 
     .venv/bin/python bench/multilingual.py FOLDER | --model-uri models:/intent-classifier@production
         [--variant fp32|int8] [--in-scope CSV_OR_PARQUET ...] [--note TEXT] [--out PATH]
