@@ -87,8 +87,8 @@ def vocabulary_quantile(quantile: float) -> float:
 
 
 def fit_vocabulary(train_texts: Sequence[str], validation_texts: Sequence[str], quantile: float = DEFAULT_QUANTILE) -> VocabularyCoverage:
-    """The vocabulary from the training messages; the threshold from the validation messages, whose words the
-    vocabulary never saw, so new in-scope phrasings (a typo, a shop's name) set how many unfamiliar words are normal."""
+    """The vocabulary from the training messages; the threshold from the validation messages, which it is not built
+    from, so new in-scope phrasings (a typo, a plural, a shop's name) set how many unfamiliar words are normal."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"the detector's quantile must lie strictly between 0 and 1, not {quantile}")
     if len(validation_texts) == 0:
