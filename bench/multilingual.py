@@ -81,6 +81,12 @@ def figures(flagged: np.ndarray | None, confident: np.ndarray) -> dict[str, floa
     return {"flagged": round(float(flagged.mean()), 4), "misrouted": round(float((confident & ~flagged).mean()), 4)}
 
 
+def shown(path: Path) -> str:
+    """A path as the JSON names it: from the repository's root when it lies inside, so results compare across clones."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def in_scope_figures(classifier: OnnxClassifier, path: Path) -> dict:
     """How many of the desk's own messages each rule flags (false alarms, handed off), and how many are answered."""
     texts = (pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path))["text"].tolist()
@@ -162,7 +168,7 @@ def main() -> None:
         if flagged[rule] is not None
     }
 
-    in_scope = {str(path): in_scope_figures(classifier, path) for path in args.in_scope}
+    in_scope = {shown(path): in_scope_figures(classifier, path) for path in args.in_scope}
     seconds = time.perf_counter() - started
 
     result = {
