@@ -190,7 +190,8 @@ def main() -> None:
         )
     result = {
         "protocol": "Zhang, Xu and Lin, Deep Open Intent Classification with Adaptive Decision Boundary, AAAI 2021 (arXiv:2012.10209)",
-        "method": "Mahalanobis distance of the fine-tuned encoder's [CLS] embedding to the nearest known intent (shared covariance)",
+        "method": "Mahalanobis distance of the fine-tuned encoder's [CLS] embedding to the nearest known intent (shared covariance), "
+        "or the share of words the known intents' training messages never use",
         "ratios": ratios,
         "threshold": f"the in-scope validation distances' {args.quantile} quantile; no unknown message is seen before testing",
         "training_data": "all training messages of the known intents (ADB's default labeled_ratio 1.0), 10% held out for validation",

@@ -18,7 +18,7 @@ from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
 from supportflow.classifier.inference import Readings, fused_softmax, softmax
-from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector
+from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary, vocabulary_quantile
 from supportflow.classifier.predict import predict_outputs
 from supportflow.classifier.prototypes import fit_prototypes
 from supportflow.settings import TrainingProfile
@@ -39,6 +39,7 @@ class BuiltClassifier:
     test_labels: np.ndarray
     detector: OutOfScopeDetector
     test_ood_scores: np.ndarray  # the detector's distances on the test split (all in scope)
+    test_out_of_scope: np.ndarray  # the test messages the detector flags: its false alarms, by distance or by words
     fusion: FusionWeights
     encoder_test: Evaluation  # the fine-tuned head alone (temperature-scaled): what the other readers and the balance add
 
@@ -81,7 +82,8 @@ def evaluate_classifier(
     validation = predict_outputs(model, tokenizer, splits.validation["text"].tolist(), profile.max_length)
     test = predict_outputs(model, tokenizer, splits.test["text"].tolist(), profile.max_length)
     assert train.embeddings is not None and validation.embeddings is not None and test.embeddings is not None
-    detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile)
+    vocabulary = fit_vocabulary(splits.train["text"].tolist(), splits.validation["text"].tolist(), vocabulary_quantile(ood_quantile))
+    detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile, vocabulary)
     detector.save(folder)
 
     # The readers are fitted on the training messages and weighed on validation, which they have not seen; then the
@@ -130,6 +132,7 @@ def evaluate_classifier(
         logit_offsets=list(weights.offsets),
     )
     card.save(folder)
+    test_ood_scores = detector.scores(test.embeddings)
     return BuiltClassifier(
         folder=folder,
         card=card,
@@ -143,7 +146,8 @@ def evaluate_classifier(
         test_probabilities=test_probabilities,
         test_labels=test_labels,
         detector=detector,
-        test_ood_scores=detector.scores(test.embeddings),
+        test_ood_scores=test_ood_scores,
+        test_out_of_scope=detector.out_of_scope(splits.test["text"].tolist(), test_ood_scores),
         fusion=weights,
         encoder_test=evaluate_predictions(softmax(test.logits, encoder_alone.temperature), test_labels, splits.labels),
     )

@@ -154,21 +154,22 @@ def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Seq
 
 def classify_outputs(texts: Sequence[str], outputs: ModelOutputs, parts: ClassifierParts, top_k: int | None = None) -> list[dict]:
     """The classify contract per text: the ranking; whether the text lies outside every intent (`out_of_scope`: its
-    `ood_score`, the distance to the nearest intent, passes the detector's threshold, or it has no words at all); and
-    whether only its beginning was read (`truncated`). A model trained without a detector scores nothing (null)."""
+    `ood_score`, the distance to the nearest intent, passes the detector's threshold, most of its words are foreign to
+    the desk's training messages, or it has no words at all); and whether only its beginning was read (`truncated`).
+    A model trained without a detector scores nothing (null)."""
     results = ranking(parts.probabilities(texts, outputs), parts.card.labels, top_k)
     detector = parts.detector
     if detector is None:
         scores: list[float | None] = [None] * len(results)
-        beyond = [False] * len(results)
+        outside = [False] * len(results)
     elif outputs.embeddings is None:
         raise RegistryError("the classifier has an unknown-intent detector but its model gives no pooled embedding")
     else:
         distances = detector.scores(outputs.embeddings)
-        scores, beyond = [float(d) for d in distances], [bool(d > detector.threshold) for d in distances]
+        scores, outside = [float(d) for d in distances], [bool(flag) for flag in detector.out_of_scope(texts, distances)]
     return [
-        result | {"out_of_scope": far or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
-        for result, text, score, far, cut in zip(results, texts, scores, beyond, outputs.truncated, strict=True)
+        result | {"out_of_scope": out or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
+        for result, text, score, out, cut in zip(results, texts, scores, outside, outputs.truncated, strict=True)
     ]
 
 

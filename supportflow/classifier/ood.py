@@ -7,9 +7,20 @@ for fine-tuned transformers on intent data). A message is out of scope when that
 off the in-scope validation messages alone (the `quantile` of their distances): by construction about 1 - quantile
 of in-scope traffic is flagged, whatever the out-of-scope traffic looks like.
 
+The embedding alone lets some unknown messages through: a question in another language than the desk's about a topic
+the desk knows, whose loanwords and shared stems ("PIN", "Apple Pay", "transfer") carry it into an intent's region (the
+full-profile BANKING77 model flags 93.7% of `bench/data/multilingual.csv` by distance and answers 8 of its 205
+questions confidently, in English, 5 of them with the wrong intent). Their words give them away: most never occur in
+the desk's training messages. So the detector also keeps the training messages' vocabulary (`VocabularyCoverage`) and
+flags a message when the share of its words outside it passes a validation quantile of its own
+(`vocabulary_quantile`). It knows no language: a French desk's vocabulary is French, and English messages to it are
+the unfamiliar ones.
+
 numpy only: the portable pyfunc and the ONNX serving path load it without torch.
 """
 
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +34,71 @@ METHOD = "mahalanobis"
 # Added to the covariance's eigenvalues, relative to their mean: a desk with fewer training messages than embedding
 # dimensions has a singular covariance, whose inverse would make every new message look infinitely far.
 RIDGE = 1e-3
+# ood.npz's layout: 1 holds the Mahalanobis detector alone (no `version` key), 2 adds the vocabulary.
+VERSION = 2
+# Scripts written without spaces between words, where each character counts as a word, as BERT's tokenizer treats
+# Chinese characters: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs (code point ranges, inclusive).
+_UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
+
+
+def words(text: str) -> list[str]:
+    """A text's words: runs of letters and the marks that combine with them (Devanagari's vowel signs and Arabic's
+    vowel marks are marks, not letters), one character each in a script without spaces; digits (amounts, dates,
+    order numbers) and punctuation say nothing about the language and separate words. Compatibility-normalised and
+    case-folded, so that a full-width letter or a capital is the same word as in training."""
+    found: list[str] = []
+    current: list[str] = []
+    for char in unicodedata.normalize("NFKC", text).casefold():
+        if any(low <= ord(char) <= high for low, high in _UNSPACED):
+            found.extend(["".join(current), char] if current else [char])
+            current = []
+        elif unicodedata.category(char)[0] in "LM":
+            current.append(char)
+        elif current:
+            found.append("".join(current))
+            current = []
+    if current:
+        found.append("".join(current))
+    return found
+
+
+@dataclass(frozen=True)
+class VocabularyCoverage:
+    """The words of the desk's training messages, and how large a share of a message's words may lie outside them."""
+
+    vocabulary: frozenset[str]
+    threshold: float  # a larger share of unfamiliar words is out of scope
+
+    def unfamiliar(self, texts: Iterable[str]) -> np.ndarray:
+        """Per text, the share of its words that no training message holds; 0 for a text without words (the
+        wordless rule of the classify contract, not this one, flags those)."""
+        shares = []
+        for text in texts:
+            found = words(text)
+            shares.append(sum(word not in self.vocabulary for word in found) / len(found) if found else 0.0)
+        return np.array(shares, dtype=np.float64)
+
+
+def vocabulary_quantile(quantile: float) -> float:
+    """The vocabulary check's validation quantile beside a distance check at `quantile`: half its false alarms. Each
+    desk message it flags is handed off on top of those the distance flags, and the foreign messages it is for lie far
+    above the stricter threshold (most of their words unfamiliar, against one in three to six for the desk's rarest
+    phrasings of its own questions), so the pair flags about 1.5 x (1 - quantile) of in-scope traffic, not twice that."""
+    return 1.0 - (1.0 - quantile) / 2
+
+
+def fit_vocabulary(train_texts: Sequence[str], validation_texts: Sequence[str], quantile: float = DEFAULT_QUANTILE) -> VocabularyCoverage:
+    """The vocabulary from the training messages; the threshold from the validation messages, which it is not built
+    from, so new in-scope phrasings (a typo, a plural, a shop's name) set how many unfamiliar words are normal."""
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"the detector's quantile must lie strictly between 0 and 1, not {quantile}")
+    if len(validation_texts) == 0:
+        raise ValueError("the vocabulary check needs validation messages to choose its threshold on")
+    vocabulary = frozenset(word for text in train_texts for word in words(text))
+    if not vocabulary:
+        raise ValueError("the training messages hold no words to build the vocabulary check from")
+    shares = VocabularyCoverage(vocabulary, threshold=1.0).unfamiliar(validation_texts)
+    return VocabularyCoverage(vocabulary, float(np.quantile(shares, quantile)))
 
 
 @dataclass(frozen=True)
@@ -31,6 +107,15 @@ class OutOfScopeDetector:
     whitening: np.ndarray  # (dim, dim): maps an embedding to where the shared covariance is the identity
     threshold: float  # a distance above it is out of scope
     quantile: float  # the share of in-scope validation messages within the threshold
+    vocabulary: VocabularyCoverage | None = None  # None in a model stored before the vocabulary check (version 1)
+
+    def out_of_scope(self, texts: Sequence[str], distances: np.ndarray) -> np.ndarray:
+        """Per text, whether it lies outside every intent: too far from them, or written mostly in words the desk's
+        training messages never use."""
+        flagged = np.asarray(distances) > self.threshold
+        if self.vocabulary is not None:
+            flagged |= self.vocabulary.unfamiliar(texts) > self.vocabulary.threshold
+        return flagged
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Per message, the Mahalanobis distance to the nearest intent's centre."""
@@ -39,32 +124,44 @@ class OutOfScopeDetector:
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
     def save(self, folder: Path) -> None:
-        np.savez(
-            folder / DETECTOR_FILE,
-            centres=self.centres,
-            whitening=self.whitening,
-            threshold=self.threshold,
-            quantile=self.quantile,
-            method=METHOD,
-        )
+        stored = {"centres": self.centres, "whitening": self.whitening, "threshold": self.threshold, "quantile": self.quantile}
+        if self.vocabulary is not None:
+            # The words as a fixed-width unicode array, which np.load reads back without pickle.
+            stored |= {
+                "vocabulary": np.array(sorted(self.vocabulary.vocabulary), dtype=np.str_),
+                "vocabulary_threshold": self.vocabulary.threshold,
+            }
+        np.savez(folder / DETECTOR_FILE, method=METHOD, version=VERSION, **stored)
 
     @classmethod
     def load(cls, folder: Path) -> "OutOfScopeDetector | None":
-        """The folder's detector; None for a model trained before detectors were (it flags nothing)."""
+        """The folder's detector; None for a model trained before detectors were (it flags nothing). A version 1 file
+        has no vocabulary: its model flags by distance alone, as it did when it was trained."""
         path = folder / DETECTOR_FILE
         if not path.exists():
             return None
         with np.load(path) as stored:
             if str(stored["method"]) != METHOD:
                 raise RegistryError(f"{path} holds a {stored['method']} detector; this version reads {METHOD} only")
-            return cls(stored["centres"], stored["whitening"], float(stored["threshold"]), float(stored["quantile"]))
+            version = int(stored["version"]) if "version" in stored.files else 1
+            if version > VERSION:
+                raise RegistryError(f"{path} is a version {version} detector; this version of supportflow reads up to {VERSION}")
+            vocabulary = None
+            if "vocabulary" in stored.files:
+                vocabulary = VocabularyCoverage(frozenset(stored["vocabulary"].tolist()), float(stored["vocabulary_threshold"]))
+            return cls(stored["centres"], stored["whitening"], float(stored["threshold"]), float(stored["quantile"]), vocabulary)
 
 
 def fit_detector(
-    embeddings: np.ndarray, labels: np.ndarray, validation_embeddings: np.ndarray, quantile: float = DEFAULT_QUANTILE
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    validation_embeddings: np.ndarray,
+    quantile: float = DEFAULT_QUANTILE,
+    vocabulary: VocabularyCoverage | None = None,
 ) -> OutOfScopeDetector:
     """Centres and shared covariance from the training messages; the threshold from the validation messages, which the
-    centres never saw (training messages sit closer to their centres than new in-scope ones do)."""
+    centres never saw (training messages sit closer to their centres than new in-scope ones do). `vocabulary`
+    (`fit_vocabulary` on the same messages) is stored with it."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"the detector's quantile must lie strictly between 0 and 1, not {quantile}")
     if len(validation_embeddings) == 0:
@@ -80,4 +177,4 @@ def fit_detector(
     whitening = eigenvectors / np.sqrt(eigenvalues)
     unthresholded = OutOfScopeDetector(means @ whitening, whitening, threshold=np.inf, quantile=quantile)
     threshold = float(np.quantile(unthresholded.scores(validation_embeddings), quantile))
-    return OutOfScopeDetector(unthresholded.centres, whitening, threshold, quantile)
+    return OutOfScopeDetector(unthresholded.centres, whitening, threshold, quantile, vocabulary)

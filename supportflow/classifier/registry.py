@@ -111,8 +111,10 @@ def log_training_run(
             "ood_threshold": built.detector.threshold,
             "ood_quantile": built.detector.quantile,
             # In-scope test messages the detector calls unknown: its false alarms, which the bot hands off.
-            "test_out_of_scope_rate": float((built.test_ood_scores > built.detector.threshold).mean()),
+            "test_out_of_scope_rate": float(built.test_out_of_scope.mean()),
         }
+        if built.detector.vocabulary is not None:
+            metrics["ood_vocabulary_threshold"] = built.detector.vocabulary.threshold  # the share of unfamiliar words flagged
         validation = (built.validation_probabilities, built.validation_labels)
         test = (built.test_probabilities, built.test_labels)
         metrics |= {f"test_{name}": value for name, value in promises(validation, test).items()}

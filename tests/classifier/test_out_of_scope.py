@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector
-from tests.classifier.conftest import BANKING77, TINY_INTENTS, build_tiny_classifier
+from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector, vocabulary_quantile, words
+from tests.classifier.conftest import BANKING77, ROOT, TINY_INTENTS, build_tiny_classifier
 
 pytestmark = pytest.mark.slow  # one tiny fine-tuning for the module (~30 s on a shared core)
+MULTILINGUAL = ROOT / "bench" / "data" / "multilingual.csv"  # 205 non-English support messages (bench/multilingual.py)
 
 
 def test_threshold_keeps_the_chosen_share_of_validation_and_flags_what_lies_far() -> None:
@@ -56,6 +57,8 @@ class Tiny:
     built: object  # BuiltClassifier
     in_scope: list[str]  # test messages of the learnt intents
     unknown: list[str]  # messages of intents the model never saw
+    train: list[str]  # the training messages, whose words the detector keeps
+    validation: list[str]  # the validation messages, which set both thresholds
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[
     built, splits = build_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier") / "model", tiny_base)
     others = pd.read_csv(BANKING77 / "test.csv")
     unknown = others[~others["category"].isin(TINY_INTENTS)].sample(n=200, random_state=0)["text"].tolist()
-    yield Tiny(built, splits.test["text"].tolist(), unknown)
+    yield Tiny(built, splits.test["text"].tolist(), unknown, splits.train["text"].tolist(), splits.validation["text"].tolist())
 
 
 def test_the_detector_is_stored_with_the_model_and_flags_unseen_intents_more_than_learnt_ones(tiny: Tiny) -> None:
@@ -74,17 +77,31 @@ def test_the_detector_is_stored_with_the_model_and_flags_unseen_intents_more_tha
     stored = OutOfScopeDetector.load(built.folder)
     assert stored is not None and stored.threshold == pytest.approx(built.detector.threshold)
     assert stored.quantile == 0.95  # as the fixture built it
+    # The vocabulary is the training messages' words; its threshold is read off the validation messages alone.
+    assert stored.vocabulary is not None and stored.vocabulary.vocabulary == frozenset(w for text in tiny.train for w in words(text))
+    validation_shares = stored.vocabulary.unfamiliar(tiny.validation)
+    assert stored.vocabulary.threshold == pytest.approx(np.quantile(validation_shares, vocabulary_quantile(0.95)))
     served = OnnxClassifier(built.folder, "fp32", threads=1)
     in_scope = served.classify(tiny.in_scope, top_k=3)
     unknown = served.classify(tiny.unknown, top_k=3)
-    for result in in_scope + unknown:
-        assert result["out_of_scope"] == (result["ood_score"] > stored.threshold)
+    unfamiliar = stored.vocabulary.unfamiliar(tiny.in_scope + tiny.unknown)
+    for result, share in zip(in_scope + unknown, unfamiliar, strict=True):
+        assert result["out_of_scope"] == (result["ood_score"] > stored.threshold or share > stored.vocabulary.threshold)
     in_scope_rate = np.mean([r["out_of_scope"] for r in in_scope])
     unknown_rate = np.mean([r["out_of_scope"] for r in unknown])
     # Chosen at validation's 95th percentile: few in-scope messages are flagged, and far more of the unseen intents'.
     assert in_scope_rate <= 0.2
     assert unknown_rate > in_scope_rate + 0.2
     assert np.mean([r["ood_score"] for r in unknown]) > np.mean([r["ood_score"] for r in in_scope])
+
+
+def test_foreign_questions_about_the_learnt_topics_are_out_of_scope(tiny: Tiny) -> None:
+    from supportflow.classifier.inference import OnnxClassifier
+
+    foreign = pd.read_csv(MULTILINGUAL)
+    results = OnnxClassifier(tiny.built.folder, "int8", threads=1).classify(foreign["text"].tolist(), top_k=1)
+    flagged = np.array([r["out_of_scope"] for r in results])
+    assert flagged.mean() >= 0.9, foreign["text"][~flagged].tolist()
 
 
 def test_every_variant_computes_the_same_detector(tiny: Tiny) -> None:
