@@ -2,8 +2,8 @@
 
 Why beside the fine-tuned encoder: the two err differently. The encoder generalises over paraphrases but smooths away
 a rare word, a product name or a misspelling; n-grams keep them, and a linear model learns an intent from a handful of
-examples, where the encoder's head barely moves for a rare intent. Their scores are added (`ClassifierCard`:
-`logits / temperature + lexical_weight * scores`), with both weights fitted on validation (`fusion.py`).
+examples, where the encoder's head barely moves for a rare intent. Its scores are added to the other readers' with a
+weight fitted on validation (`fusion.py`; docs/classifier.md, "Three readers").
 
 The features are word 1-2 grams (runs of two or more word characters, lowercased) and character 2-5 grams of each
 whitespace-separated word padded with a space, each block weighted by sublinear TF-IDF and scaled to unit length:
