@@ -1,5 +1,5 @@
-"""Training the lexical reader and weighing the three readers against each other: the only place scikit-learn and scipy meet the
-served model, so serving (`lexical.py`, `inference.py`) needs neither.
+"""Training the lexical reader and weighing the three readers against each other: the only place scikit-learn and
+scipy meet the served model, so serving (`lexical.py`, `prototypes.py`, `inference.py`) needs neither.
 
 The readers are combined by adding their scores, `encoder / temperature + lexical_weight * lexical + prototype_weight *
 prototypes`, the three numbers fitted together on the validation split by minimising its negative log-likelihood.
@@ -25,6 +25,8 @@ from supportflow.settings import Settings
 # A character n-gram seen in one training message only is mostly noise (a typo's fragment); a word pair seen once is
 # still the clearest sign of a rare intent.
 MIN_DOCUMENTS = {"word": 1, "char": 2}
+# The inverse of the L2 penalty: the features are many and sparse, and a weak penalty let the peer fit the long tail.
+INVERSE_REGULARISATION = 20.0
 READERS = ("lexical", "prototypes")  # the readers beside the fine-tuned head
 
 
@@ -43,10 +45,6 @@ class FusionChoice:
 
 
 DEFAULT_FUSION = FusionChoice()
-
-
-# The inverse of the L2 penalty: the features are many and sparse, and a weak penalty let the peer fit the long tail.
-INVERSE_REGULARISATION = 20.0
 
 
 def prior_offsets(label_ids: Sequence[int], n_labels: int, balance: float) -> np.ndarray:
