@@ -161,6 +161,39 @@ def train_and_score(
     return result
 
 
+def intent_bench_reference(
+    fine_tuned: Path, test: pd.DataFrame, buckets: dict[str, list[str]], settings: Settings, base: BaseModelChoice
+) -> dict:
+    """The full-data model when none was fine-tuned on this path: `bench/intent.py`'s encoder (the same profile, on
+    90% of train.csv rather than the pipeline's 80%: a reference no weaker than this path's), completed on its own
+    splits and scored per bucket on the same test set."""
+    from intent import banking77_splits  # bench/intent.py, beside this script
+
+    splits = banking77_splits(settings.catalogue_file, settings.min_train_examples_per_intent)
+    official = LabelledSplits(splits.train, splits.validation, test.reset_index(drop=True), splits.labels, splits.left_out)
+    with tempfile.TemporaryDirectory(prefix="long-tail-reference-") as scratch:
+        shutil.copytree(fine_tuned, Path(scratch) / "model")
+        seconds = float(json.loads((fine_tuned.parent / "meta.json").read_text())["train_seconds"])
+        tuned = FineTuned(model_dir=Path(scratch) / "model", train_seconds=seconds, train_loss=float("nan"))
+        built = evaluate_classifier(
+            tuned,
+            official,
+            base,
+            settings.training_profile(),
+            settings.target_precision,
+            "banking77",
+            settings.ood_quantile,
+            FusionChoice.of(settings),
+        )
+    gold = test["intent"].to_numpy()
+    predicted = np.array(splits.labels, dtype=object)[built.test_probabilities.argmax(axis=1)]
+    return {
+        "overall": bucket_scores(gold, predicted, sorted(set(gold))),
+        "buckets": {bucket: bucket_scores(gold, predicted, intents) for bucket, intents in buckets.items()},
+        "fine_tuning": f"bench/intent.py's encoder ({fine_tuned}), on its 90% of train.csv",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=["quick", "full"], default="full")
@@ -171,6 +204,9 @@ def main() -> None:
         "--fine-tuned", type=Path, help="the long-tail model's encoder, fine-tuned earlier on this path (see train_and_score)"
     )
     parser.add_argument("--full-data-fine-tuned", type=Path, help="the same for the full-data model")
+    parser.add_argument(
+        "--full-data-from-intent-bench", type=Path, help="instead of a full-data model on this path: bench/intent.py's encoder"
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     settings = get_settings().model_copy(update={"train_profile": args.profile, "workers": 1})
@@ -185,7 +221,9 @@ def main() -> None:
     print(f"long tail: {len(cut)} of {len(train)} training rows; " + ", ".join(f"{b}: {len(i)} intents" for b, i in buckets.items()))
     base = resolve_base_model(settings)
     models = {"long_tail": train_and_score(cut, test, buckets, settings, base, "long_tail", args.fine_tuned)}
-    if not args.skip_full_data:
+    if args.full_data_from_intent_bench:
+        models["full_data"] = intent_bench_reference(args.full_data_from_intent_bench, test, buckets, settings, base)
+    elif not args.skip_full_data:
         models["full_data"] = train_and_score(train, test, buckets, settings, base, "full_data", args.full_data_fine_tuned)
     long_tail_buckets = models["long_tail"]["buckets"]
     verdict = {
