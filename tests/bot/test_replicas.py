@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pandas as pd
 import pytest
 
-from tests.bot.conftest import prepared_desk
+from tests.bot.conftest import prepared_desk, surest_example
 from tests.servers import Postgres
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,8 @@ class Replicated:
         return reply
 
     def example(self, intent: str) -> str:
-        return self.rows.loc[self.rows["category"] == intent, "text"].iloc[0]
+        address = urlsplit(self.stack.classifier.health_url)
+        return surest_example(f"{address.scheme}://{address.netloc}", self.rows, intent)
 
     def turns_served(self, port: int) -> float:
         """The bot replica's own count of turns, read from its /metrics (behind the internal token)."""
