@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from twilio.request_validator import RequestValidator
 
-from tests.bot.conftest import TWILIO_TOKEN, prepared_desk
+from tests.bot.conftest import TWILIO_TOKEN, prepared_desk, surest_example
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ class Served:
         return httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {self.stack.internal_token}"}, timeout=10).text
 
     def example(self, intent: str) -> str:
-        return self.rows.loc[self.rows["category"] == intent, "text"].iloc[0]
+        return surest_example(self.stack.classifier_url, self.rows, intent)
 
 
 @pytest.fixture(scope="module")
@@ -405,8 +405,9 @@ def test_evaluate_counts_what_chat_returned_for_each_labelled_message(
 
 def test_when_the_classifier_or_rasa_is_down_the_bot_hands_off_gracefully(served: Served) -> None:
     classifier = next(p for p in served.stack.processes if p.name == "classifier")
+    question = served.example("card_arrival")  # asked of the classifier while it still answers
     classifier.stop()
-    down = served.chat("it-down", served.example("card_arrival"))
+    down = served.chat("it-down", question)
     assert down.status_code == 503 and "passed your message to a colleague" in down.json()["replies"][0]
     rasa = next(p for p in served.stack.processes if p.name == "rasa")
     rasa.stop()
