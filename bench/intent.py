@@ -34,7 +34,7 @@ from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_tr
 from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.inference import OnnxClassifier
 from supportflow.classifier.onnx_export import check_parity, export_onnx, fastest_within
-from supportflow.settings import Settings, TrainingProfile, get_settings
+from supportflow.settings import Settings, get_settings
 from supportflow.validate.catalogue import load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,16 +77,17 @@ def tfidf_logreg(splits: LabelledSplits) -> dict:
 
 
 def reuse_fine_tuned(
-    source: Path, target: Path, splits: LabelledSplits, base: BaseModelChoice, profile: TrainingProfile, settings: Settings
-) -> tuple[BuiltClassifier, str]:
-    """Everything after fine-tuning, on an encoder fine-tuned earlier by the same function, profile and splits."""
+    source: Path, target: Path, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str
+) -> BuiltClassifier:
+    """Everything after fine-tuning, on an encoder `fine_tune` wrote earlier with this profile on these splits (a copy
+    of it, in `target`); its run's seconds come from the meta.json beside it."""
     meta = json.loads((source.parent / "meta.json").read_text())
     shutil.copytree(source, target)
     tuned = FineTuned(model_dir=target, train_seconds=float(meta["train_seconds"]), train_loss=float("nan"))
-    built = evaluate_classifier(
-        tuned, splits, base, profile, settings.target_precision, "banking77", settings.ood_quantile, FusionChoice.of(settings)
+    profile = settings.training_profile()
+    return evaluate_classifier(
+        tuned, splits, base, profile, settings.target_precision, snapshot_id, settings.ood_quantile, FusionChoice.of(settings)
     )
-    return built, f"fine-tuned earlier by fine_tune() with this profile and these splits ({source}), its seconds recorded then"
 
 
 def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, tolerance: float) -> dict:
@@ -154,7 +155,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="intent-bench-") as folder:
         target, started = Path(folder) / "model", time.perf_counter()
         if args.fine_tuned:
-            built, fine_tuning = reuse_fine_tuned(args.fine_tuned, target, splits, base, profile, settings)
+            built = reuse_fine_tuned(args.fine_tuned, target, splits, base, settings, "banking77")
+            fine_tuning = (
+                f"fine-tuned earlier by fine_tune() with this profile and these splits ({args.fine_tuned}), its seconds recorded then"
+            )
         else:
             built = build_classifier(
                 splits,

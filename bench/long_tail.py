@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -29,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from intent import banking77_splits, reuse_fine_tuned  # bench/intent.py, beside this script (run as a script)
 from sklearn.metrics import accuracy_score, f1_score
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
-from supportflow.classifier.build import build_classifier, evaluate_classifier
-from supportflow.classifier.fine_tune import FineTuned, LabelledSplits
+from supportflow.classifier.build import build_classifier
+from supportflow.classifier.fine_tune import LabelledSplits
 from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.training import load_training_splits
 from supportflow.ingest.load import ingest_file
@@ -122,19 +122,7 @@ def train_and_score(
                 FusionChoice.of(settings),
             )
         else:
-            shutil.copytree(fine_tuned, folder / "model")
-            seconds = float(json.loads((fine_tuned.parent / "meta.json").read_text())["train_seconds"])
-            tuned = FineTuned(model_dir=folder / "model", train_seconds=seconds, train_loss=float("nan"))
-            built = evaluate_classifier(
-                tuned,
-                official,
-                base,
-                profile,
-                settings.target_precision,
-                manifest.snapshot_id,
-                settings.ood_quantile,
-                FusionChoice.of(settings),
-            )
+            built = reuse_fine_tuned(fine_tuned, folder / "model", official, base, settings, manifest.snapshot_id)
     gold = test["intent"].to_numpy()
     predicted = np.full(len(test), NOT_LEARNED, dtype=object)
     predicted[learned] = np.array(splits.labels, dtype=object)[built.test_probabilities.argmax(axis=1)]
@@ -167,24 +155,10 @@ def intent_bench_reference(
     """The full-data model when none was fine-tuned on this path: `bench/intent.py`'s encoder (the same profile, on
     90% of train.csv rather than the pipeline's 80%: a reference no weaker than this path's), completed on its own
     splits and scored per bucket on the same test set."""
-    from intent import banking77_splits  # bench/intent.py, beside this script
-
     splits = banking77_splits(settings.catalogue_file, settings.min_train_examples_per_intent)
     official = LabelledSplits(splits.train, splits.validation, test.reset_index(drop=True), splits.labels, splits.left_out)
     with tempfile.TemporaryDirectory(prefix="long-tail-reference-") as scratch:
-        shutil.copytree(fine_tuned, Path(scratch) / "model")
-        seconds = float(json.loads((fine_tuned.parent / "meta.json").read_text())["train_seconds"])
-        tuned = FineTuned(model_dir=Path(scratch) / "model", train_seconds=seconds, train_loss=float("nan"))
-        built = evaluate_classifier(
-            tuned,
-            official,
-            base,
-            settings.training_profile(),
-            settings.target_precision,
-            "banking77",
-            settings.ood_quantile,
-            FusionChoice.of(settings),
-        )
+        built = reuse_fine_tuned(fine_tuned, Path(scratch) / "model", official, base, settings, "banking77")
     gold = test["intent"].to_numpy()
     predicted = np.array(splits.labels, dtype=object)[built.test_probabilities.argmax(axis=1)]
     return {
