@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, DistilBertForSequenceClassification
 
 from supportflow.classifier.artifacts import ClassifierCard, FusionWeights
 from supportflow.classifier.base_weights import BaseModelChoice
-from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choose_threshold
+from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choose_threshold, fit_temperature
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
@@ -78,22 +78,23 @@ def evaluate_classifier(
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     validation_labels = np.array(splits.label_ids("validation"))
     test_labels = np.array(splits.label_ids("test"))
-    train = predict_outputs(model, tokenizer, splits.train["text"].tolist(), profile.max_length)
-    validation = predict_outputs(model, tokenizer, splits.validation["text"].tolist(), profile.max_length)
-    test = predict_outputs(model, tokenizer, splits.test["text"].tolist(), profile.max_length)
+    train_texts, validation_texts, test_texts = (split["text"].tolist() for split in (splits.train, splits.validation, splits.test))
+    train_labels = np.array(splits.label_ids("train"))
+    train = predict_outputs(model, tokenizer, train_texts, profile.max_length)
+    validation = predict_outputs(model, tokenizer, validation_texts, profile.max_length)
+    test = predict_outputs(model, tokenizer, test_texts, profile.max_length)
     assert train.embeddings is not None and validation.embeddings is not None and test.embeddings is not None
-    vocabulary = fit_vocabulary(splits.train["text"].tolist(), splits.validation["text"].tolist(), vocabulary_quantile(ood_quantile))
-    detector = fit_detector(train.embeddings, np.array(splits.label_ids("train")), validation.embeddings, ood_quantile, vocabulary)
+    vocabulary = fit_vocabulary(train_texts, validation_texts, vocabulary_quantile(ood_quantile))
+    detector = fit_detector(train.embeddings, train_labels, validation.embeddings, ood_quantile, vocabulary)
     detector.save(folder)
 
     # The readers are fitted on the training messages and weighed on validation, which they have not seen; then the
     # two cheap ones are fitted again on both (the head is not): an intent with five tickets keeps one for validation,
     # and its reader's answers are better from four examples than from three. The threshold stays chosen on the
     # weighing's out-of-sample confidences.
-    train_labels, validation_texts = np.array(splits.label_ids("train")), splits.validation["text"].tolist()
     learnt = np.concatenate([train_labels, validation_labels])
     n_labels = len(splits.labels)
-    lexical = fit_lexical(splits.train["text"].tolist(), train_labels, n_labels) if "lexical" in fusion.readers else None
+    lexical = fit_lexical(train_texts, train_labels, n_labels) if "lexical" in fusion.readers else None
     prototypes = fit_prototypes(train.embeddings, train_labels, n_labels) if "prototypes" in fusion.readers else None
     validation_readings = Readings(
         validation.logits,
@@ -104,18 +105,18 @@ def evaluate_classifier(
     weights = replace(fit_fusion(validation_readings, validation_labels), offsets=offsets)
     validation_probabilities = fused_softmax(validation_readings, weights)
     if lexical is not None:
-        lexical = fit_lexical(splits.train["text"].tolist() + validation_texts, learnt, n_labels)
+        lexical = fit_lexical(train_texts + validation_texts, learnt, n_labels)
         lexical.save(folder)
     if prototypes is not None:
         prototypes = fit_prototypes(np.concatenate([train.embeddings, validation.embeddings]), learnt, n_labels)
         prototypes.save(folder)
     test_readings = Readings(
         test.logits,
-        None if lexical is None else lexical.scores(splits.test["text"].tolist()),
+        None if lexical is None else lexical.scores(test_texts),
         None if prototypes is None else prototypes.scores(test.embeddings),
     )
     test_probabilities = fused_softmax(test_readings, weights)
-    encoder_alone = fit_fusion(Readings(validation.logits), validation_labels)
+    head_alone = softmax(test.logits, fit_temperature(validation.logits, validation_labels))  # what the rest adds
     chosen = choose_threshold(validation_probabilities, validation_labels, target_precision)
     card = ClassifierCard(
         labels=splits.labels,
@@ -147,7 +148,7 @@ def evaluate_classifier(
         test_labels=test_labels,
         detector=detector,
         test_ood_scores=test_ood_scores,
-        test_out_of_scope=detector.out_of_scope(splits.test["text"].tolist(), test_ood_scores),
+        test_out_of_scope=detector.out_of_scope(test_texts, test_ood_scores),
         fusion=weights,
-        encoder_test=evaluate_predictions(softmax(test.logits, encoder_alone.temperature), test_labels, splits.labels),
+        encoder_test=evaluate_predictions(head_alone, test_labels, splits.labels),
     )
