@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 
 from supportflow.errors import RegistryError
@@ -63,6 +64,18 @@ class ClassifierCard:
     @classmethod
     def load(cls, folder: Path) -> "ClassifierCard":
         return cls(**json.loads((folder / CLASSIFIER_CARD).read_text()))
+
+
+def read_part(path: Path, kind_key: str, expected: str, what: str) -> dict[str, np.ndarray] | None:
+    """One of a classifier folder's numpy parts (the detector, the lexical reader, the prototypes), its arrays read
+    whole; None for a folder trained before the part existed. A part written by another method is refused by name,
+    never misread as this one."""
+    if not path.exists():
+        return None
+    with np.load(path) as stored:
+        if str(stored[kind_key]) != expected:
+            raise RegistryError(f"{path} holds {stored[kind_key]} {what}; this version reads {expected} only")
+        return {name: stored[name] for name in stored.files}
 
 
 def download_classifier(settings: "Settings", reference: str) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from supportflow.errors import RegistryError
+from supportflow.classifier.artifacts import read_part
 
 LEXICAL_FILE = "lexical.npz"
 FORMAT = "tfidf-words-1-2-chars-2-5"
@@ -95,12 +95,9 @@ class LexicalModel:
     @classmethod
     def load(cls, folder: Path) -> "LexicalModel | None":
         """The folder's lexical model; None for a model trained before there was one (the encoder answers alone)."""
-        path = folder / LEXICAL_FILE
-        if not path.exists():
+        stored = read_part(folder / LEXICAL_FILE, "format", FORMAT, "features")
+        if stored is None:
             return None
-        with np.load(path) as stored:
-            if str(stored["format"]) != FORMAT:
-                raise RegistryError(f"{path} holds {stored['format']} features; this version reads {FORMAT} only")
-            index = {str(gram): i for i, gram in enumerate(stored["grams"])}
-            vectoriser = Vectoriser(index, stored["idf"].astype(np.float64), stored["words"].astype(bool))
-            return cls(vectoriser, stored["weights"].astype(np.float32), stored["bias"].astype(np.float32))
+        index = {str(gram): i for i, gram in enumerate(stored["grams"])}
+        vectoriser = Vectoriser(index, stored["idf"].astype(np.float64), stored["words"].astype(bool))
+        return cls(vectoriser, stored["weights"].astype(np.float32), stored["bias"].astype(np.float32))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from supportflow.classifier.artifacts import read_part
 from supportflow.errors import RegistryError
 
 DETECTOR_FILE = "ood.npz"
@@ -138,18 +139,16 @@ class OutOfScopeDetector:
         """The folder's detector; None for a model trained before detectors were (it flags nothing). A version 1 file
         has no vocabulary: its model flags by distance alone, as it did when it was trained."""
         path = folder / DETECTOR_FILE
-        if not path.exists():
+        stored = read_part(path, "method", METHOD, "detector")
+        if stored is None:
             return None
-        with np.load(path) as stored:
-            if str(stored["method"]) != METHOD:
-                raise RegistryError(f"{path} holds a {stored['method']} detector; this version reads {METHOD} only")
-            version = int(stored["version"]) if "version" in stored.files else 1
-            if version > VERSION:
-                raise RegistryError(f"{path} is a version {version} detector; this version of supportflow reads up to {VERSION}")
-            vocabulary = None
-            if "vocabulary" in stored.files:
-                vocabulary = VocabularyCoverage(frozenset(stored["vocabulary"].tolist()), float(stored["vocabulary_threshold"]))
-            return cls(stored["centres"], stored["whitening"], float(stored["threshold"]), float(stored["quantile"]), vocabulary)
+        version = int(stored["version"]) if "version" in stored else 1
+        if version > VERSION:
+            raise RegistryError(f"{path} is a version {version} detector; this version of supportflow reads up to {VERSION}")
+        vocabulary = None
+        if "vocabulary" in stored:
+            vocabulary = VocabularyCoverage(frozenset(stored["vocabulary"].tolist()), float(stored["vocabulary_threshold"]))
+        return cls(stored["centres"], stored["whitening"], float(stored["threshold"]), float(stored["quantile"]), vocabulary)
 
 
 def fit_detector(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from supportflow.errors import RegistryError
+from supportflow.classifier.artifacts import read_part
 
 PROTOTYPES_FILE = "prototypes.npz"
 METHOD = "cosine-to-mean"
@@ -40,13 +40,8 @@ class Prototypes:
     @classmethod
     def load(cls, folder: Path) -> "Prototypes | None":
         """The folder's prototypes; None for a model trained before them (the other readers answer alone)."""
-        path = folder / PROTOTYPES_FILE
-        if not path.exists():
-            return None
-        with np.load(path) as stored:
-            if str(stored["method"]) != METHOD:
-                raise RegistryError(f"{path} holds {stored['method']} prototypes; this version reads {METHOD} only")
-            return cls(stored["centres"].astype(np.float32))
+        stored = read_part(folder / PROTOTYPES_FILE, "method", METHOD, "prototypes")
+        return None if stored is None else cls(stored["centres"].astype(np.float32))
 
 
 def fit_prototypes(embeddings: np.ndarray, label_ids: np.ndarray, n_labels: int) -> Prototypes:
