@@ -90,13 +90,14 @@ def reuse_fine_tuned(
     )
 
 
-def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, tolerance: float) -> dict:
+def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, tolerance: float, alarm_tolerance: float) -> dict:
     """The model as the bot serves it: exported to ONNX, the variant chosen as training chooses it, scored through
     the class `/classify` runs (the lexical reader fused, as in serving)."""
     paths = export_onnx(built.folder)
     texts = splits.test["text"].tolist()
-    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, threads)
-    variant = fastest_within(parities, tolerance)
+    alarms = float(built.test_out_of_scope.mean())
+    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, threads, alarms)
+    variant = fastest_within(parities, tolerance, alarm_tolerance)
     if variant == "torch":
         return {"variant": "torch", **scores(built.test_probabilities.argmax(1), built.test_labels)}
     index = {label: i for i, label in enumerate(built.card.labels)}
@@ -104,7 +105,15 @@ def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, toleran
     return {
         "variant": variant,
         **scores(predicted, built.test_labels),
-        "variants": {p.variant: {"accuracy": round(p.accuracy, 4), "seconds_per_100": round(p.seconds_per_100, 3)} for p in parities},
+        "variants": {
+            p.variant: {
+                "accuracy": round(p.accuracy, 4),
+                "seconds_per_100": round(p.seconds_per_100, 3),
+                "out_of_scope_rate": round(p.out_of_scope_rate, 4),
+            }
+            for p in parities
+        },
+        "torch_out_of_scope_rate": round(alarms, 4),
     }
 
 
@@ -173,7 +182,7 @@ def main() -> None:
             )
             fine_tuning = "fine-tuned in this run"
         build_seconds = time.perf_counter() - started + (built.train_seconds if args.fine_tuned else 0.0)
-        serving = served(built, splits, settings.train_threads, settings.onnx_parity_tolerance)
+        serving = served(built, splits, settings.train_threads, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)
     print("classifier", serving, round(built.train_seconds), flush=True)
     peers["rasa_diet"] = (
         None if args.skip_rasa else rasa_diet(splits, settings.rasa_venv / "bin" / "python", args.rasa_epochs, args.rasa_transformer_layers)

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
         epochs=7, learning_rate=2e-4, batch_size=32, max_length=64, label_smoothing=0.1, layer_lr_decay=0.9, freeze_word_embeddings=True
     )
     onnx_parity_tolerance: float = Field(0.005, ge=0, description="Largest top-1 accuracy drop allowed for an ONNX variant.")
+    onnx_alarm_tolerance: float = Field(
+        0.01, ge=0, description="Largest rise allowed in the share of in-scope test messages an ONNX variant's detector flags."
+    )
 
     # Tracking and registry.
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"

@@ -61,7 +61,7 @@ def log_training_run(
     `drift_reference` (`supportflow.drift.figures.build_reference`) is what the drift monitor compares traffic with.
     """
     card = built.card
-    serving_variant = fastest_within(parities, settings.onnx_parity_tolerance)
+    serving_variant = fastest_within(parities, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)
     # The portable model has no torch: where serving falls back to it, the faithful ONNX export stands in.
     portable_variant = serving_variant if serving_variant in VARIANTS else "fp32"
     with start_run(settings, settings.mlflow_experiment, f"{card.snapshot_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
@@ -121,6 +121,7 @@ def log_training_run(
         for parity in parities:
             metrics[f"onnx_{parity.variant}_test_accuracy"] = parity.accuracy
             metrics[f"onnx_{parity.variant}_seconds_per_100"] = parity.seconds_per_100
+            metrics[f"onnx_{parity.variant}_test_out_of_scope_rate"] = parity.out_of_scope_rate
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as scratch:
             plots = Path(scratch)

@@ -103,7 +103,8 @@ def log_run(
     """Export ONNX, check its parity, and log the run with the drift reference; returns (run id, model URI)."""
     paths = export_onnx(built.folder)
     texts = splits.test["text"].tolist()
-    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, settings.train_threads)
+    alarms = float(built.test_out_of_scope.mean())
+    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, settings.train_threads, alarms)
     reference = build_reference(
         built.validation_probabilities,
         built.card.labels,

@@ -118,6 +118,32 @@ def test_every_variant_computes_the_same_detector(tiny: Tiny) -> None:
     assert all(r["ood_score"] is not None and np.isfinite(r["ood_score"]) for r in int8)
 
 
+def test_serving_refuses_a_variant_whose_detector_hands_off_more_in_scope_messages() -> None:
+    """int8's noise, whitened, can push in-scope messages past the threshold its fp32 twin keeps them within: then the
+    faster variant is not the one served, however close its accuracy."""
+    from supportflow.classifier.onnx_export import VariantParity, fastest_within
+
+    fp32 = VariantParity("fp32", 0.90, 0.90, seconds_per_100=2.0, out_of_scope_rate=0.012, torch_out_of_scope_rate=0.010)
+    noisy_int8 = VariantParity("int8", 0.90, 0.90, seconds_per_100=1.0, out_of_scope_rate=0.30, torch_out_of_scope_rate=0.010)
+    assert fastest_within([fp32, noisy_int8], tolerance=0.005, alarm_tolerance=0.01) == "fp32"
+    faithful_int8 = VariantParity("int8", 0.899, 0.90, seconds_per_100=1.0, out_of_scope_rate=0.015, torch_out_of_scope_rate=0.010)
+    assert fastest_within([fp32, faithful_int8], tolerance=0.005, alarm_tolerance=0.01) == "int8"
+    noisy_fp32 = VariantParity("fp32", 0.90, 0.90, seconds_per_100=2.0, out_of_scope_rate=0.05, torch_out_of_scope_rate=0.010)
+    assert fastest_within([noisy_fp32, noisy_int8], tolerance=0.005, alarm_tolerance=0.01) == "torch"
+
+
+def test_parity_counts_each_variants_false_alarms_one_message_at_a_time(tiny: Tiny) -> None:
+    from supportflow.classifier.inference import OnnxClassifier
+    from supportflow.classifier.onnx_export import check_parity
+
+    texts = tiny.in_scope[:40]
+    parities = check_parity(tiny.built.folder, ["fp32", "int8"], texts, tiny.built.test_labels[:40], 1.0, 1, torch_out_of_scope_rate=0.0)
+    for parity in parities:
+        alone = [OnnxClassifier(tiny.built.folder, parity.variant, threads=1).classify([text])[0]["out_of_scope"] for text in texts]
+        assert parity.out_of_scope_rate == pytest.approx(np.mean(alone))
+        assert parity.alarm_rise == pytest.approx(parity.out_of_scope_rate)
+
+
 def test_a_model_trained_before_the_detector_flags_nothing(tiny: Tiny, tmp_path: Path) -> None:
     import shutil
 

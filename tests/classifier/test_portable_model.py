@@ -45,7 +45,8 @@ def test_the_champion_loads_in_a_fresh_environment_and_answers_as_classify_does(
         settings = get_settings()
         built, splits = build_tiny_classifier(settings.models_dir / "classifier", tiny_base)  # as training names it
         texts = splits.test["text"].tolist()
-        parities = check_parity(built.folder, ["fp32", "int8"], texts, built.test_labels, built.test.accuracy, 1)
+        alarms = float(built.test_out_of_scope.mean())
+        parities = check_parity(built.folder, ["fp32", "int8"], texts, built.test_labels, built.test.accuracy, 1, alarms)
         run_id, model_uri = log_training_run(built, TrainingProfile(**TINY_PROFILE), {}, parities, settings, "local")
         register_and_gate(connect(settings), settings, run_id, model_uri, "snap-tiny", built.test.macro_f1, lambda version: 0.0)
         champion = f"models:/{settings.registered_model_name}@champion"

@@ -72,6 +72,9 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     assert abs(drop["fp32"]) <= 0.005
     chosen = run.data.tags["serving_variant"]
     assert chosen in {"fp32", "int8"} and drop[chosen] <= 0.005
+    # Nor may the chosen variant's detector hand off more in-scope messages, sent one by one as the bot sends them.
+    alarms = run.data.metrics[f"onnx_{chosen}_test_out_of_scope_rate"] - run.data.metrics["test_out_of_scope_rate"]
+    assert alarms <= 0.01
     artifacts = {a.path for folder in ("plots", "reports", "snapshot", "reference") for a in client.list_artifacts(first.run_id, folder)}
     expected = {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "reports/per_intent.json", "snapshot/manifest.json"}
     expected |= {"reference/drift_reference.json"}  # what the drift monitor compares traffic with
