@@ -87,15 +87,16 @@ def prepared_desk(folder: Path, base_model: Path, **environment: str) -> Iterato
             get_settings.cache_clear()
 
 
-def surest_example(classifier_url: str, rows: pd.DataFrame, intent: str) -> str:
-    """The example of `intent` the served tiny classifier is surest of, above its threshold and within its
-    unknown-intent bounds. A tiny model grown from a random initialisation (its seed depends on which tests ran first)
-    is not sure of every example, and the bot hands off one it is unsure of: a dialogue test needs one it is sure of.
-    One text a call, as Rasa asks: the int8 variant scales its activations per batch, so a borderline text's figures
-    move with the texts beside it."""
-    texts = rows.loc[rows["category"] == intent, "text"].tolist()
+def surest_example(classifier_url: str, texts: list[str], intent: str) -> str:
+    """The example of `intent`, among `texts`, the served tiny classifier is surest of, above its threshold and within
+    its unknown-intent bounds. A tiny model grown from a random initialisation (its seed depends on which tests ran
+    first) is not sure of every example, and the bot hands off one it is unsure of: a dialogue test needs one it is
+    sure of. One text a call, as the bot asks: the int8 variant scales its activations per batch, so a borderline
+    text's figures move with the texts beside it."""
+    assert texts, f"no {intent} examples to choose from"
     results = [httpx.post(f"{classifier_url}/classify", json={"texts": [text]}, timeout=60).json()[0] for text in texts]
     threshold = httpx.post(f"{classifier_url}/model", json={}, timeout=60).json()["threshold"]
     sure = [(r["confidence"], text) for text, r in zip(texts, results, strict=True) if r["intent"] == intent and not r["out_of_scope"]]
-    assert sure and max(sure)[0] >= threshold, f"the tiny classifier is sure of no {intent} example at threshold {threshold}"
+    assert sure, f"the classifier recognises no {intent} example within its unknown-intent bounds: {results[:3]}"
+    assert max(sure)[0] >= threshold, f"the tiny classifier is sure of no {intent} example at threshold {threshold}"
     return max(sure)[1]

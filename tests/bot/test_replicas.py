@@ -49,7 +49,9 @@ class Replicated:
 
     def example(self, intent: str) -> str:
         address = urlsplit(self.stack.classifier.health_url)
-        return surest_example(f"{address.scheme}://{address.netloc}", self.rows, intent)
+        return surest_example(
+            f"{address.scheme}://{address.netloc}", self.rows.loc[self.rows["category"] == intent, "text"].tolist(), intent
+        )
 
     def turns_served(self, port: int) -> float:
         """The bot replica's own count of turns, read from its /metrics (behind the internal token)."""

@@ -50,7 +50,7 @@ class Served:
         return httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {self.stack.internal_token}"}, timeout=10).text
 
     def example(self, intent: str) -> str:
-        return surest_example(self.stack.classifier_url, self.rows, intent)
+        return surest_example(self.stack.classifier_url, self.rows.loc[self.rows["category"] == intent, "text"].tolist(), intent)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from supportflow.dialogue.project import read_desk_dialogue
+from tests.bot.conftest import surest_example
 from tests.classifier.conftest import build_tiny_base
 from tests.loop.conftest import EVALUATE_EXAMPLES, loop_settings
 
@@ -50,19 +51,10 @@ class Desk:
         return reply
 
     def recognised(self, intent: str, without: tuple[str, ...] = ()) -> str:
-        """The training example of `intent` the served classifier is surest of (a tiny model is not sure of all):
-        it must clear the served threshold and lie within the unknown-intent detector's bound, or the dialogue hands
-        the message off as not understood."""
+        """The training example of `intent` the served classifier is surest of (a tiny model is not sure of all), among
+        those that hold none of the words in `without`."""
         texts = [t for t in self.tickets.loc[self.tickets["intent"] == intent, "text"] if not any(w in t.lower() for w in without)]
-        results = httpx.post(f"{self.classifier_url}/classify", json={"texts": texts}, timeout=60).json()
-        threshold = httpx.post(f"{self.classifier_url}/model", json={}, timeout=60).json()["threshold"]
-        in_scope = [(text, result) for text, result in zip(texts, results, strict=True) if not result["out_of_scope"]]
-        assert in_scope, f"the detector puts every {intent} example out of scope: {results[:3]}"
-        best = max(in_scope, key=lambda pair: pair[1]["confidence"] if pair[1]["intent"] == intent else 0)
-        assert best[1]["intent"] == intent and best[1]["confidence"] >= threshold, (
-            f"the tiny classifier is sure of no {intent} example: {best[1]} at threshold {threshold}"
-        )
-        return best[0]
+        return surest_example(self.classifier_url, texts, intent)
 
 
 @pytest.fixture(scope="module")
