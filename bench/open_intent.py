@@ -12,7 +12,8 @@ with each seed's figures. ADB's repository trains on all known-intent training d
 (`labeled_ratio` 1.0), as this benchmark does; BANKING77 here has no separate development set, hence the 10%.
 
 Each model is the project's own: `build_classifier` (the pipeline's fine-tuning, calibration and detector), exported
-to ONNX and classified by `OnnxClassifier` in the served variant (`--variant`, int8 by default). Beside it, in the
+to ONNX and classified by `OnnxClassifier` in the variant training would serve (`--variant auto`, the default: the
+parity check on the known intents' test messages, as `supportflow.classifier.training` runs it), or the one named. Beside it, in the
 same run, the maximum-softmax-probability baseline (MSP, Hendrycks and Gimpel 2017) on the same model, its threshold
 the same validation quantile of the top confidence.
 
@@ -23,7 +24,7 @@ jobs); three seeds of the three ratios take about 30 min with the quick profile 
 path end to end (about 15 min for one seed of the three ratios, most of it imports and exports).
 
     .venv/bin/python bench/open_intent.py [--profile quick|full] [--seeds 0 1 2] [--ratios 0.25 0.5 0.75]
-        [--variant int8|fp32] [--limit N] [--out PATH]
+        [--variant auto|int8|fp32] [--quantile Q] [--limit N] [--out PATH]
 
 Writes bench/results/open_intent_banking77.json (a `--limit` run writes only where `--out` says).
 """
@@ -45,7 +46,7 @@ from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import build_classifier
 from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier
-from supportflow.classifier.onnx_export import export_onnx
+from supportflow.classifier.onnx_export import check_parity, export_onnx, fastest_within
 from supportflow.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,14 +121,21 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
         f"open-intent-{len(known)}-{seed}",
         ood_quantile=args.quantile,
     )
-    export_onnx(folder)
-    results = OnnxClassifier(folder, args.variant, settings.serving_threads).classify(test["text"].tolist(), top_k=1)
+    paths = export_onnx(folder)
+    variant = args.variant
+    if variant == "auto":
+        known_test, alarms = splits.test["text"].tolist(), float(built.test_out_of_scope.mean())
+        parities = check_parity(folder, list(paths), known_test, built.test_labels, built.test.accuracy, settings.train_threads, alarms)
+        variant = fastest_within(parities, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)
+        variant = variant if variant != "torch" else "fp32"  # the faithful export stands in, as for the portable model
+    results = OnnxClassifier(folder, variant, settings.serving_threads).classify(test["text"].tolist(), top_k=1)
     gold = [intent if intent in known else UNKNOWN for intent in test["intent"]]
     detector = [UNKNOWN if r["out_of_scope"] else r["intent"] for r in results]
     msp_threshold = float(np.quantile(built.validation_probabilities.max(axis=1), 1 - args.quantile))
     msp = [UNKNOWN if r["confidence"] < msp_threshold else r["intent"] for r in results]
     return {
         "seed": seed,
+        "variant": variant,
         **{name: round(value, 4) for name, value in open_figures(detector, gold, known).items()},
         "msp": {name: round(value, 4) for name, value in open_figures(msp, gold, known).items()},
         "ood_threshold": round(built.detector.threshold, 3),
@@ -146,7 +154,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=["quick", "full"], default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
-    parser.add_argument("--variant", choices=["int8", "fp32"], default="int8")
+    parser.add_argument("--variant", choices=["auto", "int8", "fp32"], default="auto")
     parser.add_argument("--quantile", type=float, default=get_settings().ood_quantile, help="the detector's validation quantile")
     parser.add_argument("--limit", type=int, default=None, help="at most N training and N test messages per intent")
     parser.add_argument("--out", type=Path, default=None)
