@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,22 @@ def isolated_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
             patch.setenv(name, value)
         get_settings.cache_clear()
         yield environment
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stores_of_the_module(isolated_stores: dict[str, str], request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's store settings again once a module's own fixtures have all been torn down (this one is set up
+    before them, so it ends after them). `stores_of_the_test` gives a test fresh stores only where a setting still
+    holds the session's value, so a module that left one changed would make every later test on its worker share
+    that store: a full run once saw one test's release and registry in two other modules' tests, which passed alone.
+    The leak is put right here and named in a warning, rather than left to fail a distant test."""
+    yield
+    leaked = sorted(name for name, value in isolated_stores.items() if os.environ.get(name) != value and name.startswith("SUPPORTFLOW_"))
+    if leaked:
+        warnings.warn(f"{request.module.__name__} left store settings changed, put back: {', '.join(leaked)}", stacklevel=1)
+    # MLflow's setters write its MLFLOW_* variables past any monkeypatch (`stores_of_the_test` resets them per test).
+    os.environ.update(isolated_stores)
     get_settings.cache_clear()
 
 
