@@ -95,25 +95,26 @@ def stores_of_the_module(isolated_stores: dict[str, str], request: pytest.Fixtur
 
 
 @pytest.fixture(autouse=True)
-def stores_of_the_test(
-    isolated_stores: dict[str, str], tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
+def stores_of_the_test(isolated_stores: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Each test's stores in a folder of its own, except those a wider fixture chose (a module's trained store stays
     in force for each of its tests); the environment is put back as the test found it, since the CLI's
-    `--workspace` and MLflow's `set_tracking_uri` write variables that would otherwise reach the next test."""
-    for name, value in store_environment(tmp_path_factory.mktemp("stores")).items():
-        if os.environ.get(name) == isolated_stores[name]:
-            monkeypatch.setenv(name, value)
-    # MLflow's own default follows the registry in force: a module fixture's `set_tracking_uri` outlives its module.
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.setenv(name, os.environ["SUPPORTFLOW_MLFLOW_TRACKING_URI"])
-    ours = ("SUPPORTFLOW_", "OPENAI_", "MLFLOW_")
-    before = {name: value for name, value in os.environ.items() if name.startswith(ours)}
-    get_settings.cache_clear()
-    yield
-    for name in [name for name in os.environ if name.startswith(ours) and name not in before]:
-        del os.environ[name]
-    os.environ.update(before)
+    `--workspace` and MLflow's `set_tracking_uri` write variables that would otherwise reach the next test. Its own
+    MonkeyPatch, not the test's `monkeypatch`: a test that calls `monkeypatch.undo()` midway would otherwise undo
+    these settings too, and this fixture would then put the test's folders back for good."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in store_environment(tmp_path_factory.mktemp("stores")).items():
+            if os.environ.get(name) == isolated_stores[name]:
+                patch.setenv(name, value)
+        # MLflow's own default follows the registry in force: a module fixture's `set_tracking_uri` outlives its module.
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            patch.setenv(name, os.environ["SUPPORTFLOW_MLFLOW_TRACKING_URI"])
+        ours = ("SUPPORTFLOW_", "OPENAI_", "MLFLOW_")
+        before = {name: value for name, value in os.environ.items() if name.startswith(ours)}
+        get_settings.cache_clear()
+        yield
+        for name in [name for name in os.environ if name.startswith(ours) and name not in before]:
+            del os.environ[name]
+        os.environ.update(before)
     get_settings.cache_clear()
 
 

@@ -76,10 +76,9 @@ def test_a_build_failing_midway_leaves_the_previous_build_serving(
     def embedding_dies(*args: object) -> None:
         raise MemoryError("the machine ran out of memory while embedding")
 
-    monkeypatch.setattr(build_module, "embed_passages", embedding_dies)  # the keyword index of the new build is written by then
-    with pytest.raises(KnowledgeBaseError, match=r"failed \(MemoryError.*the previous build keeps serving"):
+    with monkeypatch.context() as patch, pytest.raises(KnowledgeBaseError, match=r"failed \(MemoryError.*the previous build keeps serving"):
+        patch.setattr(build_module, "embed_passages", embedding_dies)  # the keyword index of the new build is written by then
         build_knowledge_base(kb_settings, sources=[demo_copy])
-    monkeypatch.undo()
 
     kb = open_knowledge_base(kb_settings)
     assert kb.manifest.build_id == first.build_id
