@@ -153,6 +153,9 @@ def main() -> None:
         "it: the readers, fusion, calibration and serving are measured on it instead of fine-tuning again",
     )
     parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument(
+        "--conditions", default="2 cores shared with other jobs", help="what else ran on the machine, recorded with the figures"
+    )
     args = parser.parse_args()
     settings = get_settings().model_copy(update={"train_profile": args.profile})
     profile = settings.training_profile()
@@ -234,7 +237,7 @@ def main() -> None:
         "expected_calibration_error": round(built.test.expected_calibration_error, 4),
         "profile": {"name": args.profile, **profile.model_dump()},
         "data": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
-        "measured_on": f"{settings.train_threads} CPU threads, 2 cores shared with another job, {platform.machine()}",
+        "measured_on": f"{settings.train_threads} CPU threads, {args.conditions}, {platform.machine()}",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
     }
