@@ -33,7 +33,7 @@ from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data
 from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.inference import OnnxClassifier
-from supportflow.classifier.onnx_export import check_parity, export_onnx, fastest_within
+from supportflow.classifier.onnx_export import export_and_check, fastest_within
 from supportflow.settings import Settings, get_settings
 from supportflow.validate.catalogue import load_catalogue
 
@@ -93,10 +93,8 @@ def reuse_fine_tuned(
 def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, tolerance: float, alarm_tolerance: float) -> dict:
     """The model as the bot serves it: exported to ONNX, the variant chosen as training chooses it, scored through
     the class `/classify` runs (the lexical reader fused, as in serving)."""
-    paths = export_onnx(built.folder)
     texts = splits.test["text"].tolist()
-    alarms = float(built.test_out_of_scope.mean())
-    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, threads, alarms)
+    parities = export_and_check(built, texts, threads)
     variant = fastest_within(parities, tolerance, alarm_tolerance)
     if variant == "torch":
         return {"variant": "torch", **scores(built.test_probabilities.argmax(1), built.test_labels)}
@@ -113,7 +111,7 @@ def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, toleran
             }
             for p in parities
         },
-        "torch_out_of_scope_rate": round(alarms, 4),
+        "torch_out_of_scope_rate": round(float(built.test_out_of_scope.mean()), 4),
     }
 
 

@@ -46,7 +46,7 @@ from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import build_classifier
 from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier
-from supportflow.classifier.onnx_export import check_parity, export_onnx, fastest_within
+from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within
 from supportflow.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,13 +121,13 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
         f"open-intent-{len(known)}-{seed}",
         ood_quantile=args.quantile,
     )
-    paths = export_onnx(folder)
     variant = args.variant
     if variant == "auto":
-        known_test, alarms = splits.test["text"].tolist(), float(built.test_out_of_scope.mean())
-        parities = check_parity(folder, list(paths), known_test, built.test_labels, built.test.accuracy, settings.train_threads, alarms)
+        parities = export_and_check(built, splits.test["text"].tolist(), settings.train_threads)
         variant = fastest_within(parities, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)
         variant = variant if variant != "torch" else "fp32"  # the faithful export stands in, as for the portable model
+    else:
+        export_onnx(folder)
     results = OnnxClassifier(folder, variant, settings.serving_threads).classify(test["text"].tolist(), top_k=1)
     gold = [intent if intent in known else UNKNOWN for intent in test["intent"]]
     detector = [UNKNOWN if r["out_of_scope"] else r["intent"] for r in results]

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from transformers import DistilBertForSequenceClassification
 from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS
 from supportflow.classifier.inference import EMBEDDING_OUTPUT, OnnxClassifier
 from supportflow.classifier.predict import pooled_embedding
+
+if TYPE_CHECKING:
+    from supportflow.classifier.build import BuiltClassifier
 
 
 class _LogitsAndEmbedding(torch.nn.Module):
@@ -106,10 +110,18 @@ def check_parity(
         predicted = [result["intent"] for result in classifier.classify(texts, top_k=1)]
         seconds = time.perf_counter() - started
         accuracy = float(np.mean([intent == classifier.card.labels[label] for intent, label in zip(predicted, labels, strict=True)]))
-        flagged = [classifier.classify([text], top_k=1)[0]["out_of_scope"] for text in texts] if classifier.parts.detector else []
-        alarms = float(np.mean(flagged)) if flagged else 0.0
+        alone = [classifier.classify([text], top_k=1)[0]["out_of_scope"] for text in texts] if classifier.parts.detector else []
+        alarms = float(np.mean(alone)) if alone else 0.0
         results.append(VariantParity(name, accuracy, torch_accuracy, 100 * seconds / max(len(texts), 1), alarms, torch_out_of_scope_rate))
     return results
+
+
+def export_and_check(built: "BuiltClassifier", test_texts: Sequence[str], threads: int) -> list[VariantParity]:
+    """Export a built classifier and check each variant against the torch figures it was built with, on its test
+    split's texts (in the order of `built.test_labels`): what training logs and the benchmarks report alike."""
+    paths = export_onnx(built.folder)
+    torch_alarms = float(built.test_out_of_scope.mean())
+    return check_parity(built.folder, list(paths), test_texts, built.test_labels, built.test.accuracy, threads, torch_alarms)
 
 
 def fastest_within(parities: list[VariantParity], tolerance: float, alarm_tolerance: float) -> str:

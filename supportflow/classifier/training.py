@@ -19,7 +19,7 @@ from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
 from supportflow.classifier.fusion import FusionChoice
-from supportflow.classifier.onnx_export import check_parity, export_onnx
+from supportflow.classifier.onnx_export import export_and_check
 from supportflow.classifier.registry import MODEL_NAME_IN_RUN, GateResult, find_trained, log_training_run, register_and_gate, score_version
 from supportflow.digest import text_digest
 from supportflow.drift.figures import build_reference
@@ -101,10 +101,7 @@ def log_run(
     built: BuiltClassifier, splits: LabelledSplits, manifest: SnapshotManifest, base: BaseModelChoice, settings: Settings, key: str
 ) -> tuple[str, str]:
     """Export ONNX, check its parity, and log the run with the drift reference; returns (run id, model URI)."""
-    paths = export_onnx(built.folder)
-    texts = splits.test["text"].tolist()
-    alarms = float(built.test_out_of_scope.mean())
-    parities = check_parity(built.folder, list(paths), texts, built.test_labels, built.test.accuracy, settings.train_threads, alarms)
+    parities = export_and_check(built, splits.test["text"].tolist(), settings.train_threads)
     reference = build_reference(
         built.validation_probabilities,
         built.card.labels,
