@@ -34,7 +34,7 @@ def load_snapshot(settings: Settings) -> tuple[SnapshotManifest, LabelledSplits]
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def fine_tune_step(splits: LabelledSplits, base: BaseModelChoice, settings: Settings, folder: Path) -> FineTuned:
-    return fine_tune(base.location, splits, settings.training_profile(), settings.train_threads, folder)
+    return fine_tune(base.location, splits, settings.training_profile(), settings.train_threads, folder, settings.train_device)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -33,6 +33,10 @@ class TrainingDataError(SupportflowError):
     """The training snapshot cannot train a classifier (too few intents or examples, unknown labels)."""
 
 
+class TrainingDeviceError(SupportflowError):
+    """The settings ask to train where this machine cannot (SUPPORTFLOW_TRAIN_DEVICE cuda without a CUDA GPU)."""
+
+
 class RegistryError(SupportflowError):
     """The MLflow tracking store or model registry cannot be reached or holds no such model/version."""
 

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # One thread by default: on 2 cores shared with other jobs, 2 threads stalled on each other (5 s a step
     # against 0.4 s with one, measured); on dedicated cores 2 is faster.
     train_threads: int = Field(1, ge=1)
+    # Where fine-tuning runs. The bars are measured on "cpu"; "cuda" uses an NVIDIA GPU when the machine has one (the
+    # trained model is saved and then read back on the CPU, so evaluation, export and serving are the same either way).
+    train_device: Literal["cpu", "cuda"] = "cpu"
     # The split keeps this many of an intent's examples for training before it holds any out; training leaves out an intent
     # that still has fewer (the contract's minimum is lower, or other rules quarantined its tickets); validation names it.
     min_train_examples_per_intent: int = Field(2, ge=1)

@@ -10,9 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow
 import numpy as np
-from mlflow.exceptions import MlflowException
 
 from supportflow.errors import RegistryError
 
@@ -79,7 +77,12 @@ def read_part(path: Path, kind_key: str, expected: str, what: str) -> dict[str, 
 
 
 def download_classifier(settings: "Settings", reference: str) -> Path:
-    """The classifier folder of a registered version (`"3"`) or alias (`"@production"`), fetched locally."""
+    """The classifier folder of a registered version (`"3"`) or alias (`"@production"`), fetched locally. MLflow is
+    imported here, not with the module: building and reading a folder (a benchmark on a machine without the
+    registry's client) needs none of it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     separator = "" if reference.startswith("@") else "/"
     uri = f"models:/{settings.registered_model_name}{separator}{reference}"
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # `models:/` resolves through the registry URI, not the tracking one

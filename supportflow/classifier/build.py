@@ -54,8 +54,9 @@ def build_classifier(
     snapshot_id: str,
     ood_quantile: float = DEFAULT_QUANTILE,
     fusion: FusionChoice = DEFAULT_FUSION,
+    device: str = "cpu",
 ) -> BuiltClassifier:
-    tuned = fine_tune(base.location, splits, profile, threads, folder)
+    tuned = fine_tune(base.location, splits, profile, threads, folder, device)
     return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id, ood_quantile, fusion)
 
 

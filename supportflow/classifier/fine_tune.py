@@ -26,7 +26,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from supportflow.errors import BaseModelError, TrainingDataError
+from supportflow.errors import BaseModelError, TrainingDataError, TrainingDeviceError
 from supportflow.progress import Step
 from supportflow.settings import TrainingProfile
 
@@ -172,8 +172,14 @@ class TrainingProgress(TrainerCallback):
             self.step.close()
 
 
-def fine_tune(base_location: str, splits: LabelledSplits, profile: TrainingProfile, threads: int, output_dir: Path) -> FineTuned:
-    """Train, then save model and tokenizer to `output_dir` (replaced whole, never half-written)."""
+def fine_tune(
+    base_location: str, splits: LabelledSplits, profile: TrainingProfile, threads: int, output_dir: Path, device: str = "cpu"
+) -> FineTuned:
+    """Train, then save model and tokenizer to `output_dir` (replaced whole, never half-written). `device` "cuda"
+    trains on the GPU; asked for on a machine without one, it is refused before any work rather than run on the CPU
+    for hours unannounced."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainingDeviceError("SUPPORTFLOW_TRAIN_DEVICE is cuda, but torch sees no CUDA GPU on this machine; set it to cpu")
     torch.set_num_threads(threads)
     torch.manual_seed(profile.seed)
     model, tokenizer = load_base(base_location, splits.labels)
@@ -196,7 +202,7 @@ def fine_tune(base_location: str, splits: LabelledSplits, profile: TrainingProfi
         save_strategy="no",
         logging_steps=50,
         report_to="none",
-        use_cpu=True,
+        use_cpu=device == "cpu",
         seed=profile.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from supportflow.classifier.fine_tune import check_training_data
-from supportflow.errors import TrainingDataError
+from supportflow.classifier.fine_tune import check_training_data, fine_tune
+from supportflow.errors import TrainingDataError, TrainingDeviceError
+from supportflow.settings import TrainingProfile
 
 CATALOGUE = ("card_arrival", "exchange_rate", "change_pin")
 
@@ -87,3 +89,11 @@ def test_flow_refuses_an_empty_lake_and_an_unreachable_store(classifier_env: Pat
     get_settings.cache_clear()
     with pytest.raises(RegistryError, match=r"MLflow store http://127\.0\.0\.1:9 cannot be reached"):
         train()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU, so training there is allowed")
+def test_training_on_a_gpu_the_machine_lacks_is_refused_before_any_work(tmp_path: Path) -> None:
+    profile = TrainingProfile(epochs=1, learning_rate=1e-3)
+    with pytest.raises(TrainingDeviceError, match="no CUDA GPU"):
+        fine_tune("no-such-base-model", check(GOOD_TRAIN), profile, 1, tmp_path / "model", device="cuda")
+    assert not (tmp_path / "model").exists()
