@@ -45,8 +45,9 @@ from sklearn.metrics import f1_score
 from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import build_classifier
 from supportflow.classifier.fine_tune import check_training_data
-from supportflow.classifier.inference import OnnxClassifier
+from supportflow.classifier.inference import OnnxClassifier, classify_outputs, onnx_outputs
 from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within
+from supportflow.classifier.ood import vocabulary_quantile
 from supportflow.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,9 @@ ANCHORS = {
         "MSP (TEXTOIR re-run)": {"accuracy": 0.7708, "macro_f1": 0.8433, "f1_unknown": 0.4605, "f1_known": 0.8499},
     },
 }
+# Candidate scores measured beside the served detector on the same model, each at these validation quantiles.
+SWEEP = (0.9, 0.95, 0.975, 0.99)
+KNN = (1, 10)
 BAR = "ADB (AAAI 2021)"  # the issue's target: above it at every ratio
 
 
@@ -104,8 +108,46 @@ def open_figures(predicted: list[str], gold: list[str], known: list[str]) -> dic
     }
 
 
+def nearest_neighbour_distance(train: np.ndarray, texts: np.ndarray, k: int) -> np.ndarray:
+    """Per text, the cosine distance to its k-th nearest training message (Sun et al., "Out-of-Distribution Detection
+    with Deep Nearest Neighbors", ICML 2022): a candidate score beside the served distance, not served."""
+    train_unit = train / np.linalg.norm(train, axis=1, keepdims=True)
+    text_unit = texts / np.linalg.norm(texts, axis=1, keepdims=True)
+    similarities = text_unit @ train_unit.T
+    return 1.0 - np.sort(similarities, axis=1)[:, -k]
+
+
+def flagged_at(validation: dict[str, np.ndarray], test: dict[str, np.ndarray], score: str, quantile: float) -> np.ndarray:
+    """The test messages a score flags with its threshold at the in-scope validation messages' `quantile`, beside the
+    vocabulary check at its own quantile, as the served detector pairs them; a larger confidence is more in scope, so
+    its threshold is the lower quantile."""
+    if score == "confidence":
+        flagged = test[score] < np.quantile(validation[score], 1 - quantile)
+    else:
+        flagged = test[score] > np.quantile(validation[score], quantile)
+    return flagged | (test["unfamiliar"] > np.quantile(validation["unfamiliar"], vocabulary_quantile(quantile)))
+
+
+def scored(classifier: OnnxClassifier, texts: list[str], train_embeddings: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The classify contract on `texts` (what `OnnxClassifier.classify` answers), and per text each score the
+    benchmark compares: the served distance, the top fused confidence, the share of unfamiliar words, the
+    nearest-neighbour distances."""
+    outputs = onnx_outputs(classifier.session, classifier.tokenizer, texts)
+    results = classify_outputs(texts, outputs, classifier.parts, top_k=1)
+    detector = classifier.parts.detector
+    assert detector is not None and detector.vocabulary is not None and outputs.embeddings is not None
+    scores = {
+        "distance": np.array([r["ood_score"] for r in results]),
+        "confidence": np.array([r["confidence"] for r in results]),
+        "unfamiliar": detector.vocabulary.unfamiliar(texts),
+        **{f"knn{k}": nearest_neighbour_distance(train_embeddings, outputs.embeddings, k) for k in KNN},
+    }
+    return results, scores
+
+
 def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path) -> dict:
-    """Train on the known intents only; score the detector and the MSP baseline on the whole test set."""
+    """Train on the known intents only; score the served detector, the MSP baseline and the candidate scores on the
+    whole test set. Returns the run's figures and, per validation and test message, its scores (for `--runs-dir`)."""
     settings = get_settings().model_copy(update={"train_profile": args.profile})
     seen = train[train["intent"].isin(known)]
     validation = seen.groupby("intent", group_keys=False).sample(frac=VALIDATION_FRACTION, random_state=seed)
@@ -120,6 +162,7 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
         folder,
         f"open-intent-{len(known)}-{seed}",
         ood_quantile=args.quantile,
+        device=settings.train_device,
     )
     variant = args.variant
     if variant == "auto":
@@ -128,25 +171,67 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
         variant = variant if variant != "torch" else "fp32"  # the faithful export stands in, as for the portable model
     else:
         export_onnx(folder)
-    results = OnnxClassifier(folder, variant, settings.serving_threads).classify(test["text"].tolist(), top_k=1)
+    classifier = OnnxClassifier(folder, variant, settings.train_threads)
+    train_embeddings = onnx_outputs(classifier.session, classifier.tokenizer, splits.train["text"].tolist()).embeddings
+    assert train_embeddings is not None
+    _, validation_scores = scored(classifier, splits.validation["text"].tolist(), train_embeddings)
+    results, test_scores = scored(classifier, test["text"].tolist(), train_embeddings)
     gold = [intent if intent in known else UNKNOWN for intent in test["intent"]]
     detector = [UNKNOWN if r["out_of_scope"] else r["intent"] for r in results]
+
+    def figures_when(flagged: np.ndarray) -> dict[str, float]:
+        predicted = [UNKNOWN if flag else r["intent"] for r, flag in zip(results, flagged, strict=True)]
+        return {name: round(value, 4) for name, value in open_figures(predicted, gold, known).items()}
+
+    candidates = {
+        f"{score}@{quantile}": figures_when(flagged_at(validation_scores, test_scores, score, quantile))
+        for score in ("distance", "confidence", *(f"knn{k}" for k in KNN))
+        for quantile in SWEEP
+    }
     msp_threshold = float(np.quantile(built.validation_probabilities.max(axis=1), 1 - args.quantile))
-    msp = [UNKNOWN if r["confidence"] < msp_threshold else r["intent"] for r in results]
-    return {
+    run = {
         "seed": seed,
         "variant": variant,
         **{name: round(value, 4) for name, value in open_figures(detector, gold, known).items()},
-        "msp": {name: round(value, 4) for name, value in open_figures(msp, gold, known).items()},
+        "msp": figures_when(test_scores["confidence"] < msp_threshold),
+        "candidates": candidates,
         "ood_threshold": round(built.detector.threshold, 3),
         "closed_test_accuracy": round(built.test.accuracy, 4),  # the known intents' messages, without the detector
         "train_seconds": round(built.train_seconds, 1),
         "known_intents": known,
     }
+    scores = {f"validation_{name}": values for name, values in validation_scores.items()}
+    scores |= {f"test_{name}": values for name, values in test_scores.items()}
+    scores |= {"test_gold": np.array(gold), "test_predicted": np.array([r["intent"] for r in results])}
+    return run, scores
+
+
+def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, ratio: float, args: argparse.Namespace) -> dict:
+    """One model's figures; with `--runs-dir`, kept there (figures as JSON, per-message scores as .npz) and reused by
+    a later call with the same protocol, so seeds can run as separate processes and an interrupted run resumes."""
+    protocol = {"profile": args.profile, "quantile": args.quantile, "variant": args.variant, "limit": args.limit}
+    stored = None if args.runs_dir is None else args.runs_dir / f"known-{ratio}-seed-{seed}.json"
+    if stored is not None and stored.exists():
+        kept = json.loads(stored.read_text())
+        if kept.get("protocol") == protocol:
+            return kept
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="open-intent-") as scratch:
+        run, scores = one_model(train, test, known, seed, args, Path(scratch) / "classifier")
+    run |= {"seconds": round(time.perf_counter() - started, 1), "protocol": protocol}
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(stored.with_suffix(".npz"), **scores)
+        stored.write_text(json.dumps(run, indent=2) + "\n")
+    return run
 
 
 def mean_of(runs: list[dict]) -> dict[str, float]:
     return {name: round(float(np.mean([run[name] for run in runs])), 4) for name in FIGURES}
+
+
+def candidates_mean(runs: list[dict]) -> dict[str, dict[str, float]]:
+    return {name: mean_of([run["candidates"][name] for run in runs]) for name in runs[0]["candidates"]}
 
 
 def main() -> None:
@@ -158,6 +243,8 @@ def main() -> None:
     parser.add_argument("--quantile", type=float, default=get_settings().ood_quantile, help="the detector's validation quantile")
     parser.add_argument("--limit", type=int, default=None, help="at most N training and N test messages per intent")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--runs-dir", type=Path, default=None, help="keep each model's figures and scores here, and reuse them")
+    parser.add_argument("--conditions", default="2 cores shared with other jobs", help="what else ran on the machine")
     args = parser.parse_args()
     unknown_ratios = sorted(set(args.ratios) - set(RATIOS))
     if unknown_ratios:
@@ -165,7 +252,8 @@ def main() -> None:
     if args.limit is not None and args.limit < 10:
         parser.error("--limit must keep at least 10 messages per intent (one for validation, the rest to train on)")
     out = args.out or (None if args.limit else RESULT)
-    profile = get_settings().model_copy(update={"train_profile": args.profile}).training_profile()
+    settings = get_settings()
+    profile = settings.model_copy(update={"train_profile": args.profile}).training_profile()
 
     train = pd.read_csv(DATA / "train.csv").rename(columns={"category": "intent"})
     test = pd.read_csv(DATA / "test.csv").rename(columns={"category": "intent"})
@@ -179,8 +267,7 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             known = known_intents(intents, ratio, seed)
-            with tempfile.TemporaryDirectory(prefix="open-intent-") as scratch:
-                runs.append(one_model(train, test, known, seed, args, Path(scratch) / "classifier"))
+            runs.append(run_once(train, test, known, seed, ratio, args))
             print(f"ratio {ratio} seed {seed}", {name: runs[-1][name] for name in FIGURES}, flush=True)
         ours = mean_of(runs)
         bar = ANCHORS[ratio][BAR]
@@ -192,6 +279,7 @@ def main() -> None:
                 "seeds": args.seeds,
                 "beats_adb": ours["accuracy"] > bar["accuracy"] and ours["macro_f1"] > bar["macro_f1"],
                 "msp_same_model": mean_of([run["msp"] for run in runs]),
+                "candidates_same_model": candidates_mean(runs),
                 "anchors": ANCHORS[ratio],
                 "runs": runs,
             }
@@ -202,14 +290,18 @@ def main() -> None:
         "or the share of words the known intents' training messages never use",
         "ratios": ratios,
         "threshold": f"the in-scope validation distances' {args.quantile} quantile; no unknown message is seen before testing",
+        "candidates": "per run and as the mean over seeds, on the same model: each score (the served distance, the top fused "
+        "confidence, the cosine distance to the k-th nearest training message) thresholded at the in-scope validation "
+        f"messages' quantiles {list(SWEEP)}, beside the vocabulary check, as the served detector pairs them",
         "training_data": "all training messages of the known intents (ADB's default labeled_ratio 1.0), 10% held out for validation",
         "variant": args.variant,
         "profile": {"name": args.profile, **profile.model_dump()},
         "limit_per_intent": args.limit,
         "data": {"train": len(train), "test": len(test), "intents": len(intents)},
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1),  # this call's; a reused run keeps its own `seconds`
         "anchors_in": "fractions (published as percentages)",
-        "measured_on": f"{get_settings().train_threads} CPU threads, 2 cores shared with other jobs, {platform.machine()}",
+        "measured_on": f"{settings.train_threads} CPU threads, {platform.machine()}, {args.conditions}",
+        "fine_tuned_on": settings.train_device,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
     }

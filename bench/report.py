@@ -81,11 +81,16 @@ def _open_intent(r: dict) -> list[Row]:
     rows = []
     for ratio in r["ratios"]:
         adb = ratio["anchors"]["ADB (AAAI 2021)"]
+        msp = ratio["msp_same_model"]
         measured = (
             f"accuracy {ratio['accuracy']:.4f}, macro-F1 {ratio['macro_f1']:.4f}; known accuracy {ratio['known_accuracy']:.4f},"
-            f" unknown recall {ratio['unknown_recall']:.4f} (mean of {len(ratio['seeds'])} seeds)"
+            f" unknown recall {ratio['unknown_recall']:.4f} (mean of {len(ratio['seeds'])} seeds); MSP on the same models"
+            f" {msp['accuracy']:.4f}, {msp['macro_f1']:.4f}"
         )
-        known = f"{ratio['known_ratio']:.0%} of intents known ({r['profile']['name']} profile, {r['variant']})"
+        quantile = ratio["runs"][0].get("protocol", {}).get("quantile")
+        detector = "" if quantile is None else f", detector at the validation distances' {quantile} quantile"
+        device = f", fine-tuned on {r['fine_tuned_on']}" if r.get("fine_tuned_on", "cpu") != "cpu" else ""
+        known = f"{ratio['known_ratio']:.0%} of intents known ({r['profile']['name']} profile, {r['variant']}{detector}{device})"
         target = f"above ADB: accuracy {adb['accuracy']:.4f}, macro-F1 {adb['macro_f1']:.4f}"
         rows.append((f"Unknown intents, BANKING77 with {known}", measured, target, "open_intent_banking77.json"))
     return rows

@@ -1,8 +1,16 @@
-"""The open-intent benchmark's protocol pieces: ADB's draw of known intents and its figures over known + unknown."""
+"""The open-intent benchmark's protocol pieces: ADB's draw of known intents, its figures over known + unknown, the
+candidate scores' thresholds, and the runs a later call reuses."""
 
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from bench.open_intent import UNKNOWN, known_intents, open_figures
+import bench.open_intent
+from bench.open_intent import UNKNOWN, flagged_at, known_intents, nearest_neighbour_distance, open_figures, run_once
 
 
 def test_the_draw_takes_adb_s_share_of_intents_reproducibly_per_seed() -> None:
@@ -21,3 +29,45 @@ def test_figures_count_the_unknown_class_as_one_more_intent() -> None:
     assert figures == pytest.approx(
         {"accuracy": 0.6, "macro_f1": 2 / 3, "known_accuracy": 2 / 3, "unknown_recall": 0.5, "f1_unknown": 0.5, "f1_known": 0.75}
     )
+
+
+def test_a_candidate_score_is_thresholded_on_validation_and_paired_with_the_vocabulary_check() -> None:
+    validation = {"distance": np.arange(1.0, 11.0), "confidence": np.linspace(0.1, 1.0, 10), "unfamiliar": np.zeros(10)}
+    test = {"distance": np.array([5.0, 10.5, 2.0]), "confidence": np.array([0.5, 0.9, 0.05]), "unfamiliar": np.array([0.0, 0.0, 0.9])}
+    # distance: above the 0.9 quantile of 1..10 (9.1) is out of scope; the third text is mostly unfamiliar words.
+    assert flagged_at(validation, test, "distance", 0.9).tolist() == [False, True, True]
+    # confidence runs the other way: below the 0.1 quantile of the validation confidences (0.19) is out of scope.
+    assert flagged_at(validation, test, "confidence", 0.9).tolist() == [False, False, True]
+
+
+def test_the_nearest_neighbour_distance_is_the_cosine_distance_to_the_kth_closest_training_message() -> None:
+    train = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    texts = np.array([[2.0, 0.0], [0.0, -1.0]])
+    first = nearest_neighbour_distance(train, texts, 1)
+    second = nearest_neighbour_distance(train, texts, 2)
+    assert first == pytest.approx([0.0, 1.0])  # the same direction as a training message; orthogonal to the nearest
+    assert second == pytest.approx([1 - 1 / np.sqrt(2), 1 + 1 / np.sqrt(2)])
+
+
+def test_a_kept_run_is_reused_only_under_the_same_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[int] = []
+
+    def one_model(
+        train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path
+    ) -> tuple[dict, dict[str, np.ndarray]]:
+        """Stands in for a fine-tuning: what matters here is whether it is called."""
+        trained.append(seed)
+        return {"seed": seed, "accuracy": 0.5}, {"test_distance": np.array([1.0, 2.0])}
+
+    monkeypatch.setattr(bench.open_intent, "one_model", one_model)
+    args = argparse.Namespace(profile="full", quantile=0.95, variant="auto", limit=None, runs_dir=tmp_path)
+    frame = pd.DataFrame({"text": ["a"], "intent": ["x"]})
+    first = run_once(frame, frame, ["x"], 3, 0.25, args)
+    assert trained == [3] and first["protocol"]["quantile"] == 0.95
+    kept = tmp_path / "known-0.25-seed-3.json"
+    assert json.loads(kept.read_text())["accuracy"] == 0.5
+    assert np.load(kept.with_suffix(".npz"))["test_distance"].tolist() == [1.0, 2.0]
+    assert run_once(frame, frame, ["x"], 3, 0.25, args) == first and trained == [3]
+    args.quantile = 0.99
+    run_once(frame, frame, ["x"], 3, 0.25, args)
+    assert trained == [3, 3]
