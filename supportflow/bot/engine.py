@@ -76,6 +76,8 @@ class Knowledge(Protocol):
 
     def reply(self, question: str, k: int = 3) -> KnowledgeReply: ...
 
+    def article_for(self, intent: str, question: str) -> AnswerHit | None: ...
+
 
 class TranscriptLine(BaseModel):
     role: Literal["customer", "bot"]
@@ -279,6 +281,13 @@ class SupportBot:
             return self._handoff(request, f"no article answers {intent}")  # another article would be a wrong answer
         reply = self.knowledge.reply(question, k=5)
         matching = [a for a in reply.answers if intent and a.intent == intent]
+        if intent and not matching and intent in self.knowledge.answered_intents:
+            # The intent is settled (the classifier is above its precision threshold, the customer picked it, or a
+            # form asked for it) and the desk wrote an article for it: that article answers, even where the
+            # customer's words rank others above it in a search ("I need my card quickly" against "How long does
+            # a new card take to arrive?"). The search's own threshold is for questions without an intent.
+            own = self.knowledge.article_for(intent, question)
+            matching = [own] if own is not None else []
         chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])
         if chosen is None:
             return self._handoff(request, "nothing relevant in the knowledge base")

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 KB_SUITE = "kb_documents.suite.json"
 DOCUMENT_COLUMNS = ["id", "title", "body", "source", "url", "updated_at", "intent"]
 T = TypeVar("T")
+# How deep `KnowledgeBase.article_for` looks for the best passage of an intent's own article before it takes the
+# article's first: far enough for a long article's passages, bounded for a knowledge base of thousands.
+ARTICLE_SEARCH_DEPTH = 20
 
 
 class SmokeResult(BaseModel):
@@ -337,6 +340,27 @@ class KnowledgeBase:
     def reply(self, question: str, k: int = 3) -> Reply:
         answers = self.search(question, k)
         return Reply(answers=answers, threshold=self.threshold, escalate=not answers or answers[0].score < self.threshold)
+
+    def article_for(self, intent: str, question: str) -> Answer | None:
+        """The passage of the article that answers `intent` closest to `question`, whatever outranks it in a search
+        over every article: the best of its passages among the first `ARTICLE_SEARCH_DEPTH` hits, else its first
+        passage (score 0). None when no article names the intent."""
+        for hit in self.search(question, ARTICLE_SEARCH_DEPTH):
+            if hit.intent == intent:
+                return hit
+        first = next((p for p in self.retriever.passages if p.intent == intent), None)
+        if first is None:
+            return None
+        return Answer(
+            doc_id=first.doc_id,
+            passage_id=first.id,
+            title=first.title,
+            body=first.body,
+            url=first.url,
+            source=first.source,
+            intent=intent,
+            score=0.0,
+        )
 
 
 def open_knowledge_base(settings: Settings, index: KeywordIndex | None = None) -> KnowledgeBase:

@@ -37,6 +37,9 @@ class Articles:
     def reply(self, question: str, k: int = 3) -> object:
         raise AssertionError("a message the bot hands off is not searched")
 
+    def article_for(self, intent: str, question: str) -> object:
+        raise AssertionError("a message the bot hands off is not answered")
+
 
 @pytest.fixture
 def bot(local_settings: Settings, tmp_path: Path) -> SupportBot:
