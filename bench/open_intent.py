@@ -46,7 +46,7 @@ from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import build_classifier
 from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier, classify_outputs, onnx_outputs
-from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within
+from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within, onnx_stand_in
 from supportflow.classifier.ood import vocabulary_quantile
 from supportflow.settings import get_settings
 
@@ -167,8 +167,7 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
     variant = args.variant
     if variant == "auto":
         parities = export_and_check(built, splits.test["text"].tolist(), settings.train_threads)
-        variant = fastest_within(parities, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)
-        variant = variant if variant != "torch" else "fp32"  # the faithful export stands in, as for the portable model
+        variant = onnx_stand_in(fastest_within(parities, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance))
     else:
         export_onnx(folder)
     classifier = OnnxClassifier(folder, variant, settings.train_threads)

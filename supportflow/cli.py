@@ -236,7 +236,7 @@ def _field_map(text: str | None) -> dict[str, str]:
     """`--field-map`: JSON, ticket field to column; none given, none."""
     if not text:
         return {}
-    from supportflow.ingest.tickets import field_map_problem
+    from supportflow.ingest.fields import field_map_problem
 
     try:
         field_map = json.loads(text)

@@ -9,6 +9,10 @@ class SupportflowError(Exception):
     """Base class: an expected failure with a message meant for a person."""
 
 
+class SettingsError(SupportflowError):
+    """A setting (an environment variable or the .env file) holds a value the project cannot run with."""
+
+
 class IngestError(SupportflowError):
     """A source file cannot be read at all (missing, empty, wrong shape)."""
 

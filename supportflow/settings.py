@@ -6,15 +6,21 @@ machine with no server to start.
 """
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as UnparsedSetting
+
+from supportflow.errors import SettingsError
+from supportflow.ingest.fields import field_map_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_WORKSPACE = PROJECT_ROOT / "examples" / "banking77"  # the default desk, whose stores are the project's own
+ENV_PREFIX = "SUPPORTFLOW_"
 ENV_FILE_VARIABLE = "SUPPORTFLOW_ENV_FILE"  # the dotenv file read besides the environment (default .env); empty: none
 
 
@@ -58,7 +64,7 @@ class DriftThresholds(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SUPPORTFLOW_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     # Data lake: a local folder, or s3://bucket/prefix through s3fs.
     lake_url: str = ".lake"
@@ -284,6 +290,14 @@ class Settings(BaseSettings):
         dotenv = (DotEnvSettingsSource(settings_cls, env_file=chosen),) if chosen else ()
         return init_settings, env_settings, *dotenv, file_secret_settings
 
+    @field_validator("field_map")
+    @classmethod
+    def _names_ticket_fields(cls, field_map: dict[str, str]) -> dict[str, str]:
+        """A misspelt field (`{"txt": "Message"}`) would be ignored, and the column read under an alias or not at all."""
+        if problem := field_map_problem(field_map):
+            raise ValueError(problem)
+        return field_map
+
     @model_validator(mode="after")
     def _desk_stores(self) -> "Settings":
         """Another desk than the demo keeps its stores apart, under `<desks_dir>/<workspace folder>/`: two desks on one
@@ -343,6 +357,22 @@ class Settings(BaseSettings):
         return self.model_copy(update=update)
 
 
+def settings_problem(error: ValidationError) -> str:
+    """Each refused value as the variable a person sets, and why; never the value itself, which may be a secret."""
+    lines = []
+    for problem in error.errors():
+        name = f"{ENV_PREFIX}{str(problem['loc'][0]).upper()}" if problem["loc"] else "the settings"
+        lines.append(f"{name}: {problem['msg'].removeprefix('Value error, ')}")
+    return "invalid settings (environment or .env):\n  " + "\n  ".join(lines)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(settings_problem(error)) from None
+    except UnparsedSetting as error:  # a structured setting (a field map, a list) that is not JSON
+        field = re.search(r'field "(\w+)"', str(error))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a setting"
+        raise SettingsError(f"invalid settings (environment or .env):\n  {name}: not valid JSON ({error.__cause__})") from None

@@ -23,7 +23,7 @@ from pydantic_core import ErrorDetails
 
 from supportflow.errors import SupportflowError
 from supportflow.ingest.decoding import DEFAULT_ENCODING, codec_name
-from supportflow.ingest.tickets import field_map_problem
+from supportflow.ingest.fields import field_map_problem
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import intent_name_problem
 

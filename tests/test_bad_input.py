@@ -2,15 +2,17 @@
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from supportflow.errors import ContractError, IngestError, LakeUnavailableError
+from supportflow.cli import main
+from supportflow.errors import ContractError, IngestError, LakeUnavailableError, SettingsError
 from supportflow.ingest.load import ingest_file
 from supportflow.lake import Lake, open_lake
-from supportflow.settings import Settings
+from supportflow.settings import Settings, get_settings
 from supportflow.validate.snapshot import validate_lake
 
 
@@ -189,3 +191,39 @@ def test_an_s3_endpoint_that_does_not_answer_fails_fast_with_its_address(tmp_pat
 def test_nothing_to_validate_is_a_clear_error(local_lake: Lake, local_settings: Settings) -> None:
     with pytest.raises(ContractError, match=r"the lake has no tickets at .*; run ingest first"):
         validate_lake(local_lake, local_settings)
+
+
+@pytest.fixture()
+def fresh_settings() -> Iterator[None]:
+    """`get_settings` read again from the environment each test sets, and restored after."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ('{"txt": "Customer Message"}', r"SUPPORTFLOW_FIELD_MAP: 'txt' is not a ticket field; the fields are text, intent"),
+        ('{"text": 3}', r"SUPPORTFLOW_FIELD_MAP: Input should be a valid string"),
+        ('{text: "Customer Message"}', r"SUPPORTFLOW_FIELD_MAP: not valid JSON \(Expecting property name"),
+    ],
+)
+def test_a_field_map_setting_that_names_no_ticket_field_is_refused(
+    value: str, reason: str, monkeypatch: pytest.MonkeyPatch, fresh_settings: None
+) -> None:
+    monkeypatch.setenv("SUPPORTFLOW_FIELD_MAP", value)
+    with pytest.raises(SettingsError, match=reason):
+        get_settings()
+
+
+def test_every_refused_setting_is_named_and_its_value_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fresh_settings: None
+) -> None:
+    monkeypatch.setenv("SUPPORTFLOW_TRAIN_PROFILE", "overnight-zz9")
+    monkeypatch.setenv("SUPPORTFLOW_TRAIN_THREADS", "0")
+    assert main(["validate"]) == 2
+    printed = capsys.readouterr().err
+    assert "SUPPORTFLOW_TRAIN_PROFILE: Input should be 'quick' or 'full'" in printed
+    assert "SUPPORTFLOW_TRAIN_THREADS: Input should be greater than or equal to 1" in printed
+    assert "overnight-zz9" not in printed and "Traceback" not in printed

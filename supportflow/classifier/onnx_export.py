@@ -129,3 +129,9 @@ def fastest_within(parities: list[VariantParity], tolerance: float, alarm_tolera
     both within their tolerances, else torch."""
     keeping = [p for p in parities if p.drop <= tolerance and p.alarm_rise <= alarm_tolerance]
     return min(keeping, key=lambda p: p.seconds_per_100).variant if keeping else "torch"
+
+
+def onnx_stand_in(variant: str) -> str:
+    """The ONNX variant that answers where `variant` was chosen: itself, or for torch the faithful fp32 export, since
+    what reads ONNX alone (the portable model, the open-intent benchmark) has no torch."""
+    return variant if variant in VARIANTS else "fp32"

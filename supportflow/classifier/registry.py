@@ -21,12 +21,12 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from supportflow.classifier.artifacts import MODEL_ARTIFACT, VARIANTS, download_classifier
+from supportflow.classifier.artifacts import MODEL_ARTIFACT, download_classifier
 from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.calibrate import promises, risk_coverage
 from supportflow.classifier.evaluate import plot_confusion_matrix, plot_reliability, plot_risk_coverage
 from supportflow.classifier.evaluate_metrics import load_metric
-from supportflow.classifier.onnx_export import VariantParity, fastest_within
+from supportflow.classifier.onnx_export import VariantParity, fastest_within, onnx_stand_in
 from supportflow.classifier.portable import INPUT_EXAMPLE, MODEL_CODE, pinned_requirements, stage_code
 from supportflow.classifier.predict import IntentClassifier
 from supportflow.drift.figures import REFERENCE_ARTIFACT
@@ -62,8 +62,7 @@ def log_training_run(
     """
     card = built.card
     serving_variant = fastest_within(parities, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)
-    # The portable model has no torch: where serving falls back to it, the faithful ONNX export stands in.
-    portable_variant = serving_variant if serving_variant in VARIANTS else "fp32"
+    portable_variant = onnx_stand_in(serving_variant)
     with start_run(settings, settings.mlflow_experiment, f"{card.snapshot_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
         mlflow.log_params(
             {

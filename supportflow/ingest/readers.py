@@ -22,7 +22,8 @@ import pyarrow.csv as pacsv
 
 from supportflow.errors import IngestError
 from supportflow.ingest.decoding import DEFAULT_ENCODING, TAG_OPEN, DecodedExport, bad_bytes, codec_name, escaped, undecodable
-from supportflow.ingest.tickets import RAW_FIELDS, resolve_columns
+from supportflow.ingest.fields import RAW_FIELDS
+from supportflow.ingest.tickets import resolve_columns
 
 Format = Literal["csv", "jsonl", "zendesk"]
 

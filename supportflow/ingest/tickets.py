@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from supportflow.ingest.fields import RAW_FIELDS
 from supportflow.redact import Redactor
 
 TICKET_SCHEMA = pa.schema(
@@ -29,9 +30,6 @@ TICKET_SCHEMA = pa.schema(
     ]
 )
 TICKET_COLUMNS = TICKET_SCHEMA.names
-
-# Raw fields a reader may deliver; `external_id` (an id in the source system) only feeds the hash.
-RAW_FIELDS = ("text", "intent", "entities", "response", "channel", "created_at", "external_id")
 
 # Column names that common exports use for each raw field, first match wins.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -57,16 +55,6 @@ CHANNEL_SYNONYMS = {
     "twitter": "social",
     "instagram": "social",
 }
-
-
-def field_map_problem(field_map: object) -> str | None:
-    """Why `field_map` cannot say which column holds which ticket field, or None when it can. A misspelt field
-    would otherwise be ignored, and its column read under an alias or not at all."""
-    if not isinstance(field_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in field_map.items()):
-        return 'a field map is an object from ticket field to column name, e.g. {"text": "message", "intent": "category"}'
-    if unknown := sorted(set(field_map) - set(RAW_FIELDS)):
-        return f"{', '.join(map(repr, unknown))} is not a ticket field; the fields are {', '.join(RAW_FIELDS)}"
-    return None
 
 
 def resolve_columns(columns: list[str], field_map: dict[str, str]) -> dict[str, str]:
