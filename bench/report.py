@@ -210,9 +210,14 @@ def _resolution(r: dict, file: str) -> list[Row]:
     )
     if r.get("offers"):  # below the threshold the bot offered a choice; the outcome counted is the reply to the choice
         measured += f"; {r['offers']:,} unsure messages offered a choice, {r['right_after_offer']:,} of them then answered right"
+    if r.get("slot_questions"):  # the desk's form asked a slot question first; the outcome counted is the reply to the answer
+        measured += f"; {r['slot_questions']:,} asked a slot question first, {r['right_after_slot']:,} of them then answered right"
+    # `supportflow evaluate` writes resolution_<desk>.json; a copy kept beside it names what differs after the desk.
+    variant = file.removesuffix(".json").removeprefix(f"resolution_{r['workspace']}").strip("_").replace("_", " ")
     return [
         (
-            f"The served bot, desk `{r['workspace']}`: each test message as a new conversation through `/chat`",
+            f"The served bot, desk `{r['workspace']}`{f' ({variant})' if variant else ''}: each test message as a new conversation"
+            " through `/chat`",
             measured,
             ">= 90% right, <= 2% wrong",
             file,

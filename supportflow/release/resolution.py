@@ -14,6 +14,11 @@ When the bot is unsure and offers a few intents to choose from, the customer ans
 the number of the one they meant, or "none of those" when it is not there; the reply to that answer is what
 counts. The report says how many offers were made and how many of them ended answered right.
 
+When the desk's dialogue asks a slot question before it answers (a form's `utter_ask_<slot>`: "physical or
+virtual card?"), the customer answers it too, with a value the desk's domain accepts for that slot (the first of
+its entity's lookup table); which one does not change the outcome, since the answer is for the request that
+started the form. A question the desk gives no values for stays clarified.
+
 A reply that fits none (an HTTP error, a broken body) is an error: counted and reported apart, never dropped.
 The release stage runs this on the candidate bundles while its smoke test serves them; `supportflow
 evaluate` runs it on the production bundles or on any running bot.
@@ -102,6 +107,7 @@ class ExampleOutcome(BaseModel):
     label: str | None = None
     detail: str | None = None
     offered: list[str] = Field(default_factory=list)  # what the bot offered to choose from; the outcome is the reply to the choice
+    slot_answers: list[str] = Field(default_factory=list)  # what the customer answered the slot questions with, in order
 
 
 class OutcomeCounts(BaseModel):
@@ -142,6 +148,8 @@ class ResolutionReport(OutcomeCounts):
     offers: int = 0  # messages the bot was unsure of and offered a choice for (their outcome is the reply to the choice)
     offers_with_gold: int = 0  # ...where the intent the customer meant was among the options
     right_after_offer: int = 0  # ...that ended answered right
+    slot_questions: int = 0  # messages the bot asked a slot question about, answered by the simulated customer
+    right_after_slot: int = 0  # ...that ended answered right
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -189,6 +197,9 @@ class ResolutionReport(OutcomeCounts):
                 report.offers += 1
                 report.offers_with_gold += example.gold_intent in example.offered
                 report.right_after_offer += example.outcome == "answered_right"
+            if example.slot_answers:
+                report.slot_questions += 1
+                report.right_after_slot += example.outcome == "answered_right"
             by_intent[example.gold_intent].count(example.outcome)
             if example.label is not None:
                 confusion[example.gold_intent][example.label] += 1
@@ -240,6 +251,8 @@ class ResolutionReport(OutcomeCounts):
                 f"  unsure, offered a choice: {self.offers} ({self.offers_with_gold} held the intent meant;"
                 f" {self.right_after_offer} then answered right)"
             )
+        if self.slot_questions:
+            lines.append(f"  asked a slot question first: {self.slot_questions} ({self.right_after_slot} answered right once answered)")
         if self.errors:
             lines.append(f"  errors: {self.errors} messages got no usable reply (not in the figures), e.g. {self.error_details[0]}")
         weakest = ", ".join(f"{intent} {c.answered_right}/{c.n}" for intent, c in self.weakest_intents())
@@ -333,11 +346,34 @@ def labelled_export(
 
 
 NONE_OF_THOSE = "none of those"  # the simulated customer's answer to an offer that misses what they meant
+MAX_SLOT_ANSWERS = 3  # slot questions answered in one conversation before its reply counts as it stands
 
 
-def _ask(client: httpx.Client, bot_url: str, request_id: str, text: str, gold_intent: str) -> ExampleOutcome:
+def slot_answers(settings: Settings) -> dict[str, str]:
+    """What the simulated customer says to each slot question the desk's forms ask, by the question's text
+    (`utter_ask_<slot>`): the first value of the lookup table of an entity that fills the slot."""
+    from supportflow.dialogue.project import read_desk_dialogue
+    from supportflow.workspace import workspace
+
+    desk = read_desk_dialogue(workspace(settings).dialogue_dir)
+    lookups = desk.lookup_values()
+    answers: dict[str, str] = {}
+    for slot, spec in desk.slots.items():
+        mappings = (spec or {}).get("mappings") or [] if isinstance(spec, dict) else []
+        entities = [str(m["entity"]) for m in mappings if isinstance(m, dict) and m.get("type") == "from_entity" and m.get("entity")]
+        values = [value for entity in entities for value in lookups.get(entity, [])]
+        for response in desk.responses.get(f"utter_ask_{slot}") or [] if values else []:
+            if isinstance(response, dict) and response.get("text"):
+                answers[str(response["text"]).strip()] = values[0]
+    return answers
+
+
+def _ask(
+    client: httpx.Client, bot_url: str, request_id: str, text: str, gold_intent: str, answers: Mapping[str, str] | None = None
+) -> ExampleOutcome:
     """The message as the first turn of a new conversation: the bot names it (`conversation_id` in the outcome).
-    An offer to choose from is answered (the number of the gold intent, or "none of those"), and that reply counts."""
+    An offer to choose from is answered (the number of the gold intent, or "none of those"), a slot question with
+    the value `answers` gives for its text (`slot_answers`), and the reply to the last answer counts."""
     example = {"text": text, "gold_intent": gold_intent}
     try:
         reply = client.post(f"{bot_url}/chat", json={"message": text}, headers={"X-Request-ID": request_id})
@@ -348,16 +384,31 @@ def _ask(client: httpx.Client, bot_url: str, request_id: str, text: str, gold_in
     status, body = _read(reply)
     said = body if isinstance(body, Mapping) else {}
     conversation_id = str(said.get("conversation_id") or "")
+    token = str(said.get("conversation_token") or "")  # issued with the first reply only
     offered = [str(intent) for intent in said.get("offered") or []] if status == 200 else []
     if offered:
         choice = str(offered.index(gold_intent) + 1) if gold_intent in offered else NONE_OF_THOSE
-        headers = {"X-Request-ID": f"{request_id}-choice", "X-Conversation-Token": str(said.get("conversation_token") or "")}
+        headers = {"X-Request-ID": f"{request_id}-choice", "X-Conversation-Token": token}
         try:
             status, body = _read(
                 client.post(f"{bot_url}/chat", json={"conversation_id": conversation_id, "message": choice}, headers=headers)
             )
         except httpx.HTTPError as error:
             status, body = 0, f"no reply to the choice: {type(error).__name__}: {error}"
+        said = body if isinstance(body, Mapping) else {}
+    given: list[str] = []
+    while status == 200 and said.get("route") == "dialogue" and len(given) < MAX_SLOT_ANSWERS:
+        asked = [str(reply).strip() for reply in said.get("replies") or []]
+        value = next((answers[question] for question in asked if answers and question in answers), None)
+        if value is None:
+            break
+        given.append(value)
+        headers = {"X-Request-ID": f"{request_id}-slot{len(given)}", "X-Conversation-Token": token}
+        try:
+            turn = {"conversation_id": conversation_id, "message": value}
+            status, body = _read(client.post(f"{bot_url}/chat", json=turn, headers=headers))
+        except httpx.HTTPError as error:
+            status, body = 0, f"no reply to the slot answer: {type(error).__name__}: {error}"
         said = body if isinstance(body, Mapping) else {}
     verdict = judge(gold_intent, status, body)
     return ExampleOutcome(
@@ -369,6 +420,7 @@ def _ask(client: httpx.Client, bot_url: str, request_id: str, text: str, gold_in
         answer_intent=said.get("answer_intent"),
         kb_doc_id=said.get("kb_doc_id"),
         offered=offered,
+        slot_answers=given,
         **verdict.model_dump(),
     )
 
@@ -380,7 +432,7 @@ def _read(reply: httpx.Response) -> tuple[int, Any]:
         return reply.status_code, reply.text
 
 
-def replay(bot_url: str, examples: pd.DataFrame, concurrency: int) -> list[ExampleOutcome]:
+def replay(bot_url: str, examples: pd.DataFrame, concurrency: int, answers: Mapping[str, str] | None = None) -> list[ExampleOutcome]:
     """Each message as the first turn of its own new conversation (its request id unique to this run), a few at once
     as customers write; the outcomes come back in the examples' order."""
     run = uuid.uuid4().hex[:8]
@@ -389,7 +441,7 @@ def replay(bot_url: str, examples: pd.DataFrame, concurrency: int) -> list[Examp
     try:
         with httpx.Client(timeout=CHAT_TIMEOUT_S) as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
             futures = [
-                pool.submit(_ask, client, bot_url, f"{REQUEST_PREFIX}-{run}-{number}", str(text), str(intent))
+                pool.submit(_ask, client, bot_url, f"{REQUEST_PREFIX}-{run}-{number}", str(text), str(intent), answers)
                 for number, (text, intent) in enumerate(zip(examples["text"], examples["intent"], strict=True))
             ]
             right = 0
@@ -421,7 +473,7 @@ def evaluate_bot(settings: Settings, bot_url: str, examples: LabelledExamples, c
         served = httpx.get(f"{bot_url.rstrip('/')}/status", timeout=30).raise_for_status().json()
     except (httpx.HTTPError, ValueError) as error:
         raise ResolutionError(f"no supportflow bot answers at {bot_url} ({type(error).__name__}: {error})") from error
-    outcomes = replay(bot_url, examples.frame, settings.evaluate_concurrency)
+    outcomes = replay(bot_url, examples.frame, settings.evaluate_concurrency, slot_answers(settings))
     report = ResolutionReport.from_outcomes(
         outcomes,
         examples.source,
@@ -483,9 +535,8 @@ def log_resolution(
         tags |= {"release_id": release_id, "evaluated_by": evaluated_by}
         mlflow.set_tags({key: value for key, value in tags.items() if value is not None})
         mlflow.log_param("source", report.source[:500])
-        metrics = {
-            outcome: getattr(report, outcome) for outcome in (*OUTCOMES, "errors", "n", "offers", "offers_with_gold", "right_after_offer")
-        }
+        counted = (*OUTCOMES, "errors", "n", "offers", "offers_with_gold", "right_after_offer", "slot_questions", "right_after_slot")
+        metrics = {outcome: getattr(report, outcome) for outcome in counted}
         mlflow.log_metrics({**metrics, **{f"{outcome}_rate": report.rate(outcome) for outcome in OUTCOMES}, "seconds": report.seconds})
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)

@@ -21,6 +21,8 @@ from supportflow.release.resolution import (
 from supportflow.settings import Settings
 from supportflow.tracking import connect
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def chat_body(route: str, intent: str | None, answer_intent: str | None = None, kb_doc_id: str | None = None) -> dict:
     """What bentos/bot/service.py `_respond` returns for a turn."""
@@ -301,3 +303,38 @@ def test_an_offer_is_answered_as_a_customer_would_and_the_reply_to_the_choice_co
     report = ResolutionReport.from_outcomes([picked, missed], "test", "banking77", "1", "kb-1", 1.0)
     assert (report.offers, report.offers_with_gold, report.right_after_offer) == (2, 1, 1)
     assert "  unsure, offered a choice: 2 (1 held the intent meant; 1 then answered right)" in report.lines()
+
+
+def test_a_slot_question_is_answered_with_a_value_the_desk_accepts_and_the_reply_to_it_counts(tmp_path: Path) -> None:
+    """The demo desk's card forms ask "physical or virtual?": the customer answers with the first card type its
+    domain lists, and the answer that follows is judged; a question the desk gives no values for stays clarified."""
+    import httpx
+
+    from supportflow.release.resolution import _ask, slot_answers
+
+    answers = slot_answers(Settings(workspace=ROOT / "examples" / "banking77"))
+    question = "Is this about your physical card or a virtual card?"
+    assert answers == {question: "physical"}
+    sent: list[tuple[dict, str | None]] = []
+
+    def bot(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append((body, request.headers.get("X-Conversation-Token")))
+        if "conversation_id" not in body:
+            asked = question if "card" in body["message"] else "Which account?"
+            return httpx.Response(200, json={**chat_body("dialogue", None), "replies": [asked]})
+        answered = chat_body("kb", "card_type", "card_not_working", "card_not_working")
+        return httpx.Response(200, json={**answered, "conversation_token": None})
+
+    with httpx.Client(transport=httpx.MockTransport(bot)) as client:
+        filled = _ask(client, "http://bot", "evaluate-x-1", "my card won't work", "card_not_working", answers)
+        unknown = _ask(client, "http://bot", "evaluate-x-2", "an account question", "edit_personal_details", answers)
+
+    assert (filled.outcome, filled.slot_answers, filled.answer_intent) == ("answered_right", ["physical"], "card_not_working")
+    assert (unknown.outcome, unknown.slot_answers) == ("clarified", [])
+    first = chat_body("dialogue", None)
+    assert sent[1] == ({"conversation_id": first["conversation_id"], "message": "physical"}, first["conversation_token"])
+    assert len(sent) == 3  # the unanswerable question got no reply
+    report = ResolutionReport.from_outcomes([filled, unknown], "test", "banking77", "1", "kb-1", 1.0)
+    assert (report.slot_questions, report.right_after_slot, report.answered_right, report.clarified) == (1, 1, 1, 1)
+    assert "  asked a slot question first: 1 (1 answered right once answered)" in report.lines()
