@@ -284,8 +284,8 @@ class SupportBot:
         if intent and not matching and intent in self.knowledge.answered_intents:
             # The intent is settled (the classifier is above its precision threshold, the customer picked it, or a
             # form asked for it) and the desk wrote an article for it: that article answers, even where the
-            # customer's words rank others above it in a search ("I need my card quickly" against "How long does
-            # a new card take to arrive?"). The search's own threshold is for questions without an intent.
+            # customer's words share more with other articles than with its own. The search's own threshold is for
+            # questions without an intent.
             own = self.knowledge.article_for(intent, question)
             matching = [own] if own is not None else []
         chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])

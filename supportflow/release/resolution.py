@@ -14,8 +14,8 @@ When the bot is unsure and offers a few intents to choose from, the customer ans
 the number of the one they meant, or "none of those" when it is not there; the reply to that answer is what
 counts. The report says how many offers were made and how many of them ended answered right.
 
-When the desk's dialogue asks a slot question before it answers (a form's `utter_ask_<slot>`: "physical or
-virtual card?"), the customer answers it too, with a value the desk's domain accepts for that slot (the first of
+When the desk's dialogue asks a slot question before it answers (a form's `utter_ask_<slot>`), the customer
+answers it too, with a value the desk's domain accepts for that slot (the first of
 its entity's lookup table); which one does not change the outcome, since the answer is for the request that
 started the form. A question the desk gives no values for stays clarified.
 

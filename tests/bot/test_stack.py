@@ -380,7 +380,8 @@ def test_evaluate_counts_what_chat_returned_for_each_labelled_message(
 
     assert report["errors"] == 0 and report["n"] == len(labelled) == 9
     assert sum(report[outcome] for outcome in OUTCOMES) == report["n"]
-    assert report["answered_right"] >= 1 and report["clarified"] >= 1  # the tiny model and the demo KB answer most
+    # The tiny model and the demo KB answer most; the card questions' form asks first, and the customer answers it.
+    assert report["answered_right"] >= 1 and report["clarified"] + report["slot_questions"] >= 1
     assert sum(counts["n"] for counts in report["by_intent"].values()) == report["n"]
     figures = json.loads((tmp_path / "results" / "resolution_banking77.json").read_text())
     assert {key: figures[key] for key in (*OUTCOMES, "n", "errors")} == {key: report[key] for key in (*OUTCOMES, "n", "errors")}
@@ -399,8 +400,12 @@ def test_evaluate_counts_what_chat_returned_for_each_labelled_message(
     for number, row in enumerate(replayed.itertuples()):
         again = served.chat(f"it-evaluate-{number}", row.text)
         body = again.json()
-        assert judge(row.gold_intent, again.status_code, body).outcome == row.outcome, (row.text, body)
-        assert (body["route"], body.get("answer_intent") or "") == (row.route, row.answer_intent), row.text
+        first = judge(row.gold_intent, again.status_code, body).outcome
+        if row.offered != "[]" or row.slot_answers != "[]":  # the customer answered what the bot asked: that reply counted
+            assert first == "clarified" and row.outcome != "error", (row.text, body)
+        else:
+            assert first == row.outcome, (row.text, body)
+            assert (body["route"], body.get("answer_intent") or "") == (row.route, row.answer_intent), row.text
 
 
 def test_when_the_classifier_or_rasa_is_down_the_bot_hands_off_gracefully(served: Served) -> None:
