@@ -349,18 +349,7 @@ class KnowledgeBase:
             if hit.intent == intent:
                 return hit
         first = next((p for p in self.retriever.passages if p.intent == intent), None)
-        if first is None:
-            return None
-        return Answer(
-            doc_id=first.doc_id,
-            passage_id=first.id,
-            title=first.title,
-            body=first.body,
-            url=first.url,
-            source=first.source,
-            intent=intent,
-            score=0.0,
-        )
+        return None if first is None else Answer.of(first, 0.0)
 
 
 def open_knowledge_base(settings: Settings, index: KeywordIndex | None = None) -> KnowledgeBase:

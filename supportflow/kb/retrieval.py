@@ -68,6 +68,19 @@ class Answer(BaseModel):
     intent: str | None
     score: float
 
+    @classmethod
+    def of(cls, passage: Passage, score: float) -> "Answer":
+        return cls(
+            doc_id=passage.doc_id,
+            passage_id=passage.id,
+            title=passage.title,
+            body=passage.body,
+            url=passage.url,
+            source=passage.source,
+            intent=passage.intent,
+            score=score,
+        )
+
 
 def article_keys(passages: Sequence[Passage]) -> np.ndarray:
     """Passages sharing a (case- and space-insensitive) title form one article."""
@@ -134,18 +147,7 @@ class Ranker:
             if passage.doc_id in seen:
                 continue
             seen.add(passage.doc_id)
-            out.append(
-                Answer(
-                    doc_id=passage.doc_id,
-                    passage_id=passage.id,
-                    title=passage.title,
-                    body=passage.body,
-                    url=passage.url,
-                    source=passage.source,
-                    intent=passage.intent,
-                    score=float(relevance[position]),
-                )
-            )
+            out.append(Answer.of(passage, float(relevance[position])))
             if len(out) == k:
                 break
         return out
