@@ -180,6 +180,7 @@ def main() -> None:
                 "banking77",
                 settings.ood_quantile,
                 FusionChoice.of(settings),
+                device=settings.train_device,
             )
             fine_tuning = "fine-tuned in this run"
         build_seconds = time.perf_counter() - started + (built.train_seconds if args.fine_tuned else 0.0)

@@ -208,7 +208,14 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
 def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, ratio: float, args: argparse.Namespace) -> dict:
     """One model's figures; with `--runs-dir`, kept there (figures as JSON, per-message scores as .npz) and reused by
     a later call with the same protocol, so seeds can run as separate processes and an interrupted run resumes."""
-    protocol = {"profile": args.profile, "quantile": args.quantile, "variant": args.variant, "limit": args.limit}
+    training = get_settings().model_copy(update={"train_profile": args.profile}).training_profile()
+    protocol = {
+        "profile": args.profile,
+        "training": training.model_dump(),
+        "quantile": args.quantile,
+        "variant": args.variant,
+        "limit": args.limit,
+    }
     stored = None if args.runs_dir is None else args.runs_dir / f"known-{ratio}-seed-{seed}.json"
     if stored is not None and stored.exists():
         kept = json.loads(stored.read_text())

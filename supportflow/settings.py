@@ -36,6 +36,9 @@ class TrainingProfile(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="Each lower encoder layer learns at this fraction of the one above.")
     freeze_word_embeddings: bool = Field(False, description="Keep the 30k-row vocabulary matrix fixed: a third less work per step on CPU.")
+    contrastive_weight: float = Field(
+        0.0, ge=0, description="Weight of the supervised contrastive loss on the pooled embedding beside cross-entropy (0: none)."
+    )
     seed: int = 13
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
 from transformers import (
     AutoTokenizer,
@@ -26,6 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from supportflow.classifier.predict import pooled_embedding
 from supportflow.errors import BaseModelError, TrainingDataError, TrainingDeviceError
 from supportflow.progress import Step
 from supportflow.settings import TrainingProfile
@@ -147,6 +149,44 @@ def layerwise_optimizer(model: DistilBertForSequenceClassification, profile: Tra
     return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()], lr=profile.learning_rate)
 
 
+# The supervised contrastive loss's temperature (Zhou et al. 2021's setting for intent-sized batches).
+CONTRASTIVE_TEMPERATURE = 0.3
+
+
+def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """For each message, how unlikely its same-intent batch mates are among all its batch mates by cosine similarity
+    (Khosla et al., NeurIPS 2020; for unknown-intent detection, Zeng et al. 2021 and Zhou et al., EMNLP 2021).
+    Cross-entropy alone only needs the intents linearly separable; the unknown-intent detector measures distances in
+    this space, and tight, well-apart intents leave room between them for the unknown ones. The other intents in the
+    denominator keep the space from collapsing, which a pull-and-margin loss allows. A message without a same-intent
+    batch mate adds nothing."""
+    unit = F.normalize(embeddings, dim=-1)
+    others = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    similarity = (unit @ unit.T / CONTRASTIVE_TEMPERATURE).masked_fill(~others, float("-inf"))
+    log_share = similarity - torch.logsumexp(similarity, dim=-1, keepdim=True)
+    positive = ((labels.unsqueeze(1) == labels.unsqueeze(0)) & others).float()
+    return -((log_share.masked_fill(~others, 0.0) * positive).sum(-1) / positive.sum(-1).clamp(min=1.0)).mean()
+
+
+class ContrastiveTrainer(Trainer):
+    """The Trainer with cross-entropy (label-smoothed as the profile says) plus the supervised contrastive loss on the
+    pooled embedding the detector reads; `Trainer.compute_loss` is its documented extension point."""
+
+    def __init__(self, *args: object, contrastive_weight: float, label_smoothing: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.contrastive_weight = contrastive_weight
+        self.label_smoothing = label_smoothing
+
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, object]:
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, output_hidden_states=True)
+        loss = F.cross_entropy(outputs.logits, labels, label_smoothing=self.label_smoothing)
+        loss = loss + self.contrastive_weight * supervised_contrastive_loss(pooled_embedding(outputs.hidden_states), labels)
+        return (loss, outputs) if return_outputs else loss
+
+
 class TrainingProgress(TrainerCallback):
     """Every optimiser step moves the bar; every logged loss shows beside it with the epoch, so a person sees
     that training learns, and how long it has left, while it runs."""
@@ -207,15 +247,21 @@ def fine_tune(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = Trainer(
-        model=model,
-        args=arguments,
-        train_dataset=train_set,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        optimizers=(layerwise_optimizer(model, profile), None),
-        callbacks=[TrainingProgress()],
-    )
+    parts = {
+        "model": model,
+        "args": arguments,
+        "train_dataset": train_set,
+        "data_collator": DataCollatorWithPadding(tokenizer),
+        "processing_class": tokenizer,
+        "optimizers": (layerwise_optimizer(model, profile), None),
+        "callbacks": [TrainingProgress()],
+    }
+    if profile.contrastive_weight > 0:
+        trainer: Trainer = ContrastiveTrainer(
+            **parts, contrastive_weight=profile.contrastive_weight, label_smoothing=profile.label_smoothing
+        )
+    else:
+        trainer = Trainer(**parts)
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
