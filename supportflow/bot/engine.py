@@ -313,7 +313,9 @@ class SupportBot:
         labels = self._labels(asked)
         options = " or ".join(f"({i}) {labels[intent].rstrip('?.')}" for i, intent in enumerate(asked, start=1))
         message = self.texts.multiple_requests.format(options=options)
-        return AnswerResponse(messages=[message], route="clarify", intent=request.intent, confidence=request.confidence)
+        # Kept like an offer's options, so the reply that picks one ("2", "the second", its title) is answered.
+        slots: dict[str, Any] = {OFFERED_SLOT: asked} if asked else {}
+        return AnswerResponse(messages=[message], slots=slots, route="clarify", intent=request.intent, confidence=request.confidence)
 
     def _handoff(self, request: AnswerRequest, reason: str, message: str | None = None) -> AnswerResponse:
         transcript = [(line.role, line.text) for line in request.transcript]

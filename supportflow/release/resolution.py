@@ -7,12 +7,12 @@ conversation, and every reply is counted as one of four outcomes:
 
 - answered right: the reply came from the knowledge base or the LLM, from the article for the gold intent;
 - answered wrong: it came from another intent's article;
-- clarified: the bot asked something back (a slot question, or which of several requests first);
+- clarified: the bot asked something back that the customer cannot answer (a slot question without values);
 - handed off: a person takes over (low confidence, no article, a part that is down).
 
-When the bot is unsure and offers a few intents to choose from, the customer answers as a real one would: with
-the number of the one they meant, or "none of those" when it is not there; the reply to that answer is what
-counts. The report says how many offers were made and how many of them ended answered right.
+When the bot is unsure and offers a few intents to choose from (or asks which of two requests first), the
+customer answers as a real one would: with the number of the one they meant, or "none of those" when it is not
+there; the reply to that answer is what counts. The report says how many offers were made and how many of them ended answered right.
 
 When the desk's dialogue asks a slot question before it answers (a form's `utter_ask_<slot>`), the customer
 answers it too, with a value the desk's domain accepts for that slot (the first of

@@ -117,6 +117,9 @@ def test_dialogue_acts_clarification_and_handoff(bot: SupportBot) -> None:
         entities=[{"entity": "request", "value": "top_up_failed"}, {"entity": "request", "value": "declined_card_payment"}],
     )
     assert clarify.route == "clarify" and "(1) Why did my top-up fail or (2)" in clarify.messages[0]  # the articles' titles
+    # The reply that picks one is answered, as a pick from an offer is (Rasa forwards it below the threshold).
+    picked_one = ask(bot, "the second", "nlu_fallback", 0.9, kind="handoff", slots=clarify.slots)
+    assert (picked_one.route, picked_one.kb_doc_id) == ("kb", "declined_card_payment")
     human = ask(bot, "I want a person", "ask_human", 1.0, kind="handoff")
     assert human.route == "handoff" and human.messages == [TEXTS.handoff]
     assert bot.handoffs.page("waiting").handoffs[0]["reason"] == "asked for a person"
