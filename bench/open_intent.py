@@ -48,7 +48,7 @@ from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier, classify_outputs, onnx_outputs
 from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within, onnx_stand_in
 from supportflow.classifier.ood import vocabulary_quantile
-from supportflow.settings import get_settings
+from supportflow.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "banking77" / "data"
@@ -145,10 +145,15 @@ def scored(classifier: OnnxClassifier, texts: list[str], train_embeddings: np.nd
     return results, scores
 
 
+def profile_settings(args: argparse.Namespace) -> Settings:
+    """The settings with the benchmark's `--profile` chosen: what trains each model, and what a kept run is keyed on."""
+    return get_settings().model_copy(update={"train_profile": args.profile})
+
+
 def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path) -> dict:
     """Train on the known intents only; score the served detector, the MSP baseline and the candidate scores on the
     whole test set. Returns the run's figures and, per validation and test message, its scores (for `--runs-dir`)."""
-    settings = get_settings().model_copy(update={"train_profile": args.profile})
+    settings = profile_settings(args)
     seen = train[train["intent"].isin(known)]
     validation = seen.groupby("intent", group_keys=False).sample(frac=VALIDATION_FRACTION, random_state=seed)
     where = f"BANKING77, {len(known)} known intents, seed {seed}"
@@ -208,10 +213,9 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
 def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, ratio: float, args: argparse.Namespace) -> dict:
     """One model's figures; with `--runs-dir`, kept there (figures as JSON, per-message scores as .npz) and reused by
     a later call with the same protocol, so seeds can run as separate processes and an interrupted run resumes."""
-    training = get_settings().model_copy(update={"train_profile": args.profile}).training_profile()
     protocol = {
         "profile": args.profile,
-        "training": training.model_dump(),
+        "training": profile_settings(args).training_profile().model_dump(),  # the profile as the environment set it
         "quantile": args.quantile,
         "variant": args.variant,
         "limit": args.limit,
@@ -258,8 +262,8 @@ def main() -> None:
     if args.limit is not None and args.limit < 10:
         parser.error("--limit must keep at least 10 messages per intent (one for validation, the rest to train on)")
     out = args.out or (None if args.limit else RESULT)
-    settings = get_settings()
-    profile = settings.model_copy(update={"train_profile": args.profile}).training_profile()
+    settings = profile_settings(args)
+    profile = settings.training_profile()
 
     train = pd.read_csv(DATA / "train.csv").rename(columns={"category": "intent"})
     test = pd.read_csv(DATA / "test.csv").rename(columns={"category": "intent"})

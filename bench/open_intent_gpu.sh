@@ -33,11 +33,6 @@ COND="fine-tuned on one NVIDIA H200 (fp32), three seeds as three processes side 
 for s in 0 1 2; do
   timeout ${BUDGET:-470} python3 bench/open_intent.py --profile full --seeds $s --quantile 0.95 --runs-dir /tmp/runs --out /tmp/seed$s.json --conditions "$COND" > $OUT/log-seed$s.txt 2>&1 &
 done
-# INTENT_BENCH=1: beside them, bench/intent.py with the same profile fine-tuned on the GPU (without the Rasa peer), a
-# preview of the closed-set figures; the committed ones are trained on the CPU, as the bar asks.
-if [ -n "${INTENT_BENCH:-}" ]; then
-  SUPPORTFLOW_TRAIN_THREADS=3 timeout ${BUDGET:-470} python3 bench/intent.py --profile full --skip-rasa --out $OUT/intent_banking77_cuda.json --conditions "$COND, beside the open-intent seeds" > $OUT/log-intent.txt 2>&1 &
-fi
 wait
 echo "seeds done after $(( $(date +%s) - T0 )) s"; ls /tmp/runs
 tar -czf $OUT/runs.tgz -C /tmp runs

@@ -12,12 +12,13 @@ conversation, and every reply is counted as one of four outcomes:
 
 When the bot is unsure and offers a few intents to choose from (or asks which of two requests first), the
 customer answers as a real one would: with the number of the one they meant, or "none of those" when it is not
-there; the reply to that answer is what counts. The report says how many offers were made and how many of them ended answered right.
+there; the reply to that answer is what counts. The report says how many offers were made and how many of them
+ended answered right.
 
 When the desk's dialogue asks a slot question before it answers (a form's `utter_ask_<slot>`), the customer
-answers it too, with a value the desk's domain accepts for that slot (the first of
-its entity's lookup table); which one does not change the outcome, since the answer is for the request that
-started the form. A question the desk gives no values for stays clarified.
+answers it too, with a value the desk's domain accepts for that slot (the first of its entity's lookup table);
+which one does not change the outcome, since the answer is for the request that started the form. A question
+the desk gives no values for stays clarified.
 
 A reply that fits none (an HTTP error, a broken body) is an error: counted and reported apart, never dropped.
 The release stage runs this on the candidate bundles while its smoke test serves them; `supportflow

@@ -11,6 +11,7 @@ import pytest
 
 import bench.open_intent
 from bench.open_intent import UNKNOWN, flagged_at, known_intents, nearest_neighbour_distance, open_figures, run_once
+from supportflow.settings import get_settings
 
 
 def test_the_draw_takes_adb_s_share_of_intents_reproducibly_per_seed() -> None:
@@ -71,3 +72,12 @@ def test_a_kept_run_is_reused_only_under_the_same_protocol(tmp_path: Path, monke
     args.quantile = 0.99
     run_once(frame, frame, ["x"], 3, 0.25, args)
     assert trained == [3, 3]
+    # The same profile name with other settings (SUPPORTFLOW_FULL_PROFILE) is another protocol: trained again.
+    monkeypatch.setenv("SUPPORTFLOW_FULL_PROFILE", '{"epochs": 7, "learning_rate": 2e-4, "contrastive_weight": 2.0}')
+    get_settings.cache_clear()
+    try:
+        changed = run_once(frame, frame, ["x"], 3, 0.25, args)
+    finally:
+        monkeypatch.delenv("SUPPORTFLOW_FULL_PROFILE")
+        get_settings.cache_clear()
+    assert trained == [3, 3, 3] and changed["protocol"]["training"]["contrastive_weight"] == 2.0
