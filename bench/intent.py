@@ -86,7 +86,15 @@ def reuse_fine_tuned(
     tuned = FineTuned(model_dir=target, train_seconds=float(meta["train_seconds"]), train_loss=float("nan"))
     profile = settings.training_profile()
     return evaluate_classifier(
-        tuned, splits, base, profile, settings.target_precision, snapshot_id, settings.ood_quantile, FusionChoice.of(settings)
+        tuned,
+        splits,
+        base,
+        profile,
+        settings.target_precision,
+        snapshot_id,
+        settings.ood_quantile,
+        FusionChoice.of(settings),
+        settings.max_wrong_answers,
     )
 
 
@@ -181,6 +189,7 @@ def main() -> None:
                 settings.ood_quantile,
                 FusionChoice.of(settings),
                 device=settings.train_device,
+                max_wrong_answers=settings.max_wrong_answers,
             )
             fine_tuning = "fine-tuned in this run"
         build_seconds = time.perf_counter() - started + (built.train_seconds if args.fine_tuned else 0.0)
@@ -204,6 +213,7 @@ def main() -> None:
         "threshold": round(built.card.threshold, 4),
         "coverage_at_threshold": round(built.test_at_threshold.coverage, 4),
         "precision_at_threshold": round(built.test_at_threshold.precision, 4),
+        "wrong_at_threshold": round(built.test_at_threshold.wrong, 4),  # the share of all test messages answered wrongly
         # Thresholds chosen on validation for each promise (90-99% precision), scored on test.
         **{
             name: round(value, 4)
@@ -227,6 +237,7 @@ def main() -> None:
             **{f"three_readers_onnx_{name}": figures for name, figures in serving.get("variants", {}).items()},
         },
         "target_precision": settings.target_precision,
+        "max_wrong_answers": settings.max_wrong_answers,
         "temperature": round(built.card.temperature, 4),
         "lexical_weight": round(built.card.lexical_weight, 4),
         "prototype_weight": round(built.card.prototype_weight, 4),

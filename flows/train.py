@@ -24,7 +24,7 @@ from supportflow.classifier.training import (
 from supportflow.settings import Settings, get_settings
 from supportflow.tracking import connect
 from supportflow.validate.snapshot import SnapshotManifest
-from supportflow.workspace import target_precision
+from supportflow.workspace import with_desk_promises
 
 
 @task(name="load-snapshot", cache_policy=NO_CACHE)
@@ -41,7 +41,15 @@ def fine_tune_step(splits: LabelledSplits, base: BaseModelChoice, settings: Sett
 def evaluate_step(tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str) -> BuiltClassifier:
     profile = settings.training_profile()
     return evaluate_classifier(
-        tuned, splits, base, profile, settings.target_precision, snapshot_id, settings.ood_quantile, FusionChoice.of(settings)
+        tuned,
+        splits,
+        base,
+        profile,
+        settings.target_precision,
+        snapshot_id,
+        settings.ood_quantile,
+        FusionChoice.of(settings),
+        settings.max_wrong_answers,
     )
 
 
@@ -65,7 +73,7 @@ def train(profile: str | None = None) -> TrainingSummary:
     settings = get_settings()
     if profile:
         settings = settings.model_copy(update={"train_profile": profile})
-    settings = settings.model_copy(update={"target_precision": target_precision(settings)})  # the desk's, unless set
+    settings = with_desk_promises(settings)
     logger = get_run_logger()
     connect(settings)  # an unreachable store fails here, before minutes of training
     manifest, splits = load_snapshot(settings)

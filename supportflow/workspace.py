@@ -114,6 +114,8 @@ class WorkspaceConfig(BaseModel):
     # How precise the answers the bot gives on its own must be (on validation); below the threshold chosen for it the
     # bot offers choices or hands off. A desk knows what a wrong answer costs it. Default: the setting's (0.97).
     target_precision: float | None = Field(None, gt=0.0, le=1.0)
+    # The share of all its customers' messages a desk accepts to see answered wrongly. Default: the setting's (0.02).
+    max_wrong_answers: float | None = Field(None, gt=0.0, le=1.0)
     texts: BotTexts = Field(default_factory=BotTexts)
     channels: Channels = Field(default_factory=Channels)
     demo_questions: list[str] = Field(default_factory=list)  # what `supportflow demo` asks the served bot
@@ -182,13 +184,17 @@ def workspace(settings: Settings) -> Workspace:
     return load_workspace(settings.workspace)
 
 
-def target_precision(settings: Settings) -> float:
-    """The precision the classifier's threshold is chosen for: `SUPPORTFLOW_TARGET_PRECISION` where it is set (an
-    operator's word, or a test's), else the workspace's `target_precision`, else the setting's default."""
-    if "target_precision" in settings.model_fields_set:
-        return settings.target_precision
-    chosen = workspace(settings).config.target_precision
-    return settings.target_precision if chosen is None else chosen
+PROMISES = ("target_precision", "max_wrong_answers")  # what the classifier's threshold is chosen for
+
+
+def with_desk_promises(settings: Settings) -> Settings:
+    """The settings with the desk's promises: each one's environment variable where it is set (an operator's word, or
+    a test's), else the workspace's, else the setting's default."""
+    config = workspace(settings).config
+    chosen = {
+        name: getattr(config, name) for name in PROMISES if name not in settings.model_fields_set and getattr(config, name) is not None
+    }
+    return settings.model_copy(update=chosen)
 
 
 def kb_sources(settings: Settings) -> list[Path]:

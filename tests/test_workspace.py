@@ -89,17 +89,24 @@ def test_a_catalogue_may_say_what_each_intent_needs_and_rejects_what_it_cannot_r
         load_catalogue(path)
 
 
-def test_a_desk_sets_its_own_precision_target_unless_the_setting_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from supportflow.workspace import target_precision
+def test_a_desk_sets_its_own_promises_unless_the_setting_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supportflow.workspace import with_desk_promises
 
     monkeypatch.delenv("SUPPORTFLOW_TARGET_PRECISION", raising=False)
+    monkeypatch.delenv("SUPPORTFLOW_MAX_WRONG_ANSWERS", raising=False)
     config = tmp_path / "supportflow.yaml"
     config.write_text("name: shop\n")
-    assert target_precision(Settings(workspace=tmp_path)) == Settings.model_fields["target_precision"].default
-    config.write_text("name: shop\ntarget_precision: 0.9\n")
-    assert target_precision(Settings(workspace=tmp_path)) == 0.9
+    defaults = with_desk_promises(Settings(workspace=tmp_path))
+    assert (defaults.target_precision, defaults.max_wrong_answers) == (
+        Settings.model_fields["target_precision"].default,
+        Settings.model_fields["max_wrong_answers"].default,
+    )
+    config.write_text("name: shop\ntarget_precision: 0.9\nmax_wrong_answers: 0.01\n")
+    desk = with_desk_promises(Settings(workspace=tmp_path))
+    assert (desk.target_precision, desk.max_wrong_answers) == (0.9, 0.01)
     monkeypatch.setenv("SUPPORTFLOW_TARGET_PRECISION", "0.95")  # an operator's word wins over the desk's file
-    assert target_precision(Settings(workspace=tmp_path)) == 0.95
+    operator = with_desk_promises(Settings(workspace=tmp_path))
+    assert (operator.target_precision, operator.max_wrong_answers) == (0.95, 0.01)
     config.write_text("name: shop\ntarget_precision: 1.5\n")
     with pytest.raises(WorkspaceError, match=r"supportflow\.yaml: target_precision: Input should be less than or equal to 1"):
         load_workspace(tmp_path)

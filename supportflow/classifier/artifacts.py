@@ -52,6 +52,8 @@ class ClassifierCard:
     prototype_weight: float = 0.0
     # Per intent, added to the fused logits: the class balance (`fusion.prior_offsets`); none before it.
     logit_offsets: list[float] = field(default_factory=list)
+    # The wrong-answer budget the threshold was also chosen for (calibrate.py); 1 (none) before it.
+    max_wrong_answers: float = 1.0
 
     def weights(self) -> "FusionWeights":
         return FusionWeights(self.temperature, self.lexical_weight, self.prototype_weight, tuple(self.logit_offsets))

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, DistilBertForSequenceClassification
 
 from supportflow.classifier.artifacts import ClassifierCard, FusionWeights
 from supportflow.classifier.base_weights import BaseModelChoice
-from supportflow.classifier.calibrate import ThresholdChoice, at_threshold, choose_threshold, fit_temperature
+from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdChoice, at_threshold, choose_threshold, fit_temperature
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
@@ -55,9 +55,10 @@ def build_classifier(
     ood_quantile: float = DEFAULT_QUANTILE,
     fusion: FusionChoice = DEFAULT_FUSION,
     device: str = "cpu",
+    max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET,
 ) -> BuiltClassifier:
     tuned = fine_tune(base.location, splits, profile, threads, folder, device)
-    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id, ood_quantile, fusion)
+    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id, ood_quantile, fusion, max_wrong_answers)
 
 
 def evaluate_classifier(
@@ -69,6 +70,7 @@ def evaluate_classifier(
     snapshot_id: str,
     ood_quantile: float = DEFAULT_QUANTILE,
     fusion: FusionChoice = DEFAULT_FUSION,
+    max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET,
 ) -> BuiltClassifier:
     """Fit the lexical reader and the prototypes on the training messages, fuse the three readers and calibrate on
     validation, choose both thresholds there, score on test; write the card, the two readers and the unknown-intent
@@ -118,7 +120,7 @@ def evaluate_classifier(
     )
     test_probabilities = fused_softmax(test_readings, weights)
     head_alone = softmax(test.logits, fit_temperature(validation.logits, validation_labels))  # what the rest adds
-    chosen = choose_threshold(validation_probabilities, validation_labels, target_precision)
+    chosen = choose_threshold(validation_probabilities, validation_labels, target_precision, max_wrong_answers)
     card = ClassifierCard(
         labels=splits.labels,
         temperature=weights.temperature,
@@ -126,6 +128,7 @@ def evaluate_classifier(
         coverage_at_threshold=chosen.coverage,
         precision_at_threshold=chosen.precision,
         target_precision=target_precision,
+        max_wrong_answers=max_wrong_answers,
         max_length=profile.max_length,
         base_model=base.name,
         snapshot_id=snapshot_id,

@@ -2,8 +2,17 @@
 
 Temperature scaling (one scalar dividing the logits) is fitted on the validation split by minimising
 negative log-likelihood; it leaves the ranking unchanged. The threshold is then the lowest confidence
-at which the routed answers still reach the target precision on validation; below it the bot asks
+at which the routed answers keep both of the desk's promises on validation; below it the bot asks
 or hands off. Coverage is the share of messages it routes.
+
+The two promises are read by different people. Precision is the classifier's: of the answers given, how many are
+right. A desk counts wrong answers among all its customers: at 97% precision and 90% coverage, 2.7 in every 100
+messages get another intent's answer. `max_wrong_answers` bounds that share directly, with conformal risk control
+(Angelopoulos et al., "Conformal Risk Control", ICLR 2024): a wrong answer can only disappear as the threshold
+rises, so the lowest threshold whose validation share, counted as if one more message had been wrong,
+`(n * share + 1) / (n + 1)`, stays within the budget keeps the expected share on new messages within it. On a
+small validation split the extra message is what keeps the promise honest; the messages above the old threshold
+and below the new one are offered as a choice rather than answered.
 """
 
 from dataclasses import dataclass
@@ -19,6 +28,10 @@ class ThresholdChoice:
     threshold: float
     coverage: float
     precision: float
+    wrong: float  # the share of all messages routed to a wrong answer: (1 - precision) * coverage
+
+
+NO_WRONG_ANSWER_BUDGET = 1.0  # the precision alone chooses the threshold
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -32,27 +45,37 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target_precision: float) -> ThresholdChoice:
-    """Largest coverage whose routed answers (confidence >= threshold) reach the target precision.
+def choose_threshold(
+    probabilities: np.ndarray, labels: np.ndarray, target_precision: float, max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET
+) -> ThresholdChoice:
+    """Largest coverage whose routed answers (confidence >= threshold) reach the target precision and whose wrong
+    answers, bounded as the module says, stay within `max_wrong_answers` of all messages.
 
-    When no threshold reaches it, nothing is routed (threshold above every confidence, coverage 0):
+    When no threshold keeps both, nothing is routed (threshold above every confidence, coverage 0):
     the product promise wins over coverage.
     """
     curve = risk_coverage(probabilities, labels)
-    meeting = curve[curve["precision"] >= target_precision]
+    n = len(labels)
+    bounded_wrong = (curve["wrong"] * n + 1) / (n + 1)
+    meeting = curve[(curve["precision"] >= target_precision) & (bounded_wrong <= max_wrong_answers)]
     if meeting.empty:
-        return ThresholdChoice(threshold=float(np.nextafter(curve["threshold"].iloc[0], np.inf)), coverage=0.0, precision=1.0)
+        return ThresholdChoice(threshold=float(np.nextafter(curve["threshold"].iloc[0], np.inf)), coverage=0.0, precision=1.0, wrong=0.0)
     chosen = meeting.iloc[-1]
-    return ThresholdChoice(threshold=float(chosen["threshold"]), coverage=float(chosen["coverage"]), precision=float(chosen["precision"]))
+    return ThresholdChoice(
+        threshold=float(chosen["threshold"]),
+        coverage=float(chosen["coverage"]),
+        precision=float(chosen["precision"]),
+        wrong=float(chosen["wrong"]),
+    )
 
 
 def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> ThresholdChoice:
-    """Coverage and precision that a fixed threshold gives on another split (the test split)."""
+    """Coverage, precision and wrong answers that a fixed threshold gives on another split (the test split)."""
     confidence = probabilities.max(axis=1)
     routed = confidence >= threshold
     correct = probabilities.argmax(axis=1) == np.asarray(labels)
     precision = float(correct[routed].mean()) if routed.any() else 1.0
-    return ThresholdChoice(threshold=threshold, coverage=float(routed.mean()), precision=precision)
+    return ThresholdChoice(threshold=threshold, coverage=float(routed.mean()), precision=precision, wrong=float((routed & ~correct).mean()))
 
 
 def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
@@ -65,8 +88,15 @@ def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> pd.DataFrame
     routed = np.arange(1, len(order) + 1)
     precision = np.cumsum(correct[order]) / routed
     ends = np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True]  # a threshold routes every tie with it
+    wrong = np.cumsum(~correct[order]) / len(order)  # the share of all messages answered wrongly
     return pd.DataFrame(
-        {"threshold": sorted_confidence[ends], "coverage": routed[ends] / len(order), "precision": precision[ends], "routed": routed[ends]}
+        {
+            "threshold": sorted_confidence[ends],
+            "coverage": routed[ends] / len(order),
+            "precision": precision[ends],
+            "wrong": wrong[ends],
+            "routed": routed[ends],
+        }
     )
 
 

@@ -74,6 +74,7 @@ def log_training_run(
                 "snapshot_id": card.snapshot_id,
                 "labels": len(card.labels),
                 "target_precision": card.target_precision,
+                "max_wrong_answers": card.max_wrong_answers,
             }
         )
         mlflow.set_tags(
@@ -105,6 +106,7 @@ def log_training_run(
             "validation_precision_at_threshold": card.precision_at_threshold,
             "test_coverage_at_threshold": built.test_at_threshold.coverage,
             "test_precision_at_threshold": built.test_at_threshold.precision,
+            "test_wrong_at_threshold": built.test_at_threshold.wrong,  # the share of all test messages answered wrongly
             "train_seconds": built.train_seconds,
             "train_loss": built.train_loss,
             "ood_threshold": built.detector.threshold,

@@ -44,6 +44,7 @@ class TrainingSummary(BaseModel):
     threshold: float
     coverage_at_threshold: float
     precision_at_threshold: float
+    wrong_at_threshold: float
     train_seconds: float
     tracking_uri: str
 
@@ -52,7 +53,8 @@ class TrainingSummary(BaseModel):
             f"intent-classifier v{self.version} @{', @'.join(self.aliases)} (run {self.run_id}, {self.profile} profile)",
             f"  test accuracy {self.test_accuracy:.4f}, macro-F1 {self.test_macro_f1:.4f}; base {self.base_model}",
             f"  fallback threshold {self.threshold:.3f}: routes {self.coverage_at_threshold:.1%} of test messages"
-            f" at precision {self.precision_at_threshold:.1%}; trained in {self.train_seconds:.0f} s",
+            f" at precision {self.precision_at_threshold:.1%}, {self.wrong_at_threshold:.1%} of all answered wrongly;"
+            f" trained in {self.train_seconds:.0f} s",
             f"  gate: {self.gate_reason}; champion is v{self.champion_version}",
         ]
 
@@ -79,10 +81,17 @@ def load_training_splits(settings: Settings) -> tuple[SnapshotManifest, Labelled
 
 
 def training_key(settings: Settings, snapshot_id: str, base: BaseModelChoice) -> str:
-    """Same snapshot, profile, base model and thresholds' targets: the same training, which a re-run must not repeat."""
+    """Same snapshot, profile, base model and thresholds' promises: the same training, which a re-run must not repeat."""
     profile = settings.training_profile().model_dump_json()
     return text_digest(
-        snapshot_id, settings.train_profile, profile, base.name, settings.target_precision, settings.ood_quantile, FusionChoice.of(settings)
+        snapshot_id,
+        settings.train_profile,
+        profile,
+        base.name,
+        settings.target_precision,
+        settings.ood_quantile,
+        FusionChoice.of(settings),
+        settings.max_wrong_answers,
     )
 
 
@@ -154,6 +163,7 @@ def summarise(settings: Settings, run_id: str, result: GateResult, resumed: bool
         threshold=metrics["threshold"],
         coverage_at_threshold=metrics["test_coverage_at_threshold"],
         precision_at_threshold=metrics["test_precision_at_threshold"],
+        wrong_at_threshold=metrics["test_wrong_at_threshold"],
         train_seconds=metrics["train_seconds"],
         tracking_uri=settings.mlflow_tracking_uri,
     )

@@ -58,6 +58,49 @@ def test_promises_are_thresholds_chosen_on_validation_and_scored_on_test() -> No
     assert figures == pytest.approx({"threshold_at_097": 0.8, "coverage_at_097": 0.75, "precision_at_097": 2 / 3})
 
 
+def test_a_wrong_answer_budget_raises_the_threshold_past_the_precision_promise() -> None:
+    # The ten answers of the first test: 90% precision routes the top five, 85% the top nine with one wrong.
+    confidence = np.array([0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.5, 0.4])
+    correct = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 0], dtype=bool)
+    probabilities = np.stack([confidence, (1 - confidence) / 2, (1 - confidence) / 2], axis=1)
+    labels = np.where(correct, 0, 1)
+    loose = choose_threshold(probabilities, labels, target_precision=0.85)
+    assert loose.wrong == pytest.approx(0.1)  # one of the ten messages answered wrongly
+    # One wrong answer in ten, counted as if an eleventh message had been wrong too: (10 * 0.1 + 1) / 11 = 0.18.
+    within = choose_threshold(probabilities, labels, target_precision=0.85, max_wrong_answers=0.2)
+    assert (within.threshold, within.wrong) == (loose.threshold, loose.wrong)
+    strict = choose_threshold(probabilities, labels, target_precision=0.85, max_wrong_answers=0.15)
+    assert (strict.threshold, strict.coverage, strict.wrong) == pytest.approx((0.8, 0.5, 0.0))  # (0 + 1) / 11 = 0.09
+    # No threshold can promise fewer than the one imagined wrong answer: nothing is routed.
+    assert choose_threshold(probabilities, labels, target_precision=0.85, max_wrong_answers=0.05).coverage == 0.0
+    assert at_threshold(probabilities, labels, loose.threshold).wrong == pytest.approx(0.1)
+
+
+def test_the_wrong_answer_budget_holds_on_new_messages_from_small_validation_splits() -> None:
+    """The bound is what conformal risk control promises: over many validation draws, the expected share of new
+    messages answered wrongly stays within the budget, even where each split is too small to measure it. Choosing on
+    the plain validation share (no extra message) breaks it on the same draws."""
+    rng = np.random.default_rng(7)
+    budget, n, intents = 0.05, 60, 4
+
+    def draw(size: int) -> tuple[np.ndarray, np.ndarray]:
+        logits = rng.normal(0, 1.5, size=(size, intents))
+        probabilities = softmax(logits, axis=1)  # calibrated by construction: each label is drawn from its row
+        return probabilities, np.array([rng.choice(intents, p=p) for p in probabilities])
+
+    test_probabilities, test_labels = draw(20_000)
+    bounded, plain = [], []
+    for _ in range(300):
+        probabilities, labels = draw(n)
+        chosen = choose_threshold(probabilities, labels, target_precision=0.0, max_wrong_answers=budget)
+        bounded.append(at_threshold(test_probabilities, test_labels, chosen.threshold).wrong)
+        curve = risk_coverage(probabilities, labels)
+        naive = curve[curve["wrong"] <= budget]["threshold"].min()
+        plain.append(at_threshold(test_probabilities, test_labels, naive).wrong)
+    assert np.mean(bounded) <= budget
+    assert np.mean(plain) > budget
+
+
 def test_unreachable_precision_routes_nothing() -> None:
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2]])
     chosen = choose_threshold(probabilities, np.array([1, 1]), target_precision=0.9)

@@ -91,6 +91,10 @@ def test_first_version_is_champion_and_its_run_is_complete(store: Store) -> None
     card = mlflow.artifacts.load_dict(f"models:/{name}/1/artifacts/classifier/classifier.json")
     assert card["labels"] == sorted(TINY_INTENTS) and card["threshold"] == pytest.approx(first.threshold)
     assert card["temperature"] > 0
+    # ...the wrong-answer budget the threshold kept, and the share of all test messages it answered wrongly.
+    assert card["max_wrong_answers"] == settings.max_wrong_answers
+    assert run.data.params["max_wrong_answers"] == str(settings.max_wrong_answers)
+    assert first.wrong_at_threshold == pytest.approx((1 - first.precision_at_threshold) * first.coverage_at_threshold)
     # The drift monitor finds the served version's training reference, calibrated like its card.
     from supportflow.drift.tracking import load_reference
     from supportflow.lake import open_lake
