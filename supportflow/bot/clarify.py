@@ -30,6 +30,12 @@ def options_to_offer(ranking: Sequence[Mapping[str, Any]], answerable: Collectio
     return [str(r["intent"]) for r in close]
 
 
+def numbered(intents: Sequence[str], labels: Mapping[str, str]) -> str:
+    """ "(1) ... or (2) ...": the options as a question names them, each label without its closing punctuation, so the
+    desk's text around them ends the question ("Is it about {options}?")."""
+    return " or ".join(f"({i}) {labels[intent].rstrip('?.!')}" for i, intent in enumerate(intents, start=1))
+
+
 def picked(text: str, intent: str | None, offered: Sequence[str], labels: Mapping[str, str]) -> str | None:
     """The offered intent a reply chooses: its number or ordinal, its label (or most of it), or a "yes" to a single
     offer. A reply that names none of them is a new message, not a choice."""

@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 import httpx
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, computed_field
 
-from supportflow.bot.clarify import OFFERED_SLOT, options_to_offer, picked
+from supportflow.bot.clarify import OFFERED_SLOT, numbered, options_to_offer, picked
 from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.memory import TRANSCRIPT_TURNS, Transcripts
@@ -244,8 +244,7 @@ class SupportBot:
         if len(options) == 1:
             message = self.texts.offer_one.format(option=labels[options[0]].rstrip("?.!"))
         else:
-            listed = " or ".join(f"({i}) {labels[intent].rstrip('?.!')}" for i, intent in enumerate(options, start=1))
-            message = self.texts.offer.format(options=listed)
+            message = self.texts.offer.format(options=numbered(options, labels))
         return AnswerResponse(
             messages=[message], slots={OFFERED_SLOT: options}, route="clarify", intent=request.intent, confidence=request.confidence
         )
@@ -310,9 +309,7 @@ class SupportBot:
 
     def _clarify(self, request: AnswerRequest) -> AnswerResponse:
         asked = [e["value"] for e in request.entities if e.get("entity") == "request"][:3]
-        labels = self._labels(asked)
-        options = " or ".join(f"({i}) {labels[intent].rstrip('?.')}" for i, intent in enumerate(asked, start=1))
-        message = self.texts.multiple_requests.format(options=options)
+        message = self.texts.multiple_requests.format(options=numbered(asked, self._labels(asked)))
         # Kept like an offer's options, so the reply that picks one ("2", "the second", its title) is answered.
         slots: dict[str, Any] = {OFFERED_SLOT: asked} if asked else {}
         return AnswerResponse(messages=[message], slots=slots, route="clarify", intent=request.intent, confidence=request.confidence)

@@ -4,33 +4,16 @@ Rasa is not running (tests/bot/test_security.py's set-up), so every first messag
 without a dialogue model. The browser half is in tests/bot/test_stack.py, against the real stack.
 """
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from supportflow.bot.engine import AnswerRequest
 from supportflow.bot.feedback import read_ratings
 from supportflow.bot.turns import read_turns
 from supportflow.lake import open_lake
-from tests.bot.test_security import PHONE, ServedBot, bot_environment, start_bot
+from tests.bot import test_security
+from tests.bot.test_security import PHONE, ServedBot
 
-
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedBot]:
-    from supportflow.bot.agents import Agents
-    from supportflow.settings import get_settings
-
-    bot_environment(tmp_path, monkeypatch)
-    settings = get_settings()
-    agents = Agents(settings.handoff_db_url)
-    tokens = {name: agents.add(name) for name in ("ann", "bo")}
-    client, instance = start_bot()
-    try:
-        yield ServedBot(client, instance, settings, tokens)
-    finally:
-        instance.flush_turns()
-        get_settings.cache_clear()
+served = test_security.served  # the fixture: the bot in this process, Rasa down, two registered agents
 
 
 def only_handoff(served: ServedBot) -> dict:
