@@ -8,6 +8,7 @@ uses row 0, that row is folded into every position embedding.
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -106,10 +107,20 @@ def convert_bert_to_distilbert(bert_dir: Path, out_dir: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(bert_dir), model_input_names=MODEL_INPUTS)
     except (OSError, ValueError) as error:
         raise BaseModelError(f"{bert_dir}: the tokenizer cannot be loaded ({error})") from error
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)  # a converted folder is either complete or absent
+    # Each process writes its own staging folder: two trainings starting together convert the same checkpoint, and a
+    # shared one was emptied under the other's feet. A converted folder is either complete or absent.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            staging.rename(out_dir)
+        except OSError:
+            if not (out_dir / "config.json").is_file():
+                raise
+            # another process finished the same conversion between the two lines above: its folder stands
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir

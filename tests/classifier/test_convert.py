@@ -37,6 +37,22 @@ def test_offline_base_is_converted_minilm_with_identical_hidden_states(tmp_path:
     assert resolve_base_model(Settings(models_dir=tmp_path)).location == choice.location
 
 
+def test_trainings_starting_together_both_get_the_converted_base(tmp_path: Path) -> None:
+    """Two processes converting the same checkpoint into the same folder (two benchmarks started together) used to
+    share one staging folder, and one emptied it while the other was writing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from supportflow.classifier.base_weights import packaged_minilm
+    from supportflow.classifier.convert import convert_bert_to_distilbert
+
+    target = tmp_path / "base" / "minilm-distilbert"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = list(pool.map(lambda _: convert_bert_to_distilbert(packaged_minilm(), target), range(3)))
+    assert done == [target] * 3
+    assert (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+    assert [path.name for path in target.parent.iterdir()] == [target.name]  # no staging folder left behind
+
+
 def _minilm_copy(tmp_path: Path) -> Path:
     from supportflow.classifier.base_weights import packaged_minilm
 
