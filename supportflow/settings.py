@@ -39,6 +39,12 @@ class TrainingProfile(BaseModel):
     contrastive_weight: float = Field(
         0.0, ge=0, description="Weight of the supervised contrastive loss on the pooled embedding beside cross-entropy (0: none)."
     )
+    logit_adjustment: float = Field(
+        0.0,
+        ge=0,
+        description="Cross-entropy on the logits plus this times each intent's log share of the training messages (the"
+        " logit-adjusted loss; 0: plain cross-entropy). The head then learns the rare intents as if all were equally common.",
+    )
     seed: int = 13
 
 

@@ -168,22 +168,41 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor) 
     return -((log_share.masked_fill(~others, 0.0) * positive).sum(-1) / positive.sum(-1).clamp(min=1.0)).mean()
 
 
-class ContrastiveTrainer(Trainer):
-    """The Trainer with cross-entropy (label-smoothed as the profile says) plus the supervised contrastive loss on the
-    pooled embedding the detector reads; `Trainer.compute_loss` is its documented extension point."""
+def log_shares(label_ids: list[int], n_labels: int) -> torch.Tensor:
+    """Each intent's log share of the training messages: what the logit-adjusted loss adds to the logits (Menon et
+    al., "Long-tail learning via logit adjustment", ICLR 2021). A rare intent's logit is pushed down in training, so
+    the head must score its messages higher to get them right, and learns them as if every intent were as common;
+    the served logits are the plain ones."""
+    counts = torch.bincount(torch.tensor(label_ids, dtype=torch.long), minlength=n_labels).clamp(min=1).double()
+    return (counts / counts.sum()).log().float()
 
-    def __init__(self, *args: object, contrastive_weight: float, label_smoothing: float, **kwargs: object) -> None:
+
+def adjusted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, shift: torch.Tensor | None, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy on the logits plus `shift` (`logit_adjustment` times `log_shares`; None: plain)."""
+    return F.cross_entropy(logits if shift is None else logits + shift.to(logits.device), labels, label_smoothing=label_smoothing)
+
+
+class ProfileLossTrainer(Trainer):
+    """The Trainer with the loss the profile asks for: cross-entropy (label-smoothed), on logits shifted by the intents'
+    log shares where `logit_adjustment` is set, plus the supervised contrastive loss on the pooled embedding the
+    detector reads where `contrastive_weight` is; `Trainer.compute_loss` is its documented extension point."""
+
+    def __init__(
+        self, *args: object, contrastive_weight: float, label_smoothing: float, logit_shift: torch.Tensor | None, **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.contrastive_weight = contrastive_weight
         self.label_smoothing = label_smoothing
+        self.logit_shift = logit_shift
 
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, object]:
         labels = inputs.pop("labels")
-        outputs = model(**inputs, output_hidden_states=True)
-        loss = F.cross_entropy(outputs.logits, labels, label_smoothing=self.label_smoothing)
-        loss = loss + self.contrastive_weight * supervised_contrastive_loss(pooled_embedding(outputs.hidden_states), labels)
+        outputs = model(**inputs, output_hidden_states=self.contrastive_weight > 0)
+        loss = adjusted_cross_entropy(outputs.logits, labels, self.logit_shift, self.label_smoothing)
+        if self.contrastive_weight > 0:
+            loss = loss + self.contrastive_weight * supervised_contrastive_loss(pooled_embedding(outputs.hidden_states), labels)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -256,9 +275,12 @@ def fine_tune(
         "optimizers": (layerwise_optimizer(model, profile), None),
         "callbacks": [TrainingProgress()],
     }
-    if profile.contrastive_weight > 0:
-        trainer: Trainer = ContrastiveTrainer(
-            **parts, contrastive_weight=profile.contrastive_weight, label_smoothing=profile.label_smoothing
+    if profile.contrastive_weight > 0 or profile.logit_adjustment > 0:
+        shift = (
+            profile.logit_adjustment * log_shares(splits.label_ids("train"), len(splits.labels)) if profile.logit_adjustment > 0 else None
+        )
+        trainer: Trainer = ProfileLossTrainer(
+            **parts, contrastive_weight=profile.contrastive_weight, label_smoothing=profile.label_smoothing, logit_shift=shift
         )
     else:
         trainer = Trainer(**parts)
