@@ -27,13 +27,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, make_pipeline
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
-from supportflow.classifier.build import BuiltClassifier, build_classifier, evaluate_classifier
+from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.calibrate import promises
 from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data
-from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.inference import OnnxClassifier
 from supportflow.classifier.onnx_export import export_and_check, fastest_within
+from supportflow.classifier.training import build_as_configured, evaluate_as_configured
 from supportflow.settings import Settings, get_settings
 from supportflow.validate.catalogue import load_catalogue
 
@@ -84,18 +84,7 @@ def reuse_fine_tuned(
     meta = json.loads((source.parent / "meta.json").read_text())
     shutil.copytree(source, target)
     tuned = FineTuned(model_dir=target, train_seconds=float(meta["train_seconds"]), train_loss=float("nan"))
-    profile = settings.training_profile()
-    return evaluate_classifier(
-        tuned,
-        splits,
-        base,
-        profile,
-        settings.target_precision,
-        snapshot_id,
-        settings.ood_quantile,
-        FusionChoice.of(settings),
-        settings.max_wrong_answers,
-    )
+    return evaluate_as_configured(tuned, splits, base, settings, snapshot_id)
 
 
 def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, tolerance: float, alarm_tolerance: float) -> dict:
@@ -178,19 +167,7 @@ def main() -> None:
                 f"fine-tuned earlier by fine_tune() with this profile and these splits ({args.fine_tuned}), its seconds recorded then"
             )
         else:
-            built = build_classifier(
-                splits,
-                base,
-                profile,
-                settings.train_threads,
-                settings.target_precision,
-                target,
-                "banking77",
-                settings.ood_quantile,
-                FusionChoice.of(settings),
-                device=settings.train_device,
-                max_wrong_answers=settings.max_wrong_answers,
-            )
+            built = build_as_configured(splits, base, settings, target, "banking77")
             fine_tuning = "fine-tuned in this run"
         build_seconds = time.perf_counter() - started + (built.train_seconds if args.fine_tuned else 0.0)
         serving = served(built, splits, settings.train_threads, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)

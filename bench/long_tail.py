@@ -32,10 +32,8 @@ from intent import banking77_splits, reuse_fine_tuned  # bench/intent.py, beside
 from sklearn.metrics import accuracy_score, f1_score
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
-from supportflow.classifier.build import build_classifier
 from supportflow.classifier.fine_tune import LabelledSplits
-from supportflow.classifier.fusion import FusionChoice
-from supportflow.classifier.training import load_training_splits
+from supportflow.classifier.training import build_as_configured, load_training_splits
 from supportflow.ingest.load import ingest_file
 from supportflow.lake import open_lake
 from supportflow.settings import Settings, get_settings
@@ -108,19 +106,8 @@ def train_and_score(
         # not trained on). An intent the model did not learn cannot be predicted: its messages count as wrong.
         learned = test["intent"].isin(splits.labels).to_numpy()
         official = LabelledSplits(splits.train, splits.validation, test[learned].reset_index(drop=True), splits.labels, splits.left_out)
-        profile = settings.training_profile()
         if fine_tuned is None:
-            built = build_classifier(
-                official,
-                base,
-                profile,
-                settings.train_threads,
-                settings.target_precision,
-                folder / "model",
-                manifest.snapshot_id,
-                settings.ood_quantile,
-                FusionChoice.of(settings),
-            )
+            built = build_as_configured(official, base, settings, folder / "model", manifest.snapshot_id)
         else:
             built = reuse_fine_tuned(fine_tuned, folder / "model", official, base, settings, manifest.snapshot_id)
     gold = test["intent"].to_numpy()

@@ -7,12 +7,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
-from supportflow.classifier.build import BuiltClassifier, evaluate_classifier
+from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
-from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.registry import GateResult
 from supportflow.classifier.training import (
     TrainingSummary,
+    evaluate_as_configured,
     gate,
     load_training_splits,
     log_run,
@@ -39,18 +39,7 @@ def fine_tune_step(splits: LabelledSplits, base: BaseModelChoice, settings: Sett
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_step(tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str) -> BuiltClassifier:
-    profile = settings.training_profile()
-    return evaluate_classifier(
-        tuned,
-        splits,
-        base,
-        profile,
-        settings.target_precision,
-        snapshot_id,
-        settings.ood_quantile,
-        FusionChoice.of(settings),
-        settings.max_wrong_answers,
-    )
+    return evaluate_as_configured(tuned, splits, base, settings, snapshot_id)
 
 
 @task(name="register", cache_policy=NO_CACHE)

@@ -16,8 +16,8 @@ from mlflow.entities.model_registry import ModelVersion
 from pydantic import BaseModel
 
 from supportflow.classifier.base_weights import BaseModelChoice
-from supportflow.classifier.build import BuiltClassifier
-from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
+from supportflow.classifier.build import BuiltClassifier, evaluate_classifier
+from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data, fine_tune
 from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.onnx_export import export_and_check
 from supportflow.classifier.registry import MODEL_NAME_IN_RUN, GateResult, find_trained, log_training_run, register_and_gate, score_version
@@ -93,6 +93,34 @@ def training_key(settings: Settings, snapshot_id: str, base: BaseModelChoice) ->
         FusionChoice.of(settings),
         settings.max_wrong_answers,
     )
+
+
+def evaluate_as_configured(
+    tuned: FineTuned, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str
+) -> BuiltClassifier:
+    """Everything after fine-tuning, with what the settings choose (profile, both promises, the detector's quantile,
+    the readers): the train flow and the benchmarks complete a model alike, so a benchmark's figures are the
+    pipeline's, and a setting added later reaches both."""
+    profile = settings.training_profile()
+    return evaluate_classifier(
+        tuned,
+        splits,
+        base,
+        profile,
+        settings.target_precision,
+        snapshot_id,
+        settings.ood_quantile,
+        FusionChoice.of(settings),
+        settings.max_wrong_answers,
+    )
+
+
+def build_as_configured(
+    splits: LabelledSplits, base: BaseModelChoice, settings: Settings, folder: Path, snapshot_id: str
+) -> BuiltClassifier:
+    """Fine-tune into `folder` with the settings' profile, threads and device, then `evaluate_as_configured`."""
+    tuned = fine_tune(base.location, splits, settings.training_profile(), settings.train_threads, folder, settings.train_device)
+    return evaluate_as_configured(tuned, splits, base, settings, snapshot_id)
 
 
 @contextmanager
