@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,15 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, make_pipeline
 
-from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
+from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.calibrate import promises
 from supportflow.classifier.evaluate_metrics import load_metric
-from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data
+from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
 from supportflow.classifier.inference import OnnxClassifier
 from supportflow.classifier.onnx_export import export_and_check, fastest_within
-from supportflow.classifier.training import build_as_configured, evaluate_as_configured
-from supportflow.settings import Settings, get_settings
+from supportflow.classifier.training import build_as_configured, reuse_fine_tuned
+from supportflow.settings import get_settings
 from supportflow.validate.catalogue import load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,17 +73,6 @@ def tfidf_logreg(splits: LabelledSplits) -> dict:
     model.fit(splits.train["text"], splits.label_ids("train"))
     seconds = time.perf_counter() - started
     return {**scores(model.predict(splits.test["text"]), splits.label_ids("test")), "train_seconds": round(seconds, 1)}
-
-
-def reuse_fine_tuned(
-    source: Path, target: Path, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str
-) -> BuiltClassifier:
-    """Everything after fine-tuning, on an encoder `fine_tune` wrote earlier with this profile on these splits (a copy
-    of it, in `target`); its run's seconds come from the meta.json beside it."""
-    meta = json.loads((source.parent / "meta.json").read_text())
-    shutil.copytree(source, target)
-    tuned = FineTuned(model_dir=target, train_seconds=float(meta["train_seconds"]), train_loss=float("nan"))
-    return evaluate_as_configured(tuned, splits, base, settings, snapshot_id)
 
 
 def served(built: BuiltClassifier, splits: LabelledSplits, threads: int, tolerance: float, alarm_tolerance: float) -> dict:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from intent import banking77_splits, reuse_fine_tuned  # bench/intent.py, beside this script (run as a script)
+from intent import banking77_splits  # bench/intent.py, beside this script (run as a script)
 from sklearn.metrics import accuracy_score, f1_score
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
 from supportflow.classifier.fine_tune import LabelledSplits
-from supportflow.classifier.training import build_as_configured, load_training_splits
+from supportflow.classifier.training import build_as_configured, load_training_splits, reuse_fine_tuned
 from supportflow.ingest.load import ingest_file
 from supportflow.lake import open_lake
 from supportflow.settings import Settings, get_settings

@@ -11,20 +11,23 @@ plus "unknown" (as ADB reports them), known_accuracy (known-intent messages give
 with each seed's figures. ADB's repository trains on all known-intent training data by default
 (`labeled_ratio` 1.0), as this benchmark does; BANKING77 here has no separate development set, hence the 10%.
 
-Each model is the project's own: `build_classifier` (the pipeline's fine-tuning, calibration and detector), exported
-to ONNX and classified by `OnnxClassifier` in the variant training would serve (`--variant auto`, the default: the
-parity check on the known intents' test messages, as `supportflow.classifier.training` runs it), or the one named. Beside it, in the
-same run, the maximum-softmax-probability baseline (MSP, Hendrycks and Gimpel 2017) on the same model, its threshold
-the same validation quantile of the top confidence.
+Each model is the project's own: `build_as_configured` (the pipeline's fine-tuning, calibration and detector, with
+the settings the pipeline would use and `--quantile` for the detector), exported to ONNX and classified by
+`OnnxClassifier` in the variant training would serve (`--variant auto`, the default: the parity check on the known
+intents' test messages, as `supportflow.classifier.training` runs it), or the one named. Beside it, in the same run,
+the maximum-softmax-probability baseline (MSP, Hendrycks and Gimpel 2017) on the same model, its threshold the same
+validation quantile of the top confidence.
 
-Cost on the project's 2 cores (one training per ratio and seed on ratio x 9,003 messages, an ONNX export, 3,080 test
-messages): with 25% known the quick profile took 6.3 min for one model (4.4 of them training, cores shared with other
-jobs); three seeds of the three ratios take about 30 min with the quick profile and about 2.5 h with the full one
-(7 epochs instead of 1). `--limit N` keeps N training messages and N test messages per intent, to check the whole
-path end to end (about 15 min for one seed of the three ratios, most of it imports and exports).
+One training per ratio and seed, on that share of 9,003 messages, an ONNX export and 3,080 test messages: what that
+costs is in docs/classifier.md. `--limit N` keeps N training messages and N test messages per intent, to check the
+whole path end to end.
 
     .venv/bin/python bench/open_intent.py [--profile quick|full] [--seeds 0 1 2] [--ratios 0.25 0.5 0.75]
-        [--variant auto|int8|fp32] [--quantile Q] [--limit N] [--out PATH]
+        [--variant auto|int8|fp32] [--quantile Q] [--limit N] [--runs-dir DIR] [--fine-tuned DIR] [--out PATH]
+
+`--fine-tuned DIR` completes the encoders kept in `DIR/known-<ratio>-seed-<seed>/model` (with a meta.json holding
+their `train_seconds`) instead of fine-tuning: for a change after fine-tuning (the detector, the readers), measured
+on encoders fine-tuned earlier with the same profile on the same splits.
 
 Writes bench/results/open_intent_banking77.json (a `--limit` run writes only where `--out` says).
 """
@@ -42,12 +45,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from supportflow.classifier.artifacts import EMBEDDING_POOLING
 from supportflow.classifier.base_weights import resolve_base_model
-from supportflow.classifier.build import build_classifier
 from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier, classify_outputs, onnx_outputs
 from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within, onnx_stand_in
 from supportflow.classifier.ood import vocabulary_quantile
+from supportflow.classifier.training import build_as_configured, reuse_fine_tuned
 from supportflow.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,29 +150,36 @@ def scored(classifier: OnnxClassifier, texts: list[str], train_embeddings: np.nd
 
 
 def profile_settings(args: argparse.Namespace) -> Settings:
-    """The settings with the benchmark's `--profile` chosen: what trains each model, and what a kept run is keyed on."""
-    return get_settings().model_copy(update={"train_profile": args.profile})
+    """The settings with the benchmark's `--profile` and `--quantile` chosen: what trains and completes each model as
+    the pipeline would, and what a kept run is keyed on."""
+    return get_settings().model_copy(update={"train_profile": args.profile, "ood_quantile": args.quantile})
 
 
-def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path) -> dict:
-    """Train on the known intents only; score the served detector, the MSP baseline and the candidate scores on the
-    whole test set. Returns the run's figures and, per validation and test message, its scores (for `--runs-dir`)."""
+def kept_encoder(args: argparse.Namespace, ratio: float, seed: int) -> Path | None:
+    """With `--fine-tuned DIR`, the encoder fine-tuned earlier for this ratio and seed (`DIR/known-<ratio>-seed-<seed>/
+    model`, a meta.json with its `train_seconds` beside it), when there is one."""
+    if args.fine_tuned is None:
+        return None
+    model = args.fine_tuned / f"known-{ratio}-seed-{seed}" / "model"
+    return model if model.is_dir() else None
+
+
+def one_model(
+    train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path, encoder: Path | None
+) -> dict:
+    """Train on the known intents only (or complete `encoder`, fine-tuned on them earlier); score the served
+    detector, the MSP baseline and the candidate scores on the whole test set. Returns the run's figures and, per
+    validation and test message, its scores (for `--runs-dir`)."""
     settings = profile_settings(args)
     seen = train[train["intent"].isin(known)]
     validation = seen.groupby("intent", group_keys=False).sample(frac=VALIDATION_FRACTION, random_state=seed)
     where = f"BANKING77, {len(known)} known intents, seed {seed}"
     splits = check_training_data(seen.drop(index=validation.index), validation, test[test["intent"].isin(known)], tuple(known), 2, where)
-    built = build_classifier(
-        splits,
-        resolve_base_model(settings),
-        settings.training_profile(),
-        settings.train_threads,
-        settings.target_precision,
-        folder,
-        f"open-intent-{len(known)}-{seed}",
-        ood_quantile=args.quantile,
-        device=settings.train_device,
-    )
+    base, snapshot = resolve_base_model(settings), f"open-intent-{len(known)}-{seed}"
+    if encoder is None:
+        built = build_as_configured(splits, base, settings, folder, snapshot)
+    else:
+        built = reuse_fine_tuned(encoder, folder, splits, base, settings, snapshot)
     variant = args.variant
     if variant == "auto":
         parities = export_and_check(built, splits.test["text"].tolist(), settings.train_threads)
@@ -202,6 +213,7 @@ def one_model(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: i
         "ood_threshold": round(built.detector.threshold, 3),
         "closed_test_accuracy": round(built.test.accuracy, 4),  # the known intents' messages, without the detector
         "train_seconds": round(built.train_seconds, 1),
+        "fine_tuning": "in this run" if encoder is None else f"earlier, kept in {encoder}",
         "known_intents": known,
     }
     scores = {f"validation_{name}": values for name, values in validation_scores.items()}
@@ -219,6 +231,7 @@ def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: in
         "quantile": args.quantile,
         "variant": args.variant,
         "limit": args.limit,
+        "embedding_pooling": EMBEDDING_POOLING,
     }
     stored = None if args.runs_dir is None else args.runs_dir / f"known-{ratio}-seed-{seed}.json"
     if stored is not None and stored.exists():
@@ -227,7 +240,7 @@ def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: in
             return kept
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="open-intent-") as scratch:
-        run, scores = one_model(train, test, known, seed, args, Path(scratch) / "classifier")
+        run, scores = one_model(train, test, known, seed, args, Path(scratch) / "classifier", kept_encoder(args, ratio, seed))
     run |= {"seconds": round(time.perf_counter() - started, 1), "protocol": protocol}
     if stored is not None:
         stored.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +267,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most N training and N test messages per intent")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep each model's figures and scores here, and reuse them")
+    parser.add_argument("--fine-tuned", type=Path, default=None, help="reuse the encoders kept here (DIR/known-<ratio>-seed-<seed>/model)")
     parser.add_argument("--conditions", default="2 cores shared with other jobs", help="what else ran on the machine")
     args = parser.parse_args()
     unknown_ratios = sorted(set(args.ratios) - set(RATIOS))
@@ -296,7 +310,8 @@ def main() -> None:
         )
     result = {
         "protocol": "Zhang, Xu and Lin, Deep Open Intent Classification with Adaptive Decision Boundary, AAAI 2021 (arXiv:2012.10209)",
-        "method": "Mahalanobis distance of the fine-tuned encoder's [CLS] embedding to the nearest known intent (shared covariance), "
+        "method": f"Mahalanobis distance of the fine-tuned encoder's pooled embedding ({EMBEDDING_POOLING} of the last layer's tokens) "
+        "to the nearest known intent (shared covariance), "
         "or the share of words the known intents' training messages never use",
         "ratios": ratios,
         "threshold": f"the in-scope validation distances' {args.quantile} quantile; no unknown message is seen before testing",

@@ -21,6 +21,11 @@ CLASSIFIER_CARD = "classifier.json"
 MODEL_ARTIFACT = "classifier"  # the folder's name inside the logged MLflow model
 ONNX_DIR = "onnx"
 VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# How a message's pooled embedding (what the unknown-intent detector and the prototypes read) is taken from the
+# encoder's last layer: "mean", the average of its tokens' vectors, for every classifier trained now; "cls", the
+# first token's vector, which the classification head reads, in folders trained before (`predict.pooled_embedding`).
+EMBEDDING_POOLING = "mean"
+POOLINGS = ("cls", "mean")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,13 @@ class ClassifierCard:
     logit_offsets: list[float] = field(default_factory=list)
     # The wrong-answer budget the threshold was also chosen for (calibrate.py); 1 (none) before it.
     max_wrong_answers: float = 1.0
+    # How the folder's detector and prototypes pool the embedding they were fitted on; "cls" before the choice existed.
+    embedding_pooling: str = "cls"
+
+    def __post_init__(self) -> None:
+        if self.embedding_pooling not in POOLINGS:
+            known = list(POOLINGS)
+            raise RegistryError(f"the classifier card pools its embedding by {self.embedding_pooling!r}; this version knows {known}")
 
     def weights(self) -> "FusionWeights":
         return FusionWeights(self.temperature, self.lexical_weight, self.prototype_weight, tuple(self.logit_offsets))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, DistilBertForSequenceClassification
 
-from supportflow.classifier.artifacts import ClassifierCard, FusionWeights
+from supportflow.classifier.artifacts import EMBEDDING_POOLING, ClassifierCard, FusionWeights
 from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdChoice, at_threshold, choose_threshold, fit_temperature
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
@@ -129,6 +129,7 @@ def evaluate_classifier(
         precision_at_threshold=chosen.precision,
         target_precision=target_precision,
         max_wrong_answers=max_wrong_answers,
+        embedding_pooling=EMBEDDING_POOLING,
         max_length=profile.max_length,
         base_model=base.name,
         snapshot_id=snapshot_id,

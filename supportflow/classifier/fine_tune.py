@@ -27,6 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from supportflow.classifier.artifacts import EMBEDDING_POOLING
 from supportflow.classifier.predict import pooled_embedding
 from supportflow.errors import BaseModelError, TrainingDataError, TrainingDeviceError
 from supportflow.progress import Step
@@ -202,7 +203,9 @@ class ProfileLossTrainer(Trainer):
         outputs = model(**inputs, output_hidden_states=self.contrastive_weight > 0)
         loss = adjusted_cross_entropy(outputs.logits, labels, self.logit_shift, self.label_smoothing)
         if self.contrastive_weight > 0:
-            loss = loss + self.contrastive_weight * supervised_contrastive_loss(pooled_embedding(outputs.hidden_states), labels)
+            loss = loss + self.contrastive_weight * supervised_contrastive_loss(
+                pooled_embedding(outputs.hidden_states, inputs["attention_mask"], EMBEDDING_POOLING), labels
+            )
         return (loss, outputs) if return_outputs else loss
 
 

@@ -24,7 +24,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import DistilBertForSequenceClassification
 
-from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS
+from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard
 from supportflow.classifier.inference import EMBEDDING_OUTPUT, OnnxClassifier
 from supportflow.classifier.predict import pooled_embedding
 
@@ -33,15 +33,17 @@ if TYPE_CHECKING:
 
 
 class _LogitsAndEmbedding(torch.nn.Module):
-    """The two outputs serving reads: the logits, and the pooled embedding the unknown-intent detector measures."""
+    """The two outputs serving reads: the logits, and the pooled embedding the unknown-intent detector and the
+    prototypes measure, pooled as the folder's card says they were fitted."""
 
-    def __init__(self, model: DistilBertForSequenceClassification) -> None:
+    def __init__(self, model: DistilBertForSequenceClassification, pooling: str) -> None:
         super().__init__()
         self.model = model
+        self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return output.logits, pooled_embedding(output.hidden_states)
+        return output.logits, pooled_embedding(output.hidden_states, attention_mask, self.pooling)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def export_onnx(folder: Path) -> dict[str, Path]:
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     with torch.inference_mode():
         torch.onnx.export(
-            _LogitsAndEmbedding(model),
+            _LogitsAndEmbedding(model, ClassifierCard.load(folder).embedding_pooling),
             example,
             str(paths["fp32"]),
             input_names=["input_ids", "attention_mask"],

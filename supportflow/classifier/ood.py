@@ -1,11 +1,11 @@
 """The unknown-intent detector: how far a message lies from every intent the model learnt.
 
 Fitted without a single out-of-scope message, since a desk has none labelled: each intent's centre and one shared
-covariance of the encoder's pooled embedding ([CLS] of the last layer) over the training messages, then the
-Mahalanobis distance from a message to its nearest centre (Lee et al., NeurIPS 2018; Podolskiy et al., AAAI 2021,
-for fine-tuned transformers on intent data). A message is out of scope when that distance passes a threshold read
-off the in-scope validation messages alone (the `quantile` of their distances): by construction about 1 - quantile
-of in-scope traffic is flagged, whatever the out-of-scope traffic looks like.
+covariance of the encoder's pooled embedding (the last layer's token vectors averaged, `predict.pooled_embedding`) over
+the training messages, then the Mahalanobis distance from a message to its nearest centre (Lee et al., NeurIPS 2018;
+Podolskiy et al., AAAI 2021, for fine-tuned transformers on intent data). A message is out of scope when that
+distance passes a threshold read off the in-scope validation messages alone (the `quantile` of their distances): by
+construction about 1 - quantile of in-scope traffic is flagged, whatever the out-of-scope traffic looks like.
 
 The embedding alone lets some unknown messages through: a question in another language than the desk's about a topic
 the desk knows, whose loanwords and shared stems ("PIN", "Apple Pay", "transfer") carry it into an intent's region (the

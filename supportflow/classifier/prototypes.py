@@ -2,8 +2,8 @@
 
 Why: the fine-tuned head is a softmax layer, and an intent with five training messages among intents with a hundred
 barely moves it; the encoder's embedding space still places those five messages together. An intent's centre is the
-mean of its training messages' pooled embeddings (the last layer's [CLS], which the head and the unknown-intent
-detector read too), and a message's score for it is the cosine of the two: a nearest-centre classifier (prototypical
+mean of its training messages' pooled embeddings (the last layer's token vectors averaged, which the unknown-intent
+detector reads too), and a message's score for it is the cosine of the two: a nearest-centre classifier (prototypical
 networks, Snell et al., NeurIPS 2017), which is as good at five examples as at five hundred. On a long-tail cut of
 BANKING77 it recognised the rare intents far better than the head (docs/classifier.md, "The long tail").
 

@@ -6,6 +6,7 @@ training again, gating the version first if a killed run could not. The summary 
 from the run itself, so a resumed training and a fresh one report the same figures the same way.
 """
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -120,6 +121,18 @@ def build_as_configured(
 ) -> BuiltClassifier:
     """Fine-tune into `folder` with the settings' profile, threads and device, then `evaluate_as_configured`."""
     tuned = fine_tune(base.location, splits, settings.training_profile(), settings.train_threads, folder, settings.train_device)
+    return evaluate_as_configured(tuned, splits, base, settings, snapshot_id)
+
+
+def reuse_fine_tuned(
+    source: Path, target: Path, splits: LabelledSplits, base: BaseModelChoice, settings: Settings, snapshot_id: str
+) -> BuiltClassifier:
+    """`evaluate_as_configured` on an encoder `fine_tune` wrote earlier with this profile on these splits (a copy of
+    it, in `target`), its run's seconds read from the meta.json beside it: the benchmarks re-score a kept encoder
+    after a change that comes after fine-tuning, without paying for the fine-tuning again."""
+    meta = json.loads((source.parent / "meta.json").read_text())
+    shutil.copytree(source, target)
+    tuned = FineTuned(model_dir=target, train_seconds=float(meta["train_seconds"]), train_loss=float("nan"))
     return evaluate_as_configured(tuned, splits, base, settings, snapshot_id)
 
 

@@ -52,20 +52,26 @@ def test_the_nearest_neighbour_distance_is_the_cosine_distance_to_the_kth_closes
 
 def test_a_kept_run_is_reused_only_under_the_same_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trained: list[int] = []
+    encoders: list[Path | None] = []
 
     def one_model(
-        train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path
+        train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path, encoder: Path | None
     ) -> tuple[dict, dict[str, np.ndarray]]:
-        """Stands in for a fine-tuning: what matters here is whether it is called."""
+        """Stands in for a fine-tuning: what matters here is whether it is called, and on which kept encoder."""
         trained.append(seed)
+        encoders.append(encoder)
         return {"seed": seed, "accuracy": 0.5}, {"test_distance": np.array([1.0, 2.0])}
 
     monkeypatch.setattr(bench.open_intent, "one_model", one_model)
-    args = argparse.Namespace(profile="full", quantile=0.95, variant="auto", limit=None, runs_dir=tmp_path)
+    kept_encoders = tmp_path / "encoders"
+    (kept_encoders / "known-0.25-seed-3" / "model").mkdir(parents=True)
+    runs = tmp_path / "runs"
+    args = argparse.Namespace(profile="full", quantile=0.95, variant="auto", limit=None, runs_dir=runs, fine_tuned=kept_encoders)
     frame = pd.DataFrame({"text": ["a"], "intent": ["x"]})
     first = run_once(frame, frame, ["x"], 3, 0.25, args)
     assert trained == [3] and first["protocol"]["quantile"] == 0.95
-    kept = tmp_path / "known-0.25-seed-3.json"
+    assert encoders == [kept_encoders / "known-0.25-seed-3" / "model"]  # this ratio and seed's, not another's
+    kept = runs / "known-0.25-seed-3.json"
     assert json.loads(kept.read_text())["accuracy"] == 0.5
     assert np.load(kept.with_suffix(".npz"))["test_distance"].tolist() == [1.0, 2.0]
     assert run_once(frame, frame, ["x"], 3, 0.25, args) == first and trained == [3]
@@ -81,3 +87,5 @@ def test_a_kept_run_is_reused_only_under_the_same_protocol(tmp_path: Path, monke
         monkeypatch.delenv("SUPPORTFLOW_FULL_PROFILE")
         get_settings.cache_clear()
     assert trained == [3, 3, 3] and changed["protocol"]["training"]["contrastive_weight"] == 2.0
+    run_once(frame, frame, ["x"], 4, 0.25, args)
+    assert encoders[-1] is None  # no encoder kept for seed 4: fine-tuned in the run

@@ -196,3 +196,69 @@ def test_a_batch_of_ten_thousand_needs_working_memory_of_one_batch_not_of_the_wh
     assert len(results) == 10_000 and all(r["ranking"] for r in results)
     # Beyond the answers it returns, the work is done 128 texts at a time: a few megabytes, whatever the batch.
     assert peak - answer < 16 * 2**20
+
+
+def test_the_embedding_averages_a_messages_own_tokens_whatever_it_is_batched_with(tiny: Tiny) -> None:
+    """The detector and the prototypes read the mean of the last layer's token vectors: the padding a longer message
+    in the same batch adds must not move it, and it is not the [CLS] vector older folders were fitted on."""
+    from supportflow.classifier.predict import IntentClassifier, predict_outputs
+
+    classifier = IntentClassifier(tiny.built.folder, threads=1)
+    assert classifier.card.embedding_pooling == "mean"
+    short, long = min(tiny.in_scope, key=len), max(tiny.in_scope, key=len)
+
+    def embedding(texts: list[str], pooling: str = "mean") -> np.ndarray:
+        return predict_outputs(classifier.model, classifier.tokenizer, texts, classifier.card.max_length, pooling=pooling).embeddings
+
+    alone, padded = embedding([short])[0], embedding([short, long])[0]
+    np.testing.assert_allclose(padded, alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(embedding([short], "cls")[0], alone, atol=1e-3)
+
+
+def test_a_folder_fitted_on_cls_embeddings_is_still_served_by_them(tiny: Tiny, tmp_path: Path) -> None:
+    """A card written before the pooling was recorded says nothing of it: its detector and prototypes were fitted on
+    [CLS] vectors, so torch pools those and its ONNX export (made again here) gives those."""
+    import json
+    import shutil
+
+    from supportflow.classifier.artifacts import CLASSIFIER_CARD, ClassifierCard
+    from supportflow.classifier.inference import OnnxClassifier
+    from supportflow.classifier.onnx_export import export_onnx
+    from supportflow.classifier.predict import IntentClassifier, predict_outputs
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny.built.folder, old)
+    card = json.loads((old / CLASSIFIER_CARD).read_text())
+    del card["embedding_pooling"]
+    (old / CLASSIFIER_CARD).write_text(json.dumps(card))
+    assert ClassifierCard.load(old).embedding_pooling == "cls"
+    export_onnx(old)
+    texts = tiny.in_scope[:10] + tiny.unknown[:10]
+    torch_classifier = IntentClassifier(old, threads=1)
+    cls = torch_classifier.outputs(texts).embeddings  # the card says "cls"
+    detector = OutOfScopeDetector.load(old)
+    assert detector is not None
+    onnx_results = OnnxClassifier(old, "fp32", threads=1).classify(texts)
+    torch_results = torch_classifier.classify(texts)
+    expected = detector.scores(cls)
+    model, tokenizer, max_length = torch_classifier.model, torch_classifier.tokenizer, torch_classifier.card.max_length
+    mean = predict_outputs(model, tokenizer, texts, max_length, pooling="mean").embeddings
+    assert np.median(np.abs(detector.scores(mean) / expected - 1)) > 0.05  # so the tolerance below tells them apart
+    for ours, theirs, distance in zip(onnx_results, torch_results, expected, strict=True):
+        assert ours["ood_score"] == pytest.approx(distance, rel=1e-2)  # fp32 ONNX against torch, whitened
+        assert theirs["ood_score"] == pytest.approx(distance, rel=1e-5)
+
+
+def test_a_card_naming_an_unknown_pooling_is_refused(tiny: Tiny, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from supportflow.classifier.artifacts import CLASSIFIER_CARD, ClassifierCard
+    from supportflow.errors import RegistryError
+
+    later = tmp_path / "later"
+    shutil.copytree(tiny.built.folder, later)
+    card = json.loads((later / CLASSIFIER_CARD).read_text()) | {"embedding_pooling": "max"}
+    (later / CLASSIFIER_CARD).write_text(json.dumps(card))
+    with pytest.raises(RegistryError, match="'max'"):
+        ClassifierCard.load(later)
