@@ -25,9 +25,9 @@ whole path end to end.
     .venv/bin/python bench/open_intent.py [--profile quick|full] [--seeds 0 1 2] [--ratios 0.25 0.5 0.75]
         [--variant auto|int8|fp32] [--quantile Q] [--limit N] [--runs-dir DIR] [--fine-tuned DIR] [--out PATH]
 
-`--fine-tuned DIR` completes the encoders kept in `DIR/known-<ratio>-seed-<seed>/model` (with a meta.json holding
-their `train_seconds`) instead of fine-tuning: for a change after fine-tuning (the detector, the readers), measured
-on encoders fine-tuned earlier with the same profile on the same splits.
+`--fine-tuned DIR` keeps each encoder this run fine-tunes in `DIR/known-<ratio>-seed-<seed>/model` (a meta.json with
+its `train_seconds` beside it) and completes those already there instead of fine-tuning again: a change after
+fine-tuning (the detector, the readers) is then measured on the same encoders, without their cost.
 
 Writes bench/results/open_intent_banking77.json (a `--limit` run writes only where `--out` says).
 """
@@ -35,6 +35,7 @@ Writes bench/results/open_intent_banking77.json (a `--limit` run writes only whe
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -45,7 +46,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from supportflow.classifier.artifacts import EMBEDDING_POOLING
+from supportflow.classifier.artifacts import CLASSIFIER_CARD, EMBEDDING_POOLING, ONNX_DIR
 from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier, classify_outputs, onnx_outputs
@@ -155,31 +156,40 @@ def profile_settings(args: argparse.Namespace) -> Settings:
     return get_settings().model_copy(update={"train_profile": args.profile, "ood_quantile": args.quantile})
 
 
-def kept_encoder(args: argparse.Namespace, ratio: float, seed: int) -> Path | None:
-    """With `--fine-tuned DIR`, the encoder fine-tuned earlier for this ratio and seed (`DIR/known-<ratio>-seed-<seed>/
-    model`, a meta.json with its `train_seconds` beside it), when there is one."""
-    if args.fine_tuned is None:
-        return None
-    model = args.fine_tuned / f"known-{ratio}-seed-{seed}" / "model"
-    return model if model.is_dir() else None
+def encoder_home(args: argparse.Namespace, ratio: float, seed: int) -> Path | None:
+    """With `--fine-tuned DIR`, where this ratio and seed's encoder is kept (`DIR/known-<ratio>-seed-<seed>/model`, a
+    meta.json with its `train_seconds` beside it): reused when it is there, written there when this run fine-tunes it."""
+    return None if args.fine_tuned is None else args.fine_tuned / f"known-{ratio}-seed-{seed}" / "model"
+
+
+def keep_encoder(folder: Path, home: Path, train_seconds: float) -> None:
+    """Copy the fine-tuned encoder out of a classifier folder (its weights, configuration and tokenizer, not what the
+    rest of the build wrote beside them), for a later `--fine-tuned` run to complete again."""
+    derived = {CLASSIFIER_CARD, ONNX_DIR, *(path.name for path in folder.glob("*.npz"))}
+    shutil.copytree(folder, home, ignore=lambda _, names: [name for name in names if name in derived])
+    (home.parent / "meta.json").write_text(json.dumps({"train_seconds": train_seconds}) + "\n")
 
 
 def one_model(
     train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path, encoder: Path | None
 ) -> dict:
-    """Train on the known intents only (or complete `encoder`, fine-tuned on them earlier); score the served
-    detector, the MSP baseline and the candidate scores on the whole test set. Returns the run's figures and, per
-    validation and test message, its scores (for `--runs-dir`)."""
+    """Train on the known intents only (or complete the encoder kept at `encoder`, fine-tuned on them earlier, and
+    keep it there when there is none yet); score the served detector, the MSP baseline and the candidate scores on
+    the whole test set. Returns the run's figures and, per validation and test message, its scores (for
+    `--runs-dir`)."""
     settings = profile_settings(args)
     seen = train[train["intent"].isin(known)]
     validation = seen.groupby("intent", group_keys=False).sample(frac=VALIDATION_FRACTION, random_state=seed)
     where = f"BANKING77, {len(known)} known intents, seed {seed}"
     splits = check_training_data(seen.drop(index=validation.index), validation, test[test["intent"].isin(known)], tuple(known), 2, where)
     base, snapshot = resolve_base_model(settings), f"open-intent-{len(known)}-{seed}"
-    if encoder is None:
-        built = build_as_configured(splits, base, settings, folder, snapshot)
-    else:
+    reused = encoder is not None and encoder.is_dir()
+    if reused:
         built = reuse_fine_tuned(encoder, folder, splits, base, settings, snapshot)
+    else:
+        built = build_as_configured(splits, base, settings, folder, snapshot)
+        if encoder is not None:
+            keep_encoder(folder, encoder, built.train_seconds)
     variant = args.variant
     if variant == "auto":
         parities = export_and_check(built, splits.test["text"].tolist(), settings.train_threads)
@@ -213,7 +223,7 @@ def one_model(
         "ood_threshold": round(built.detector.threshold, 3),
         "closed_test_accuracy": round(built.test.accuracy, 4),  # the known intents' messages, without the detector
         "train_seconds": round(built.train_seconds, 1),
-        "fine_tuning": "in this run" if encoder is None else f"earlier, kept in {encoder}",
+        "fine_tuning": f"earlier, kept in {encoder}" if reused else "in this run",
         "known_intents": known,
     }
     scores = {f"validation_{name}": values for name, values in validation_scores.items()}
@@ -240,7 +250,7 @@ def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: in
             return kept
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="open-intent-") as scratch:
-        run, scores = one_model(train, test, known, seed, args, Path(scratch) / "classifier", kept_encoder(args, ratio, seed))
+        run, scores = one_model(train, test, known, seed, args, Path(scratch) / "classifier", encoder_home(args, ratio, seed))
     run |= {"seconds": round(time.perf_counter() - started, 1), "protocol": protocol}
     if stored is not None:
         stored.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +277,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most N training and N test messages per intent")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep each model's figures and scores here, and reuse them")
-    parser.add_argument("--fine-tuned", type=Path, default=None, help="reuse the encoders kept here (DIR/known-<ratio>-seed-<seed>/model)")
+    parser.add_argument(
+        "--fine-tuned",
+        type=Path,
+        default=None,
+        help="keep the encoders here (DIR/known-<ratio>-seed-<seed>/model), and reuse those already kept",
+    )
     parser.add_argument("--conditions", default="2 cores shared with other jobs", help="what else ran on the machine")
     args = parser.parse_args()
     unknown_ratios = sorted(set(args.ratios) - set(RATIOS))

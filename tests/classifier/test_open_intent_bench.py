@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import bench.open_intent
-from bench.open_intent import UNKNOWN, flagged_at, known_intents, nearest_neighbour_distance, open_figures, run_once
+from bench.open_intent import UNKNOWN, flagged_at, keep_encoder, known_intents, nearest_neighbour_distance, open_figures, run_once
 from supportflow.settings import get_settings
 
 
@@ -88,4 +88,27 @@ def test_a_kept_run_is_reused_only_under_the_same_protocol(tmp_path: Path, monke
         get_settings.cache_clear()
     assert trained == [3, 3, 3] and changed["protocol"]["training"]["contrastive_weight"] == 2.0
     run_once(frame, frame, ["x"], 4, 0.25, args)
-    assert encoders[-1] is None  # no encoder kept for seed 4: fine-tuned in the run
+    assert encoders[-1] == kept_encoders / "known-0.25-seed-4" / "model"  # none there yet: where this run keeps it
+    args.fine_tuned = None
+    run_once(frame, frame, ["x"], 5, 0.25, args)
+    assert encoders[-1] is None
+
+
+def test_a_kept_encoder_is_the_fine_tuned_weights_and_tokenizer_without_what_the_build_derived(tmp_path: Path) -> None:
+    folder = tmp_path / "classifier"
+    (folder / "onnx").mkdir(parents=True)
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "classifier.json",
+        "ood.npz",
+        "lexical.npz",
+    ):
+        (folder / name).write_text(name)
+    (folder / "onnx" / "model.onnx").write_text("onnx")
+    home = tmp_path / "kept" / "known-0.5-seed-1" / "model"
+    keep_encoder(folder, home, 487.5)
+    assert sorted(path.name for path in home.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert json.loads((home.parent / "meta.json").read_text()) == {"train_seconds": 487.5}
