@@ -3,7 +3,7 @@
 Real desks have many intents with few examples. This cuts BANKING77's `train.csv`, with a fixed seed, so that a
 third of the intents keep 10 examples, another third 5, and the rest all of theirs; then trains on it through the
 pipeline's own path (ingest into a scratch lake, validate against the ticket contract, the snapshot's seeded split,
-`load_training_splits`, `build_classifier`), and scores BANKING77's official `test.csv` per bucket: accuracy and
+`load_training_splits`, `build_as_configured`), and scores BANKING77's official `test.csv` per bucket: accuracy and
 macro-F1 over the 5-example, the 10-example and the untouched intents. The same path on the whole of `train.csv`
 gives the full-data model the untouched intents are compared with. Writes bench/results/long_tail_banking77.json.
 

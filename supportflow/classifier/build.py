@@ -1,8 +1,9 @@
-"""One classifier build: fine-tune, fit the lexical reader, fuse and calibrate on validation, fit the unknown-intent
-detector, score on test, write the classifier folder.
+"""One classifier build after fine-tuning: fit the lexical reader, fuse and calibrate on validation, fit the
+unknown-intent detector, score on test, write the classifier folder.
 
-The Prefect flow and the benchmark both call `build_classifier`, so the figures in the benchmark are
-those of the model the pipeline registers.
+The Prefect flow and the benchmarks all reach `evaluate_classifier` through `supportflow.classifier.training`
+(`build_as_configured`, `evaluate_as_configured`), so the figures in a benchmark are those of the model the pipeline
+registers.
 """
 
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from supportflow.classifier.artifacts import EMBEDDING_POOLING, ClassifierCard, 
 from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdChoice, at_threshold, choose_threshold, fit_temperature
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
-from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
+from supportflow.classifier.fine_tune import FineTuned, LabelledSplits
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
 from supportflow.classifier.inference import Readings, fused_softmax, softmax
 from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary, vocabulary_quantile
@@ -42,23 +43,6 @@ class BuiltClassifier:
     test_out_of_scope: np.ndarray  # the test messages the detector flags: its false alarms, by distance or by words
     fusion: FusionWeights
     encoder_test: Evaluation  # the fine-tuned head alone (temperature-scaled): what the other readers and the balance add
-
-
-def build_classifier(
-    splits: LabelledSplits,
-    base: BaseModelChoice,
-    profile: TrainingProfile,
-    threads: int,
-    target_precision: float,
-    folder: Path,
-    snapshot_id: str,
-    ood_quantile: float = DEFAULT_QUANTILE,
-    fusion: FusionChoice = DEFAULT_FUSION,
-    device: str = "cpu",
-    max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET,
-) -> BuiltClassifier:
-    tuned = fine_tune(base.location, splits, profile, threads, folder, device)
-    return evaluate_classifier(tuned, splits, base, profile, target_precision, snapshot_id, ood_quantile, fusion, max_wrong_answers)
 
 
 def evaluate_classifier(

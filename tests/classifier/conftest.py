@@ -86,8 +86,8 @@ def build_tiny_classifier(folder: Path, base: Path, target_precision: float = 0.
     """A trained, calibrated and ONNX-exported tiny classifier of TINY_INTENTS in `folder`, without lake or MLflow;
     returns (BuiltClassifier, LabelledSplits). 15 test and 15 validation messages per intent."""
     from supportflow.classifier.base_weights import BaseModelChoice
-    from supportflow.classifier.build import build_classifier
-    from supportflow.classifier.fine_tune import check_training_data
+    from supportflow.classifier.build import evaluate_classifier
+    from supportflow.classifier.fine_tune import check_training_data, fine_tune
     from supportflow.classifier.onnx_export import export_onnx
     from supportflow.settings import TrainingProfile
 
@@ -97,7 +97,9 @@ def build_tiny_classifier(folder: Path, base: Path, target_precision: float = 0.
     train = rows.drop(test.index).drop(validation.index)
     splits = check_training_data(train, validation, test, tuple(TINY_INTENTS), 2, "tiny")
     choice = BaseModelChoice(name="tiny", location=str(base), source="local")
-    built = build_classifier(splits, choice, TrainingProfile(**TINY_PROFILE), 1, target_precision, folder, "snap-tiny", ood_quantile=0.95)
+    profile = TrainingProfile(**TINY_PROFILE)
+    tuned = fine_tune(str(base), splits, profile, 1, folder)
+    built = evaluate_classifier(tuned, splits, choice, profile, target_precision, "snap-tiny", ood_quantile=0.95)
     export_onnx(folder)
     return built, splits
 
