@@ -2,16 +2,29 @@
 the names, ports, probes and settings the services really use, and who may reach what: the NetworkPolicies
 (evaluated here as Kubernetes evaluates them) and the Ingress, which exposes the public routes only."""
 
+import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from supportflow.dialogue.stores import IN_MEMORY_LOCKS
+from supportflow.dialogue.stores import (
+    IN_MEMORY_LOCKS,
+    LOCK_STORE_DB,
+    LOCK_STORE_HOST,
+    LOCK_STORE_PASSWORD,
+    LOCK_STORE_PORT,
+    LOCK_STORE_TYPE,
+    store_environment,
+)
+from supportflow.processes import free_port
 from supportflow.release.stack import Ports
 from supportflow.settings import Settings
 
@@ -21,6 +34,7 @@ KUBERNETES_VERSION = "1.32.0"
 MANIFESTS = sorted(path for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml" and not path.name.endswith(".example.yaml"))
 DOCUMENTS = [(path.name, document) for path in MANIFESTS for document in yaml.safe_load_all(path.read_text()) if document]
 SECRETS_TEMPLATE = K8S / "secrets.example.yaml"
+COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yml"
 
 
 def objects(kind: str) -> dict[str, dict[str, Any]]:
@@ -50,7 +64,14 @@ def test_the_kustomization_lists_every_manifest_and_names_the_images() -> None:
     assert sorted(kustomization["resources"]) == sorted(path.name for path in MANIFESTS)
     assert kustomization["namespace"] == "supportflow"
     images = {c["image"] for _, d in DOCUMENTS if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]}
-    assert {image["name"] for image in kustomization["images"]} == {image for image in images if not image.startswith("prefecthq/")}
+    # The project's own images are named bare, and a release sets their tags here; a third-party image is pinned to
+    # a version where it is used, and the kustomization leaves it alone.
+    ours = {image for image in images if image.startswith("supportflow-")}
+    third_party = images - ours
+    assert {image["name"] for image in kustomization["images"]} == ours and not [image for image in ours if ":" in image]
+    assert {image.partition(":")[0] for image in third_party} == {"prefecthq/prefect", "redis"}
+    unpinned = [image for image in third_party if not re.fullmatch(r"[\w./-]+:\d+\.\d+[\w.-]*", image)]
+    assert not unpinned, f"pin a version: {unpinned}"
 
 
 def test_kustomize_builds_the_whole_set() -> None:
@@ -60,7 +81,7 @@ def test_kustomize_builds_the_whole_set() -> None:
     built = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     kinds = [document["kind"] for document in yaml.safe_load_all(built.stdout)]
-    assert len(kinds) == len(DOCUMENTS) and kinds.count("Deployment") == 6
+    assert len(kinds) == len(DOCUMENTS) and kinds.count("Deployment") == 7
 
 
 def test_bentos_rasa_and_action_server_use_their_images_ports_and_health_paths() -> None:
@@ -85,11 +106,18 @@ def test_bentos_rasa_and_action_server_use_their_images_ports_and_health_paths()
     assert probes == {"/webhooks/rest/"}  # the REST channel's own health route, there without the API
     assert actions["args"][:2] == ["run", "actions"] and actions["args"][actions["args"].index("--port") + 1] == str(ports.actions)
     assert actions["readinessProbe"]["httpGet"]["path"] == "/health"
+    redis_service, redis_port = objects("Service")["redis"], container("redis")["ports"][0]["containerPort"]
+    assert redis_service["spec"]["ports"][0]["port"] == redis_port
+    # the locks in the shared Redis, as `supportflow serve` sets them for its URL (database 1, as in Compose)
+    locks = store_environment(Settings(_env_file=None, rasa_lock_store_url=f"redis://{redis_service['metadata']['name']}:{redis_port}/1"))
+    assert [locks[name] for name in (LOCK_STORE_TYPE, LOCK_STORE_HOST, LOCK_STORE_PORT, LOCK_STORE_DB)] == ["redis", "redis", "6379", "1"]
     assert {e["name"]: e["value"] for e in rasa["env"] if "value" in e} == {
         "SUPPORTFLOW_CLASSIFY_URL": f"http://classifier:{ports.classifier}/classify",
         "SUPPORTFLOW_ACTION_WEBHOOK_URL": f"http://actions:{ports.actions}/webhook",
-        **IN_MEMORY_LOCKS,  # one Rasa replica
+        **{name: locks[name] for name in IN_MEMORY_LOCKS if name != LOCK_STORE_PASSWORD},
     }
+    password = next(e for e in rasa["env"] if e["name"] == LOCK_STORE_PASSWORD)["valueFrom"]["secretKeyRef"]
+    assert password == {"name": "supportflow-secrets", "key": "redis_password"}  # required: no `optional`
     # every variable the generated endpoints.yml names is set, or Rasa refuses to start
     named = {e["name"] for e in rasa["env"]}
     assert {"SUPPORTFLOW_RASA_TRACKER_STORE_URL", "SUPPORTFLOW_INTERNAL_TOKEN", *IN_MEMORY_LOCKS} <= named
@@ -103,6 +131,70 @@ def test_bentos_rasa_and_action_server_use_their_images_ports_and_health_paths()
         deployment = objects("Deployment")[name]
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"], name
         assert service["spec"]["ports"][0]["port"] == container(name)["ports"][0]["containerPort"], name
+
+
+def test_rasa_runs_replicas_only_on_a_shared_lock_store_that_requires_the_secrets_password() -> None:
+    """Replicas with locks of their own could process one conversation's messages at once, on two servers."""
+    rasa, env = objects("Deployment")["rasa"], {e["name"]: e for e in container("rasa")["env"]}
+    replicas = rasa["spec"]["replicas"]
+    assert replicas == 1 or env[LOCK_STORE_TYPE].get("value") == "redis", "Rasa replicas must share their locks"
+    assert replicas > 1, "one Rasa pod lost would stop every conversation"
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]["rasa"]["environment"]
+    assert {name: env[name]["value"] for name in (LOCK_STORE_TYPE, LOCK_STORE_HOST, LOCK_STORE_PORT, LOCK_STORE_DB)} == {
+        name: compose[name] for name in (LOCK_STORE_TYPE, LOCK_STORE_HOST, LOCK_STORE_PORT, LOCK_STORE_DB)
+    }
+    redis = objects("Deployment")["redis"]["spec"]
+    assert redis["replicas"] == 1 and redis["strategy"] == {"type": "Recreate"}, "one lock store, never two at once"
+    spec = container("redis")
+    reference = next(e for e in spec["env"] if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "supportflow-secrets", "key": "redis_password"}  # required: no `optional`
+    assert env[LOCK_STORE_PASSWORD]["valueFrom"]["secretKeyRef"] == reference  # Rasa sends the one Redis requires
+    assert spec["command"][:2] == ["sh", "-c"] and '--requirepass "$REDIS_PASSWORD"' in spec["command"][2]  # quoted: one word
+    server = shlex.split(spec["command"][2])
+    assert server[:2] == ["exec", "redis-server"]
+    assert server[server.index("--save") + 1] == "" and server[server.index("--appendonly") + 1] == "no"  # locks only
+    assert spec["securityContext"]["runAsNonRoot"] and not spec["securityContext"]["allowPrivilegeEscalation"]
+
+
+def resp(*words: str) -> bytes:
+    """One command in Redis's protocol, each word length-prefixed, so spaces and quotes in a password pass as they are."""
+    encoded = [word.encode() for word in words]
+    return f"*{len(encoded)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(word), word) for word in encoded)
+
+
+def test_the_redis_command_starts_a_server_that_answers_only_with_the_password(tmp_path: Path) -> None:
+    """The manifest's own shell command, run with Debian's redis-server on a loopback port of this machine."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed (`make system-deps`)")
+    port, password = free_port(), "s3cret with 'quotes' and $igns"
+    shell, flag, script = container("redis")["command"]
+    loopback = f"{script} --port {port} --bind 127.0.0.1 --dir {shlex.quote(str(tmp_path))}"  # later options win
+    server = subprocess.Popen(
+        [shell, flag, loopback],
+        env={"PATH": f"{Path(executable).parent}{os.pathsep}{os.defpath}", "REDIS_PASSWORD": password},
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, f"redis-server did not start (exit {server.poll()})"
+                time.sleep(0.1)
+        with client, client.makefile("rb") as replies:
+            client.sendall(resp("PING"))
+            assert replies.readline().startswith(b"-NOAUTH")
+            client.sendall(resp("AUTH", "not the password"))
+            assert replies.readline().startswith(b"-WRONGPASS")
+            client.sendall(resp("AUTH", password) + resp("PING"))
+            assert [replies.readline(), replies.readline()] == [b"+OK\r\n", b"+PONG\r\n"]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert not list(tmp_path.iterdir()), "locks are not worth persisting: Redis writes nothing"
 
 
 def test_the_settings_configmap_holds_real_settings_and_the_urls_point_at_the_services(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,6 +328,7 @@ def test_each_service_is_reachable_only_by_those_that_call_it() -> None:
         ("actions", ports.actions): {"rasa": pod("rasa")},
         ("classifier", ports.classifier): {"rasa": pod("rasa"), "bot": pod("bot"), "prometheus": PROMETHEUS},
         ("mlflow", 5000): {"flow runs": FLOW_RUN, "bot": pod("bot"), "ingress controller": INGRESS_CONTROLLER},
+        ("redis", 6379): {"rasa": pod("rasa")},
     }
     everyone = {
         "ingress controller": INGRESS_CONTROLLER,
@@ -243,7 +336,7 @@ def test_each_service_is_reachable_only_by_those_that_call_it() -> None:
         "stranger": STRANGER,
         "outsider": OUTSIDER,
         "flow runs": FLOW_RUN,
-        **{name: pod(name) for name in ("bot", "classifier", "rasa", "actions", "mlflow", "prefect-worker")},
+        **{name: pod(name) for name in ("bot", "classifier", "rasa", "actions", "mlflow", "prefect-worker", "redis")},
     }
     for (deployment, port), callers in allowed.items():
         for name, source in callers.items():
