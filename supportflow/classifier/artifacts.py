@@ -21,6 +21,9 @@ CLASSIFIER_CARD = "classifier.json"
 MODEL_ARTIFACT = "classifier"  # the folder's name inside the logged MLflow model
 ONNX_DIR = "onnx"
 VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# The pretrained encoder the classifier was fine-tuned from, kept frozen for the unknown-intent detector's second
+# distance (ood.py); the ONNX exports run it in the same graph. Folders trained before it have none.
+SENTENCE_ENCODER_DIR = "sentence_encoder"
 # How a message's pooled embedding (what the unknown-intent detector and the prototypes read) is taken from the
 # encoder's last layer: "mean", the average of its tokens' vectors, for every classifier trained now; "cls", the
 # first token's vector, which the classification head reads, in folders trained before (`predict.pooled_embedding`).

@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer, DistilBertForSequenceClassification
+from transformers import AutoModel, AutoTokenizer, DistilBertForSequenceClassification
 
-from supportflow.classifier.artifacts import EMBEDDING_POOLING, ClassifierCard, FusionWeights
+from supportflow.classifier.artifacts import EMBEDDING_POOLING, SENTENCE_ENCODER_DIR, ClassifierCard, FusionWeights
 from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdChoice, at_threshold, choose_threshold, fit_temperature
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
@@ -39,7 +39,7 @@ class BuiltClassifier:
     test_probabilities: np.ndarray
     test_labels: np.ndarray
     detector: OutOfScopeDetector
-    test_ood_scores: np.ndarray  # the detector's distances on the test split (all in scope)
+    test_ood_scores: np.ndarray  # the detector's scores on the test split (all in scope)
     test_out_of_scope: np.ndarray  # the test messages the detector flags: its false alarms, by distance or by words
     fusion: FusionWeights
     encoder_test: Evaluation  # the fine-tuned head alone (temperature-scaled): what the other readers and the balance add
@@ -57,22 +57,33 @@ def evaluate_classifier(
     max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET,
 ) -> BuiltClassifier:
     """Fit the lexical reader and the prototypes on the training messages, fuse the three readers and calibrate on
-    validation, choose both thresholds there, score on test; write the card, the two readers and the unknown-intent
-    detector into the folder. The detector and the prototypes cost one more pass over the training messages (their
-    embeddings)."""
+    validation, choose both thresholds there, score on test; write the card, the two readers, the unknown-intent
+    detector and the pretrained encoder it reads beside the fine-tuned one into the folder. The detector and the
+    prototypes cost one more pass over the training messages (their embeddings), through both encoders."""
     folder = tuned.model_dir
     model = DistilBertForSequenceClassification.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    sentence_encoder = AutoModel.from_pretrained(base.location).eval()  # the weights fine-tuning started from
+    sentence_encoder.save_pretrained(folder / SENTENCE_ENCODER_DIR)
     validation_labels = np.array(splits.label_ids("validation"))
     test_labels = np.array(splits.label_ids("test"))
     train_texts, validation_texts, test_texts = (split["text"].tolist() for split in (splits.train, splits.validation, splits.test))
     train_labels = np.array(splits.label_ids("train"))
-    train = predict_outputs(model, tokenizer, train_texts, profile.max_length)
-    validation = predict_outputs(model, tokenizer, validation_texts, profile.max_length)
-    test = predict_outputs(model, tokenizer, test_texts, profile.max_length)
+    train, validation, test = (
+        predict_outputs(model, tokenizer, texts, profile.max_length, sentence_encoder=sentence_encoder)
+        for texts in (train_texts, validation_texts, test_texts)
+    )
     assert train.embeddings is not None and validation.embeddings is not None and test.embeddings is not None
     vocabulary = fit_vocabulary(train_texts, validation_texts, vocabulary_quantile(ood_quantile))
-    detector = fit_detector(train.embeddings, train_labels, validation.embeddings, ood_quantile, vocabulary)
+    detector = fit_detector(
+        train.embeddings,
+        train_labels,
+        validation.embeddings,
+        ood_quantile,
+        vocabulary,
+        train.sentence_embeddings,
+        validation.sentence_embeddings,
+    )
     detector.save(folder)
 
     # The readers are fitted on the training messages and weighed on validation, which they have not seen; then the
@@ -122,7 +133,7 @@ def evaluate_classifier(
         logit_offsets=list(weights.offsets),
     )
     card.save(folder)
-    test_ood_scores = detector.scores(test.embeddings)
+    test_ood_scores = detector.scores(test.embeddings, test.sentence_embeddings)
     return BuiltClassifier(
         folder=folder,
         card=card,

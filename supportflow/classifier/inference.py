@@ -24,6 +24,9 @@ from supportflow.classifier.prototypes import Prototypes
 from supportflow.errors import RegistryError
 
 EMBEDDING_OUTPUT = "embedding"  # the ONNX output the unknown-intent detector reads; exports before it have logits only
+# The pretrained encoder's embedding of the message (ood.py, `NearestNeighbours`), from the same graph; exports of a
+# folder without a `sentence_encoder` lack it.
+SENTENCE_OUTPUT = "sentence_embedding"
 # Two letters or digits in a row: the least a request is written with. A text without them (emoji, punctuation, a
 # single character, nothing) asks for no intent, however the model spreads its probability.
 _WORDS = re.compile(r"\w\w")
@@ -34,6 +37,7 @@ class ModelOutputs:
     logits: np.ndarray  # (texts, intents)
     embeddings: np.ndarray | None  # (texts, dim): the pooled embedding; None from an export without it
     truncated: np.ndarray  # (texts,): the text was longer than the model reads, and only its beginning was classified
+    sentence_embeddings: np.ndarray | None = None  # (texts, dim): the pretrained encoder's; None without one
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -128,9 +132,10 @@ def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 128) -> ModelOutputs:
-    """Logits (and the pooled embedding, when the export has it) in input order; batches are built from length-sorted
-    texts so padding stays small."""
-    names = ["logits"] + [EMBEDDING_OUTPUT for output in session.get_outputs() if output.name == EMBEDDING_OUTPUT]
+    """Logits (and the pooled embedding and the pretrained encoder's, when the export has them) in input order;
+    batches are built from length-sorted texts so padding stays small."""
+    present = {output.name for output in session.get_outputs()}
+    names = ["logits"] + [name for name in (EMBEDDING_OUTPUT, SENTENCE_OUTPUT) if name in present]
     order = np.argsort([len(text) for text in texts], kind="stable")
     out: list[np.ndarray] = []
     truncated = np.zeros(len(texts), dtype=bool)
@@ -149,14 +154,15 @@ def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Seq
             target[chosen] = result
     if not out:
         raise ValueError("no texts to classify")
-    return ModelOutputs(logits=out[0], embeddings=out[1] if len(out) > 1 else None, truncated=truncated)
+    found = dict(zip(names, out, strict=True))
+    return ModelOutputs(found["logits"], found.get(EMBEDDING_OUTPUT), truncated, found.get(SENTENCE_OUTPUT))
 
 
 def classify_outputs(texts: Sequence[str], outputs: ModelOutputs, parts: ClassifierParts, top_k: int | None = None) -> list[dict]:
     """The classify contract per text: the ranking; whether the text lies outside every intent (`out_of_scope`: its
-    `ood_score`, the distance to the nearest intent, passes the detector's threshold, most of its words are foreign to
-    the desk's training messages, or it has no words at all); and whether only its beginning was read (`truncated`).
-    A model trained without a detector scores nothing (null)."""
+    `ood_score`, how far it lies from the intents and the training messages (`OutOfScopeDetector.scores`), passes the
+    detector's threshold, most of its words are foreign to the desk's training messages, or it has no words at all);
+    and whether only its beginning was read (`truncated`). A model trained without a detector scores nothing (null)."""
     results = ranking(parts.probabilities(texts, outputs), parts.card.labels, top_k)
     detector = parts.detector
     if detector is None:
@@ -165,7 +171,7 @@ def classify_outputs(texts: Sequence[str], outputs: ModelOutputs, parts: Classif
     elif outputs.embeddings is None:
         raise RegistryError("the classifier has an unknown-intent detector but its model gives no pooled embedding")
     else:
-        distances = detector.scores(outputs.embeddings)
+        distances = detector.scores(outputs.embeddings, outputs.sentence_embeddings)
         scores, outside = [float(d) for d in distances], [bool(flag) for flag in detector.out_of_scope(texts, distances)]
     return [
         result | {"out_of_scope": out or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}
@@ -186,8 +192,11 @@ class OnnxClassifier:
         self.session = onnx_session(path, threads)
         self.tokenizer = onnx_tokenizer(folder, self.card.max_length)
         reading_embeddings = self.parts.detector is not None or (self.parts.prototypes is not None and self.card.prototype_weight > 0)
-        if reading_embeddings and EMBEDDING_OUTPUT not in {output.name for output in self.session.get_outputs()}:
+        outputs = {output.name for output in self.session.get_outputs()}
+        if reading_embeddings and EMBEDDING_OUTPUT not in outputs:
             raise RegistryError(f"{path} has no {EMBEDDING_OUTPUT} output, which the folder's detector and prototypes read")
+        if self.parts.detector is not None and self.parts.detector.neighbours is not None and SENTENCE_OUTPUT not in outputs:
+            raise RegistryError(f"{path} has no {SENTENCE_OUTPUT} output, which the folder's detector reads")
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:

@@ -22,28 +22,33 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from transformers import DistilBertForSequenceClassification
+from transformers import DistilBertForSequenceClassification, PreTrainedModel
 
 from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard
-from supportflow.classifier.inference import EMBEDDING_OUTPUT, OnnxClassifier
-from supportflow.classifier.predict import pooled_embedding
+from supportflow.classifier.inference import EMBEDDING_OUTPUT, SENTENCE_OUTPUT, OnnxClassifier
+from supportflow.classifier.predict import load_sentence_encoder, pooled_embedding, sentence_embedding
 
 if TYPE_CHECKING:
     from supportflow.classifier.build import BuiltClassifier
 
 
-class _LogitsAndEmbedding(torch.nn.Module):
-    """The two outputs serving reads: the logits, and the pooled embedding the unknown-intent detector and the
-    prototypes measure, pooled as the folder's card says they were fitted."""
+class _ServedOutputs(torch.nn.Module):
+    """What serving reads, from one run of one graph: the logits; the pooled embedding the unknown-intent detector and
+    the prototypes measure, pooled as the folder's card says they were fitted; and, for a folder with one, the
+    pretrained encoder's sentence embedding of the same tokens, which the detector measures too."""
 
-    def __init__(self, model: DistilBertForSequenceClassification, pooling: str) -> None:
+    def __init__(self, model: DistilBertForSequenceClassification, pooling: str, sentence_encoder: PreTrainedModel | None) -> None:
         super().__init__()
         self.model = model
         self.pooling = pooling
+        self.sentence_encoder = sentence_encoder
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return output.logits, pooled_embedding(output.hidden_states, attention_mask, self.pooling)
+        served = (output.logits, pooled_embedding(output.hidden_states, attention_mask, self.pooling))
+        if self.sentence_encoder is None:
+            return served
+        return (*served, sentence_embedding(self.sentence_encoder, input_ids, attention_mask))
 
 
 @dataclass(frozen=True)
@@ -68,23 +73,21 @@ class VariantParity:
 def export_onnx(folder: Path) -> dict[str, Path]:
     """Write `<folder>/onnx/model.onnx` and its int8 dynamic-quantised twin; return both paths."""
     model = DistilBertForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager").eval()
+    sentence_encoder = load_sentence_encoder(folder)
     target = folder / ONNX_DIR
     target.mkdir(exist_ok=True)
     paths = {name: target / file for name, file in VARIANTS.items()}
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
+    outputs = ["logits", EMBEDDING_OUTPUT] + ([] if sentence_encoder is None else [SENTENCE_OUTPUT])
     with torch.inference_mode():
         torch.onnx.export(
-            _LogitsAndEmbedding(model, ClassifierCard.load(folder).embedding_pooling),
+            _ServedOutputs(model, ClassifierCard.load(folder).embedding_pooling, sentence_encoder),
             example,
             str(paths["fp32"]),
             input_names=["input_ids", "attention_mask"],
-            output_names=["logits", EMBEDDING_OUTPUT],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"},
-                "logits": {0: "batch"},
-                EMBEDDING_OUTPUT: {0: "batch"},
-            },
+            output_names=outputs,
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+            | {name: {0: "batch"} for name in outputs},
             opset_version=17,
             dynamo=False,
         )

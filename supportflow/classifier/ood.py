@@ -17,6 +17,17 @@ flags a message when the share of its words outside it passes a validation quant
 (`vocabulary_quantile`). It knows no language: a French desk's vocabulary is French, and English messages to it are
 the unfamiliar ones.
 
+Fine-tuning also costs the encoder some of what it knew: it learns to tell the known intents apart, and a question
+about something else can be pulled into a known intent's region, whichever way its embedding is pooled. The
+pretrained encoder it started from, kept frozen beside it (the folder's `sentence_encoder`, run in the same ONNX
+graph), still places such a question away from every training message. So a model trained now measures two
+distances: the Mahalanobis distance in the fine-tuned space, and the cosine distance from the message to its nearest
+training message in the pretrained one (`NearestNeighbours`; kNN-1, as Sun et al., ICML 2022, use for
+out-of-distribution detection). Each is standardised by its mean and spread over the in-scope validation messages,
+and the score is their average, with its threshold the validation quantile as before. On the open-intent
+protocol's screening models the pair ranked unseen-intent messages above known ones more often than either alone
+(docs/classifier.md, "The pretrained encoder's second opinion").
+
 numpy only: the portable pyfunc and the ONNX serving path load it without torch.
 """
 
@@ -36,8 +47,12 @@ METHOD = "mahalanobis"
 # Added to the covariance's eigenvalues, relative to their mean: a desk with fewer training messages than embedding
 # dimensions has a singular covariance, whose inverse would make every new message look infinitely far.
 RIDGE = 1e-3
-# ood.npz's layout: 1 holds the Mahalanobis detector alone (no `version` key), 2 adds the vocabulary.
-VERSION = 2
+# ood.npz's layout: 1 holds the Mahalanobis detector alone (no `version` key), 2 adds the vocabulary, 3 the nearest
+# neighbours in the pretrained encoder's space.
+VERSION = 3
+# How many messages' distances to every training message are computed at once: a batch of 10,000 messages against
+# 10,000 training messages would otherwise hold a 400 MB matrix.
+_NEIGHBOUR_CHUNK = 512
 # Scripts written without spaces between words, where each character counts as a word, as BERT's tokenizer treats
 # Chinese characters: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs (code point ranges, inclusive).
 _UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
@@ -103,6 +118,49 @@ def fit_vocabulary(train_texts: Sequence[str], validation_texts: Sequence[str], 
     return VocabularyCoverage(vocabulary, float(np.quantile(shares, quantile)))
 
 
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+
+@dataclass(frozen=True)
+class Standardised:
+    """A score's centre and spread over the in-scope validation messages, so that two scores on different scales can
+    be averaged."""
+
+    mean: float
+    scale: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "Standardised":
+        values = np.asarray(values, dtype=np.float64)
+        return cls(float(values.mean()), max(float(values.std()), np.finfo(np.float32).eps))
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        return (np.asarray(values, dtype=np.float64) - self.mean) / self.scale
+
+
+@dataclass(frozen=True)
+class NearestNeighbours:
+    """The training messages in the pretrained encoder's space, and how the two distances are put on one scale."""
+
+    embeddings: np.ndarray  # (training messages, dim), unit length, float16 values (as stored) held as float32
+    mahalanobis: Standardised  # the fine-tuned space's distance, over the validation messages
+    neighbour: Standardised  # this distance, over the validation messages
+
+    def distances(self, sentence_embeddings: np.ndarray) -> np.ndarray:
+        """Per message, 1 - the cosine to its nearest training message; in chunks, so memory stays bounded."""
+        queries = _unit(sentence_embeddings)
+        nearest = np.empty(len(queries), dtype=np.float64)
+        for start in range(0, len(queries), _NEIGHBOUR_CHUNK):
+            nearest[start : start + _NEIGHBOUR_CHUNK] = (queries[start : start + _NEIGHBOUR_CHUNK] @ self.embeddings.T).max(axis=1)
+        return 1.0 - nearest
+
+    def combined(self, mahalanobis: np.ndarray, sentence_embeddings: np.ndarray) -> np.ndarray:
+        """The average of the two standardised distances."""
+        return (self.mahalanobis(mahalanobis) + self.neighbour(self.distances(sentence_embeddings))) / 2
+
+
 @dataclass(frozen=True)
 class OutOfScopeDetector:
     centres: np.ndarray  # (intents, dim): each intent's mean embedding, whitened
@@ -110,23 +168,43 @@ class OutOfScopeDetector:
     threshold: float  # a distance above it is out of scope
     quantile: float  # the share of in-scope validation messages within the threshold
     vocabulary: VocabularyCoverage | None = None  # None in a model stored before the vocabulary check (version 1)
+    neighbours: NearestNeighbours | None = None  # None in a model stored before the pretrained encoder's (version 3)
 
-    def out_of_scope(self, texts: Sequence[str], distances: np.ndarray) -> np.ndarray:
-        """Per text, whether it lies outside every intent: too far from them, or written mostly in words the desk's
-        training messages never use."""
-        flagged = np.asarray(distances) > self.threshold
+    def out_of_scope(self, texts: Sequence[str], scores: np.ndarray) -> np.ndarray:
+        """Per text, whether it lies outside every intent: its score (`scores`) passes the threshold, or it is written
+        mostly in words the desk's training messages never use."""
+        flagged = np.asarray(scores) > self.threshold
         if self.vocabulary is not None:
             flagged |= self.vocabulary.unfamiliar(texts) > self.vocabulary.threshold
         return flagged
 
-    def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """Per message, the Mahalanobis distance to the nearest intent's centre."""
+    def mahalanobis(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per message, the Mahalanobis distance to the nearest intent's centre in the fine-tuned encoder's space."""
         whitened = np.asarray(embeddings, dtype=np.float64) @ self.whitening
         squared = (whitened**2).sum(axis=1, keepdims=True) - 2 * whitened @ self.centres.T + (self.centres**2).sum(axis=1)[np.newaxis, :]
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
+    def scores(self, embeddings: np.ndarray, sentence_embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Per message, what the threshold is compared with: the Mahalanobis distance, or, with the pretrained
+        encoder's neighbours, the average of it and the neighbour distance, each standardised (`sentence_embeddings`,
+        the pretrained encoder's, are then required)."""
+        distances = self.mahalanobis(embeddings)
+        if self.neighbours is None:
+            return distances
+        if sentence_embeddings is None:
+            raise RegistryError("the unknown-intent detector reads the pretrained encoder's embedding, and none was given")
+        return self.neighbours.combined(distances, sentence_embeddings)
+
     def save(self, folder: Path) -> None:
         stored = {"centres": self.centres, "whitening": self.whitening, "threshold": self.threshold, "quantile": self.quantile}
+        if self.neighbours is not None:
+            neighbours = self.neighbours
+            stored |= {
+                "neighbours": neighbours.embeddings.astype(np.float16),  # half the size; fitted on these very values
+                "standardisation": np.array(
+                    [neighbours.mahalanobis.mean, neighbours.mahalanobis.scale, neighbours.neighbour.mean, neighbours.neighbour.scale]
+                ),
+            }
         if self.vocabulary is not None:
             # The words as a fixed-width unicode array, which np.load reads back without pickle.
             stored |= {
@@ -138,7 +216,7 @@ class OutOfScopeDetector:
     @classmethod
     def load(cls, folder: Path) -> "OutOfScopeDetector | None":
         """The folder's detector; None for a model trained before detectors were (it flags nothing). A version 1 file
-        has no vocabulary: its model flags by distance alone, as it did when it was trained."""
+        has no vocabulary, and a version 1 or 2 file no neighbours: its model flags as it did when it was trained."""
         path = folder / DETECTOR_FILE
         stored = read_part(path, "method", METHOD, "detector")
         if stored is None:
@@ -149,7 +227,13 @@ class OutOfScopeDetector:
         vocabulary = None
         if "vocabulary" in stored:
             vocabulary = VocabularyCoverage(frozenset(stored["vocabulary"].tolist()), float(stored["vocabulary_threshold"]))
-        return cls(stored["centres"], stored["whitening"], float(stored["threshold"]), float(stored["quantile"]), vocabulary)
+        neighbours = None
+        if "neighbours" in stored:
+            means_and_scales = [float(value) for value in stored["standardisation"]]
+            neighbours = NearestNeighbours(
+                stored["neighbours"].astype(np.float32), Standardised(*means_and_scales[:2]), Standardised(*means_and_scales[2:])
+            )
+        return cls(stored["centres"], stored["whitening"], float(stored["threshold"]), float(stored["quantile"]), vocabulary, neighbours)
 
 
 def fit_detector(
@@ -158,14 +242,20 @@ def fit_detector(
     validation_embeddings: np.ndarray,
     quantile: float = DEFAULT_QUANTILE,
     vocabulary: VocabularyCoverage | None = None,
+    sentence_embeddings: np.ndarray | None = None,
+    validation_sentence_embeddings: np.ndarray | None = None,
 ) -> OutOfScopeDetector:
     """Centres and shared covariance from the training messages; the threshold from the validation messages, which the
     centres never saw (training messages sit closer to their centres than new in-scope ones do). `vocabulary`
-    (`fit_vocabulary` on the same messages) is stored with it."""
+    (`fit_vocabulary` on the same messages) is stored with it. With the pretrained encoder's embeddings of the same
+    training and validation messages, the score is the standardised pair (`NearestNeighbours`), its scales and
+    threshold read off validation too."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"the detector's quantile must lie strictly between 0 and 1, not {quantile}")
     if len(validation_embeddings) == 0:
         raise ValueError("the unknown-intent detector needs validation messages to choose its threshold on")
+    if (sentence_embeddings is None) != (validation_sentence_embeddings is None):
+        raise ValueError("the pretrained encoder's embeddings are needed for both the training and the validation messages")
     embeddings = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels)
     classes = np.unique(labels)
@@ -176,5 +266,16 @@ def fit_detector(
     eigenvalues = np.maximum(eigenvalues, 0.0) + RIDGE * max(float(eigenvalues.mean()), np.finfo(np.float64).tiny)
     whitening = eigenvectors / np.sqrt(eigenvalues)
     unthresholded = OutOfScopeDetector(means @ whitening, whitening, threshold=np.inf, quantile=quantile)
-    threshold = float(np.quantile(unthresholded.scores(validation_embeddings), quantile))
-    return OutOfScopeDetector(unthresholded.centres, whitening, threshold, quantile, vocabulary)
+    validation_distances = unthresholded.mahalanobis(validation_embeddings)
+    neighbours = None
+    if sentence_embeddings is not None and validation_sentence_embeddings is not None:
+        # Rounded to float16 as stored, so that served distances are those the threshold was chosen on.
+        stored = _unit(sentence_embeddings).astype(np.float16).astype(np.float32)
+        unscaled = NearestNeighbours(stored, Standardised(0.0, 1.0), Standardised(0.0, 1.0))
+        neighbour_distances = unscaled.distances(validation_sentence_embeddings)
+        neighbours = NearestNeighbours(stored, Standardised.fit(validation_distances), Standardised.fit(neighbour_distances))
+        validation_scores = neighbours.combined(validation_distances, validation_sentence_embeddings)
+    else:
+        validation_scores = validation_distances
+    threshold = float(np.quantile(validation_scores, quantile))
+    return OutOfScopeDetector(unthresholded.centres, whitening, threshold, quantile, vocabulary, neighbours)

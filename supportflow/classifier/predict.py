@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, DistilBertForSequenceClassification, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, DistilBertForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from supportflow.classifier.artifacts import EMBEDDING_POOLING
+from supportflow.classifier.artifacts import EMBEDDING_POOLING, SENTENCE_ENCODER_DIR
 from supportflow.classifier.inference import ClassifierParts, ModelOutputs, classify_outputs
 
 
@@ -39,12 +39,15 @@ def predict_outputs(
     max_length: int,
     batch_size: int = 128,
     pooling: str = EMBEDDING_POOLING,
+    sentence_encoder: PreTrainedModel | None = None,
 ) -> ModelOutputs:
-    """Logits and pooled embeddings in input order; batches are built from length-sorted texts so padding stays small."""
+    """Logits and pooled embeddings in input order, and with `sentence_encoder` (the pretrained encoder, frozen) its
+    mean-pooled embedding of the same tokens; batches are built from length-sorted texts so padding stays small."""
     model.eval()
     order = np.argsort([len(text) for text in texts], kind="stable")
     logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     embeddings = np.zeros((len(texts), model.config.dim), dtype=np.float32)
+    sentences = None if sentence_encoder is None else np.zeros((len(texts), sentence_encoder.config.hidden_size), dtype=np.float32)
     truncated = np.zeros(len(texts), dtype=bool)
     for start in range(0, len(texts), batch_size):
         chosen = order[start : start + batch_size]
@@ -54,7 +57,22 @@ def predict_outputs(
         output = model(**batch, output_hidden_states=True)
         logits[chosen] = output.logits.float().numpy()
         embeddings[chosen] = pooled_embedding(output.hidden_states, batch["attention_mask"], pooling).float().numpy()
-    return ModelOutputs(logits=logits, embeddings=embeddings, truncated=truncated)
+        if sentence_encoder is not None and sentences is not None:
+            sentences[chosen] = sentence_embedding(sentence_encoder, batch["input_ids"], batch["attention_mask"]).float().numpy()
+    return ModelOutputs(logits=logits, embeddings=embeddings, truncated=truncated, sentence_embeddings=sentences)
+
+
+def sentence_embedding(encoder: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The pretrained encoder's sentence embedding, as sentence-transformers takes it from all-MiniLM-L6-v2: its last
+    layer's token vectors averaged (the detector normalises it)."""
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return pooled_embedding((hidden,), attention_mask, "mean")
+
+
+def load_sentence_encoder(folder: Path) -> PreTrainedModel | None:
+    """The classifier folder's pretrained encoder, frozen; None for a folder trained before it."""
+    path = Path(folder) / SENTENCE_ENCODER_DIR
+    return AutoModel.from_pretrained(str(path), attn_implementation="eager").eval() if path.is_dir() else None
 
 
 class IntentClassifier:
@@ -68,13 +86,21 @@ class IntentClassifier:
         self.card = self.parts.card
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         self.model = DistilBertForSequenceClassification.from_pretrained(str(self.folder)).eval()
+        self.sentence_encoder = load_sentence_encoder(self.folder)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         return self.parts.probabilities(texts, self.outputs(texts))
 
     def outputs(self, texts: list[str]) -> ModelOutputs:
-        return predict_outputs(self.model, self.tokenizer, texts, self.card.max_length, pooling=self.card.embedding_pooling)
+        return predict_outputs(
+            self.model,
+            self.tokenizer,
+            texts,
+            self.card.max_length,
+            pooling=self.card.embedding_pooling,
+            sentence_encoder=self.sentence_encoder,
+        )
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:

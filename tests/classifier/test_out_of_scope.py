@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from supportflow.classifier.ood import DETECTOR_FILE, OutOfScopeDetector, fit_detector, vocabulary_quantile, words
+from supportflow.errors import RegistryError
 from tests.classifier.conftest import BANKING77, ROOT, TINY_INTENTS, build_tiny_classifier
 
 pytestmark = pytest.mark.slow  # one tiny fine-tuning for the module (~30 s on a shared core)
@@ -39,6 +40,54 @@ def test_fewer_messages_than_dimensions_still_give_finite_distances() -> None:
     train = rng.normal(size=(10, 64))  # a covariance of rank 8 at most: singular without the ridge
     detector = fit_detector(train, np.repeat([0, 1], 5), rng.normal(size=(5, 64)))
     assert np.isfinite(detector.scores(rng.normal(size=(3, 64)))).all() and np.isfinite(detector.threshold)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_the_pretrained_encoders_neighbours_flag_what_the_fine_tuned_space_pulls_into_an_intent() -> None:
+    """The failure the second distance is for: unseen questions the fine-tuned space places among a known intent's
+    messages, which the pretrained space still places away from every training message."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(scale=8.0, size=(4, 16))
+    known_topics, unseen_topics = rng.normal(size=(40, 32)), rng.normal(size=(40, 32))
+
+    def messages(n: int, topics: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 4, size=n)
+        fine_tuned = centres[labels] + rng.normal(size=(n, 16))  # unseen or not, the same place here
+        pretrained = _unit(topics[rng.integers(0, len(topics), size=n)] + rng.normal(scale=0.15, size=(n, 32)))
+        return fine_tuned, labels, pretrained
+
+    train, labels, train_sentences = messages(2000, known_topics)
+    validation, _, validation_sentences = messages(1000, known_topics)
+    unseen, _, unseen_sentences = messages(500, unseen_topics)
+    alone = fit_detector(train, labels, validation, quantile=0.9)
+    paired = fit_detector(train, labels, validation, 0.9, None, train_sentences, validation_sentences)
+    assert paired.neighbours is not None and len(paired.neighbours.embeddings) == 2000
+    # Both keep the validation quantile's share of in-scope messages; only the pair sees the unseen ones.
+    assert (paired.scores(validation, validation_sentences) > paired.threshold).mean() == pytest.approx(0.1, abs=0.002)
+    assert (alone.scores(unseen) > alone.threshold).mean() < 0.2
+    assert (paired.scores(unseen, unseen_sentences) > paired.threshold).mean() > 0.9
+    with pytest.raises(RegistryError, match="pretrained encoder's embedding"):
+        paired.scores(unseen)
+    with pytest.raises(ValueError, match="both the training and the validation"):
+        fit_detector(train, labels, validation, 0.9, None, train_sentences, None)
+
+
+def test_the_neighbours_survive_storage_and_are_searched_in_bounded_chunks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    train, validation, queries = (rng.normal(size=(n, 8)) for n in (300, 100, 1500))
+    sentences, validation_sentences, query_sentences = (rng.normal(size=(n, 24)) for n in (300, 100, 1500))
+    detector = fit_detector(train, np.arange(300) % 3, validation, 0.95, None, sentences, validation_sentences)
+    detector.save(tmp_path)
+    loaded = OutOfScopeDetector.load(tmp_path)
+    assert loaded is not None and loaded.neighbours is not None and loaded.threshold == detector.threshold
+    # Stored as float16, which the fit already rounded to: the served scores are those the threshold was chosen on.
+    np.testing.assert_array_equal(loaded.scores(queries, query_sentences), detector.scores(queries, query_sentences))
+    assert len(query_sentences) > 2 * 512  # more than two of the search's chunks
+    expected = 1 - (_unit(query_sentences) @ _unit(sentences).T).max(axis=1)
+    np.testing.assert_allclose(loaded.neighbours.distances(query_sentences), expected, atol=2e-3)
 
 
 @pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5])
@@ -77,6 +126,8 @@ def test_the_detector_is_stored_with_the_model_and_flags_unseen_intents_more_tha
     stored = OutOfScopeDetector.load(built.folder)
     assert stored is not None and stored.threshold == pytest.approx(built.detector.threshold)
     assert stored.quantile == 0.95  # as the fixture built it
+    # The second distance's neighbours are the training messages, in the pretrained encoder's space.
+    assert stored.neighbours is not None and len(stored.neighbours.embeddings) == len(tiny.train)
     # The vocabulary is the training messages' words; its threshold is read off the validation messages alone.
     assert stored.vocabulary is not None and stored.vocabulary.vocabulary == frozenset(w for text in tiny.train for w in words(text))
     validation_shares = stored.vocabulary.unfamiliar(tiny.validation)
@@ -113,9 +164,34 @@ def test_every_variant_computes_the_same_detector(tiny: Tiny) -> None:
     onnx_results = OnnxClassifier(tiny.built.folder, "fp32", threads=1).classify(texts)
     for ours, theirs in zip(onnx_results, torch_results, strict=True):
         assert ours["intent"] == theirs["intent"]
-        assert ours["ood_score"] == pytest.approx(theirs["ood_score"], rel=1e-3)
+        assert ours["ood_score"] == pytest.approx(theirs["ood_score"], rel=1e-3, abs=1e-3)  # standardised: near 0 too
     int8 = OnnxClassifier(tiny.built.folder, "int8", threads=1).classify(texts)
     assert all(r["ood_score"] is not None and np.isfinite(r["ood_score"]) for r in int8)
+
+
+def test_the_second_encoder_is_the_pretrained_one_frozen_and_its_export_is_required(tiny: Tiny, tiny_base: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    from supportflow.classifier.artifacts import SENTENCE_ENCODER_DIR
+    from supportflow.classifier.inference import SENTENCE_OUTPUT, OnnxClassifier
+    from supportflow.classifier.onnx_export import export_onnx
+    from supportflow.classifier.predict import load_sentence_encoder
+
+    kept = load_sentence_encoder(tiny.built.folder)
+    assert kept is not None
+    pretrained = AutoModel.from_pretrained(str(tiny_base)).state_dict()
+    assert all(torch.equal(value, pretrained[name]) for name, value in kept.state_dict().items())
+    served = OnnxClassifier(tiny.built.folder, "int8", threads=1)
+    assert SENTENCE_OUTPUT in {output.name for output in served.session.get_outputs()}
+    # A folder whose export lacks the pretrained encoder (made without it) is refused, not served on half a detector.
+    stripped = tmp_path / "stripped"
+    shutil.copytree(tiny.built.folder, stripped, ignore=shutil.ignore_patterns(SENTENCE_ENCODER_DIR))
+    export_onnx(stripped)
+    with pytest.raises(RegistryError, match=SENTENCE_OUTPUT):
+        OnnxClassifier(stripped, "fp32", threads=1)
 
 
 def test_serving_refuses_a_variant_whose_detector_hands_off_more_in_scope_messages() -> None:
@@ -217,17 +293,22 @@ def test_the_embedding_averages_a_messages_own_tokens_whatever_it_is_batched_wit
 
 def test_a_folder_fitted_on_cls_embeddings_is_still_served_by_them(tiny: Tiny, tmp_path: Path) -> None:
     """A card written before the pooling was recorded says nothing of it: its detector and prototypes were fitted on
-    [CLS] vectors, so torch pools those and its ONNX export (made again here) gives those."""
+    [CLS] vectors, so torch pools those and its ONNX export (made again here) gives those. Such a folder is older
+    than the pretrained encoder's neighbours too: it has neither the encoder nor them."""
+    import dataclasses
     import json
     import shutil
 
-    from supportflow.classifier.artifacts import CLASSIFIER_CARD, ClassifierCard
+    from supportflow.classifier.artifacts import CLASSIFIER_CARD, SENTENCE_ENCODER_DIR, ClassifierCard
     from supportflow.classifier.inference import OnnxClassifier
     from supportflow.classifier.onnx_export import export_onnx
     from supportflow.classifier.predict import IntentClassifier, predict_outputs
 
     old = tmp_path / "old"
-    shutil.copytree(tiny.built.folder, old)
+    shutil.copytree(tiny.built.folder, old, ignore=shutil.ignore_patterns(SENTENCE_ENCODER_DIR))
+    fitted = OutOfScopeDetector.load(old)
+    assert fitted is not None
+    dataclasses.replace(fitted, neighbours=None).save(old)
     card = json.loads((old / CLASSIFIER_CARD).read_text())
     del card["embedding_pooling"]
     (old / CLASSIFIER_CARD).write_text(json.dumps(card))
