@@ -46,11 +46,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from supportflow.classifier.artifacts import CLASSIFIER_CARD, EMBEDDING_POOLING, ONNX_DIR
+from supportflow.classifier.artifacts import CLASSIFIER_CARD, EMBEDDING_POOLING, ONNX_DIR, SENTENCE_ENCODER_DIR
 from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier, classify_outputs, onnx_outputs
 from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within, onnx_stand_in
+from supportflow.classifier.ood import VERSION as DETECTOR_VERSION
 from supportflow.classifier.ood import vocabulary_quantile
 from supportflow.classifier.training import build_as_configured, reuse_fine_tuned
 from supportflow.settings import Settings, get_settings
@@ -115,7 +116,7 @@ def open_figures(predicted: list[str], gold: list[str], known: list[str]) -> dic
 
 def nearest_neighbour_distance(train: np.ndarray, texts: np.ndarray, k: int) -> np.ndarray:
     """Per text, the cosine distance to its k-th nearest training message (Sun et al., "Out-of-Distribution Detection
-    with Deep Nearest Neighbors", ICML 2022): a candidate score beside the served distance, not served."""
+    with Deep Nearest Neighbors", ICML 2022): a candidate score beside the served score, not served."""
     train_unit = train / np.linalg.norm(train, axis=1, keepdims=True)
     text_unit = texts / np.linalg.norm(texts, axis=1, keepdims=True)
     similarities = text_unit @ train_unit.T
@@ -135,8 +136,8 @@ def flagged_at(validation: dict[str, np.ndarray], test: dict[str, np.ndarray], s
 
 def scored(classifier: OnnxClassifier, texts: list[str], train_embeddings: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
     """The classify contract on `texts` (what `OnnxClassifier.classify` answers), and per text each score the
-    benchmark compares: the served distance, the top fused confidence, the share of unfamiliar words, the
-    nearest-neighbour distances."""
+    benchmark compares: the served score (`ood_score`, under the key "distance"), the top fused confidence, the share
+    of unfamiliar words, the fine-tuned encoder's nearest-neighbour distances."""
     outputs = onnx_outputs(classifier.session, classifier.tokenizer, texts)
     results = classify_outputs(texts, outputs, classifier.parts, top_k=1)
     detector = classifier.parts.detector
@@ -165,7 +166,7 @@ def encoder_home(args: argparse.Namespace, ratio: float, seed: int) -> Path | No
 def keep_encoder(folder: Path, home: Path, train_seconds: float) -> None:
     """Copy the fine-tuned encoder out of a classifier folder (its weights, configuration and tokenizer, not what the
     rest of the build wrote beside them), for a later `--fine-tuned` run to complete again."""
-    derived = {CLASSIFIER_CARD, ONNX_DIR, *(path.name for path in folder.glob("*.npz"))}
+    derived = {CLASSIFIER_CARD, ONNX_DIR, SENTENCE_ENCODER_DIR, *(path.name for path in folder.glob("*.npz"))}
     shutil.copytree(folder, home, ignore=lambda _, names: [name for name in names if name in derived])
     (home.parent / "meta.json").write_text(json.dumps({"train_seconds": train_seconds}) + "\n")
 
@@ -242,6 +243,7 @@ def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: in
         "variant": args.variant,
         "limit": args.limit,
         "embedding_pooling": EMBEDDING_POOLING,
+        "detector_version": DETECTOR_VERSION,
     }
     stored = None if args.runs_dir is None else args.runs_dir / f"known-{ratio}-seed-{seed}.json"
     if stored is not None and stored.exists():
@@ -325,12 +327,14 @@ def main() -> None:
         )
     result = {
         "protocol": "Zhang, Xu and Lin, Deep Open Intent Classification with Adaptive Decision Boundary, AAAI 2021 (arXiv:2012.10209)",
-        "method": f"Mahalanobis distance of the fine-tuned encoder's pooled embedding ({EMBEDDING_POOLING} of the last layer's tokens) "
-        "to the nearest known intent (shared covariance), "
-        "or the share of words the known intents' training messages never use",
+        "method": f"the average of two distances, each standardised over the in-scope validation messages: the Mahalanobis "
+        f"distance of the fine-tuned encoder's pooled embedding ({EMBEDDING_POOLING} of the last layer's tokens) to the nearest "
+        "known intent (shared covariance), and the cosine distance of the pretrained encoder's sentence embedding (frozen, "
+        "the weights fine-tuning started from) to the nearest training message (detector version "
+        f"{DETECTOR_VERSION}); or the share of words the known intents' training messages never use",
         "ratios": ratios,
-        "threshold": f"the in-scope validation distances' {args.quantile} quantile; no unknown message is seen before testing",
-        "candidates": "per run and as the mean over seeds, on the same model: each score (the served distance, the top fused "
+        "threshold": f"the in-scope validation scores' {args.quantile} quantile; no unknown message is seen before testing",
+        "candidates": "per run and as the mean over seeds, on the same model: each score (the served score, the top fused "
         "confidence, the cosine distance to the k-th nearest training message) thresholded at the in-scope validation "
         f"messages' quantiles {list(SWEEP)}, beside the vocabulary check, as the served detector pairs them",
         "training_data": "all training messages of the known intents (ADB's default labeled_ratio 1.0), 10% held out for validation",

@@ -88,7 +88,10 @@ def _open_intent(r: dict) -> list[Row]:
             f" {msp['accuracy']:.4f}, {msp['macro_f1']:.4f}"
         )
         quantile = ratio["runs"][0].get("protocol", {}).get("quantile")
-        detector = "" if quantile is None else f", detector at the validation distances' {quantile} quantile"
+        version = ratio["runs"][0].get("protocol", {}).get("detector_version", 2)
+        reads = " on the fine-tuned and the pretrained encoder" if version >= 3 else ""
+        scores = "scores" if version >= 3 else "distances"
+        detector = "" if quantile is None else f", detector{reads} at the validation {scores}' {quantile} quantile"
         device = f", fine-tuned on {r['fine_tuned_on']}" if r.get("fine_tuned_on", "cpu") != "cpu" else ""
         known = f"{ratio['known_ratio']:.0%} of intents known ({r['profile']['name']} profile, {r['variant']}{detector}{device})"
         target = f"above ADB: accuracy {adb['accuracy']:.4f}, macro-F1 {adb['macro_f1']:.4f}"
