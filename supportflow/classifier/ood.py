@@ -53,6 +53,10 @@ VERSION = 3
 # How many messages' distances to every training message are computed at once: a batch of 10,000 messages against
 # 10,000 training messages would otherwise hold a 400 MB matrix.
 _NEIGHBOUR_CHUNK = 512
+# The most training messages the neighbour search keeps: each costs a 384-wide product per classified message, so a
+# desk with 100,000 tickets would spend several milliseconds per request on it. Beyond the cap every intent keeps the
+# same number of its messages (all of those with fewer), drawn with a fixed seed, so the rare intents keep theirs.
+MAX_NEIGHBOURS = 20_000
 # Scripts written without spaces between words, where each character counts as a word, as BERT's tokenizer treats
 # Chinese characters: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs (code point ranges, inclusive).
 _UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
@@ -236,6 +240,25 @@ class OutOfScopeDetector:
         return cls(stored["centres"], stored["whitening"], float(stored["threshold"]), float(stored["quantile"]), vocabulary, neighbours)
 
 
+def neighbour_sample(labels: np.ndarray, cap: int = MAX_NEIGHBOURS, seed: int = 0) -> np.ndarray:
+    """The training messages (indices, in order) the neighbour search keeps: all of them up to `cap`, else the same
+    quota of each intent, the largest that fits."""
+    labels = np.asarray(labels)
+    if len(labels) <= cap:
+        return np.arange(len(labels))
+    _, counts = np.unique(labels, return_counts=True)
+    quota = max(q for q in range(1, int(counts.max()) + 1) if np.minimum(counts, q).sum() <= cap) if counts.size <= cap else 1
+    order = np.random.default_rng(seed).permutation(len(labels))
+    kept: list[int] = []
+    taken: dict[object, int] = {}
+    for index in order:
+        label = labels[index].item()
+        if taken.get(label, 0) < quota:
+            taken[label] = taken.get(label, 0) + 1
+            kept.append(int(index))
+    return np.sort(np.array(kept, dtype=np.int64))
+
+
 def fit_detector(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -270,7 +293,8 @@ def fit_detector(
     neighbours = None
     if sentence_embeddings is not None and validation_sentence_embeddings is not None:
         # Rounded to float16 as stored, so that served distances are those the threshold was chosen on.
-        stored = _unit(sentence_embeddings).astype(np.float16).astype(np.float32)
+        kept = neighbour_sample(labels)
+        stored = _unit(np.asarray(sentence_embeddings)[kept]).astype(np.float16).astype(np.float32)
         unscaled = NearestNeighbours(stored, Standardised(0.0, 1.0), Standardised(0.0, 1.0))
         neighbour_distances = unscaled.distances(validation_sentence_embeddings)
         neighbours = NearestNeighbours(stored, Standardised.fit(validation_distances), Standardised.fit(neighbour_distances))

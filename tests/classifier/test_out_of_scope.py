@@ -90,6 +90,22 @@ def test_the_neighbours_survive_storage_and_are_searched_in_bounded_chunks(tmp_p
     np.testing.assert_allclose(loaded.neighbours.distances(query_sentences), expected, atol=2e-3)
 
 
+def test_a_large_desk_keeps_a_bounded_neighbour_search_in_which_every_intent_keeps_its_messages() -> None:
+    from supportflow.classifier.ood import neighbour_sample
+
+    labels = np.array([0] * 500 + [1] * 3 + [2] * 300)
+    kept = neighbour_sample(labels, cap=400)
+    assert len(kept) <= 400 and len(set(kept.tolist())) == len(kept)
+    assert np.bincount(labels[kept]).tolist() == [198, 3, 198]  # the largest equal quota that fits; the rare intent whole
+    assert neighbour_sample(labels, cap=400).tolist() == kept.tolist()  # the same draw every time
+    assert neighbour_sample(labels, cap=1000).tolist() == list(range(803))  # under the cap: every message
+    rng = np.random.default_rng(4)
+    detector = fit_detector(
+        rng.normal(size=(803, 4)), labels, rng.normal(size=(50, 4)), 0.9, None, rng.normal(size=(803, 6)), rng.normal(size=(50, 6))
+    )
+    assert detector.neighbours is not None and len(detector.neighbours.embeddings) == 803
+
+
 @pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5])
 def test_a_quantile_outside_zero_to_one_is_refused(quantile: float) -> None:
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
