@@ -183,6 +183,12 @@ class Settings(BaseSettings):
     kb_calibration_questions: int = Field(800, ge=0)
     kb_smoke_min_hit_rate: float = Field(0.8, ge=0.0, le=1.0)
     kb_experiment: str = "kb-index"
+    kb_refresh_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How often a running bot asks which knowledge-base build is served, and swaps in a newly promoted one"
+        " (supportflow/kb/serving.py); 0: never, the build it opened at start serves until it restarts.",
+    )
 
     # Dialogue (Rasa runs in its own Python 3.10 environment).
     rasa_venv: Path = PROJECT_ROOT / ".venv-rasa"

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import bentoml
 from fastapi import FastAPI, Header, HTTPException, Query, Request
@@ -49,6 +49,9 @@ from supportflow.services import bentoml_service_config, freeze_startup_objects
 from supportflow.settings import Settings, get_settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.workspace import BUNDLED_WORKSPACE, Workspace, load_workspace, workspace
+
+if TYPE_CHECKING:
+    from supportflow.kb.build import KnowledgeBase
 
 log = logging.getLogger("supportflow.bot")
 web = FastAPI(title="supportflow bot")
@@ -91,17 +94,6 @@ class ReviewLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     intent: str
-
-
-def open_knowledge(settings: object) -> object | None:
-    """The served knowledge base, or None (every question then goes to a person) with the reason logged."""
-    try:
-        from supportflow.kb.build import open_knowledge_base
-
-        return open_knowledge_base(settings)
-    except Exception as error:
-        log.error("no knowledge base: %s", error)
-        return None
 
 
 def served_model_version(settings: object) -> str | None:
@@ -150,8 +142,16 @@ class BotService:
         self.channels = desk.config.channels
         self.feedback_asks = FeedbackAsks(settings.handoff_db_url) if self.channels.sms_feedback else None
         retention = timedelta(days=settings.handoff_retention_days)
+        from supportflow.kb.serving import KnowledgeFollower
+
+        def serve(knowledge: "KnowledgeBase") -> None:
+            self.bot.knowledge = knowledge  # one assignment: turns under way keep the build they read
+
+        # The served build, or None (every question goes to a person, the reason logged); then every
+        # `kb_refresh_seconds` the build a `kb_index` run promoted, without a restart.
+        self.knowledge_follower = KnowledgeFollower(settings, serve)
         self.bot = SupportBot(
-            knowledge=open_knowledge(settings),
+            knowledge=self.knowledge_follower.open_promoted(),
             llm=LLMResponder(settings),
             handoffs=HandoffQueue(settings.handoff_db_url, lake, load_catalogue(desk.catalogue_file).intents, retention),
             turns=TurnLog(
@@ -189,6 +189,7 @@ class BotService:
 
             self.follower = ProductionFollower(settings, self.bot.model_version, attribute)
             self.follower.start()
+        self.knowledge_follower.start()
         freeze_startup_objects()
 
     @staticmethod
@@ -206,6 +207,10 @@ class BotService:
     @bentoml.on_shutdown
     def flush_turns(self) -> None:
         self.bot.turns.stop()
+
+    @bentoml.on_shutdown
+    def stop_following_knowledge(self) -> None:
+        self.knowledge_follower.stop()
 
     @bentoml.on_shutdown
     def stop_sender(self) -> None:
@@ -241,9 +246,10 @@ class BotService:
 
     @web.get("/status")
     def status(self) -> dict:
-        """What this bot serves: the knowledge-base build and the classifier version its turns are attributed to."""
-        manifest = getattr(self.bot.knowledge, "manifest", None)
-        return {"knowledge_base": manifest.build_id if manifest else None, "model_version": self.bot.model_version}
+        """What this bot serves now (the build it follows the promotions to) and the classifier version its turns are
+        attributed to."""
+        knowledge = self.bot.knowledge
+        return {"knowledge_base": knowledge.build_id if knowledge else None, "model_version": self.bot.model_version}
 
     @web.get("/", response_class=HTMLResponse)
     def webchat(self) -> str:

@@ -74,6 +74,9 @@ class Knowledge(Protocol):
     answered_intents: frozenset[str]  # the intents its articles name; empty when they name none
     intent_titles: dict[str, str]  # intent -> the title of its article
 
+    @property
+    def build_id(self) -> str: ...  # what a turn it answered records as its knowledge-base build
+
     def reply(self, question: str, k: int = 3) -> KnowledgeReply: ...
 
     def article_for(self, intent: str, question: str) -> AnswerHit | None: ...
@@ -117,6 +120,7 @@ class TurnOutcome(BaseModel):
     kb_doc_id: str | None = None
     answer_intent: str | None = None  # the intent the chosen article answers: what an evaluation checks against the gold intent
     kb_score: float | None = None
+    kb_build: str | None = None  # the knowledge-base build that answered (or found nothing): the answering replica's
     degraded: bool = False  # a part the bot needs (the classifier) is down
     offered: list[str] = Field(default_factory=list)  # the intents the reply offered to choose from, in its order
     handoff_reason: str | None = None  # for the turn log: what the knowledge-gap report reads
@@ -132,6 +136,7 @@ class AnswerResponse(BaseModel):
     kb_doc_id: str | None = None
     answer_intent: str | None = None
     kb_score: float | None = None
+    kb_build: str | None = None
     degraded: bool = False  # a part the bot needs (the classifier) is down
     handoff_reason: str | None = None
     ranking: list[dict[str, Any]] = Field(default_factory=list)  # the classifier's, for the turn log
@@ -165,6 +170,7 @@ class ChatResult:
     offered: list[str] = field(default_factory=list)  # the intents the reply offered to choose from, in its order
     turn_id: str | None = None  # what a customer's rating of this turn names
     kb_score: float | None = None
+    kb_build: str | None = None
     handoff_reason: str | None = None
     ranking: list[dict[str, Any]] = field(default_factory=list)
 
@@ -209,38 +215,47 @@ class SupportBot:
 
     # The answer a Rasa action asks for.
     def answer(self, request: AnswerRequest) -> AnswerResponse:
+        # Read once: the knowledge base may be swapped for a newly promoted build while this turn runs
+        # (supportflow/kb/serving.py), and one turn's titles, search and article must all come from one build.
+        knowledge = self.knowledge
         offered = list(request.slots.get(OFFERED_SLOT) or [])
-        choice = picked(request.text, request.intent, offered, self._labels(offered)) if offered else None
+        choice = picked(request.text, request.intent, offered, self._labels(knowledge, offered)) if offered else None
         if request.classifier_unavailable:
             response = self._handoff(request, "the classifier was unavailable", self.texts.outage).model_copy(update={"degraded": True})
         elif choice is not None:
-            response = self._from_knowledge(request, self._labels([choice])[choice], choice, request.confidence, {})
-        elif request.kind == "handoff" and request.intent == "nlu_fallback" and not offered and (options := self._options(request)):
-            response = self._offer(request, options)
+            response = self._from_knowledge(knowledge, request, self._labels(knowledge, [choice])[choice], choice, request.confidence, {})
+        elif (
+            request.kind == "handoff"
+            and request.intent == "nlu_fallback"
+            and not offered
+            and (options := self._options(knowledge, request))
+        ):
+            response = self._offer(knowledge, request, options)
         elif request.kind == "handoff" and request.out_of_scope:
             response = self._handoff(request, "outside every intent the classifier knows")
         elif request.kind == "handoff":
             response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
         elif request.kind == "clarify":
-            response = self._clarify(request)
+            response = self._clarify(knowledge, request)
         else:
-            response = self._answer(request)
+            response = self._answer(knowledge, request)
         if offered and OFFERED_SLOT not in response.slots:
             response.slots[OFFERED_SLOT] = None  # answered, or declined by a new message: an offer is made once
         response.ranking = request.ranking[:RANKING_KEPT]
         return response
 
-    def _labels(self, intents: list[str]) -> dict[str, str]:
-        titles = self.knowledge.intent_titles if self.knowledge is not None else {}
+    @staticmethod
+    def _labels(knowledge: Knowledge | None, intents: list[str]) -> dict[str, str]:
+        titles = knowledge.intent_titles if knowledge is not None else {}
         return {intent: titles.get(intent) or humanise(intent) for intent in intents}
 
-    def _options(self, request: AnswerRequest) -> list[str]:
-        if request.out_of_scope or self.knowledge is None or not self.knowledge.answered_intents or self.offer_options < 1:
+    def _options(self, knowledge: Knowledge | None, request: AnswerRequest) -> list[str]:
+        if request.out_of_scope or knowledge is None or not knowledge.answered_intents or self.offer_options < 1:
             return []  # offers name articles: a knowledge base whose articles name no intent has none to offer
-        return options_to_offer(request.ranking, self.knowledge.answered_intents, self.offer_options, self.offer_min_share)
+        return options_to_offer(request.ranking, knowledge.answered_intents, self.offer_options, self.offer_min_share)
 
-    def _offer(self, request: AnswerRequest, options: list[str]) -> AnswerResponse:
-        labels = self._labels(options)
+    def _offer(self, knowledge: Knowledge | None, request: AnswerRequest, options: list[str]) -> AnswerResponse:
+        labels = self._labels(knowledge, options)
         if len(options) == 1:
             message = self.texts.offer_one.format(option=labels[options[0]].rstrip("?.!"))
         else:
@@ -249,7 +264,7 @@ class SupportBot:
             messages=[message], slots={OFFERED_SLOT: options}, route="clarify", intent=request.intent, confidence=request.confidence
         )
 
-    def _answer(self, request: AnswerRequest) -> AnswerResponse:
+    def _answer(self, knowledge: Knowledge | None, request: AnswerRequest) -> AnswerResponse:
         intent, confidence = request.intent, request.confidence
         if intent == "greet":
             return AnswerResponse(messages=[self.texts.greeting], route="dialogue", intent=intent, confidence=confidence)
@@ -264,32 +279,41 @@ class SupportBot:
             # This message answers the form's question (a bare value); the request came before it, so the search
             # is for the request, by its article's title, with the values given (whatever this message was classified as).
             given = [str(value) for name, value in request.slots.items() if name not in (PENDING_SLOT, OFFERED_SLOT) and value]
-            label = self._labels([pending])[pending]
+            label = self._labels(knowledge, [pending])[pending]
             question = f"{label} ({', '.join(given)})" if given else label
             intent = pending
         elif intent == "inform":
             return AnswerResponse(messages=[self.texts.clarification], route="dialogue", intent=intent, confidence=confidence)
-        return self._from_knowledge(request, question, intent, confidence, slots)
+        return self._from_knowledge(knowledge, request, question, intent, confidence, slots)
 
     def _from_knowledge(
-        self, request: AnswerRequest, question: str, intent: str | None, confidence: float | None, slots: dict[str, Any]
+        self,
+        knowledge: Knowledge | None,
+        request: AnswerRequest,
+        question: str,
+        intent: str | None,
+        confidence: float | None,
+        slots: dict[str, Any],
     ) -> AnswerResponse:
-        if self.knowledge is None:
+        if knowledge is None:
             return self._handoff(request, "no knowledge base is served")
-        if intent and self.knowledge.answered_intents and intent not in self.knowledge.answered_intents:
-            return self._handoff(request, f"no article answers {intent}")  # another article would be a wrong answer
-        reply = self.knowledge.reply(question, k=5)
+        # The build that decided the turn, answered or not: a replica may have moved to a newer build since this one
+        # started, and what the turn log names must be what the customer was given (or found missing).
+        build = {"kb_build": knowledge.build_id}
+        if intent and knowledge.answered_intents and intent not in knowledge.answered_intents:
+            return self._handoff(request, f"no article answers {intent}").model_copy(update=build)  # another article would be wrong
+        reply = knowledge.reply(question, k=5)
         matching = [a for a in reply.answers if intent and a.intent == intent]
-        if intent and not matching and intent in self.knowledge.answered_intents:
+        if intent and not matching and intent in knowledge.answered_intents:
             # The intent is settled (the classifier is above its precision threshold, the customer picked it, or a
             # form asked for it) and the desk wrote an article for it: that article answers, even where the
             # customer's words share more with other articles than with its own. The search's own threshold is for
             # questions without an intent.
-            own = self.knowledge.article_for(intent, question)
+            own = knowledge.article_for(intent, question)
             matching = [own] if own is not None else []
         chosen = matching[0] if matching else (None if reply.escalate or not reply.answers else reply.answers[0])
         if chosen is None:
-            return self._handoff(request, "nothing relevant in the knowledge base")
+            return self._handoff(request, "nothing relevant in the knowledge base").model_copy(update=build)
         passages = [PromptPassage(a.doc_id, a.title, a.body, a.url) for a in [chosen, *[x for x in reply.answers if x is not chosen]][:3]]
         written = self.llm.reply(question, passages, self.texts.llm_role)  # the customer's words, or what a form or a pick made of them
         if written:
@@ -305,11 +329,12 @@ class SupportBot:
             kb_doc_id=chosen.doc_id,
             answer_intent=chosen.intent,
             kb_score=chosen.score,
+            **build,
         )
 
-    def _clarify(self, request: AnswerRequest) -> AnswerResponse:
+    def _clarify(self, knowledge: Knowledge | None, request: AnswerRequest) -> AnswerResponse:
         asked = [e["value"] for e in request.entities if e.get("entity") == "request"][:3]
-        message = self.texts.multiple_requests.format(options=numbered(asked, self._labels(asked)))
+        message = self.texts.multiple_requests.format(options=numbered(asked, self._labels(knowledge, asked)))
         # Kept like an offer's options, so the reply that picks one ("2", "the second", its title) is answered.
         slots: dict[str, Any] = {OFFERED_SLOT: asked} if asked else {}
         return AnswerResponse(messages=[message], slots=slots, route="clarify", intent=request.intent, confidence=request.confidence)
@@ -359,6 +384,7 @@ class SupportBot:
                 route=result.route,
                 kb_doc_id=result.kb_doc_id,
                 kb_score=result.kb_score,
+                kb_build=result.kb_build,
                 model_version=self.model_version,
                 latency_ms=latency,
                 request_id=request_id,
@@ -433,6 +459,7 @@ class SupportBot:
             answer_intent=outcome.answer_intent,
             offered=outcome.offered,
             kb_score=outcome.kb_score,
+            kb_build=outcome.kb_build,
             handoff_reason=outcome.handoff_reason,
             ranking=outcome.ranking,
         )

@@ -50,6 +50,7 @@ TURN_SCHEMA = pa.schema(
         ("route", pa.string()),
         ("kb_doc_id", pa.string()),
         ("kb_score", pa.float64()),
+        ("kb_build", pa.string()),
         ("model_version", pa.string()),
         ("latency_ms", pa.float64()),
         ("request_id", pa.string()),
@@ -76,6 +77,7 @@ class Turn(BaseModel):
     route: Route
     kb_doc_id: str | None = None
     kb_score: float | None = None
+    kb_build: str | None = None  # the knowledge-base build that answered it (or found nothing to answer with)
     model_version: str | None = None
     latency_ms: float | None = None
     request_id: str | None = None

@@ -331,6 +331,11 @@ class KnowledgeBase:
         self.intent_titles = {p.intent: p.title for p in reversed(retriever.passages) if p.intent}
 
     @property
+    def build_id(self) -> str:
+        """The build its searches go to: what `/status` reports and what a turn it answered records."""
+        return self.retriever.build_id
+
+    @property
     def threshold(self) -> float:
         return self.manifest.calibration.threshold if self.manifest.calibration else 0.0
 
@@ -352,9 +357,11 @@ class KnowledgeBase:
         return None if first is None else Answer.of(first, 0.0)
 
 
-def open_knowledge_base(settings: Settings, index: KeywordIndex | None = None) -> KnowledgeBase:
+def open_knowledge_base(settings: Settings, index: KeywordIndex | None = None, build_id: str | None = None) -> KnowledgeBase:
+    """The served build, or `build_id`: a bot following promotions names the build it just saw served, so a promote
+    between that look and this open cannot hand it another build than the one it recorded."""
     index = index or keyword_index(settings)
-    build_id = index.serving()
+    build_id = build_id or index.serving()
     if build_id is None:
         raise KnowledgeBaseError(f"no knowledge base is served as {settings.kb_index_name!r}; run `supportflow kb-index` first")
     if holds_vectors(index):  # everything from the cluster: no file of the build on this replica's disk

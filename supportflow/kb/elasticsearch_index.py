@@ -2,7 +2,8 @@
 
 Each build is an index `<name>-<build_id>` filled with the bulk helpers; the alias `<name>` is
 moved to it in one `update_aliases` call (remove and add together, atomic on the cluster), so a
-rebuild never leaves the bot without an index; the indices the alias left are deleted after.
+rebuild never leaves the bot without an index; the index the alias left is kept until the next promote
+(replicas still on it finish their questions there), and older ones are deleted.
 
 A build may carry its vectors too (`dense_vector` fields, HNSW-indexed for kNN): each passage's own vector, its
 article's title vector and its article's mean vector, beside the passage itself, and the build's manifest (with its
@@ -262,12 +263,16 @@ class ElasticsearchIndex:
         return passages, passage_vectors, title_vectors
 
     def promote(self, build_id: str) -> None:
+        """The index the alias leaves stays until the next promote: a replica answers from the build it opened until its
+        next check moves it (supportflow/kb/serving.py), and a question sent to a deleted index would fail. Older
+        indices are deleted."""
         index = self._index_name(build_id)
         old = [name for name in self._aliased() if name != index]
         actions = [{"remove": {"index": name, "alias": self.name}} for name in old] + [{"add": {"index": index, "alias": self.name}}]
         self._call(self.client.indices.update_aliases, actions=actions)
+        kept = {build_id} | {name[len(self.name) + 1 :] for name in old}
         for version in self.versions():
-            if version != build_id:
+            if version not in kept:
                 self.discard(version)
 
     def _aliased(self) -> list[str]:

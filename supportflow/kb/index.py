@@ -33,13 +33,15 @@ class KeywordIndex(Protocol):
         """BM25 hits, best first, from the serving version (or a given build, for smoke queries)."""
 
     def promote(self, build_id: str) -> None:
-        """Serve this build, atomically, then remove the versions no longer served."""
+        """Serve this build, atomically, then remove the versions no bot can still be answering from: tantivy every
+        other (a bot keeps the files it opened), Elasticsearch all but the one it replaced (a replica's questions go to
+        the cluster until its next check moves it to the new build)."""
 
     def discard(self, build_id: str) -> None:
         """Remove a build that will not be served (a failed one)."""
 
     def serving(self) -> str | None:
-        """The build id being served, or None before the first build."""
+        """The build id being served, or None before the first build: what a running bot checks to follow promotions."""
 
     def versions(self) -> list[str]:
         """Every build id that exists, served or not."""

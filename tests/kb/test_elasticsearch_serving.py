@@ -18,11 +18,12 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from supportflow.kb.build import BuildReport, Retriever, embed_passages, open_knowledge_base
+from supportflow.kb.build import BuildReport, KnowledgeBase, Retriever, embed_passages, open_knowledge_base
 from supportflow.kb.elasticsearch_index import VECTOR_FIELDS, passage_document, served_body
 from supportflow.kb.embeddings import embedder
 from supportflow.kb.index import KeywordHit
 from supportflow.kb.retrieval import PRESETS, article_keys, article_vectors
+from supportflow.kb.serving import KnowledgeFollower
 from supportflow.kb.threshold import Calibration
 from supportflow.settings import Settings
 from tests.kb.test_index_contract import PASSAGES
@@ -31,11 +32,14 @@ BM25 = {"arrival#0": 3.2, "pin#0": 1.1}  # what the cluster's BM25 gives "when w
 
 
 class StoredBuild:
-    """Answers a replica's calls for one build `kb-b1` served as `kb`, and records every search it is sent."""
+    """Answers a replica's calls for the builds it holds (`kb-b1` at first) and the alias `kb` (on `b1` until a test
+    moves it, as a promote does), and records every search it is sent and the index it went to."""
 
     def __init__(self, documents: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
-        self.documents, self.manifest = documents, manifest
+        self.builds = {"b1": (documents, manifest)}
+        self.alias = "b1"
         self.searches: list[tuple[dict[str, list[str]], dict[str, Any]]] = []
+        self.searched: list[str] = []
         build = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,9 +64,8 @@ class StoredBuild:
             def do_GET(self) -> None:
                 answers = {
                     "/": {"version": {"number": "9.1.0"}, "tagline": "You Know, for Search"},
-                    "/_alias/kb": {"kb-b1": {"aliases": {"kb": {}}}},
-                    "/kb-b1/_mapping": {"kb-b1": {"mappings": {"_meta": {"manifest": build.manifest}}}},
-                }
+                    "/_alias/kb": {f"kb-{build.alias}": {"aliases": {"kb": {}}}},
+                } | {f"/kb-{b}/_mapping": {f"kb-{b}": {"mappings": {"_meta": {"manifest": m}}}} for b, (_, m) in build.builds.items()}
                 path = urlparse(self.path).path
                 self.reply(answers[path]) if path in answers else self.send_error(404)
 
@@ -74,8 +77,8 @@ class StoredBuild:
                     self.reply(
                         {"_scroll_id": "s1", "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}, "hits": {"hits": []}}
                     )
-                elif url.path == "/kb-b1/_search":
-                    self.reply(build.search(parse_qs(url.query), body))
+                elif (searched := url.path.removeprefix("/kb-").removesuffix("/_search")) in build.builds:
+                    self.reply(build.search(searched, parse_qs(url.query), body))
                 else:
                     self.send_error(404)
 
@@ -83,17 +86,19 @@ class StoredBuild:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def search(self, params: dict[str, list[str]], body: dict[str, Any]) -> dict[str, Any]:
+    def search(self, build_id: str, params: dict[str, list[str]], body: dict[str, Any]) -> dict[str, Any]:
         shards = {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
+        documents = self.builds[build_id][0]
         if "scroll" in params:  # the replica reading the passages at start, without their vectors
             excluded = set(params["_source_excludes"][0].split(","))
-            hits = [{"_id": d["id"], "_source": {k: v for k, v in d.items() if k not in excluded}} for d in self.documents[::-1]]
+            hits = [{"_id": d["id"], "_source": {k: v for k, v in d.items() if k not in excluded}} for d in documents[::-1]]
             return {"_scroll_id": "s1", "_shards": shards, "hits": {"hits": hits}}
         self.searches.append((params, body))
+        self.searched.append(f"kb-{build_id}")
         hits = [
             {"_id": d["id"], "_source": {k: d[k] for k in body["_source"]}}
             | ({"matched_queries": {"bm25": BM25[d["id"]]}} if d["id"] in BM25 else {})
-            for d in self.documents
+            for d in documents
         ]
         return {"_shards": shards, "hits": {"hits": hits}}
 
@@ -152,3 +157,30 @@ def test_a_replica_serves_the_build_from_the_index_alone_one_request_a_question(
     assert reply.answers[0].doc_id == "arrival" and not reply.escalate
     assert not settings.kb_dir.exists()
     assert set(VECTOR_FIELDS) <= set(body["_source"])
+
+
+def test_a_replica_follows_the_alias_to_the_next_build_and_keeps_its_build_when_the_next_cannot_be_opened(
+    kb_settings: Settings, stored: tuple[StoredBuild, np.ndarray, np.ndarray]
+) -> None:
+    """The alias moves (a promote on the cluster): the replica's next check opens the new index from the cluster and
+    serves it; a question on the old build still goes to the old index, which the promote keeps. An alias moved to an
+    index the replica cannot read (here: no manifest) leaves the build it serves in place."""
+    build, _, _ = stored
+    documents, manifest = build.builds["b1"]
+    calibration = Calibration(threshold=0.4, source="labelled tickets", questions=40)
+    build.builds["b2"] = (documents[1:], manifest | {"build_id": "b2", "calibration": calibration.model_dump(mode="json")})
+    settings = kb_settings.model_copy(update={"search_backend": "elasticsearch", "es_url": build.url, "kb_refresh_seconds": 0})
+    served: list[KnowledgeBase] = []
+    follower = KnowledgeFollower(settings, served.append)
+    first = follower.open_promoted()
+    assert first is not None and first.build_id == "b1" and follower.check() is None
+
+    build.alias = "b2"
+    assert follower.check() is not None
+    (second,) = served
+    assert (second.build_id, second.threshold, len(second.retriever.passages)) == ("b2", 0.4, 2)
+    assert second.reply("when will my card arrive").answers[0].doc_id == "pin" and build.searched[-1] == "kb-b2"
+    assert first.reply("when will my card arrive").answers[0].doc_id == "arrival" and build.searched[-1] == "kb-b1"
+
+    build.alias = "b3"  # no such index: its mapping is a 404
+    assert follower.check() is None and served == [second] and follower.current == "b2"

@@ -61,8 +61,14 @@ def test_promote_swaps_serving_build_and_removes_old_ones(keyword_index: Keyword
     assert keyword_index.search("exchange", 10, build_id="b2")[0].passage_id == "fees#0"
     keyword_index.promote("b2")
     assert keyword_index.serving() == "b2"
-    assert keyword_index.versions() == ["b2"]
+    # Elasticsearch keeps the index the alias left until the next promote: replicas still on b1 finish their questions
+    # there until their next check moves them; a tantivy bot keeps the files it opened, so b1's go at once.
+    kept = isinstance(keyword_index, ElasticsearchIndex)
+    assert keyword_index.versions() == (["b1", "b2"] if kept else ["b2"])
     assert keyword_index.search("exchange", 10)[0].passage_id == "fees#0"
+    keyword_index.create("b3", PASSAGES[:1])
+    keyword_index.promote("b3")
+    assert keyword_index.versions() == (["b2", "b3"] if kept else ["b3"])
 
 
 def test_discarded_build_leaves_serving_build_alone(keyword_index: KeywordIndex) -> None:
