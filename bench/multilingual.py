@@ -12,8 +12,9 @@ An English desk has no answer to any of them that the customer could read, so th
 
 Each message goes through `OnnxClassifier`, the class `/classify` serves. Reported per language and overall, for three
 rules: `served` (the classify contract's `out_of_scope`, whatever the model's detector holds), `distance` (the
-Mahalanobis distance alone, as models before the vocabulary check flag), `vocabulary` (the share of words the desk's
-training messages never use, alone; null for a model without it):
+detector's score alone, without the vocabulary check, as models before it flag: the Mahalanobis distance, averaged
+with the pretrained encoder's neighbour distance in a model trained with it), `vocabulary` (the share of words the
+desk's training messages never use, alone; null for a model without it):
 
 - `flagged`: the share called out of scope;
 - `misrouted`: the share answered confidently (confidence at or above the card's threshold and not flagged);
@@ -188,7 +189,9 @@ def main() -> None:
         },
         "rules": {
             "served": "the classify contract's out_of_scope: the model's whole detector",
-            "distance": "the Mahalanobis distance to the nearest intent above its threshold (models before the vocabulary check)",
+            "distance": "the detector's score (`ood_score`) above its threshold, without the vocabulary check: the Mahalanobis "
+            "distance to the nearest intent, averaged with the pretrained encoder's distance to the nearest training message "
+            "in a version 3 detector",
             "vocabulary": "the share of words never seen in the training messages above its threshold (null: the model has none)",
         },
         "set": {"path": str(SET.relative_to(ROOT)), "messages": len(messages), "languages": len(per_language)},
