@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from supportflow.classifier.artifacts import read_part
+from supportflow.classifier.prototypes import unit_length
 from supportflow.errors import RegistryError
 
 DETECTOR_FILE = "ood.npz"
@@ -121,9 +122,14 @@ def fit_vocabulary(train_texts: Sequence[str], validation_texts: Sequence[str], 
     return VocabularyCoverage(vocabulary, float(np.quantile(shares, quantile)))
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+def nearest_distances(neighbours: np.ndarray, sentence_embeddings: np.ndarray) -> np.ndarray:
+    """Per message, 1 - the cosine to its nearest row of `neighbours` (unit length); in chunks, so memory stays
+    bounded."""
+    queries = unit_length(np.asarray(sentence_embeddings, dtype=np.float32))
+    nearest = np.empty(len(queries), dtype=np.float64)
+    for start in range(0, len(queries), _NEIGHBOUR_CHUNK):
+        nearest[start : start + _NEIGHBOUR_CHUNK] = (queries[start : start + _NEIGHBOUR_CHUNK] @ neighbours.T).max(axis=1)
+    return 1.0 - nearest
 
 
 @dataclass(frozen=True)
@@ -152,16 +158,15 @@ class NearestNeighbours:
     neighbour: Standardised  # this distance, over the validation messages
 
     def distances(self, sentence_embeddings: np.ndarray) -> np.ndarray:
-        """Per message, 1 - the cosine to its nearest training message; in chunks, so memory stays bounded."""
-        queries = _unit(sentence_embeddings)
-        nearest = np.empty(len(queries), dtype=np.float64)
-        for start in range(0, len(queries), _NEIGHBOUR_CHUNK):
-            nearest[start : start + _NEIGHBOUR_CHUNK] = (queries[start : start + _NEIGHBOUR_CHUNK] @ self.embeddings.T).max(axis=1)
-        return 1.0 - nearest
+        """Per message, 1 - the cosine to its nearest training message."""
+        return nearest_distances(self.embeddings, sentence_embeddings)
 
     def combined(self, mahalanobis: np.ndarray, sentence_embeddings: np.ndarray) -> np.ndarray:
-        """The average of the two standardised distances."""
-        return (self.mahalanobis(mahalanobis) + self.neighbour(self.distances(sentence_embeddings))) / 2
+        return self.average(mahalanobis, self.distances(sentence_embeddings))
+
+    def average(self, mahalanobis: np.ndarray, neighbour: np.ndarray) -> np.ndarray:
+        """The average of the two distances, each standardised."""
+        return (self.mahalanobis(mahalanobis) + self.neighbour(neighbour)) / 2
 
 
 @dataclass(frozen=True)
@@ -293,11 +298,10 @@ def fit_detector(
     if sentence_embeddings is not None and validation_sentence_embeddings is not None:
         # Rounded to float16 as stored, so that served distances are those the threshold was chosen on.
         kept = neighbour_sample(labels)
-        stored = _unit(np.asarray(sentence_embeddings)[kept]).astype(np.float16).astype(np.float32)
-        unscaled = NearestNeighbours(stored, Standardised(0.0, 1.0), Standardised(0.0, 1.0))
-        neighbour_distances = unscaled.distances(validation_sentence_embeddings)
+        stored = unit_length(np.asarray(sentence_embeddings, dtype=np.float32)[kept]).astype(np.float16).astype(np.float32)
+        neighbour_distances = nearest_distances(stored, validation_sentence_embeddings)
         neighbours = NearestNeighbours(stored, Standardised.fit(validation_distances), Standardised.fit(neighbour_distances))
-        validation_scores = neighbours.combined(validation_distances, validation_sentence_embeddings)
+        validation_scores = neighbours.average(validation_distances, neighbour_distances)
     else:
         validation_scores = validation_distances
     threshold = float(np.quantile(validation_scores, quantile))

@@ -21,7 +21,8 @@ PROTOTYPES_FILE = "prototypes.npz"
 METHOD = "cosine-to-mean"
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit_length(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (a zero row stays zero): what a cosine is a dot product of."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
 
@@ -32,7 +33,7 @@ class Prototypes:
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Per message, its cosine to each intent's centre."""
-        return _unit(np.asarray(embeddings, dtype=np.float32)) @ self.centres.T
+        return unit_length(np.asarray(embeddings, dtype=np.float32)) @ self.centres.T
 
     def save(self, folder: Path) -> None:
         np.savez(folder / PROTOTYPES_FILE, centres=self.centres, method=METHOD)
@@ -51,5 +52,5 @@ def fit_prototypes(embeddings: np.ndarray, label_ids: np.ndarray, n_labels: int)
     for label in np.unique(label_ids):
         centres[label] = embeddings[label_ids == label].mean(axis=0)
     present = np.linalg.norm(centres, axis=1) > 0
-    centres[present] = _unit(centres[present])
+    centres[present] = unit_length(centres[present])
     return Prototypes(centres.astype(np.float32))
