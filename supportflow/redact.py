@@ -27,11 +27,12 @@ PATTERN = re.compile(
     # Country code and check digits, then groups of four, in either case (de89 3704 0044 ...); the check digits decide.
     r"|(?P<iban>\b[A-Za-z]{2}[0-9]{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?\b)"
     # 13-19 digits, any grouping, with spaces (one to three), dots or dashes between them; the Luhn digit decides.
-    r"|(?P<card>(?<!\w)[0-9](?:[ .-]{0,3}[0-9]){12,18}(?![\w]|[.,][0-9]))"
+    r"|(?P<card>(?<!\w)[0-9](?:[ .-]{0,3}[0-9]){12,18}(?![\w]|[.,][0-9]|-\w))"
     # An optional +country code and (0) trunk, then groups of digits, some in brackets, split by a space, dot or dash;
-    # not the tail of a reference (#, /, -) or of a decimal amount, nor followed by a decimal part or a time's colon.
+    # not the tail of a reference (#, /, -) or of a decimal amount, nor followed by a decimal part, a time's colon or
+    # the rest of a hyphenated reference (a build id: 20261201023600-cb74758a).
     r"|(?P<phone>(?<![\w+#/-])(?<![0-9][.,])(?:\+[0-9]{1,3}[ .-]?(?:\(0\)[ .-]?)?)?\(?[0-9]{1,5}\)?"
-    r"(?:[ .-]?\(?[0-9]{2,5}\)?){1,6}(?![\w:]|[.,][0-9]))"
+    r"(?:[ .-]?\(?[0-9]{2,5}\)?){1,6}(?![\w:]|[.,][0-9]|-\w))"
 )
 
 # A text the pattern could change holds an "@", an IBAN's start, or seven digits at most three characters apart (a

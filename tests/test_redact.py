@@ -62,6 +62,8 @@ ORDINARY = [
     "order #12345678 is late",
     "order ORD-12345678 is late",
     "order A12345678 is late",
+    "build 20261201023600-cb74758a is served",  # a timestamp heading a hyphenated reference
+    "ticket 5551234-7 was merged",
     "tracking AB123456789012 shows nothing",  # an IBAN's shape, not its check digits
     "my RX10 WITH SOME ISSUE",
     "the rx10 with some dents",
