@@ -102,7 +102,7 @@ def test_a_broken_promoted_build_leaves_the_served_one_and_is_retried(
     shutil.rmtree(build_folder(desk_settings, second.build_id))  # a promoted build whose folder is gone
     (desk_settings.kb_dir / "kb.serving").write_text("20990101000000-missing")
     assert follower.check() is None and served.knowledge.build_id == second.build_id
-    assert "cannot be served" in logged[-1].msg and logged[-1].args[0] == "20990101000000-missing"
+    assert "build 20990101000000-missing cannot be served" in logged[-1].getMessage()
 
 
 def test_a_bot_started_before_any_build_picks_up_the_first_one_promoted(desk_settings: Settings, logged: list[logging.LogRecord]) -> None:
