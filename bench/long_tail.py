@@ -126,6 +126,7 @@ def train_and_score(
         "fusion": {
             "lexical_weight": round(built.card.lexical_weight, 4),
             "prototype_weight": round(built.card.prototype_weight, 4),
+            "sentence_prototype_weight": round(built.card.sentence_prototype_weight, 4),
             "class_balance": settings.class_balance,
             "readers": settings.classifier_readers,
         },

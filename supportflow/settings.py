@@ -166,7 +166,9 @@ class Settings(BaseSettings):
     # likely before a message is read (the rare ones get answered); 0, the history's frequencies. fusion.prior_offsets.
     class_balance: float = Field(1.0, ge=0.0, le=1.0)
     # The readers beside the fine-tuned head (docs/classifier.md, "Three readers"): fewer only for comparisons.
-    classifier_readers: list[Literal["lexical", "prototypes"]] = Field(default_factory=lambda: ["lexical", "prototypes"])
+    classifier_readers: list[Literal["lexical", "prototypes", "sentence_prototypes"]] = Field(
+        default_factory=lambda: ["lexical", "prototypes", "sentence_prototypes"]
+    )
     mlflow_experiment: str = "intent-classifier"
     mlflow_artifact_root: str | None = Field(None, description="Where new experiments keep artifacts; default: MLflow's (./mlartifacts).")
 

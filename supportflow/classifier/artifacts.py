@@ -31,15 +31,24 @@ EMBEDDING_POOLING = "mean"
 POOLINGS = ("cls", "mean")
 
 
+# The readers beside the fine-tuned head, and the field of `FusionWeights` and `ClassifierCard` holding each one's share.
+READER_WEIGHTS = {"lexical": "lexical_weight", "prototypes": "prototype_weight", "sentence_prototypes": "sentence_prototype_weight"}
+
+
 @dataclass(frozen=True)
 class FusionWeights:
     """How the readers' scores add up to the served logits: `encoder / temperature + lexical_weight * lexical +
-    prototype_weight * prototypes + offsets` (`supportflow.classifier.fusion` fits them)."""
+    prototype_weight * prototypes + sentence_prototype_weight * sentence_prototypes + offsets`
+    (`supportflow.classifier.fusion` fits them)."""
 
     temperature: float
     lexical_weight: float = 0.0
     prototype_weight: float = 0.0
     offsets: tuple[float, ...] = ()
+    sentence_prototype_weight: float = 0.0
+
+    def weight(self, reader: str) -> float:
+        return float(getattr(self, READER_WEIGHTS[reader]))
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class ClassifierCard:
     # The other readers' shares of the fused logits (`lexical.py`, `prototypes.py`); 0 for a folder without them.
     lexical_weight: float = 0.0
     prototype_weight: float = 0.0
+    sentence_prototype_weight: float = 0.0
     # Per intent, added to the fused logits: the class balance (`fusion.prior_offsets`); none before it.
     logit_offsets: list[float] = field(default_factory=list)
     # The wrong-answer budget the threshold was also chosen for (calibrate.py); 1 (none) before it.
@@ -71,7 +81,13 @@ class ClassifierCard:
             raise RegistryError(f"the classifier card pools its embedding by {self.embedding_pooling!r}; this version knows {known}")
 
     def weights(self) -> "FusionWeights":
-        return FusionWeights(self.temperature, self.lexical_weight, self.prototype_weight, tuple(self.logit_offsets))
+        return FusionWeights(
+            self.temperature,
+            lexical_weight=self.lexical_weight,
+            prototype_weight=self.prototype_weight,
+            offsets=tuple(self.logit_offsets),
+            sentence_prototype_weight=self.sentence_prototype_weight,
+        )
 
     def save(self, folder: Path) -> None:
         (folder / CLASSIFIER_CARD).write_text(json.dumps(asdict(self), indent=2))

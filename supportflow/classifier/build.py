@@ -18,10 +18,10 @@ from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdCh
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
-from supportflow.classifier.inference import Readings, fused_softmax, softmax
+from supportflow.classifier.inference import ModelOutputs, Readings, fused_softmax, softmax
 from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary, vocabulary_quantile
 from supportflow.classifier.predict import predict_outputs
-from supportflow.classifier.prototypes import fit_prototypes
+from supportflow.classifier.prototypes import PROTOTYPES_FILE, SENTENCE_PROTOTYPES_FILE, Prototypes, fit_prototypes
 from supportflow.settings import TrainingProfile
 
 
@@ -56,10 +56,10 @@ def evaluate_classifier(
     fusion: FusionChoice = DEFAULT_FUSION,
     max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET,
 ) -> BuiltClassifier:
-    """Fit the lexical reader and the prototypes on the training messages, fuse the three readers and calibrate on
-    validation, choose both thresholds there, score on test; write the card, the two readers, the unknown-intent
-    detector and the pretrained encoder it reads beside the fine-tuned one into the folder. The detector and the
-    prototypes cost one more pass over the training messages (their embeddings), through both encoders."""
+    """Fit the lexical reader and the prototypes on the training messages, fuse the readers and calibrate on
+    validation, choose both thresholds there, score on test; write the card, the readers, the unknown-intent detector
+    and the pretrained encoder it reads beside the fine-tuned one into the folder. The detector and the prototypes
+    cost one more pass over the training messages (their embeddings), through both encoders."""
     folder = tuned.model_dir
     model = DistilBertForSequenceClassification.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -94,10 +94,14 @@ def evaluate_classifier(
     n_labels = len(splits.labels)
     lexical = fit_lexical(train_texts, train_labels, n_labels) if "lexical" in fusion.readers else None
     prototypes = fit_prototypes(train.embeddings, train_labels, n_labels) if "prototypes" in fusion.readers else None
+    sentence_prototypes = None
+    if "sentence_prototypes" in fusion.readers:
+        sentence_prototypes = fit_prototypes(_sentences(train), train_labels, n_labels)
     validation_readings = Readings(
         validation.logits,
         None if lexical is None else lexical.scores(validation_texts),
         None if prototypes is None else prototypes.scores(validation.embeddings),
+        None if sentence_prototypes is None else sentence_prototypes.scores(_sentences(validation)),
     )
     offsets = tuple(float(offset) for offset in prior_offsets(learnt, n_labels, fusion.class_balance))
     weights = replace(fit_fusion(validation_readings, validation_labels), offsets=offsets)
@@ -106,12 +110,16 @@ def evaluate_classifier(
         lexical = fit_lexical(train_texts + validation_texts, learnt, n_labels)
         lexical.save(folder)
     if prototypes is not None:
-        prototypes = fit_prototypes(np.concatenate([train.embeddings, validation.embeddings]), learnt, n_labels)
-        prototypes.save(folder)
+        prototypes = _refitted(prototypes, train.embeddings, validation.embeddings, learnt, folder)
+    if sentence_prototypes is not None:
+        sentence_prototypes = _refitted(
+            sentence_prototypes, _sentences(train), _sentences(validation), learnt, folder, SENTENCE_PROTOTYPES_FILE
+        )
     test_readings = Readings(
         test.logits,
         None if lexical is None else lexical.scores(test_texts),
         None if prototypes is None else prototypes.scores(test.embeddings),
+        None if sentence_prototypes is None else sentence_prototypes.scores(_sentences(test)),
     )
     test_probabilities = fused_softmax(test_readings, weights)
     head_alone = softmax(test.logits, fit_temperature(validation.logits, validation_labels))  # what the rest adds
@@ -130,6 +138,7 @@ def evaluate_classifier(
         snapshot_id=snapshot_id,
         lexical_weight=weights.lexical_weight,
         prototype_weight=weights.prototype_weight,
+        sentence_prototype_weight=weights.sentence_prototype_weight,
         logit_offsets=list(weights.offsets),
     )
     card.save(folder)
@@ -152,3 +161,18 @@ def evaluate_classifier(
         fusion=weights,
         encoder_test=evaluate_predictions(head_alone, test_labels, splits.labels),
     )
+
+
+def _sentences(outputs: ModelOutputs) -> np.ndarray:
+    """The pretrained encoder's embeddings, which `evaluate_classifier` always asks `predict_outputs` for."""
+    assert outputs.sentence_embeddings is not None
+    return outputs.sentence_embeddings
+
+
+def _refitted(
+    fitted: Prototypes, train: np.ndarray, validation: np.ndarray, learnt: np.ndarray, folder: Path, file: str = PROTOTYPES_FILE
+) -> Prototypes:
+    """The centres again from the training and validation messages together, saved: what is served."""
+    refitted = fit_prototypes(np.concatenate([train, validation]), learnt, len(fitted.centres))
+    refitted.save(folder, file)
+    return refitted

@@ -1,8 +1,9 @@
-"""Training the lexical reader and weighing the three readers against each other: the only place scikit-learn and
-scipy meet the served model, so serving (`lexical.py`, `prototypes.py`, `inference.py`) needs neither.
+"""Training the lexical reader and weighing the readers against each other: the only place scikit-learn and scipy
+meet the served model, so serving (`lexical.py`, `prototypes.py`, `inference.py`) needs neither.
 
 The readers are combined by adding their scores, `encoder / temperature + lexical_weight * lexical + prototype_weight *
-prototypes`, the three numbers fitted together on the validation split by minimising its negative log-likelihood.
+prototypes + sentence_prototype_weight * sentence_prototypes`, the numbers fitted together on the validation split by
+minimising its negative log-likelihood.
 That is temperature scaling with more inputs: the fused confidences are calibrated the way the encoder's alone were,
 and a reader that adds nothing gets weight zero. The class balance's offsets are laid on top (`prior_offsets`).
 """
@@ -17,7 +18,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 
-from supportflow.classifier.artifacts import FusionWeights
+from supportflow.classifier.artifacts import READER_WEIGHTS, FusionWeights
 from supportflow.classifier.inference import Readings
 from supportflow.classifier.lexical import WORD_PREFIX, LexicalModel, Vectoriser, ngram_counts
 from supportflow.settings import Settings
@@ -27,7 +28,7 @@ from supportflow.settings import Settings
 MIN_DOCUMENTS = {"word": 1, "char": 2}
 # The inverse of the L2 penalty: the features are many and sparse, and a weak penalty let the peer fit the long tail.
 INVERSE_REGULARISATION = 20.0
-READERS = ("lexical", "prototypes")  # the readers beside the fine-tuned head
+READERS = tuple(READER_WEIGHTS)  # the readers beside the fine-tuned head
 
 
 @dataclass(frozen=True)
@@ -101,17 +102,15 @@ def fit_fusion(readings: Readings, labels: np.ndarray) -> FusionWeights:
     gets weight 0; with neither, this is plain temperature scaling."""
     labels = np.asarray(labels)
     rows = np.arange(len(labels))
-    others = [reading for reading in (readings.lexical, readings.prototypes) if reading is not None]
+    others = readings.beside_head()
 
     def nll(parameters: np.ndarray) -> float:
-        fused = readings.encoder * parameters[0] + sum(weight * reading for weight, reading in zip(parameters[1:], others, strict=True))
+        fused = readings.encoder * parameters[0] + sum(
+            weight * reading for weight, reading in zip(parameters[1:], others.values(), strict=True)
+        )
         return float(-log_softmax(fused, axis=1)[rows, labels].mean())
 
     start = np.ones(1 + len(others))
     result = minimize(nll, start, method="L-BFGS-B", bounds=[(0.05, 20.0)] + [(0.0, 50.0)] * len(others))
-    fitted = iter(result.x[1:])
-    return FusionWeights(
-        temperature=float(1.0 / result.x[0]),
-        lexical_weight=float(next(fitted)) if readings.lexical is not None else 0.0,
-        prototype_weight=float(next(fitted)) if readings.prototypes is not None else 0.0,
-    )
+    shares = {READER_WEIGHTS[name]: float(weight) for name, weight in zip(others, result.x[1:], strict=True)}
+    return FusionWeights(temperature=float(1.0 / result.x[0]), **shares)

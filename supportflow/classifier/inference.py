@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard, FusionWeights
 from supportflow.classifier.lexical import LexicalModel
 from supportflow.classifier.ood import OutOfScopeDetector
-from supportflow.classifier.prototypes import Prototypes
+from supportflow.classifier.prototypes import SENTENCE_PROTOTYPES_FILE, Prototypes
 from supportflow.errors import RegistryError
 
 EMBEDDING_OUTPUT = "embedding"  # the ONNX output the unknown-intent detector reads; exports before it have logits only
@@ -54,15 +54,20 @@ class Readings:
     encoder: np.ndarray  # the fine-tuned head's logits
     lexical: np.ndarray | None = None  # the TF-IDF reader's logits (`lexical.py`)
     prototypes: np.ndarray | None = None  # the cosine to each intent's centre (`prototypes.py`)
+    sentence_prototypes: np.ndarray | None = None  # the same in the pretrained encoder's space
+
+    def beside_head(self) -> dict[str, np.ndarray]:
+        """The readers other than the head that read this batch, by name (`artifacts.READER_WEIGHTS`)."""
+        present = {"lexical": self.lexical, "prototypes": self.prototypes, "sentence_prototypes": self.sentence_prototypes}
+        return {name: reading for name, reading in present.items() if reading is not None}
 
 
 def fused_softmax(readings: Readings, weights: FusionWeights) -> np.ndarray:
     """The served confidences: the readers' scores added with the fitted weights, then the class balance's offsets."""
     fused = readings.encoder / weights.temperature
-    if readings.lexical is not None and weights.lexical_weight > 0:
-        fused = fused + weights.lexical_weight * readings.lexical
-    if readings.prototypes is not None and weights.prototype_weight > 0:
-        fused = fused + weights.prototype_weight * readings.prototypes
+    for name, reading in readings.beside_head().items():
+        if weights.weight(name) > 0:
+            fused = fused + weights.weight(name) * reading
     if weights.offsets:
         fused = fused + np.asarray(weights.offsets)
     return softmax(fused)
@@ -70,28 +75,50 @@ def fused_softmax(readings: Readings, weights: FusionWeights) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassifierParts:
-    """What a classifier folder holds besides the encoder: the card, the unknown-intent detector and the other two
+    """What a classifier folder holds besides the encoder: the card, the unknown-intent detector and the other
     readers; a folder trained before one of them has None in its place, and is served without it."""
 
     card: ClassifierCard
     detector: OutOfScopeDetector | None
     lexical: LexicalModel | None
     prototypes: Prototypes | None
+    sentence_prototypes: Prototypes | None = None
 
     @classmethod
     def load(cls, folder: Path) -> "ClassifierParts":
-        return cls(ClassifierCard.load(folder), OutOfScopeDetector.load(folder), LexicalModel.load(folder), Prototypes.load(folder))
+        return cls(
+            ClassifierCard.load(folder),
+            OutOfScopeDetector.load(folder),
+            LexicalModel.load(folder),
+            Prototypes.load(folder),
+            Prototypes.load(folder, SENTENCE_PROTOTYPES_FILE),
+        )
+
+    @property
+    def reads_embeddings(self) -> bool:
+        """Whether a reader needs the fine-tuned encoder's pooled embedding (the export's second output)."""
+        return self.detector is not None or (self.prototypes is not None and self.card.prototype_weight > 0)
+
+    @property
+    def reads_sentence_embeddings(self) -> bool:
+        """Whether a reader needs the pretrained encoder's embedding (the export's third output)."""
+        by_detector = self.detector is not None and self.detector.neighbours is not None
+        return by_detector or (self.sentence_prototypes is not None and self.card.sentence_prototype_weight > 0)
 
     def read(self, texts: Sequence[str], outputs: ModelOutputs) -> Readings:
         """Each reader the card gives weight to, on these messages; the encoder's outputs are computed already."""
         card = self.card
         lexical = self.lexical.scores(list(texts)) if self.lexical is not None and card.lexical_weight > 0 else None
-        prototypes = None
+        prototypes = sentence_prototypes = None
         if self.prototypes is not None and card.prototype_weight > 0:
             if outputs.embeddings is None:
                 raise RegistryError("the classifier has prototypes but its model gives no pooled embedding")
             prototypes = self.prototypes.scores(outputs.embeddings)
-        return Readings(outputs.logits, lexical, prototypes)
+        if self.sentence_prototypes is not None and card.sentence_prototype_weight > 0:
+            if outputs.sentence_embeddings is None:
+                raise RegistryError("the classifier has prototypes in the pretrained encoder's space but no sentence embedding")
+            sentence_prototypes = self.sentence_prototypes.scores(outputs.sentence_embeddings)
+        return Readings(outputs.logits, lexical, prototypes, sentence_prototypes)
 
     def probabilities(self, texts: Sequence[str], outputs: ModelOutputs) -> np.ndarray:
         return fused_softmax(self.read(texts, outputs), self.card.weights())
@@ -191,12 +218,11 @@ class OnnxClassifier:
         self.card = self.parts.card
         self.session = onnx_session(path, threads)
         self.tokenizer = onnx_tokenizer(folder, self.card.max_length)
-        reading_embeddings = self.parts.detector is not None or (self.parts.prototypes is not None and self.card.prototype_weight > 0)
         outputs = {output.name for output in self.session.get_outputs()}
-        if reading_embeddings and EMBEDDING_OUTPUT not in outputs:
+        if self.parts.reads_embeddings and EMBEDDING_OUTPUT not in outputs:
             raise RegistryError(f"{path} has no {EMBEDDING_OUTPUT} output, which the folder's detector and prototypes read")
-        if self.parts.detector is not None and self.parts.detector.neighbours is not None and SENTENCE_OUTPUT not in outputs:
-            raise RegistryError(f"{path} has no {SENTENCE_OUTPUT} output, which the folder's detector reads")
+        if self.parts.reads_sentence_embeddings and SENTENCE_OUTPUT not in outputs:
+            raise RegistryError(f"{path} has no {SENTENCE_OUTPUT} output, which the folder's detector or sentence prototypes read")
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:

@@ -7,7 +7,11 @@ detector reads too), and a message's score for it is the cosine of the two: a ne
 networks, Snell et al., NeurIPS 2017), which is as good at five examples as at five hundred. On a long-tail cut of
 BANKING77 it recognised the rare intents far better than the head (docs/classifier.md, "The long tail").
 
-numpy only, from the embedding serving computes anyway (the ONNX export's second output): one product per message.
+A second set of centres is taken in the pretrained encoder's space (the embedding the unknown-intent detector reads,
+the ONNX export's third output): fine-tuning on a few messages of an intent barely shapes the fine-tuned space around
+it, while the pretrained one was trained to place paraphrases together (docs/classifier.md, "The long tail").
+
+numpy only, from the embeddings serving computes anyway: one product per message and set.
 """
 
 from dataclasses import dataclass
@@ -17,7 +21,8 @@ import numpy as np
 
 from supportflow.classifier.artifacts import read_part
 
-PROTOTYPES_FILE = "prototypes.npz"
+PROTOTYPES_FILE = "prototypes.npz"  # centres of the fine-tuned encoder's pooled embeddings
+SENTENCE_PROTOTYPES_FILE = "sentence_prototypes.npz"  # centres of the pretrained encoder's
 METHOD = "cosine-to-mean"
 
 
@@ -35,13 +40,13 @@ class Prototypes:
         """Per message, its cosine to each intent's centre."""
         return unit_length(np.asarray(embeddings, dtype=np.float32)) @ self.centres.T
 
-    def save(self, folder: Path) -> None:
-        np.savez(folder / PROTOTYPES_FILE, centres=self.centres, method=METHOD)
+    def save(self, folder: Path, file: str = PROTOTYPES_FILE) -> None:
+        np.savez(folder / file, centres=self.centres, method=METHOD)
 
     @classmethod
-    def load(cls, folder: Path) -> "Prototypes | None":
+    def load(cls, folder: Path, file: str = PROTOTYPES_FILE) -> "Prototypes | None":
         """The folder's prototypes; None for a model trained before them (the other readers answer alone)."""
-        stored = read_part(folder / PROTOTYPES_FILE, "method", METHOD, "prototypes")
+        stored = read_part(folder / file, "method", METHOD, "prototypes")
         return None if stored is None else cls(stored["centres"].astype(np.float32))
 
 

@@ -1,17 +1,18 @@
 """The lexical reader, the prototypes and their fusion with the encoder: the served scores are the fitted models',
 a rare intent is learnt from five examples, and the fused confidences weigh each reader by what it adds on validation."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from supportflow.classifier.artifacts import FusionWeights
+from supportflow.classifier.artifacts import ClassifierCard, FusionWeights
 from supportflow.classifier.fusion import feature_matrix, fit_fusion, fit_lexical, prior_offsets
-from supportflow.classifier.inference import Readings, fused_softmax
+from supportflow.classifier.inference import ClassifierParts, ModelOutputs, Readings, fused_softmax
 from supportflow.classifier.lexical import LEXICAL_FILE, LexicalModel, ngram_counts
-from supportflow.classifier.prototypes import Prototypes, fit_prototypes
+from supportflow.classifier.prototypes import SENTENCE_PROTOTYPES_FILE, Prototypes, fit_prototypes
 from supportflow.errors import RegistryError
 from tests.classifier.conftest import tiny_rows
 
@@ -92,8 +93,10 @@ def test_the_fusion_weighs_each_reader_by_what_it_adds_on_validation() -> None:
     assert both.lexical_weight > 0.5 and both.prototype_weight < 0.1 and not both.offsets
     swapped = fit_fusion(Readings(encoder, lexical=noise, prototypes=informative), labels)
     assert swapped.prototype_weight > 0.5 and swapped.lexical_weight < 0.1
+    third = fit_fusion(Readings(encoder, lexical=noise, prototypes=noise, sentence_prototypes=informative), labels)
+    assert third.sentence_prototype_weight > 0.5 and max(third.lexical_weight, third.prototype_weight) < 0.1
     alone = fit_fusion(Readings(encoder), labels)
-    assert alone.lexical_weight == alone.prototype_weight == 0.0
+    assert alone.lexical_weight == alone.prototype_weight == alone.sentence_prototype_weight == 0.0
     accuracy = lambda p: (p.argmax(axis=1) == labels).mean()  # noqa: E731
     fused = fused_softmax(Readings(encoder, lexical=informative, prototypes=noise), both)
     assert accuracy(fused) > accuracy(fused_softmax(Readings(encoder), alone)) + 0.03
@@ -124,3 +127,21 @@ def test_prototypes_score_the_cosine_to_each_intents_centre_and_survive_the_fold
     loaded = Prototypes.load(tmp_path)
     assert loaded is not None and np.allclose(loaded.scores(embeddings), prototypes.scores(embeddings))
     assert Prototypes.load(tmp_path / "elsewhere") is None
+    assert Prototypes.load(tmp_path, SENTENCE_PROTOTYPES_FILE) is None  # the second set has its own file
+
+
+def test_the_sentence_prototypes_read_the_pretrained_encoders_embedding_and_refuse_a_model_without_it() -> None:
+    # The fine-tuned space says nothing of these messages (one point); the pretrained one separates them.
+    labels = ["first", "second"]
+    card = ClassifierCard(labels, 1.0, 0.5, 1.0, 1.0, 0.97, 16, "base", "snapshot", sentence_prototype_weight=10.0)
+    parts = ClassifierParts(card, None, None, None, fit_prototypes(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]), 2))
+    logits = np.zeros((2, 2), dtype=np.float32)
+    sentences = np.array([[0.0, 3.0], [2.0, 0.1]], dtype=np.float32)
+    outputs = ModelOutputs(logits, np.ones((2, 4), dtype=np.float32), np.zeros(2, dtype=bool), sentences)
+    assert parts.reads_sentence_embeddings and not parts.reads_embeddings
+    assert (parts.probabilities(["a", "b"], outputs).argmax(axis=1) == [1, 0]).all()
+    unweighted = ClassifierParts(replace(card, sentence_prototype_weight=0.0), None, None, None, parts.sentence_prototypes)
+    assert not unweighted.reads_sentence_embeddings  # a reader the fit gave no weight is not asked for its input
+    assert np.allclose(unweighted.probabilities(["a", "b"], outputs), 0.5)
+    with pytest.raises(RegistryError, match="no sentence embedding"):
+        parts.probabilities(["a", "b"], replace(outputs, sentence_embeddings=None))
