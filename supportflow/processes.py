@@ -1,5 +1,10 @@
 """Child processes that serve HTTP (BentoML services, Rasa, the action server): start, wait until
-healthy, stop. Each runs in its own process group and logs to its own file."""
+healthy, stop. Each runs in its own process group and logs to its own file.
+
+A group is not the whole service: BentoML's process manager (circus) starts each worker in a session of its own
+(`os.setsid`), outside the group. A SIGKILL sent to the group alone takes the arbiter and leaves its workers serving
+its port, orphaned. So a kill reaches every process below the service, found before the signal (afterwards an
+orphan hangs from the init process, found from nowhere)."""
 
 import contextlib
 import ctypes
@@ -13,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from supportflow.errors import SupportflowError
 
@@ -32,6 +38,41 @@ def signal_group(pid: int, signum: int = signal.SIGTERM) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below `pid` now, whatever its group or session."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(pid: int, below: list[psutil.Process] | None = None) -> None:
+    """SIGKILL a service's group and every process below it (`below`, found before if the service may be gone by
+    now): as a pod's end takes every process in it. psutil checks each is still the process it found, not a reuse
+    of its pid."""
+    below = descendants(pid) if below is None else below
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for process in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def gone(process: psutil.Process) -> bool:
+    """Ended: no longer running, or a zombie its parent (or the init process, for an orphan) has yet to reap."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _await_gone(processes: list[psutil.Process], seconds: float = 30) -> None:
+    """A SIGKILL is delivered, not done: the processes end a moment later."""
+    deadline = time.monotonic() + seconds
+    while not all(gone(process) for process in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class ServiceStartError(SupportflowError):
@@ -97,14 +138,31 @@ class ManagedProcess:
         return self.launch().wait_healthy(timeout)
 
     def stop(self) -> None:
+        """SIGTERM to the group, which the service's own manager passes on to its workers (one signal each: a second
+        one makes uvicorn skip its shutdown hooks); then whatever is left, the service or a worker, is killed."""
         if self.process is None or self.process.poll() is not None:
             return
+        below = descendants(self.process.pid)
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+            kill_tree(self.process.pid, below)
+            self.process.wait(timeout=30)
+        _, left = psutil.wait_procs(below, timeout=10)
+        for process in left:  # a worker its manager did not stop
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        _await_gone(left)
+
+    def kill(self) -> None:
+        """SIGKILL to the service and every worker under it: nothing is flushed or closed (a crash, an OOM kill)."""
+        if self.process is None:
+            return
+        below = descendants(self.process.pid)
+        kill_tree(self.process.pid, below)
+        self.process.wait(timeout=30)
+        _await_gone(below)
 
     def __enter__(self) -> "ManagedProcess":
         return self.start()

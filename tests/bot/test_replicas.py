@@ -6,8 +6,6 @@ with its slots on the survivors, while the turn log and the handoff queue hold e
 Slow: a desk is trained and seven services are started for the module.
 """
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from supportflow.processes import descendants, gone
 from tests.bot.conftest import prepared_desk, surest_example
 from tests.servers import Postgres
 
@@ -101,9 +100,11 @@ def test_killing_a_bot_and_a_rasa_loses_no_conversation_turn_or_handoff(replicat
     replicated.chat("handed-before", "I want to talk to a human")
 
     doomed_bot, doomed_rasa = replicated.stack.replicas[0].bot, replicated.stack.replicas[1].rasa
+    workers = descendants(doomed_bot.pid)  # BentoML's, each in a session of its own
+    assert workers
     for process in (doomed_bot, doomed_rasa):
-        os.killpg(process.pid, signal.SIGKILL)
-        process.process.wait(timeout=10)
+        process.kill()
+    assert all(gone(worker) for worker in workers)  # no orphan goes on serving the killed bot's port
 
     for name in pending:  # the form goes on where it stopped: the slot it asked for, then the answer
         answered = replicated.chat(name, "the virtual one")
