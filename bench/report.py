@@ -34,7 +34,7 @@ def _intent(r: dict) -> list[Row]:
     rows = [
         (
             f"Intent classifier on BANKING77 test, as served ({r['serving_variant']} ONNX of {r['base_model'].split('/')[-1]} as "
-            f"DistilBERT, {r['profile']['name']} profile, three readers fused)",
+            f"DistilBERT, {r['profile']['name']} profile, {len(r['readers']) + 1} readers fused)",
             f"accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} (head alone {encoder['accuracy']:.4f}); "
             f"trained in {r['build_seconds'] / 60:.1f} min, of which fine-tuning {r['train_seconds'] / 60:.1f}",
             ">= 0.940 accuracy and macro-F1, <= 30 min on 2 cores",
