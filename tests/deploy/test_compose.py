@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from supportflow.release.stack import Ports
 from supportflow.settings import Settings
+from tests.deploy.redis_auth import check_password_required
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose"
@@ -181,7 +182,7 @@ def test_state_lives_on_named_volumes() -> None:
     for service, path in data.items():
         mounts = {target: source for source, target, *_ in (volume.split(":") for volume in SERVICES[service]["volumes"])}
         assert mounts.get(path) in SPEC["volumes"], f"{service}'s {path} is not on a named volume"
-    assert "--appendonly" in SERVICES["redis"]["command"]  # Redis keeps its data across restarts only with its log
+    assert "--appendonly yes" in SERVICES["redis"]["command"][-1]  # Redis keeps its data across restarts only with its log
     assert environment("bot")["SUPPORTFLOW_KB_DIR"].startswith("/var/lib/supportflow/")
     assert SERVICES["bot"]["volumes"] == ["shared:/var/lib/supportflow:ro"]  # the bot reads what the flows build
 
@@ -228,3 +229,15 @@ def test_docker_compose_renders_the_stack_and_refuses_it_without_its_secrets(tmp
     assert model["services"]["bot"]["environment"]["SUPPORTFLOW_INTERNAL_TOKEN"] == "s3cr3t-value-for-the-test"
     assert model["services"]["bot"]["environment"]["SUPPORTFLOW_LAKE_URL"] == env_file(COMPOSE / "settings.env")["SUPPORTFLOW_LAKE_URL"]
     assert "s3cr3t" not in FILE.read_text()
+
+
+def test_redis_answers_only_with_the_password_rasa_is_given(tmp_path: Path) -> None:
+    """The Compose file's own command, as the container's shell gets it (Compose turns $$ into $), run with Debian's
+    redis-server; Rasa's lock store is given the same required variable."""
+    shell, flag, script = SERVICES["redis"]["command"]
+    check_password_required(shell, flag, script.replace("$$", "$"), tmp_path)
+    assert list(tmp_path.iterdir()), "with --appendonly yes, Redis keeps its log in its data folder"
+    required = INTERPOLATION.match(environment("rasa")["SUPPORTFLOW_RASA_LOCK_STORE_PASSWORD"])
+    assert required is not None and required.group(1) == "REDIS_PASSWORD" and required.group(2).startswith(":?")
+    assert SERVICES["redis"]["environment"]["REDIS_PASSWORD"] == environment("rasa")["SUPPORTFLOW_RASA_LOCK_STORE_PASSWORD"]
+    assert "REDISCLI_AUTH" in SERVICES["redis"]["healthcheck"]["test"][-1]  # a bare ping is refused, and unhealthy

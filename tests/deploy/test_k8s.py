@@ -2,13 +2,10 @@
 the names, ports, probes and settings the services really use, and who may reach what: the NetworkPolicies
 (evaluated here as Kubernetes evaluates them) and the Ingress, which exposes the public routes only."""
 
-import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +21,9 @@ from supportflow.dialogue.stores import (
     LOCK_STORE_TYPE,
     store_environment,
 )
-from supportflow.processes import free_port
 from supportflow.release.stack import Ports
 from supportflow.settings import Settings
+from tests.deploy.redis_auth import check_password_required
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -156,44 +153,9 @@ def test_rasa_runs_replicas_only_on_a_shared_lock_store_that_requires_the_secret
     assert spec["securityContext"]["runAsNonRoot"] and not spec["securityContext"]["allowPrivilegeEscalation"]
 
 
-def resp(*words: str) -> bytes:
-    """One command in Redis's protocol, each word length-prefixed, so spaces and quotes in a password pass as they are."""
-    encoded = [word.encode() for word in words]
-    return f"*{len(encoded)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(word), word) for word in encoded)
-
-
 def test_the_redis_command_starts_a_server_that_answers_only_with_the_password(tmp_path: Path) -> None:
     """The manifest's own shell command, run with Debian's redis-server on a loopback port of this machine."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.skip("redis-server is not installed (`make system-deps`)")
-    port, password = free_port(), "s3cret with 'quotes' and $igns"
-    shell, flag, script = container("redis")["command"]
-    loopback = f"{script} --port {port} --bind 127.0.0.1 --dir {shlex.quote(str(tmp_path))}"  # later options win
-    server = subprocess.Popen(
-        [shell, flag, loopback],
-        env={"PATH": f"{Path(executable).parent}{os.pathsep}{os.defpath}", "REDIS_PASSWORD": password},
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, f"redis-server did not start (exit {server.poll()})"
-                time.sleep(0.1)
-        with client, client.makefile("rb") as replies:
-            client.sendall(resp("PING"))
-            assert replies.readline().startswith(b"-NOAUTH")
-            client.sendall(resp("AUTH", "not the password"))
-            assert replies.readline().startswith(b"-WRONGPASS")
-            client.sendall(resp("AUTH", password) + resp("PING"))
-            assert [replies.readline(), replies.readline()] == [b"+OK\r\n", b"+PONG\r\n"]
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    check_password_required(*container("redis")["command"], tmp_path)
     assert not list(tmp_path.iterdir()), "locks are not worth persisting: Redis writes nothing"
 
 
