@@ -381,20 +381,28 @@ class BotService:
         if form is None:
             return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
         here = public_url(self.settings.twilio_webhook_url, "/voice", str(request.url.replace(query="")))
+        call = voice.parse(form)
+
+        def reachable(conversation_id: str) -> None:
+            """Where an agent's reply to the handoff is texted: the caller's number, from the one they called."""
+            if self.deliveries.pushing and call.caller is not None:
+                self.deliveries.remember_address(self.keys.stored_id(conversation_id), call.caller, call.desk)
 
         def respond(conversation_id: str, text: str) -> voice.VoiceReply:
             _, payload = self._respond(conversation_id, text, voice.CHANNEL, uuid.uuid4().hex)
-            return voice.VoiceReply(
-                payload.get("replies") or [payload.get("detail", self.bot.texts.outage)], payload.get("route") == "handoff"
-            )
+            handed_off = payload.get("route") == "handoff"
+            if handed_off:
+                reachable(conversation_id)
+            return voice.VoiceReply(payload.get("replies") or [payload.get("detail", self.bot.texts.outage)], handed_off)
 
         def hand_off(conversation_id: str) -> None:
             self.bot.handoffs.enqueue(self.keys.stored_id(conversation_id), voice.CHANNEL, [], "no speech heard on the call", None)
+            reachable(conversation_id)
             metrics.HANDOFFS.labels(reason="no speech").inc()
 
         twiml_out = await run_in_threadpool(
             voice.answer_call,
-            voice.parse(form),
+            call,
             silence,
             lambda silences: f"{here}?silence={silences}",
             respond,

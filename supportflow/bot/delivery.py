@@ -1,4 +1,5 @@
-"""Agents' replies pushed to SMS and WhatsApp customers through Twilio's Messages API, with their delivery state.
+"""Agents' replies pushed to SMS, WhatsApp and phone customers through Twilio's Messages API, with their delivery
+state (a caller gets an SMS from the number they called).
 
 Without this, an agent's reply to a customer on a phone channel waits in the handoff queue until that customer
 writes again. Here each such reply gets a row in the handoff database (`queued`, `sent`, `delivered` or `failed`),
@@ -45,7 +46,7 @@ from supportflow.redact import redact
 from supportflow.settings import Settings
 
 DeliveryState = Literal["queued", "sent", "delivered", "failed"]
-PUSHED_CHANNELS = ("sms", "whatsapp")  # webchat polls for its replies; these are pushed
+PUSHED_CHANNELS = ("sms", "whatsapp", "phone")  # webchat polls for its replies; these are pushed
 CLAIM_S = 120.0  # a reply a sender took and never settled (its process died) is tried again after this
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 BATCH = 20  # replies one pass of the sender takes

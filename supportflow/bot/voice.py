@@ -4,7 +4,9 @@ Each exchange is one signed webhook request answered with TwiML. `<Gather input=
 and post what it heard (`SpeechResult`) back to the voice webhook; the bot answers it as it answers an SMS, and the
 answer is said inside the next `<Gather>`, so the caller can go on. A handoff puts the call through (`<Dial>`) to
 the desk's agent number (`channels.agent_phone` in its workspace). A silence is asked about once more, and a second
-one goes to a person too: a caller the recogniser cannot hear should not be left talking to a machine.
+one goes to a person too: a caller the recogniser cannot hear should not be left talking to a machine. With no agent
+number, or once the call is over, an agent answers the handoff in the console, and the reply reaches a caller whose
+number was shown as an SMS from the number they called (supportflow/bot/delivery.py).
 
 How many silences in a row a call has had travels in the `<Gather>` action's own URL (`?silence=N`), which Twilio
 signs with the rest of the request, so the count needs no state in the bot and cannot be forged.
@@ -27,6 +29,8 @@ CALLER = re.compile(r"^\+[1-9][0-9]{6,14}$")  # a caller id Twilio could show; "
 class Call:
     conversation_id: str  # phone:+<caller>, like an SMS's; a withheld number: call:<CallSid>, a conversation per call
     speech: str  # what Twilio heard; empty on the first request of a call and after a silence
+    caller: str | None = None  # the number an agent's reply can be texted to; None when withheld
+    desk: str = ""  # the desk's number the caller dialled, which that text comes from
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,9 @@ class VoiceReply:
 
 def parse(form: dict[str, str]) -> Call:
     caller = form.get("From", "")
-    conversation_id = f"phone:{caller}" if CALLER.match(caller) else f"call:{form.get('CallSid', '')}"
-    return Call(conversation_id=conversation_id, speech=(form.get("SpeechResult") or "").strip())
+    shown = bool(CALLER.match(caller))
+    conversation_id = f"phone:{caller}" if shown else f"call:{form.get('CallSid', '')}"
+    return Call(conversation_id, (form.get("SpeechResult") or "").strip(), caller if shown else None, form.get("To", ""))
 
 
 def listen(say: list[str], action: str) -> str:

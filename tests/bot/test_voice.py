@@ -1,5 +1,6 @@
 """Phone calls through Twilio (issue 15, item 6): the bot service's `/twilio/voice`, spoken to as Twilio would,
-with signed requests, on a desk whose workspace names an agent number.
+with signed requests, on a desk whose workspace names an agent number; an agent's reply to a call's handoff is
+texted to the caller through a local server speaking Twilio's Messages API.
 
 Rasa is a stand-in whose action asks the bot's real `answer` in this process (as the action server would over
 HTTP): "person" in what the caller said asks for a human, anything else is a yes.
@@ -19,10 +20,13 @@ from supportflow.bot.engine import AnswerRequest
 from supportflow.bot.voice import parse
 from supportflow.settings import get_settings
 from supportflow.workspace import BotTexts, WorkspaceError, load_workspace, skeleton
+from tests.bot.test_delivery import ACCOUNT, twilio, wait_for  # noqa: F401 (twilio: the fixture)
 from tests.bot.test_internal_doors import serve_json, uttered
 from tests.bot.test_security import TWILIO_TOKEN, TWILIO_URL, bot_environment, start_bot
+from tests.bot.twilio_server import FakeTwilio
 
 CALLER = "+15550004444"
+DESK_NUMBER = "+15550009999"  # the number the caller dialled
 AGENT_PHONE = "+15550100123"
 VOICE_URL = f"{TWILIO_URL}/voice"
 TEXTS = BotTexts()
@@ -36,7 +40,7 @@ class Call:
 
     def say(self, url: str, speech: str | None = None, signature: str | None = None, **extra: str) -> httpx.Response:
         """One request of the call, as Twilio posts it to `url` (the first, or a <Gather> action), signed for `url`."""
-        form = {"CallSid": "CA" + "1" * 32, "From": CALLER, "To": "+15550009999", **extra}
+        form = {"CallSid": "CA" + "1" * 32, "From": CALLER, "To": DESK_NUMBER, **extra}
         if speech is not None:
             form["SpeechResult"] = speech
         signature = signature if signature is not None else RequestValidator(TWILIO_TOKEN).compute_signature(url, form)
@@ -59,7 +63,7 @@ def listened(response: httpx.Response) -> tuple[list[str], str]:
 
 
 @pytest.fixture
-def call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call]:
+def call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, twilio: FakeTwilio) -> Iterator[Call]:  # noqa: F811
     desk = skeleton(tmp_path / "desk").root
     config = yaml.safe_load((desk / "supportflow.yaml").read_text())
     config["channels"]["agent_phone"] = AGENT_PHONE
@@ -83,7 +87,14 @@ def call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call]:
 
     server = serve_json(rasa)
     bot_environment(
-        tmp_path, monkeypatch, WORKSPACE=str(desk), RASA_URL=f"http://127.0.0.1:{server.server_address[1]}", BIND_HOST="127.0.0.1"
+        tmp_path,
+        monkeypatch,
+        WORKSPACE=str(desk),
+        RASA_URL=f"http://127.0.0.1:{server.server_address[1]}",
+        BIND_HOST="127.0.0.1",
+        TWILIO_ACCOUNT_SID=ACCOUNT,
+        TWILIO_API_BASE_URL=twilio.url,
+        TWILIO_RETRY_BASE_S="0.1",
     )
     client, instance = start_bot()
     holder.append(Call(client, instance))
@@ -155,3 +166,39 @@ def test_an_agent_number_that_cannot_be_dialled_is_refused_when_the_workspace_is
     (desk / "supportflow.yaml").write_text(config)
     with pytest.raises(WorkspaceError, match=r"channels\.agent_phone: agent_phone must be an E\.164 number"):
         load_workspace(desk)
+
+
+def answer_as_agent(call: Call, text: str) -> dict:
+    """The console's two steps on the call's one handoff (a loopback-bound bot with no agent registered: `local`)."""
+    (handoff,) = call.handoffs()
+    assert call.client.post(f"/agent/handoffs/{handoff['id']}/claim", json={}).status_code == 200
+    answered = call.client.post(f"/agent/handoffs/{handoff['id']}/answer", json={"text": text})
+    assert answered.status_code == 200, answered.text
+    return answered.json()
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["asked for a person", "not heard"])
+def test_an_agents_reply_to_a_calls_handoff_is_texted_to_the_caller_from_the_number_they_called(
+    call: Call,
+    twilio: FakeTwilio,  # noqa: F811
+    silent: bool,
+) -> None:
+    _, action = listened(call.say(VOICE_URL))
+    if silent:
+        _, action = listened(call.say(action))
+        twiml(call.say(f"{VOICE_URL}?silence=1"))
+    else:
+        twiml(call.say(action, "let me talk to a person"))
+    answered = answer_as_agent(call, "We blocked the card; a new one is on its way.")
+    assert answered["transcript"][-1]["delivery"] == "queued"
+    wait_for(lambda: len(twilio.sent) == 1)
+    (sent,) = twilio.sent
+    assert (sent["To"], sent["From"], sent["Body"]) == (CALLER, DESK_NUMBER, "We blocked the card; a new one is on its way.")
+
+
+def test_a_caller_who_withheld_their_number_gets_no_text(call: Call, twilio: FakeTwilio) -> None:  # noqa: F811
+    twiml(call.say(VOICE_URL, "let me talk to a person", From="anonymous"))
+    answered = answer_as_agent(call, "Please call us back.")
+    reply = answered["transcript"][-1]
+    assert call.instance.deliveries.states([reply["id"]]) == {}  # nowhere to push it: it waits for their next contact
+    assert call.instance.deliveries.send_due() == 0 and twilio.sent == []
