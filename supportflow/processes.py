@@ -55,7 +55,11 @@ def kill_tree(pid: int, below: list[psutil.Process] | None = None) -> None:
     below = descendants(pid) if below is None else below
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    for process in below:
+    _kill(below)
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+    for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
 
@@ -150,9 +154,7 @@ class ManagedProcess:
             kill_tree(self.process.pid, below)
             self.process.wait(timeout=30)
         _, left = psutil.wait_procs(below, timeout=10)
-        for process in left:  # a worker its manager did not stop
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
+        _kill(left)  # workers their manager did not stop (the group's leader is reaped: no group to signal)
         _await_gone(left)
 
     def kill(self) -> None:

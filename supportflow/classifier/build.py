@@ -110,11 +110,9 @@ def evaluate_classifier(
         lexical = fit_lexical(train_texts + validation_texts, learnt, n_labels)
         lexical.save(folder)
     if prototypes is not None:
-        prototypes = _refitted(prototypes, train.embeddings, validation.embeddings, learnt, folder)
+        prototypes = _refitted(train.embeddings, validation.embeddings, learnt, n_labels, folder, PROTOTYPES_FILE)
     if sentence_prototypes is not None:
-        sentence_prototypes = _refitted(
-            sentence_prototypes, _sentences(train), _sentences(validation), learnt, folder, SENTENCE_PROTOTYPES_FILE
-        )
+        sentence_prototypes = _refitted(_sentences(train), _sentences(validation), learnt, n_labels, folder, SENTENCE_PROTOTYPES_FILE)
     test_readings = Readings(
         test.logits,
         None if lexical is None else lexical.scores(test_texts),
@@ -169,10 +167,8 @@ def _sentences(outputs: ModelOutputs) -> np.ndarray:
     return outputs.sentence_embeddings
 
 
-def _refitted(
-    fitted: Prototypes, train: np.ndarray, validation: np.ndarray, learnt: np.ndarray, folder: Path, file: str = PROTOTYPES_FILE
-) -> Prototypes:
+def _refitted(train: np.ndarray, validation: np.ndarray, learnt: np.ndarray, n_labels: int, folder: Path, file: str) -> Prototypes:
     """The centres again from the training and validation messages together, saved: what is served."""
-    refitted = fit_prototypes(np.concatenate([train, validation]), learnt, len(fitted.centres))
+    refitted = fit_prototypes(np.concatenate([train, validation]), learnt, n_labels)
     refitted.save(folder, file)
     return refitted

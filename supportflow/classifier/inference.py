@@ -66,8 +66,9 @@ def fused_softmax(readings: Readings, weights: FusionWeights) -> np.ndarray:
     """The served confidences: the readers' scores added with the fitted weights, then the class balance's offsets."""
     fused = readings.encoder / weights.temperature
     for name, reading in readings.beside_head().items():
-        if weights.weight(name) > 0:
-            fused = fused + weights.weight(name) * reading
+        weight = weights.weight(name)
+        if weight > 0:
+            fused = fused + weight * reading
     if weights.offsets:
         fused = fused + np.asarray(weights.offsets)
     return softmax(fused)
