@@ -71,6 +71,18 @@ def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", POSTGRES_USER, "--", *command] if os.geteuid() == 0 else command
 
 
+def _wait_accepting(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """PostgreSQL opens its port before it takes connections ("the database system is starting up"): wait for
+    `pg_isready` too."""
+    deadline = time.monotonic() + timeout
+    ready = [str(POSTGRES_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", POSTGRES_USER]
+    while subprocess.run(ready, check=False).returncode != 0:
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"PostgreSQL on 127.0.0.1:{port} did not accept connections (exit {process.poll()})")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running_postgres() -> Iterator[Postgres]:
     """A PostgreSQL 15 server in a temporary folder, trusting loopback connections (nothing else can reach it)."""
@@ -97,6 +109,7 @@ def running_postgres() -> Iterator[Postgres]:
     )
     try:
         wait_for_port(port, server, "PostgreSQL")
+        _wait_accepting(port, server)
         yield Postgres(port, f"postgresql://{POSTGRES_USER}@127.0.0.1:{port}/postgres")
     finally:
         stop(server)
