@@ -27,6 +27,9 @@ EMBEDDING_OUTPUT = "embedding"  # the ONNX output the unknown-intent detector re
 # The pretrained encoder's embedding of the message (ood.py, `NearestNeighbours`), from the same graph; exports of a
 # folder without a `sentence_encoder` lack it.
 SENTENCE_OUTPUT = "sentence_embedding"
+# Its cosine to the nearest of the detector's training messages (ood.py, `NearestNeighbours`), searched in the graph;
+# exports made before, or of a folder without those neighbours, lack it, and the search is made in numpy.
+NEAREST_OUTPUT = "nearest_neighbour"
 # Two letters or digits in a row: the least a request is written with. A text without them (emoji, punctuation, a
 # single character, nothing) asks for no intent, however the model spreads its probability.
 _WORDS = re.compile(r"\w\w")
@@ -38,6 +41,7 @@ class ModelOutputs:
     embeddings: np.ndarray | None  # (texts, dim): the pooled embedding; None from an export without it
     truncated: np.ndarray  # (texts,): the text was longer than the model reads, and only its beginning was classified
     sentence_embeddings: np.ndarray | None = None  # (texts, dim): the pretrained encoder's; None without one
+    nearest_cosines: np.ndarray | None = None  # (texts,): its cosine to the nearest neighbour; None where not searched
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -160,10 +164,11 @@ def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 128) -> ModelOutputs:
-    """Logits (and the pooled embedding and the pretrained encoder's, when the export has them) in input order;
+    """Logits (and the pooled embedding, the pretrained encoder's and its nearest neighbour's cosine, when the export
+    has them) in input order;
     batches are built from length-sorted texts so padding stays small."""
     present = {output.name for output in session.get_outputs()}
-    names = ["logits"] + [name for name in (EMBEDDING_OUTPUT, SENTENCE_OUTPUT) if name in present]
+    names = ["logits"] + [name for name in (EMBEDDING_OUTPUT, SENTENCE_OUTPUT, NEAREST_OUTPUT) if name in present]
     order = np.argsort([len(text) for text in texts], kind="stable")
     out: list[np.ndarray] = []
     truncated = np.zeros(len(texts), dtype=bool)
@@ -183,7 +188,10 @@ def onnx_outputs(session: ort.InferenceSession, tokenizer: Tokenizer, texts: Seq
     if not out:
         raise ValueError("no texts to classify")
     found = dict(zip(names, out, strict=True))
-    return ModelOutputs(found["logits"], found.get(EMBEDDING_OUTPUT), truncated, found.get(SENTENCE_OUTPUT))
+    nearest = found.get(NEAREST_OUTPUT)
+    return ModelOutputs(
+        found["logits"], found.get(EMBEDDING_OUTPUT), truncated, found.get(SENTENCE_OUTPUT), None if nearest is None else nearest[:, 0]
+    )
 
 
 def classify_outputs(texts: Sequence[str], outputs: ModelOutputs, parts: ClassifierParts, top_k: int | None = None) -> list[dict]:
@@ -199,7 +207,7 @@ def classify_outputs(texts: Sequence[str], outputs: ModelOutputs, parts: Classif
     elif outputs.embeddings is None:
         raise RegistryError("the classifier has an unknown-intent detector but its model gives no pooled embedding")
     else:
-        distances = detector.scores(outputs.embeddings, outputs.sentence_embeddings)
+        distances = detector.scores(outputs.embeddings, outputs.sentence_embeddings, outputs.nearest_cosines)
         scores, outside = [float(d) for d in distances], [bool(flag) for flag in detector.out_of_scope(texts, distances)]
     return [
         result | {"out_of_scope": out or not _WORDS.search(text), "ood_score": score, "truncated": bool(cut)}

@@ -25,7 +25,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import DistilBertForSequenceClassification, PreTrainedModel
 
 from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard
-from supportflow.classifier.inference import EMBEDDING_OUTPUT, SENTENCE_OUTPUT, OnnxClassifier
+from supportflow.classifier.inference import EMBEDDING_OUTPUT, NEAREST_OUTPUT, SENTENCE_OUTPUT, OnnxClassifier
+from supportflow.classifier.ood import OutOfScopeDetector
 from supportflow.classifier.predict import load_sentence_encoder, pooled_embedding, sentence_embedding
 
 if TYPE_CHECKING:
@@ -35,20 +36,37 @@ if TYPE_CHECKING:
 class _ServedOutputs(torch.nn.Module):
     """What serving reads, from one run of one graph: the logits; the pooled embedding the unknown-intent detector and
     the prototypes measure, pooled as the folder's card says they were fitted; and, for a folder with one, the
-    pretrained encoder's sentence embedding of the same tokens, which the detector measures too."""
+    pretrained encoder's sentence embedding of the same tokens, which the detector measures too, with its cosine to
+    the nearest of the detector's training messages.
 
-    def __init__(self, model: DistilBertForSequenceClassification, pooling: str, sentence_encoder: PreTrainedModel | None) -> None:
+    Why the neighbour search is in the graph: searched in numpy, it read the neighbours' float32 matrix (16 MB for
+    BANKING77) on every request, the largest cost after the encoders; in the int8 variant the same product is
+    quantised with the encoders' weights and reads a quarter of it (bench/results/serve_latency.json)."""
+
+    def __init__(
+        self,
+        model: DistilBertForSequenceClassification,
+        pooling: str,
+        sentence_encoder: PreTrainedModel | None,
+        neighbours: np.ndarray | None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.pooling = pooling
         self.sentence_encoder = sentence_encoder
+        transposed = None if neighbours is None else torch.from_numpy(np.ascontiguousarray(neighbours.T, dtype=np.float32))
+        self.register_buffer("neighbours", transposed)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         served = (output.logits, pooled_embedding(output.hidden_states, attention_mask, self.pooling))
         if self.sentence_encoder is None:
             return served
-        return (*served, sentence_embedding(self.sentence_encoder, input_ids, attention_mask))
+        sentence = sentence_embedding(self.sentence_encoder, input_ids, attention_mask)
+        if self.neighbours is None:
+            return (*served, sentence)
+        unit = sentence / sentence.norm(dim=1, keepdim=True).clamp(min=float(np.finfo(np.float32).tiny))  # `unit_length`
+        return (*served, sentence, (unit @ self.neighbours).amax(dim=1, keepdim=True))
 
 
 @dataclass(frozen=True)
@@ -71,17 +89,21 @@ class VariantParity:
 
 
 def export_onnx(folder: Path) -> dict[str, Path]:
-    """Write `<folder>/onnx/model.onnx` and its int8 dynamic-quantised twin; return both paths."""
+    """Write `<folder>/onnx/model.onnx` and its int8 dynamic-quantised twin; return both paths. Run after the
+    detector is saved: the graph carries its neighbours."""
     model = DistilBertForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager").eval()
     sentence_encoder = load_sentence_encoder(folder)
+    detector = OutOfScopeDetector.load(folder)
+    neighbours = None if detector is None or detector.neighbours is None else detector.neighbours.embeddings
     target = folder / ONNX_DIR
     target.mkdir(exist_ok=True)
     paths = {name: target / file for name, file in VARIANTS.items()}
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     outputs = ["logits", EMBEDDING_OUTPUT] + ([] if sentence_encoder is None else [SENTENCE_OUTPUT])
+    outputs += [] if sentence_encoder is None or neighbours is None else [NEAREST_OUTPUT]
     with torch.inference_mode():
         torch.onnx.export(
-            _ServedOutputs(model, ClassifierCard.load(folder).embedding_pooling, sentence_encoder),
+            _ServedOutputs(model, ClassifierCard.load(folder).embedding_pooling, sentence_encoder, neighbours),
             example,
             str(paths["fp32"]),
             input_names=["input_ids", "attention_mask"],

@@ -25,7 +25,9 @@ training message in the pretrained one (`NearestNeighbours`; kNN-1, as Sun et al
 out-of-distribution detection). Each is standardised by its mean and spread over the in-scope validation messages,
 and the score is their average, with its threshold the validation quantile as before. On the open-intent
 protocol's screening models the pair ranked unseen-intent messages above known ones more often than either alone
-(docs/classifier.md, "The pretrained encoder's second opinion").
+(docs/classifier.md, "The pretrained encoder's second opinion"). The ONNX export searches the neighbours inside its
+graph (`inference.NEAREST_OUTPUT`; in the int8 variant quantised like the encoders' weights, a quarter of the bytes
+to read per message); the search here serves torch and the exports made before.
 
 numpy only: the portable pyfunc and the ONNX serving path load it without torch.
 """
@@ -161,9 +163,6 @@ class NearestNeighbours:
         """Per message, 1 - the cosine to its nearest training message."""
         return nearest_distances(self.embeddings, sentence_embeddings)
 
-    def combined(self, mahalanobis: np.ndarray, sentence_embeddings: np.ndarray) -> np.ndarray:
-        return self.average(mahalanobis, self.distances(sentence_embeddings))
-
     def average(self, mahalanobis: np.ndarray, neighbour: np.ndarray) -> np.ndarray:
         """The average of the two distances, each standardised."""
         return (self.mahalanobis(mahalanobis) + self.neighbour(neighbour)) / 2
@@ -192,16 +191,21 @@ class OutOfScopeDetector:
         squared = (whitened**2).sum(axis=1, keepdims=True) - 2 * whitened @ self.centres.T + (self.centres**2).sum(axis=1)[np.newaxis, :]
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
-    def scores(self, embeddings: np.ndarray, sentence_embeddings: np.ndarray | None = None) -> np.ndarray:
+    def scores(
+        self, embeddings: np.ndarray, sentence_embeddings: np.ndarray | None = None, nearest_cosines: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per message, what the threshold is compared with: the Mahalanobis distance, or, with the pretrained
-        encoder's neighbours, the average of it and the neighbour distance, each standardised (`sentence_embeddings`,
-        the pretrained encoder's, are then required)."""
+        encoder's neighbours, the average of it and the neighbour distance, each standardised. The neighbour distance
+        is 1 - `nearest_cosines` where the ONNX graph searched them (`inference.NEAREST_OUTPUT`), else searched here in
+        `sentence_embeddings`, the pretrained encoder's (one of the two is then required)."""
         distances = self.mahalanobis(embeddings)
         if self.neighbours is None:
             return distances
+        if nearest_cosines is not None:
+            return self.neighbours.average(distances, 1.0 - np.asarray(nearest_cosines, dtype=np.float64))
         if sentence_embeddings is None:
             raise RegistryError("the unknown-intent detector reads the pretrained encoder's embedding, and none was given")
-        return self.neighbours.combined(distances, sentence_embeddings)
+        return self.neighbours.average(distances, self.neighbours.distances(sentence_embeddings))
 
     def save(self, folder: Path) -> None:
         stored = {"centres": self.centres, "whitening": self.whitening, "threshold": self.threshold, "quantile": self.quantile}

@@ -185,6 +185,31 @@ def test_every_variant_computes_the_same_detector(tiny: Tiny) -> None:
     assert all(r["ood_score"] is not None and np.isfinite(r["ood_score"]) for r in int8)
 
 
+def test_the_export_searches_the_neighbours_as_numpy_does_and_an_export_without_the_search_is_served_the_same(tiny: Tiny) -> None:
+    """The nearest training message is searched in the graph (int8 reads the neighbours quantised); a folder exported
+    before, whose graph has no such output, gets the same scores from the search in numpy."""
+    from dataclasses import replace
+
+    from supportflow.classifier.inference import NEAREST_OUTPUT, OnnxClassifier, classify_outputs, onnx_outputs
+
+    texts = tiny.in_scope[:20] + tiny.unknown[:20]
+    for variant, tolerance in (("fp32", 1e-5), ("int8", 0.01)):
+        served = OnnxClassifier(tiny.built.folder, variant, threads=1)
+        assert NEAREST_OUTPUT in {output.name for output in served.session.get_outputs()}
+        outputs = onnx_outputs(served.session, served.tokenizer, texts)
+        detector = served.parts.detector
+        assert detector is not None and detector.neighbours is not None and outputs.nearest_cosines is not None
+        searched = 1.0 - detector.neighbours.distances(outputs.sentence_embeddings)
+        np.testing.assert_allclose(outputs.nearest_cosines, searched, atol=tolerance)
+        graph = classify_outputs(texts, outputs, served.parts)
+        without_search = classify_outputs(texts, replace(outputs, nearest_cosines=None), served.parts)
+        for ours, older in zip(graph, without_search, strict=True):
+            assert ours["intent"] == older["intent"]
+            assert ours["ood_score"] == pytest.approx(older["ood_score"], abs=10 * tolerance)
+    with pytest.raises(RegistryError, match="pretrained encoder"):
+        detector.scores(outputs.embeddings)  # neither the graph's search nor the embedding to search with
+
+
 def test_the_second_encoder_is_the_pretrained_one_frozen_and_its_export_is_required(tiny: Tiny, tiny_base: Path, tmp_path: Path) -> None:
     import shutil
 
