@@ -7,10 +7,8 @@ copy's stores changed while it ran (`WorkingCopyGuard`, tests/store_guard.py).
 """
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -36,7 +34,12 @@ from supportflow.lake import Lake, open_lake  # noqa: E402
 from supportflow.processes import free_port  # noqa: E402
 from supportflow.settings import Settings, get_settings  # noqa: E402
 from tests.classifier.conftest import tiny_base  # noqa: E402, F401 - the tiny DistilBERT fixture, for every test folder
-from tests.servers import postgres, redis_url  # noqa: E402, F401 - real PostgreSQL and Redis, for every test folder
+from tests.servers import (  # noqa: E402, F401 - real PostgreSQL and Redis, for every test folder
+    postgres,
+    redis_url,
+    stop,
+    wait_for_port,
+)
 from tests.store_guard import WorkingCopyGuard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,19 +135,9 @@ def s3_endpoint() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("the moto server did not start") from None
-            time.sleep(0.2)
+    wait_for_port(port, server, "the moto server")
     yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
+    stop(server)
 
 
 def make_settings(tmp_path: Path, lake_url: str, **overrides: object) -> Settings:

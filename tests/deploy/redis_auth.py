@@ -6,12 +6,12 @@ import shlex
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from supportflow.processes import free_port
+from tests.servers import stop, wait_for_port
 
 PASSWORD = "s3cret with 'quotes' and $igns"
 
@@ -36,14 +36,8 @@ def check_password_required(shell: str, flag: str, script: str, folder: Path) ->
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, f"redis-server did not start (exit {server.poll()})"
-                time.sleep(0.1)
+        wait_for_port(port, server, "redis-server", timeout=30)
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
         with client, client.makefile("rb") as replies:
             client.sendall(resp("PING"))
             assert replies.readline().startswith(b"-NOAUTH")
@@ -52,5 +46,4 @@ def check_password_required(shell: str, flag: str, script: str, folder: Path) ->
             client.sendall(resp("AUTH", PASSWORD) + resp("PING"))
             assert [replies.readline(), replies.readline()] == [b"+OK\r\n", b"+PONG\r\n"]
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        stop(server)
