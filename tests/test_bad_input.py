@@ -10,7 +10,8 @@ import pytest
 
 from supportflow.cli import main
 from supportflow.errors import ContractError, IngestError, LakeUnavailableError, SettingsError
-from supportflow.ingest.load import ingest_file
+from supportflow.ingest.load import NO_TEXT, ingest_file
+from supportflow.ingest.tickets import to_table
 from supportflow.lake import Lake, open_lake
 from supportflow.settings import Settings, get_settings
 from supportflow.validate.snapshot import validate_lake
@@ -118,17 +119,16 @@ def test_empty_blank_unknown_and_unlabelled_rows_each_get_their_reason(lake: Lak
     path = tmp_path / "mixed.csv"
     pd.concat([sample.assign(channel="email"), bad]).to_csv(path, index=False)
 
-    ingest_file(str(path), lake, settings)
+    ingested = ingest_file(str(path), lake, settings)
     manifest = validate_lake(lake, settings)
     report = manifest.validation
 
-    assert report.rows_read == report.accepted + report.quarantined == len(sample) + len(bad)
+    assert ingested.quarantined == 2 and set(quarantined(lake, "ingest")["reason"]) == {NO_TEXT}  # "" and "   \t ": no text to land
+    assert report.rows_read == report.accepted + report.quarantined == len(sample) + len(bad) - 2
     assert report.unlabelled == 1  # "hello, is anyone there?" has no intent: valid, but not for training
     rejected = quarantined(lake, "validate")
-    reasons = {text: " | ".join(json.loads(r)) for text, r in zip(rejected["text"].fillna("<null>"), rejected["reasons"], strict=True)}
-    assert set(reasons) == {"<null>", "   \t ", "what is a flux capacitor", "my card is lost", "x"}
-    assert "text_present" in reasons["<null>"]
-    assert "text_not_blank" in reasons["   \t "]
+    reasons = {text: " | ".join(json.loads(r)) for text, r in zip(rejected["text"], rejected["reasons"], strict=True)}
+    assert set(reasons) == {"what is a flux capacitor", "my card is lost", "x"}
     assert "intent_in_catalogue" in reasons["what is a flux capacitor"] and "'time_travel'" in reasons["what is a flux capacitor"]
     assert "add the intent to the workspace's intents.yaml" in reasons["what is a flux capacitor"]  # and how to keep them
     assert "intent_min_examples" in reasons["what is a flux capacitor"]
@@ -136,6 +136,25 @@ def test_empty_blank_unknown_and_unlabelled_rows_each_get_their_reason(lake: Lak
     assert "text_length" in reasons["x"]
     train = pd.read_parquet(lake.fs.open(lake.path("snapshots", manifest.snapshot_id, "train.parquet")))
     assert not set(train["text"]) & set(reasons)
+
+
+def test_tickets_without_text_that_reach_the_lake_another_way_are_quarantined_by_validation(
+    local_lake: Lake, local_settings: Settings, banking77_sample: Path
+) -> None:
+    """Ingest never lands a ticket without text; the contract's rules still stop one written by other means."""
+    ingest_file(str(banking77_sample), local_lake, local_settings)
+    (landed,) = local_lake.files("tickets")
+    tickets = local_lake.read_parquet(landed)
+    tickets.loc[[0, 1], "text"] = [None, " \t "]  # as an older version, or a hand-written file, could have left them
+    local_lake.fs.rm(landed)
+    local_lake.write_parquet(to_table(tickets), "tickets", "ingest_date=2099-01-01", "edited.parquet")
+
+    report = validate_lake(local_lake, local_settings).validation
+
+    assert report.quarantined == 2 and report.by_rule == {"text_present": 1, "text_not_blank": 1}
+    reasons = quarantined(local_lake, "validate").set_index("ticket_id")["reasons"].map(lambda found: " | ".join(json.loads(found)))
+    assert "text_present" in reasons[tickets.loc[0, "ticket_id"]]
+    assert "text_not_blank" in reasons[tickets.loc[1, "ticket_id"]]
 
 
 def test_duplicate_ids_in_the_lake_are_quarantined_not_trained_on(

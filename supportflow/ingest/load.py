@@ -18,13 +18,14 @@ from pydantic import BaseModel, Field
 
 from supportflow.ingest.decoding import DEFAULT_ENCODING
 from supportflow.ingest.readers import Format, RawBatch, Reject, open_source
-from supportflow.ingest.tickets import KnownIds, id_keys, parse_created_at, to_table, to_tickets
+from supportflow.ingest.tickets import KnownIds, has_text, id_keys, parse_created_at, to_table, to_tickets
 from supportflow.lake import Lake
 from supportflow.parallel import ordered_map, process_pool
 from supportflow.redact import Redactor
 from supportflow.settings import Settings
 
 QUARANTINE_COLUMNS = ["source_file", "line", "reason", "raw", "quarantined_at"]
+NO_TEXT = "no ticket text: it is missing, empty, or only whitespace or markup"
 
 
 class IngestReport(BaseModel):
@@ -103,7 +104,10 @@ class _Prepared:
 
 
 def _prepare(job: tuple[RawBatch, str, str, datetime]) -> _Prepared:
-    """The costly part of a batch (dates, redaction, ids), run in a worker process."""
+    """The costly part of a batch (dates, markup, redaction, ids), run in a worker process.
+
+    A row without text is rejected here rather than landed: all such rows of one intent would hash to one id, so
+    all but one would be counted as duplicates of a ticket that is not one, and that one would fail validation."""
     batch, source, default_channel, now = job
     rejects = list(batch.rejects)
     records, bad_dates = parse_created_at(batch.records)
@@ -114,7 +118,14 @@ def _prepare(job: tuple[RawBatch, str, str, datetime]) -> _Prepared:
         records = records.loc[~bad_dates]
     redactor = Redactor()
     tickets = to_tickets(records, source, default_channel, redactor, now)
-    return _Prepared(to_table(tickets), rejects, len(batch.records) + len(batch.rejects), redactor.counts)
+    table = to_table(tickets)
+    present = has_text(table.column("text"))
+    if not present.all():
+        lines = tickets.index[~present]
+        for line, record in zip(lines, batch.records.loc[lines].to_dict("records"), strict=True):
+            rejects.append(Reject(int(line), NO_TEXT, json.dumps(record, default=str)))
+        table = table.filter(pa.array(present))
+    return _Prepared(table, rejects, len(batch.records) + len(batch.rejects), redactor.counts)
 
 
 def ingest_file(

@@ -3,12 +3,15 @@
 Each reader streams the file in batches of raw records (so memory does not grow with the file) and
 hands back, beside each batch, the lines it could not read, each with its reason: nothing is
 dropped silently. Every reader decodes the file in its source's encoding (supportflow/ingest/decoding.py):
-a record with bytes that do not decode is one of those lines, its reason naming where in the file they are.
+a record with bytes that do not decode is one of those lines, its reason naming where in the file they are. A file
+with no field for the ticket text, in any format, is refused whole as it is opened, before anything lands: every
+row of it would land without its text.
 """
 
 import csv
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -23,9 +26,10 @@ import pyarrow.csv as pacsv
 from supportflow.errors import IngestError
 from supportflow.ingest.decoding import DEFAULT_ENCODING, TAG_OPEN, DecodedExport, bad_bytes, codec_name, escaped, undecodable
 from supportflow.ingest.fields import RAW_FIELDS
-from supportflow.ingest.tickets import resolve_columns
+from supportflow.ingest.tickets import FIELD_ALIASES, resolve_columns
 
 Format = Literal["csv", "jsonl", "zendesk"]
+_NAMES_SHOWN = 30  # of a file's column or field names in an error: enough to recognise the export
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,31 @@ def open_source(
     if fmt == "csv":
         opened = _open_csv(path, fs, fs_path, batch_rows, field_map, encoding)
     elif fmt == "jsonl":
-        opened = SourceFile(path, fmt, encoding, [], _jsonl_batches(path, fs, fs_path, batch_rows, field_map, _plain_record, encoding))
+        text_field = _plain_text_field(path, field_map)
+        batches = _jsonl_batches(path, fs, fs_path, batch_rows, field_map, _plain_record, encoding, text_field)
+        opened = SourceFile(path, fmt, encoding, [], _read_first(batches))
     elif fmt == "zendesk":
         opened = _open_zendesk(path, fs, fs_path, batch_rows, zendesk_intent_field_id, encoding)
     else:
         raise IngestError(f"{path}: unknown format {fmt!r}; use one of csv, jsonl, zendesk")
     opened.size = fs.size(fs_path)
     return opened
+
+
+def _no_text_field(path: str, kind: str, wanted: str, has: str, names: list[str], field_map: dict[str, str], note: str = "") -> str:
+    """Why a file is refused whole: without the field that holds the text every row would land without one. The same
+    words for every format: what the file has, and how to say which of its fields is the text (with one of them)."""
+    listed = f"{names[:_NAMES_SHOWN]}" + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else "")
+    unmapped = [name for name in names if name not in resolve_columns(names, field_map).values()]
+    example = json.dumps({"text": unmapped[0] if unmapped else "message"}, ensure_ascii=False)
+    return (
+        f"{path}: missing {kind} for the ticket text ({wanted}); {has} {listed}; {note}name the {kind} that holds the"
+        f" text in the source's field_map in supportflow.yaml or in SUPPORTFLOW_FIELD_MAP (or --field-map), e.g. {example}"
+    )
+
+
+def _text_aliases(field_map: dict[str, str]) -> str:
+    return field_map.get("text") or " or ".join(FIELD_ALIASES["text"][:4])
 
 
 def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, str], encoding: str) -> SourceFile:
@@ -112,8 +134,7 @@ def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict
     header = [escaped(name).strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
     mapping = resolve_columns(header, field_map)
     if "text" not in mapping:
-        wanted = field_map.get("text") or " or ".join(("text", "message", "body", "description"))
-        raise IngestError(f"{path}: missing column for the ticket text ({wanted}); the header has {header}")
+        raise IngestError(_no_text_field(path, "column", _text_aliases(field_map), "the header has", header, field_map))
     if len(set(header)) != len(header):
         raise IngestError(f"{path}: the header repeats a column name: {header}")
     ignored = [name for name in header if name not in mapping.values()]
@@ -188,8 +209,63 @@ def _plain_record(record: dict[str, Any], field_map: dict[str, str]) -> dict[str
     return {raw_field: record[column] for raw_field, column in mapping.items()}
 
 
+class _TextField:
+    """Whether the records of a JSON export have a field that holds the text, as a CSV header says of its columns.
+
+    JSON records need not share their fields, so the records of the first batch decide: a file none of whose first
+    records has one is refused (before any row lands) naming the fields they have; one that has it is read on."""
+
+    def __init__(self, holds_text: Callable[[list[str]], bool], refusal: Callable[[list[str]], str]) -> None:
+        self._holds_text = holds_text
+        self._refusal = refusal
+        self._fields: dict[str, None] = {}  # the names seen, in their order
+        self._records = 0
+        self._settled = False  # a record had the field, or a batch has passed: the rest is not looked at
+
+    def see(self, record: dict[str, Any]) -> None:
+        if not self._settled:
+            self._settled = self._holds_text(list(record))
+            self._fields.update(dict.fromkeys(map(str, record)))
+            self._records += 1
+
+    def check(self) -> None:
+        """Called before a batch is handed on: the first one with records passes, or the file is refused."""
+        if not self._settled and self._records:
+            raise IngestError(self._refusal(list(self._fields)))
+        self._settled = self._settled or bool(self._records)
+
+
+def _plain_text_field(path: str, field_map: dict[str, str]) -> _TextField:
+    return _TextField(
+        lambda names: "text" in resolve_columns(names, field_map),
+        lambda names: _no_text_field(path, "field", _text_aliases(field_map), "the records have the fields", names, field_map),
+    )
+
+
+def _zendesk_text_field(path: str) -> _TextField:
+    wanted, note = "a Zendesk ticket's subject or description", "a Zendesk export is read by Zendesk's own field names: "
+    note += "write another desk's export as CSV or JSON Lines and "
+    return _TextField(
+        lambda names: "subject" in names or "description" in names,
+        lambda names: _no_text_field(path, "field", wanted, "the tickets have the fields", names, {}, note),
+    )
+
+
+def _read_first(batches: Iterator[RawBatch]) -> Iterator[RawBatch]:
+    """The first batch read now, so that a file its reader refuses is refused as it is opened, as a CSV file is."""
+    first = next(batches, None)
+    return batches if first is None else itertools.chain([first], batches)
+
+
 def _jsonl_batches(
-    path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, str], to_raw: RecordMapper, encoding: str
+    path: str,
+    fs: Any,
+    fs_path: str,
+    batch_rows: int,
+    field_map: dict[str, str],
+    to_raw: RecordMapper,
+    encoding: str,
+    text_field: _TextField,
 ) -> Iterator[RawBatch]:
     with fs.open(fs_path, "rb") as raw:
         records: list[dict[str, Any]] = []
@@ -206,6 +282,7 @@ def _jsonl_batches(
                 record = json.loads(text)
                 if not isinstance(record, dict):
                     raise ValueError(f"a line must hold a JSON object, found {type(record).__name__}")
+                text_field.see(record)
                 records.append(_scalar_fields(to_raw(record, field_map)))
                 lines.append(line_number)
             except json.JSONDecodeError as error:
@@ -213,9 +290,11 @@ def _jsonl_batches(
             except ValueError as error:
                 rejects.append(Reject(line_number, str(error), escaped(text).rstrip("\n")))
             if len(records) + len(rejects) >= batch_rows:
+                text_field.check()
                 yield _records_batch(records, lines, rejects)
                 records, lines, rejects = [], [], []
         if records or rejects:
+            text_field.check()
             yield _records_batch(records, lines, rejects)
 
 
@@ -278,7 +357,8 @@ def zendesk_record(ticket: dict[str, Any], intent_field_id: int | None) -> dict[
 def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_field_id: int | None, encoding: str) -> SourceFile:
     to_raw = lambda ticket, _field_map: zendesk_record(ticket, intent_field_id)  # noqa: E731
     if path.lower().endswith((".jsonl", ".ndjson")):
-        return SourceFile(path, "zendesk", encoding, [], _jsonl_batches(path, fs, fs_path, batch_rows, {}, to_raw, encoding))
+        batches = _jsonl_batches(path, fs, fs_path, batch_rows, {}, to_raw, encoding, _zendesk_text_field(path))
+        return SourceFile(path, "zendesk", encoding, [], _read_first(batches))
     with fs.open(fs_path, "rb") as raw:
         text = DecodedExport(raw, encoding, path).read().decode("utf-8")
     try:
@@ -288,6 +368,11 @@ def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_fiel
     tickets = document.get("tickets") if isinstance(document, dict) else document
     if not isinstance(tickets, list):
         raise IngestError(f"{path}: a Zendesk export holds a list of tickets or an object with 'tickets'")
+    text_field = _zendesk_text_field(path)
+    for ticket in tickets:  # all of them: the whole export is in memory already
+        if isinstance(ticket, dict):
+            text_field.see(ticket)
+    text_field.check()
 
     def batches() -> Iterator[RawBatch]:
         for start in range(0, len(tickets), batch_rows):

@@ -1,7 +1,7 @@
 """The ticket schema, and how raw records from any export become tickets.
 
-A ticket's id is a hash of its source and its (redacted) content, so the same ticket ingested
-twice gets the same id and lands once.
+A ticket's id is a hash of its source and its content as it lands (markup taken out, PII redacted), so the same
+ticket ingested twice gets the same id and lands once, and so does a message exported once as HTML and once as text.
 """
 
 import hashlib
@@ -12,8 +12,10 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from supportflow.ingest.fields import RAW_FIELDS
+from supportflow.ingest.markup import plain_text
 from supportflow.redact import Redactor
 
 TICKET_SCHEMA = pa.schema(
@@ -104,6 +106,19 @@ def _optional_text(raw: pd.DataFrame, name: str) -> list[str | None]:
     return [None if value is None or value == "" or value != value else value for value in raw[name].tolist()]
 
 
+def _plain_texts(values: list[str | None]) -> list[str | None]:
+    """Markup taken out of a column; only a value with a `<` or an `&` can hold any. A value that held nothing but
+    markup (`<p></p>`) has no value left, as an empty cell has none."""
+    return [value if value is None or ("<" not in value and "&" not in value) else plain_text(value) or None for value in values]
+
+
+def has_text(texts: pa.ChunkedArray) -> np.ndarray:
+    """Which tickets have words in their text: an absent, empty or all-whitespace text has none. Arrow's whitespace
+    is Python's (`str.isspace`, which the contract's `text_not_blank` regex uses) for every code point."""
+    blank = pc.or_kleene(pc.equal(pc.utf8_length(texts), 0), pc.utf8_is_space(texts))
+    return pc.invert(blank).fill_null(False).to_numpy(zero_copy_only=False)
+
+
 def _entities_text(value: object) -> str:
     if value is None or isinstance(value, str):
         return normalise_entities(value)
@@ -113,11 +128,12 @@ def _entities_text(value: object) -> str:
 def to_tickets(raw: pd.DataFrame, source: str, default_channel: str, redactor: Redactor, ingested_at: datetime) -> pd.DataFrame:
     """Raw records (columns named after RAW_FIELDS) to the ticket schema, PII redacted.
 
-    `created_at` must already be parsed (see `parse_created_at`).
+    `created_at` must already be parsed (see `parse_created_at`). Markup goes before redaction, so an entity cannot
+    hide PII from it (`ann&#64;example.com`), and before the id, which hashes the text as it lands.
     """
     ingested_at = ingested_at.astimezone(UTC)
-    text = redactor.redact_all(_optional_text(raw, "text"))
-    response = redactor.redact_all(_optional_text(raw, "response"))
+    text = redactor.redact_all(_plain_texts(_optional_text(raw, "text")))
+    response = redactor.redact_all(_plain_texts(_optional_text(raw, "response")))
     intent = [value.strip() if value is not None else None for value in _optional_text(raw, "intent")]
     external_id = _optional_text(raw, "external_id")
     channels: dict[str | None, str] = {}

@@ -4,8 +4,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from supportflow.ingest.load import existing_ticket_ids, ingest_file
+from supportflow.errors import IngestError
+from supportflow.ingest.load import NO_TEXT, existing_ticket_ids, ingest_file
+from supportflow.ingest.markup import plain_text
 from supportflow.ingest.tickets import TICKET_COLUMNS
 from supportflow.lake import Lake
 from supportflow.settings import Settings
@@ -174,3 +177,163 @@ def test_large_files_are_spread_over_worker_processes(local_lake: Lake, local_se
     assert len(report.files_written) == 5
     stored = read_tickets(local_lake)
     assert stored["ticket_id"].is_unique and len(stored) == rows
+
+
+def ingest_quarantine(lake: Lake) -> pd.DataFrame:
+    return pd.concat([lake.read_parquet(path) for path in lake.files("quarantine", "ingest")], ignore_index=True)
+
+
+def other_desk_records(count: int) -> list[dict[str, str]]:
+    """Another help desk's field names: none of them is a name the text is known by."""
+    return [{"customer_message": f"my card {i} has not arrived", "Category": "card_arrival"} for i in range(count)]
+
+
+def test_json_lines_without_a_text_field_are_refused_naming_the_fields_and_nothing_lands(
+    lake: Lake, settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "other_desk.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in other_desk_records(40)))
+
+    with pytest.raises(IngestError) as refused:
+        ingest_file(str(path), lake, settings.model_copy(update={"ingest_batch_rows": 16}))
+
+    message = str(refused.value)
+    assert message.startswith(f"{path}: missing field for the ticket text (text or message or body or description)")
+    assert "the records have the fields ['customer_message', 'Category']" in message
+    assert "field_map in supportflow.yaml or in SUPPORTFLOW_FIELD_MAP" in message and '{"text": "customer_message"}' in message
+    assert (lake.files("tickets"), lake.files("quarantine")) == ([], [])
+
+    mapped = ingest_file(str(path), lake, settings.model_copy(update={"field_map": {"text": "customer_message"}}))
+    assert (mapped.written, mapped.duplicates, mapped.quarantined) == (40, 0, 0)
+    assert set(read_tickets(lake)["intent"]) == {"card_arrival"}  # `Category` resolves to the intent by its alias
+
+
+def test_a_zendesk_export_without_subject_or_description_is_refused_in_both_shapes(
+    local_lake: Lake, local_settings: Settings, tmp_path: Path
+) -> None:
+    document, lines = tmp_path / "export.json", tmp_path / "export.jsonl"
+    document.write_text(json.dumps({"tickets": other_desk_records(3)}))
+    lines.write_text("".join(json.dumps(record) + "\n" for record in other_desk_records(3)))
+
+    for path in (document, lines):
+        with pytest.raises(
+            IngestError, match=r"missing field for the ticket text \(a Zendesk ticket's subject or description\)"
+        ) as refused:
+            ingest_file(str(path), local_lake, local_settings, fmt="zendesk")
+        assert "the tickets have the fields ['customer_message', 'Category']" in str(refused.value)
+        assert "CSV or JSON Lines" in str(refused.value)
+    assert local_lake.files() == []
+
+
+def test_one_record_with_a_text_field_is_enough_and_the_records_without_text_are_quarantined(
+    local_lake: Lake, local_settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "mixed.jsonl"
+    records = [*other_desk_records(2), {"message": "where is my card?", "Category": "card_arrival"}]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    report = ingest_file(str(path), local_lake, local_settings)
+
+    assert (report.rows_read, report.written, report.duplicates, report.quarantined) == (3, 1, 0, 2)
+    assert list(ingest_quarantine(local_lake).sort_values("line")["line"]) == [1, 2]
+
+
+def test_rows_without_text_are_quarantined_each_not_counted_as_duplicates(lake: Lake, settings: Settings, tmp_path: Path) -> None:
+    textless = ["", "   ", "\t \u3000", "<p></p>", "<p>&nbsp;</p><br>"]  # \u3000: an ideographic space
+    path = tmp_path / "desk.csv"
+    frame = pd.DataFrame({"text": [*textless, "my card is lost", "where is my card?"], "intent": "card_arrival"})
+    frame.to_csv(path, index=False)
+
+    report = ingest_file(str(path), lake, settings)
+
+    assert (report.rows_read, report.written, report.duplicates, report.quarantined) == (7, 2, 0, 5)
+    assert report.balanced
+    quarantine = ingest_quarantine(lake).sort_values("line")
+    assert list(quarantine["line"]) == [2, 3, 4, 5, 6]  # the header is line 1
+    assert set(quarantine["reason"]) == {NO_TEXT}
+    assert [json.loads(raw)["text"] for raw in quarantine["raw"]] == textless  # as the export had them
+    assert sorted(read_tickets(lake)["text"]) == ["my card is lost", "where is my card?"]
+
+    again = ingest_file(str(path), lake, settings)
+    assert (again.written, again.duplicates, again.quarantined) == (0, 2, 5) and again.balanced
+
+
+def test_tickets_without_text_in_json_lines_and_zendesk_are_quarantined(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
+    lines = tmp_path / "chat.jsonl"
+    lines.write_text(
+        "".join(
+            json.dumps(r) + "\n" for r in [{"text": None, "intent": "a"}, {"intent": "a"}, {"text": " ", "intent": "a"}, {"text": "hi"}]
+        )
+    )
+    zendesk = tmp_path / "zendesk.json"
+    zendesk.write_text(json.dumps([{"id": 1, "subject": "", "description": "  "}, {"id": 2, "subject": "Card", "description": ""}]))
+
+    from_lines = ingest_file(str(lines), local_lake, local_settings)
+    from_zendesk = ingest_file(str(zendesk), local_lake, local_settings)
+
+    assert (from_lines.written, from_lines.duplicates, from_lines.quarantined) == (1, 0, 3)
+    assert (from_zendesk.written, from_zendesk.duplicates, from_zendesk.quarantined) == (1, 0, 1)
+    quarantine = ingest_quarantine(local_lake)
+    assert set(quarantine["reason"]) == {NO_TEXT}
+    assert json.loads(quarantine.loc[quarantine["source_file"] == str(zendesk), "raw"].item())["external_id"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("markup", "plain"),
+    [
+        ("<p>Hello</p><p>my card &amp; PIN</p>", "Hello\nmy card & PIN"),
+        ("first line<br>second<br/>third<BR />fourth", "first line\nsecond\nthird\nfourth"),
+        ("<div>Hi,</div>\n\n<div>my  card</div>", "Hi,\nmy card"),
+        ("my <b>card</b> was <span style='color: red'>declined</span>", "my card was declined"),
+        ('see <a href="https://bank.example/help?a=1&amp;b=2" target=_blank>this page</a>', "see this page"),
+        ("<table><tr><td>amount</td><td>20</td></tr></table>", "amount 20"),
+        ("a&nbsp;&nbsp; b &#39;c&#x27; &lt;p&gt;", "a b 'c' <p>"),  # an escaped tag is the customer's text
+        ("<html><head><style>p {margin: 0}</style></head><body><p>Hi</p><!-- sig --></body></html>", "Hi"),
+        ("<p class=MsoNormal>Card<o:p></o:p></p>", "Card"),
+        ("<p> </p>", ""),
+    ],
+)
+def test_plain_text_takes_the_markup_out(markup: str, plain: str) -> None:
+    assert plain_text(markup) == plain
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my balance < 5 since a<b",
+        "x <3 thanks",
+        "my name is <Ann> and my email is <EMAIL>",
+        "Q&A, AT&T; fish & chips",
+        "two  spaces\n\nand lines  ",
+        "&notaword; is not an entity",
+    ],
+)
+def test_plain_text_leaves_text_without_markup_as_it_is(text: str) -> None:
+    assert plain_text(text) == text
+
+
+def test_an_html_ticket_lands_as_plain_redacted_text_with_the_id_of_the_same_text_plain(
+    lake: Lake, settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "helpdesk.csv"
+    pd.DataFrame(
+        {
+            "text": ["<p>Hello</p><p>my card &amp; PIN, mail ann&#64;example.com</p>", "where is my card?"],
+            "intent": ["card_arrival", "card_arrival"],
+            "response": ["<p>Reset it&nbsp;in the app.</p>", "<p></p>"],
+        }
+    ).to_csv(path, index=False)
+    plain = tmp_path / "helpdesk_plain.csv"
+    pd.DataFrame(
+        {"text": ["Hello\nmy card & PIN, mail ann@example.com"], "intent": ["card_arrival"], "response": ["Reset it in the app."]}
+    ).to_csv(plain, index=False)
+
+    report = ingest_file(str(path), lake, settings, source="desk")
+    again = ingest_file(str(plain), lake, settings, source="desk")
+
+    assert (report.written, report.redactions) == (2, {"email": 1})  # the address hidden in an entity is found too
+    stored = read_tickets(lake).set_index("text")
+    assert list(stored.index) == ["Hello\nmy card & PIN, mail <EMAIL>", "where is my card?"]
+    assert stored.loc["Hello\nmy card & PIN, mail <EMAIL>", "response"] == "Reset it in the app."
+    assert pd.isna(stored.loc["where is my card?", "response"])  # a response of markup alone is no response
+    assert (again.written, again.duplicates) == (0, 1)  # one ticket, whether exported as HTML or as text
