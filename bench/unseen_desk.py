@@ -70,6 +70,7 @@ def main() -> int:
         shutil.rmtree(args.folder)
     stores = args.folder / "stores"
     env = {**os.environ, **fresh_store(stores, args.profile)}  # the pipeline benchmark's stores, here for this desk
+    env["SUPPORTFLOW_RESULTS_DIR"] = str(ROOT / "bench" / "results")  # its evaluation is one of the project's results
     desk = args.folder / "webapps"
     field_map = json.dumps({"text": "query", "intent": "thread_id"})
     if not desk.exists():

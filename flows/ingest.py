@@ -25,11 +25,15 @@ def ingest(
     fmt: Format | None = None,
     field_map: dict[str, str] | None = None,
     encoding: str = DEFAULT_ENCODING,
+    zendesk_intent_field_id: int | None = None,
 ) -> list[IngestReport]:
     """Ingest each file in turn; ids seen earlier in the run count as duplicates too. `field_map` adds to the
-    configured one for these files (a workspace's ticket source names its own columns), and `encoding` is theirs."""
+    configured one for these files (a workspace's ticket source names its own columns), and `encoding` and
+    `zendesk_intent_field_id` (over the setting) are theirs."""
     logger = get_run_logger()
     settings = get_settings().with_field_map(field_map)
+    if zendesk_intent_field_id is not None:
+        settings = settings.model_copy(update={"zendesk_intent_field_id": zendesk_intent_field_id})
     known = existing_ticket_ids(open_lake(settings))
     reports = []
     with Step("ingest", total=len(paths)) as step:

@@ -72,7 +72,11 @@ def pipeline(paths: list[str] | None = None, source: str | None = None, profile:
     exports = ticket_exports(settings, paths, source)
     reports = timed(
         "ingest",
-        lambda: [report for files, how in exports for report in ingest(files, how.source, how.format, how.field_map, how.encoding)],
+        lambda: [
+            report
+            for files, how in exports
+            for report in ingest(files, how.source, how.format, how.field_map, how.encoding, how.zendesk_intent_field_id)
+        ],
     )
     snapshot = timed("validate", validate)
     training = timed("train", lambda: train(profile=profile))

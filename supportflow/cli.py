@@ -50,7 +50,7 @@ def _print_kb_answers(question: str, k: int = 3) -> None:
         print(f"    {answer.score:.3f}  {answer.title}  [{answer.doc_id}]")
     top = reply.answers[0] if reply.answers else None
     if reply.escalate or top is None:
-        print(f"    -> escalate: no answer scores above the threshold {reply.threshold:.3f}")
+        print(f"    -> the search alone would escalate: no passage scores above its threshold {reply.threshold:.3f}")
     else:
         print(f"    -> answer from {top.doc_id}: {top.body.split(chr(10))[0][:160]}")
 
@@ -154,6 +154,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     summary = _run_pipeline(args)
     settings = get_settings()
     questions = workspace(settings).config.demo_questions
+    if questions:
+        print("the knowledge base searched alone with each demo question (the bot first answers from the article of the intent")
+        print("the classifier recognises, as the conversation below shows):")
     for question in questions:
         _print_kb_answers(question)
     if not args.no_serve:
@@ -355,14 +358,24 @@ def cmd_init(args: argparse.Namespace) -> None:
     from supportflow.workspace import scaffold
 
     folder = Path(args.folder).resolve()
-    desk = scaffold(
-        folder, Path(args.from_tickets).resolve(), args.format, _field_map(args.field_map), get_settings(), args.encoding or "utf-8"
-    )
-    intents = sum(1 for _ in (folder / "kb").glob("*.md"))
-    print(f"workspace {desk.config.name} at {folder}:")
+    settings = get_settings()
+    made = scaffold(folder, Path(args.from_tickets).resolve(), args.format, _field_map(args.field_map), settings, args.encoding or "utf-8")
+    intents = len(made.intents.counts)
+    print(f"workspace {made.workspace.config.name} at {folder}:")
     print(f"  supportflow.yaml   the desk: its ticket source (data/{Path(args.from_tickets).name}), articles, the bot's texts")
     print(f"  intents.yaml       {intents} intents with their ticket counts")
     print(f"  kb/                {intents} draft articles, one per intent: write them, then remove `draft: true`")
+    for intent, others in made.intents.respelt.items():
+        spelt = ", ".join(f"{spelling!r} ({count})" for spelling, count in others.items())
+        print(f"  one intent, {intent!r} ({made.intents.counts[intent]} tickets in all): its labels {spelt} differ only in case or spacing")
+    for intent, label in made.intents.aliases.items():
+        print(f"  {label!r} is the intent {intent!r}: Rasa reads '/' as a retrieval intent; intents.yaml keeps the label as its alias")
+    if made.below_minimum:
+        thin = ", ".join(f"{intent} ({count})" for intent, count in made.below_minimum.items())
+        print(
+            f"  {len(made.below_minimum)} intents have fewer tickets than the {settings.min_examples_per_intent} the data contract "
+            f"asks for, and will not be learned until they have more: {thin}"
+        )
     print("next:")
     print(f"  edit the texts in {folder / 'supportflow.yaml'} and write the articles in {folder / 'kb'}/")
     print(f"  make demo WORKSPACE={args.folder}    (or: supportflow --workspace {args.folder} demo)")

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # Intent classifier. base_model: a hub name (used when the hub answers), or a local folder holding a
     # DistilBERT checkpoint or a BERT one to convert; offline the packaged all-MiniLM-L6-v2 is converted.
     base_model: str = "distilbert-base-uncased"
-    models_dir: Path = Path("models")
+    models_dir: Path = PROJECT_ROOT / "models"  # converted base weights (any desk's) and training scratch, wherever a command runs
     train_profile: Literal["quick", "full"] = "quick"
     # One thread by default: on 2 cores shared with other jobs, 2 threads stalled on each other (5 s a step
     # against 0.4 s with one, measured); on dedicated cores 2 is faster.
@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     kb_sources: list[Path] = Field(default_factory=list)  # files and folders the KB is built from; none: the workspace's
     kb_dir: Path = Path(".kb")  # builds on disk: the tantivy index and each build's vectors and manifest
     kb_index_name: str = "kb"  # the served name: the tantivy pointer file, or the Elasticsearch alias
-    kb_model_cache: Path = Path("models/embedder")  # the embedding model's ONNX export
+    kb_model_cache: Path = PROJECT_ROOT / "models" / "embedder"  # the embedding model's ONNX export, shared by every desk
     kb_retrieval: str = Field("hybrid", description="A preset of supportflow.kb.retrieval.PRESETS.")
     kb_max_file_mb: float = Field(10.0, gt=0)
     kb_default_threshold: float = Field(0.5, description="Used only when no labelled questions can calibrate one.")
@@ -297,7 +297,10 @@ class Settings(BaseSettings):
     )
     evaluate_concurrency: int = Field(4, ge=1, description="Conversations replayed at once: a few customers writing together.")
     resolution_experiment: str = "bot-resolution"
-    results_dir: Path = Field(PROJECT_ROOT / "bench" / "results", description="Where `supportflow evaluate` writes resolution_<desk>.json.")
+    results_dir: Path = Field(
+        PROJECT_ROOT / "bench" / "results",
+        description="Where `supportflow evaluate` writes resolution_<desk>.json (another desk: in its own stores).",
+    )
     # Drift monitor: thresholds as one JSON object in SUPPORTFLOW_DRIFT, its reports in this MLflow experiment.
     drift: DriftThresholds = DriftThresholds()
     drift_experiment: str = "drift-monitor"
@@ -347,6 +350,7 @@ class Settings(BaseSettings):
             "handoff_db_url": f"sqlite:///{root / 'handoff.db'}",
             "bentoml_home": root / "bentoml",
             "run_dir": root / "run",
+            "results_dir": root / "results",  # a desk's evaluations are its own, not the project's benchmark results
         }
         for name, value in scoped.items():
             if name not in self.model_fields_set:

@@ -12,6 +12,9 @@ import glob
 import json
 import re
 import string
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -24,8 +27,10 @@ from pydantic_core import ErrorDetails
 from supportflow.errors import SupportflowError
 from supportflow.ingest.decoding import DEFAULT_ENCODING, codec_name
 from supportflow.ingest.fields import field_map_problem
+from supportflow.ingest.markup import plain_text
+from supportflow.redact import Redactor
 from supportflow.settings import Settings
-from supportflow.validate.catalogue import intent_name_problem
+from supportflow.validate.catalogue import intent_key, intent_name_problem, intent_title, usable_name
 
 CONFIG_FILE = "supportflow.yaml"
 BUNDLED_WORKSPACE = "workspace"  # the folder, inside a bundle's dialogue model, holding the desk's texts and catalogue
@@ -46,6 +51,8 @@ class TicketSource(BaseModel):
     source: str | None = None  # the source system's name (default: the file's name)
     field_map: dict[str, str] = Field(default_factory=dict)  # ticket field -> column, e.g. {"intent": "category"}
     encoding: str = DEFAULT_ENCODING  # the export's text encoding, e.g. cp1252 for a spreadsheet saved on Windows
+    # A Zendesk export's custom field holding the intent (over SUPPORTFLOW_ZENDESK_INTENT_FIELD_ID); tags `intent:<name>` work without
+    zendesk_intent_field_id: int | None = None
 
     @field_validator("field_map")
     @classmethod
@@ -238,19 +245,68 @@ def _yaml_string(text: str) -> str:
     return text if yaml.safe_load(f"- {text}  # count") == [text] else json.dumps(text, ensure_ascii=False)
 
 
-def _humanise(intent: str) -> str:
-    return intent.replace("_", " ").replace("-", " ").strip().capitalize()
+def _catalogue_entry(intent: str, alias: str | None) -> str:
+    if alias is None:
+        return _yaml_string(intent)
+    return "{" + f"name: {json.dumps(intent, ensure_ascii=False)}, aliases: [{json.dumps(alias, ensure_ascii=False)}]" + "}"
 
 
 def _article_draft(intent: str, examples: list[str]) -> str:
-    asked = "\n".join(f"- {' '.join(text.split())[:200]}" for text in examples)
-    meta = yaml.safe_dump({"id": intent, "title": _humanise(intent), "intent": intent, "draft": True}, sort_keys=False, allow_unicode=True)
+    """The examples sit in an HTML comment: a writer sees them beside the answer they write, and neither the
+    knowledge base nor a Markdown viewer shows them, should the writer leave them when removing `draft: true`."""
+    asked = "\n".join(f"- {text.replace('--', '- -')}" for text in examples)
+    title = intent_title(intent)
+    meta = yaml.safe_dump({"id": intent, "title": title, "intent": intent, "draft": True}, sort_keys=False, allow_unicode=True)
     return (
-        f"---\n{meta}---\n\n# {_humanise(intent)}\n\n"
+        f"---\n{meta}---\n\n# {title}\n\n"
         "Draft: write the answer a customer asking this needs, then remove `draft: true` above. Until then the article is\n"
         "not served and the knowledge-base build lists it as a draft.\n\n"
-        f"## What customers asked\n{asked}\n"
+        f"<!-- What customers asked (from the export, personal details redacted; never served):\n{asked}\n-->\n"
     )
+
+
+@dataclass(frozen=True)
+class ExportIntents:
+    """An export's labels as a catalogue sees them: spellings that differ only in case or spacing are one intent,
+    named as most of its tickets name it, and the others are kept to be reported."""
+
+    counts: Counter[str]  # intent -> labelled tickets with a text
+    examples: dict[str, list[str]]  # intent -> the first few messages, redacted and without markup
+    respelt: dict[str, dict[str, int]]  # intent -> the other spellings folded into it, with their counts
+    aliases: dict[str, str]  # intent -> the export's label, where that cannot be an intent's name (see `usable_name`)
+
+    @classmethod
+    def of(cls, labelled: Iterable[tuple[str, str]]) -> "ExportIntents":
+        spellings: dict[str, Counter[str]] = {}
+        firsts: dict[str, list[str]] = {}
+        for text, label in labelled:
+            key = intent_key(label)
+            spellings.setdefault(key, Counter())[" ".join(label.split())] += 1
+            if len(firsts.setdefault(key, [])) < 5 and text not in firsts[key]:
+                firsts[key].append(text)
+        counts: Counter[str] = Counter()
+        examples: dict[str, list[str]] = {}
+        respelt: dict[str, dict[str, int]] = {}
+        aliases: dict[str, str] = {}
+        redactor = Redactor()
+        for key, spelt in spellings.items():
+            label = spelt.most_common(1)[0][0]
+            intent = usable_name(label)
+            counts[intent] += spelt.total()
+            cleaned = [" ".join(text.split())[:200] for text in redactor.redact_all([plain_text(t) for t in firsts[key]])]
+            examples[intent] = (examples.get(intent, []) + cleaned)[:5]  # "Account/Login" and "Account - Login" are one
+            if others := {spelling: n for spelling, n in spelt.items() if spelling != label}:
+                respelt[intent] = others
+            if intent != label:
+                aliases[intent] = label
+        return cls(counts, examples, respelt, aliases)
+
+
+@dataclass(frozen=True)
+class Scaffolded:
+    workspace: Workspace
+    intents: ExportIntents
+    below_minimum: dict[str, int]  # intents with fewer tickets than the data contract's minimum: not learned yet
 
 
 def scaffold(
@@ -260,33 +316,35 @@ def scaffold(
     field_map: dict[str, str],
     settings: Settings,
     encoding: str = DEFAULT_ENCODING,
-) -> Workspace:
+) -> Scaffolded:
     """A workspace from a labelled ticket export: the export copied into `data/`, the catalogue with each intent's
     count, one draft article per intent (never served until a person writes it), and the bot's default texts written
     out to edit. It never writes into a folder that already has files, so nobody's workspace is overwritten."""
     import shutil
-    from collections import Counter
 
     from supportflow.ingest.readers import open_source
 
     _refuse_a_folder_with_files(folder)
-    opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, settings.zendesk_intent_field_id, encoding)
-    counts: Counter[str] = Counter()
-    examples: dict[str, list[str]] = {}
-    for batch in opened.batches:
-        if "intent" not in batch.records or "text" not in batch.records:
-            continue
-        for text, intent in batch.records[["text", "intent"]].dropna().itertuples(index=False):
-            intent = str(intent).strip()
-            if intent and str(text).strip():
-                counts[intent] += 1
-                if len(examples.setdefault(intent, [])) < 5:
-                    examples[intent].append(str(text))
+    intent_field = settings.zendesk_intent_field_id
+    opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, intent_field, encoding)
+
+    def labelled() -> Iterator[tuple[str, str]]:
+        for batch in opened.batches:
+            if "intent" not in batch.records or "text" not in batch.records:
+                continue
+            for text, intent in batch.records[["text", "intent"]].dropna().itertuples(index=False):
+                if str(intent).strip() and str(text).strip():
+                    yield str(text), str(intent)
+
+    found = ExportIntents.of(labelled())
+    counts, examples = found.counts, found.examples
     if not counts:
-        raise WorkspaceError(
-            f"{export}: no ticket has both a text and an intent, so there is nothing to build a catalogue from; "
-            'name the columns with --field-map (e.g. \'{"text": "message", "intent": "category"}\')'
+        how = (
+            "a Zendesk ticket's intent is its tag `intent:<name>` or the custom field SUPPORTFLOW_ZENDESK_INTENT_FIELD_ID names"
+            if opened.format == "zendesk"
+            else 'name the columns with --field-map (e.g. \'{"text": "message", "intent": "category"}\')'
         )
+        raise WorkspaceError(f"{export}: no ticket has both a text and an intent, so there is nothing to build a catalogue from; {how}")
     if problems := [f"{problem} ({counts[intent]} tickets)" for intent in counts if (problem := intent_name_problem(intent))]:
         raise WorkspaceError(f"{export}: {'; '.join(problems)}: rename those intents in the export, then run init again")
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -297,6 +355,7 @@ def scaffold(
         **({"format": fmt} if fmt else {}),
         **({"field_map": field_map} if field_map else {}),
         **({"encoding": opened.encoding} if opened.encoding != DEFAULT_ENCODING else {}),
+        **({"zendesk_intent_field_id": intent_field} if opened.format == "zendesk" and intent_field is not None else {}),
     }
     ranked = counts.most_common()
     config = {
@@ -312,7 +371,12 @@ def scaffold(
         "# Edit the texts in your desk's voice; add ticket sources as the desk exports more.\n"
         + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)
     )
-    lines = [f"- {_yaml_string(intent)}  # {count} tickets" for intent, count in ranked]
+    minimum = settings.min_examples_per_intent
+    lines = [
+        f"- {_catalogue_entry(intent, found.aliases.get(intent))}  # {count} tickets"
+        + (f": fewer than {minimum}, not learned until it has more" if count < minimum else "")
+        for intent, count in ranked
+    ]
     (folder / "intents.yaml").write_text(
         f"# The intent catalogue, from {export.name}: each intent with its ticket count. Versioned: bump `version` on any change.\n"
         f"name: {folder.name}\nversion: 1.0.0\nintents:\n" + "\n".join(lines) + "\n"
@@ -320,7 +384,7 @@ def scaffold(
     for intent, _ in ranked:
         (folder / "kb" / f"{intent}.md").write_text(_article_draft(intent, examples[intent]))
     _default_dialogue(folder / "domain", [intent for intent, _ in ranked[:2]])
-    return load_workspace(folder)
+    return Scaffolded(load_workspace(folder), found, {intent: count for intent, count in ranked if count < minimum})
 
 
 def _default_dialogue(folder: Path, intents: list[str]) -> None:

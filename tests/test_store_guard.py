@@ -46,8 +46,10 @@ def test_every_store_of_a_test_is_in_a_temporary_folder_and_no_dotenv_is_read(tm
 
 def test_a_desk_other_than_the_demo_keeps_its_stores_in_the_tests_folder_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SUPPORTFLOW_LAKE_URL")  # a store left to the desk's default: under the desks folder, in tmp
+    monkeypatch.delenv("SUPPORTFLOW_RESULTS_DIR")
     settings = Settings(workspace=ROOT / "examples" / "saas")
     assert Path(settings.lake_url) == settings.desks_dir / "saas" / "lake"
+    assert settings.results_dir == settings.desks_dir / "saas" / "results"  # its evaluations too, not the project's results
     assert not settings.desks_dir.resolve().is_relative_to(PROJECT_ROOT)
 
 

@@ -122,7 +122,7 @@ def test_init_scaffolds_a_workspace_from_a_labelled_export_with_drafts_that_are_
         | {"category": ["refund"] * 12 + ["login"] * 12 + ["export"] * 12}
     )
     frame.iloc[:30].to_csv(export, index=False)  # export: 6 tickets, the others 12
-    desk = scaffold(tmp_path / "desk", export, None, {"text": "message", "intent": "category"}, Settings())
+    desk = scaffold(tmp_path / "desk", export, None, {"text": "message", "intent": "category"}, Settings()).workspace
 
     catalogue = load_catalogue(desk.catalogue_file)
     assert catalogue.intents == ("refund", "login", "export")  # most tickets first
@@ -144,6 +144,37 @@ def test_init_scaffolds_a_workspace_from_a_labelled_export_with_drafts_that_are_
     assert plan_dialogue(catalogue, dialogue).asking == {}
 
 
+def test_init_folds_labels_that_differ_only_in_case_and_drafts_hold_no_personal_details(tmp_path: Path) -> None:
+    """An export typed by people: one category as "Lost or stolen card" and "lost or stolen  card", messages with
+    HTML, emails and phone numbers. The catalogue gets one intent under the spelling most tickets use; the draft's
+    examples are redacted and plain; and a writer who removes `draft: true` but keeps them serves only the answer."""
+    from supportflow.kb.loaders import load_sources
+    from supportflow.workspace import scaffold
+
+    texts = [f"<p>I lost my card {i}, mail me at jo{i}@example.com &amp; thanks</p>" for i in range(9)]
+    labels = ["Lost or stolen card"] * 5 + ["lost or stolen  card"] * 3 + ["ATM support"]
+    export = tmp_path / "export.csv"
+    pd.DataFrame({"text": texts, "intent": labels}).to_csv(export, index=False)
+
+    made = scaffold(tmp_path / "desk", export, None, {}, Settings())
+
+    assert load_catalogue(made.workspace.catalogue_file).intents == ("Lost or stolen card", "ATM support")
+    assert made.intents.counts == {"Lost or stolen card": 8, "ATM support": 1}
+    assert made.intents.respelt == {"Lost or stolen card": {"lost or stolen card": 3}}
+    assert made.below_minimum == {"ATM support": 1}
+    draft = (made.workspace.root / "kb" / "Lost or stolen card.md").read_text()
+    assert "I lost my card 0, mail me at <EMAIL> & thanks" in draft
+    assert "example.com" not in draft and "<p>" not in draft
+    assert "title: ATM support" in (made.workspace.root / "kb" / "ATM support.md").read_text()  # the acronym kept
+    written = draft.replace("draft: true\n", "").replace(
+        "# Lost or stolen card\n", "# Lost or stolen card\n\nReport a lost card in the app.\n"
+    )
+    (made.workspace.root / "kb" / "Lost or stolen card.md").write_text(written)
+    (served,) = load_sources(made.workspace.kb_sources(), 10 << 20).documents
+    assert served.title == "Lost or stolen card" and "Report a lost card in the app." in served.body
+    assert "I lost my card" not in served.body and "What customers asked" not in served.body
+
+
 def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(tmp_path: Path) -> None:
     from supportflow.workspace import scaffold
 
@@ -160,17 +191,29 @@ def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(t
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
 
 
-def test_an_intent_rasa_would_misread_is_refused_before_init_writes_anything(tmp_path: Path) -> None:
+def test_an_intent_rasa_would_misread_is_renamed_or_refused_before_init_writes_anything(tmp_path: Path) -> None:
     """Help-desk categories are often paths ("Account/Login"); Rasa would read one as a retrieval intent, and its draft
-    article as a file in a folder; an intent named `restart` would restart the conversation instead of being answered.
-    Refused whole, so the user can rename them and run init again on the same folder."""
+    article as a file in a folder: init names the intent "Account - Login" and keeps the export's label as its alias,
+    so the export is ingested as it is. An intent named `restart` would restart the conversation instead of being
+    answered: refused whole, so the user can rename it and run init again on the same folder."""
     from supportflow.workspace import scaffold
 
     export = tmp_path / "export.csv"
     export.write_text("text,intent\nI cannot log in,Account/Login\nlocked out,Account/Login\nrefund please,Billing & Refunds\n")
-    with pytest.raises(WorkspaceError, match=r"intent 'Account/Login' has '/' in its name.*\(2 tickets\): rename those intents"):
-        scaffold(tmp_path / "desk", export, None, {}, Settings())
-    assert not (tmp_path / "desk").exists()
+    made = scaffold(tmp_path / "desk", export, None, {}, Settings())
+    written = load_catalogue(made.workspace.catalogue_file)
+    assert written.intents == ("Account - Login", "Billing & Refunds") and made.intents.aliases == {"Account - Login": "Account/Login"}
+    assert written.specs["Account - Login"].aliases == ("Account/Login",)
+    assert written.spelling(pd.Series(["Account/Login", "account/login", "Billing & Refunds"])).tolist() == [
+        "Account - Login",
+        "Account - Login",
+        "Billing & Refunds",
+    ]
+    assert (made.workspace.root / "kb" / "Account - Login.md").is_file()
+    export.write_text("text,intent\nturn it off and on,restart\nrefund please,Billing & Refunds\n")
+    with pytest.raises(WorkspaceError, match=r"intent 'restart' is Rasa's own.*\(1 tickets\): rename those intents"):
+        scaffold(tmp_path / "other", export, None, {}, Settings())
+    assert not (tmp_path / "other").exists()
     catalogue = tmp_path / "intents.yaml"
     catalogue.write_text("name: shop\nversion: 1\nintents:\n- order_status\n- name: faq/opening_hours\n")
     with pytest.raises(ContractError, match=rf"{catalogue}: intent 'faq/opening_hours' has '/' in its name"):
@@ -187,9 +230,9 @@ def test_init_writes_a_catalogue_that_reads_back_whatever_the_exports_labels_loo
     labels = ["1", "no", "null", "Billing: refunds", "refund #2", "on", "3.5", "~", "refund"]
     export = tmp_path / "export.csv"
     pd.DataFrame({"text": [f"question {n} about it" for n in range(len(labels))], "intent": labels}).to_csv(export, index=False)
-    desk = scaffold(tmp_path / "desk", export, None, {}, Settings())
+    desk = scaffold(tmp_path / "desk", export, None, {}, Settings()).workspace
     assert load_catalogue(desk.catalogue_file).intents == tuple(labels)
-    assert "- refund  # 1 tickets" in desk.catalogue_file.read_text()  # a plain name stays plain
+    assert "- refund  # 1 tickets: fewer than 5, not learned until it has more" in desk.catalogue_file.read_text()  # plain stays plain
 
 
 def test_init_from_an_export_in_another_encoding_records_it_on_the_source(tmp_path: Path) -> None:
@@ -198,7 +241,7 @@ def test_init_from_an_export_in_another_encoding_records_it_on_the_source(tmp_pa
     export = tmp_path / "export.csv"
     export.write_bytes("text,intent\nmy café order is late,order_status\nwhere is my order?,order_status\n".encode("cp1252"))
 
-    desk = scaffold(tmp_path / "desk", export, None, {}, Settings(), encoding="cp1252")
+    desk = scaffold(tmp_path / "desk", export, None, {}, Settings(), encoding="cp1252").workspace
 
     ((_, source),) = desk.ticket_files()
     assert source.encoding == "cp1252"
@@ -279,3 +322,12 @@ def test_each_desk_keeps_its_own_stores_unless_a_store_is_set(tmp_path: Path, mo
     assert placed.lake_url == str(tmp_path / "lake") and placed.kb_dir == desk / "kb"
     moved = Settings(workspace=tmp_path / "shop", desks_dir=tmp_path / "desks")  # SUPPORTFLOW_DESKS_DIR: all desks elsewhere
     assert moved.lake_url == str(tmp_path / "desks" / "shop" / "lake") and moved.bentoml_home == tmp_path / "desks" / "shop" / "bentoml"
+
+
+def test_an_intent_reads_as_a_title_its_desk_would_write() -> None:
+    from supportflow.validate.catalogue import intent_title
+
+    assert intent_title("card_arrival") == intent_title("card-arrival") == "Card arrival"  # a slug gets its spaces
+    assert intent_title("ATM support") == "ATM support"  # people's own spelling stays
+    assert intent_title(" Top-up  failed ") == "Top-up failed"
+    assert intent_title("passcode forgotten") == "Passcode forgotten"

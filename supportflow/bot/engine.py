@@ -41,6 +41,7 @@ from supportflow.bot.turns import RANKING_KEPT, Route, Turn, TurnLog
 from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
 from supportflow.keys import ConversationKeys
 from supportflow.redact import redact
+from supportflow.validate.catalogue import intent_title
 from supportflow.workspace import BotTexts
 
 log = logging.getLogger("supportflow.bot")
@@ -186,10 +187,6 @@ def extract_answer(body: str, limit: int = 600) -> str:
     return cut[: end + 1] if end > limit // 3 else cut.rstrip() + "..."
 
 
-def humanise(intent: str) -> str:
-    return intent.replace("_", " ").strip().capitalize()
-
-
 @dataclass
 class SupportBot:
     knowledge: Knowledge | None
@@ -247,7 +244,7 @@ class SupportBot:
     @staticmethod
     def _labels(knowledge: Knowledge | None, intents: list[str]) -> dict[str, str]:
         titles = knowledge.intent_titles if knowledge is not None else {}
-        return {intent: titles.get(intent) or humanise(intent) for intent in intents}
+        return {intent: titles.get(intent) or intent_title(intent) for intent in intents}
 
     def _options(self, knowledge: Knowledge | None, request: AnswerRequest) -> list[str]:
         if request.out_of_scope or knowledge is None or not knowledge.answered_intents or self.offer_options < 1:

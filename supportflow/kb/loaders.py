@@ -135,6 +135,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
 
 def markdown_to_text(markdown: str) -> tuple[str, str | None]:
     """Plain text from Markdown, and its first level-1 heading (a title when the front matter has none)."""
+    markdown = re.sub(r"<!--.*?-->", "", markdown, flags=re.DOTALL)  # a writer's notes: Markdown never shows them
     heading = re.search(r"^#\s+(.+)$", markdown, flags=re.MULTILINE)
     text = re.sub(r"```.*?```", "", markdown, flags=re.DOTALL)
     text = re.sub(r"^#\s+.+$", "", text, count=1, flags=re.MULTILINE) if heading else text

@@ -48,6 +48,7 @@ from supportflow.lake import open_lake
 from supportflow.progress import Step
 from supportflow.settings import Settings
 from supportflow.tracking import connect, start_run
+from supportflow.validate.catalogue import load_catalogue
 
 Outcome = Literal["answered_right", "answered_wrong", "clarified", "handed_off", "error"]
 OUTCOMES: tuple[Outcome, ...] = ("answered_right", "answered_wrong", "clarified", "handed_off")
@@ -315,6 +316,7 @@ def labelled_export(
 ) -> LabelledExamples:
     """A labelled export, read as ingest reads it (its format, the field map, its encoding); rows without a text or
     an intent cannot be judged and are counted in the source's name rather than dropped unseen."""
+    from supportflow.ingest.markup import plain_text
     from supportflow.ingest.readers import open_source
 
     columns = settings.with_field_map(field_map).field_map
@@ -326,9 +328,8 @@ def labelled_export(
         if "intent" not in records or "text" not in records:
             unlabelled += len(records)
             continue
-        pairs = pd.DataFrame(
-            {"text": records["text"].astype("string").str.strip(), "intent": records["intent"].astype("string").str.strip()}
-        )
+        texts = records["text"].astype("string").map(plain_text, na_action="ignore")  # as the message would land
+        pairs = pd.DataFrame({"text": texts.str.strip(), "intent": records["intent"].astype("string").str.strip()})
         usable = pairs["text"].fillna("").ne("") & pairs["intent"].fillna("").ne("")
         unlabelled += int((~usable).sum())
         frames.append(pairs[usable].astype(str))
@@ -343,6 +344,12 @@ def labelled_export(
         for count, what in ((unreadable, "unreadable lines"), (unlabelled, "rows without a text or an intent"))
         if count
     ]
+    catalogue = load_catalogue(settings.catalogue_file)
+    frame["intent"] = catalogue.spelling(frame["intent"])  # "card arrival" is the catalogue's "Card arrival"
+    unknown = Counter(intent for intent in frame["intent"] if intent not in catalogue.specs)
+    if unknown:  # kept: such messages are real traffic, and the bot can only hand them off or answer them wrongly
+        named = ", ".join(f"{intent!r} ({count})" for intent, count in unknown.most_common(5))
+        skipped.append(f"{unknown.total()} labelled with intents the catalogue lacks, which none can answer right: {named}")
     return LabelledExamples(frame, path + (f" ({', '.join(skipped)})" if skipped else ""))
 
 

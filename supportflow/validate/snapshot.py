@@ -26,6 +26,7 @@ from supportflow.lake import Lake, open_lake
 from supportflow.parallel import ordered_map, process_pool
 from supportflow.progress import Step
 from supportflow.settings import Settings
+from supportflow.validate.catalogue import IntentCatalogue
 from supportflow.validate.contracts import MIN_EXAMPLES_RULE, Contract, ContractChecker, load_contract
 
 SPLITS = ("train", "validation", "test")
@@ -261,6 +262,7 @@ def _check_file(job: _CheckJob) -> _FileCheck:
     contract, settings = job.contract, job.settings
     name = posixpath.basename(job.path)
     frame = lake.read_parquet(job.path).reset_index(drop=True)
+    frame["intent"] = contract.catalogue.spelling(frame["intent"])
     frame[DERIVED_SUPPORT] = frame["intent"].map(job.support).astype("float64")
     result = checker.check(frame, name)
     keys = id_keys(frame["ticket_id"])
@@ -301,7 +303,7 @@ class _SplitJob:
     path: str
     rows: np.ndarray  # the rows of the file that go into the snapshot
     cutoffs: np.ndarray
-    intents: tuple[str, ...]
+    catalogue: IntentCatalogue
     seed: int
     settings: Settings
 
@@ -312,7 +314,11 @@ def _split_file(job: _SplitJob) -> dict[str, pa.Table]:
     with lake.fs.open(job.path, "rb") as handle:
         table = pq.read_table(handle).take(pa.array(job.rows))
     keys = id_keys(table.column("ticket_id").to_pylist())
-    codes = table.column("intent").to_pandas().astype(pd.CategoricalDtype(list(job.intents))).cat.codes.to_numpy()
+    labels = table.column("intent").to_pandas()
+    intents = job.catalogue.spelling(labels)
+    if intents is not labels:  # some label was another spelling of its intent: the splits carry the catalogue's
+        table = table.set_column(table.schema.get_field_index("intent"), "intent", pa.array(intents, pa.string()))
+    codes = intents.astype(pd.CategoricalDtype(list(job.catalogue.intents))).cat.codes.to_numpy()
     splits = assign_splits(codes, split_rank(keys, job.seed), job.cutoffs)
     return {split: table.filter(pa.array(splits == split)) for split in SPLITS}
 
@@ -326,7 +332,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
     support: Counter[str] = Counter()
     size = 0
     for path in files:
-        support.update(lake.read_parquet(path, columns=["intent"])["intent"].dropna().tolist())
+        support.update(contract.catalogue.spelling(lake.read_parquet(path, columns=["intent"])["intent"]).dropna().tolist())
         size += lake.fs.size(path)
     checker = ContractChecker(contract, settings.gx_root)  # writes the suite and checkpoint the workers read
     _WORKER_TOOLS[_tools_key(settings, contract)] = (lake, checker)
@@ -376,7 +382,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
             lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
             return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
         split_jobs = [
-            _SplitJob(check.path, np.flatnonzero(mask), cutoffs, contract.catalogue.intents, settings.snapshot_seed, settings)
+            _SplitJob(check.path, np.flatnonzero(mask), cutoffs, contract.catalogue, settings.snapshot_seed, settings)
             for check, mask in zip(checks, chosen, strict=True)
             if mask.any()
         ]
