@@ -107,9 +107,9 @@ def _optional_text(raw: pd.DataFrame, name: str) -> list[str | None]:
 
 
 def _plain_texts(values: list[str | None]) -> list[str | None]:
-    """Markup taken out of a column; only a value with a `<` or an `&` can hold any. A value that held nothing but
+    """Markup taken out of a column (`plain_text` returns a value without any as it is). A value that held nothing but
     markup (`<p></p>`) has no value left, as an empty cell has none."""
-    return [value if value is None or ("<" not in value and "&" not in value) else plain_text(value) or None for value in values]
+    return [None if value is None else plain_text(value) or None for value in values]
 
 
 def has_text(texts: pa.ChunkedArray) -> np.ndarray:

@@ -6,6 +6,7 @@ slots the bot must fill before answering (`needs`), and the labels exports give 
 (`aliases`).
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +46,7 @@ def intent_name_problem(name: str) -> str | None:
 def usable_name(label: str) -> str:
     """An export's label as an intent name Rasa reads as one intent: help desks file tickets under paths
     ("Account/Login"), which becomes "Account - Login", the label kept as the intent's alias."""
-    parts = [part.strip() for part in label.split(RESERVED_IN_INTENT_NAMES)]
+    parts = [part.strip() for part in re.split(f"[{re.escape(RESERVED_IN_INTENT_NAMES)}]", label)]
     return " - ".join(part for part in parts if part)
 
 
