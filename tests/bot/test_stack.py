@@ -66,12 +66,15 @@ class Served:
         """/metrics, with the internal token the stack made for itself."""
         return httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {self.stack.internal_token}"}, timeout=10).text
 
-    def example(self, intent: str, one_request: bool = False) -> str:
+    def example(self, intent: str, one_request: bool = False, ending: str = "") -> str:
         """With `one_request`, among the examples the dialogue's classifier reads as a single request (no "and",
-        "also", ";" or a question followed by more), so text added to it cannot make it two requests."""
+        "also", ";" or a question followed by more), so text added to it cannot make it two requests. An `ending`
+        is added before the choice: the tiny classifier can be sure of an example and unsure of it with more words."""
         texts = self.rows.loc[self.rows["category"] == intent, "text"].tolist()
         if one_request:
             texts = [text for text in texts if not TWO_REQUESTS.search(text)]
+        if ending:
+            texts = [f"{text.rstrip('?.! ')}{ending}" for text in texts]
         return surest_example(self.stack.classifier_url, texts, intent)
 
 
@@ -123,7 +126,7 @@ def test_a_request_that_needs_a_slot_is_asked_for_it_by_the_desks_form_then_answ
     answered = served.chat("it-form", "the virtual one").json()
     assert (answered["route"], answered["intent"]) == ("kb", "change_pin"), answered
     assert "PIN" in "\n".join(answered["replies"])
-    named = served.chat("it-form-named", f"{served.example('change_pin', one_request=True).rstrip('?.! ')} for my plastic card").json()
+    named = served.chat("it-form-named", served.example("change_pin", one_request=True, ending=" for my plastic card")).json()
     assert (named["route"], named["intent"]) == ("kb", "change_pin"), named  # the card was named: nothing to ask
 
 
