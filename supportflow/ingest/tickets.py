@@ -193,6 +193,13 @@ def id_keys(ids: pd.Series | list[str]) -> np.ndarray:
         return pd.util.hash_pandas_object(pd.Series(values, dtype="object"), index=False).to_numpy()
 
 
+def wording_keys(texts: pd.Series) -> np.ndarray:
+    """64-bit keys of what a text says, whatever its case, spacing and punctuation: desks get the same message
+    ("Where is my refund?", "where is my refund") from many customers, under as many ticket ids."""
+    words = texts.fillna("").astype(str).str.casefold().str.replace(r"[\W_]+", " ", regex=True).str.strip()
+    return pd.util.hash_pandas_object(words, index=False).to_numpy()
+
+
 class KnownIds:
     """The ids a lake already holds, as sorted chunks of 64-bit keys (8 bytes a ticket).
 

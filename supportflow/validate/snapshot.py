@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from supportflow.errors import ContractError
-from supportflow.ingest.tickets import TICKET_SCHEMA, KnownIds, id_keys
+from supportflow.ingest.tickets import TICKET_SCHEMA, KnownIds, id_keys, wording_keys
 from supportflow.lake import Lake, open_lake
 from supportflow.parallel import ordered_map, process_pool
 from supportflow.progress import Step
@@ -128,6 +128,13 @@ class SnapshotManifest(BaseModel):
         return f"{text}\n\ndata docs: {report.data_docs}"
 
 
+def deal_keys(keys: np.ndarray, wordings: np.ndarray) -> np.ndarray:
+    """The key each ticket is dealt to a split by: its id's, except that tickets saying the same thing share the
+    lowest of their ids' keys, so they land in one split. Otherwise a message many customers send is learnt from
+    its copies in train and then counted right in test, and the test figures promise what new messages will not get."""
+    return pd.Series(keys).groupby(wordings, sort=False).transform("min").to_numpy(dtype=np.uint64)
+
+
 def split_rank(keys: np.ndarray, seed: int) -> np.ndarray:
     """A seeded shuffle of the id keys (splitmix64): the order in which an intent's tickets are dealt to the splits."""
     with np.errstate(over="ignore"):
@@ -170,7 +177,9 @@ def split_cutoffs(
 
 
 def assign_splits(intent_codes: np.ndarray, ranks: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
-    """Ranks are distinct (split_rank is a bijection of distinct ids), so `<` against a cutoff rank is exact."""
+    """Ranks are distinct but for tickets with one wording, which share theirs (split_rank is a bijection of keys):
+    `<` against a cutoff rank puts such a group wholly in one split, the later one where the cutoff falls inside it,
+    so train never gets less than its share."""
     split = np.full(len(ranks), "train", dtype=object)
     split[ranks < cutoffs[intent_codes, 1]] = "validation"
     split[ranks < cutoffs[intent_codes, 0]] = "test"
@@ -187,6 +196,7 @@ def _content_hash(keys: np.ndarray, contract: Contract, settings: Settings) -> s
         settings.validation_fraction,
         settings.test_fraction,
         settings.min_train_examples_per_intent,
+        "one wording, one split",  # how tickets are dealt (deal_keys): a snapshot cut otherwise has another id
     ]
     digest.update(json.dumps(inputs).encode())
     digest.update(np.sort(keys).tobytes())
@@ -221,6 +231,7 @@ class _FileCheck:
     path: str
     rows: int
     keys: np.ndarray
+    wordings: np.ndarray  # wording_keys of the rows' texts
     keep: np.ndarray
     labelled: np.ndarray
     intent_codes: np.ndarray
@@ -270,7 +281,8 @@ def _check_file(job: _CheckJob) -> _FileCheck:
     keep = np.ones(len(frame), dtype=bool)
     keep[list(result.row_reasons)] = False
     too_few = set(frame["intent"].iloc[result.rule_rows.get(MIN_EXAMPLES_RULE, [])].dropna())
-    check = _FileCheck(job.path, len(frame), keys, keep, frame["intent"].notna().to_numpy(), codes, result.rule_counts, too_few)
+    labelled = frame["intent"].notna().to_numpy()
+    check = _FileCheck(job.path, len(frame), keys, wording_keys(frame["text"]), keep, labelled, codes, result.rule_counts, too_few)
     where = lake.uri(job.path)
     if result.batch_failures:
         check.failure = f"{where} breaks the contract {contract.name}@{contract.version}: " + "; ".join(result.batch_failures)
@@ -302,6 +314,7 @@ def _quarantine_duplicates(lake: Lake, contract: Contract, check: _FileCheck, po
 class _SplitJob:
     path: str
     rows: np.ndarray  # the rows of the file that go into the snapshot
+    deal_keys: np.ndarray  # theirs, as deal_keys gave them
     cutoffs: np.ndarray
     catalogue: IntentCatalogue
     seed: int
@@ -313,13 +326,12 @@ def _split_file(job: _SplitJob) -> dict[str, pa.Table]:
     lake = open_lake(job.settings)
     with lake.fs.open(job.path, "rb") as handle:
         table = pq.read_table(handle).take(pa.array(job.rows))
-    keys = id_keys(table.column("ticket_id").to_pylist())
     labels = table.column("intent").to_pandas()
     intents = job.catalogue.spelling(labels)
     if intents is not labels:  # some label was another spelling of its intent: the splits carry the catalogue's
         table = table.set_column(table.schema.get_field_index("intent"), "intent", pa.array(intents, pa.string()))
     codes = intents.astype(pd.CategoricalDtype(list(job.catalogue.intents))).cat.codes.to_numpy()
-    splits = assign_splits(codes, split_rank(keys, job.seed), job.cutoffs)
+    splits = assign_splits(codes, split_rank(job.deal_keys, job.seed), job.cutoffs)
     return {split: table.filter(pa.array(splits == split)) for split in SPLITS}
 
 
@@ -371,7 +383,8 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
             raise ContractError("no labelled ticket passed the contract: there is nothing to train on")
         keys = np.concatenate([check.keys[mask] for check, mask in zip(checks, chosen, strict=True)])
         codes = np.concatenate([check.intent_codes[mask] for check, mask in zip(checks, chosen, strict=True)])
-        ranks = split_rank(keys, settings.snapshot_seed)
+        dealt = deal_keys(keys, np.concatenate([check.wordings[mask] for check, mask in zip(checks, chosen, strict=True)]))
+        ranks = split_rank(dealt, settings.snapshot_seed)
         min_train = settings.min_train_examples_per_intent
         cutoffs = split_cutoffs(codes, ranks, settings.validation_fraction, settings.test_fraction, min_train)
         accepted = Counter(contract.catalogue.intents[code] for code in codes.tolist())
@@ -381,9 +394,18 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         if lake.exists("snapshots", snapshot_id, "manifest.json"):
             lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
             return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
+        ends = np.cumsum([int(mask.sum()) for mask in chosen])
         split_jobs = [
-            _SplitJob(check.path, np.flatnonzero(mask), cutoffs, contract.catalogue, settings.snapshot_seed, settings)
-            for check, mask in zip(checks, chosen, strict=True)
+            _SplitJob(
+                check.path,
+                np.flatnonzero(mask),
+                dealt[end - mask.sum() : end],
+                cutoffs,
+                contract.catalogue,
+                settings.snapshot_seed,
+                settings,
+            )
+            for check, mask, end in zip(checks, chosen, ends, strict=True)
             if mask.any()
         ]
         rows = _write_splits(lake, snapshot_id, ordered_map(pool, _split_file, split_jobs, in_flight=settings.workers + 1))

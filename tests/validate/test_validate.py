@@ -6,11 +6,21 @@ import numpy as np
 import pandas as pd
 
 from supportflow.ingest.load import ingest_file
+from supportflow.ingest.tickets import wording_keys
 from supportflow.lake import Lake
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.contracts import load_contract
-from supportflow.validate.snapshot import SPLITS, assign_splits, latest_snapshot, read_split, split_cutoffs, split_rank, validate_lake
+from supportflow.validate.snapshot import (
+    SPLITS,
+    assign_splits,
+    deal_keys,
+    latest_snapshot,
+    read_split,
+    split_cutoffs,
+    split_rank,
+    validate_lake,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,6 +94,32 @@ def test_splits_do_not_depend_on_the_order_of_the_rows() -> None:
         assert abs(share["test"] - 0.2) < 0.02 and abs(share["validation"] - 0.1) < 0.02
     other_seed = split_rank(keys, seed=14)
     assert not (assign_splits(codes, other_seed, split_cutoffs(codes, other_seed, 0.1, 0.2, 2)) == splits).all()
+
+
+def test_tickets_that_say_the_same_thing_land_in_one_split(
+    local_lake: Lake, local_settings: Settings, banking77_sample: Path, tmp_path: Path
+) -> None:
+    ingest_file(str(banking77_sample), local_lake, local_settings)
+    wordings = ["Where is my new card?", "where is my new card", "WHERE IS MY NEW CARD!!", "Where  is my new card ?"]
+    for part in range(2):  # the copies come in two files: grouping is over the lake, not over a file
+        copies = pd.DataFrame(
+            {"id": [f"copy-{part}-{i}" for i in range(20)], "text": [wordings[i % 4] for i in range(20)], "intent": "card_arrival"}
+        )
+        copies.to_csv(tmp_path / f"copies-{part}.csv", index=False)
+        ingest_file(str(tmp_path / f"copies-{part}.csv"), local_lake, local_settings, source="copies")
+
+    manifest = validate_lake(local_lake, local_settings)
+
+    splits = {split: read_split(local_lake, manifest.snapshot_id, split) for split in SPLITS}
+    holding = {split: int((frame["source"] == "copies").sum()) for split, frame in splits.items()}
+    assert sorted(holding.values()) == [0, 0, 40], holding  # 40 of card_arrival's 60: dealt one by one, all three get some
+    assert sum(manifest.rows.values()) == 1580
+
+
+def test_deal_keys_group_only_what_is_said_the_same_way() -> None:
+    keys = np.array([50, 10, 30, 20], dtype=np.uint64)
+    wordings = wording_keys(pd.Series(["Refund, please!", "a different message", "refund please", "REFUND   please"]))
+    assert deal_keys(keys, wordings).tolist() == [20, 10, 20, 20]
 
 
 def test_validation_in_worker_processes_gives_the_same_result(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
