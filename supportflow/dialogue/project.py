@@ -118,6 +118,15 @@ class DeskDialogue:
                     tables.setdefault(str(entry["lookup"]), []).extend(_examples(entry.get("examples")))
         return tables
 
+    def regexes(self) -> dict[str, list[str]]:
+        """Regular expressions by name (an entity whose values follow a pattern, such as an order number)."""
+        patterns: dict[str, list[str]] = {}
+        for document in self.data_documents:
+            for entry in (document or {}).get("nlu") or []:
+                if isinstance(entry, dict) and "regex" in entry:
+                    patterns.setdefault(str(entry["regex"]), []).extend(_examples(entry.get("examples")))
+        return patterns
+
     def handled_first(self) -> set[str]:
         """Intents the desk's own rules start with, outside any form: its rule replaces the generated one."""
         handled = set()
@@ -359,8 +368,9 @@ def _generated_nlu(plan: DialoguePlan, desk: DeskDialogue, examples: Mapping[str
 
 def _config(plan: DialoguePlan, desk: DeskDialogue, language: str, fallback_threshold: float, classifier_url: str) -> dict[str, Any]:
     pipeline: list[dict[str, Any]] = []
-    if desk.lookup_values():
-        pipeline += [{"name": "RegexEntityExtractor", "case_sensitive": False, "use_lookup_tables": True}, {"name": "EntitySynonymMapper"}]
+    if desk.lookup_values() or desk.regexes():
+        extractor = {"name": "RegexEntityExtractor", "case_sensitive": False, "use_lookup_tables": True, "use_regexes": True}
+        pipeline += [extractor, {"name": "EntitySynonymMapper"}]
     pipeline += [
         {"name": "supportflow_classifier.SupportflowClassifier", "url": classifier_url, "inform_entities": plan.inform_entities},
         {"name": "FallbackClassifier", "threshold": round(float(fallback_threshold), 4), "ambiguity_threshold": 0.0},

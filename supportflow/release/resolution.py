@@ -16,9 +16,10 @@ there; the reply to that answer is what counts. The report says how many offers 
 ended answered right.
 
 When the desk's dialogue asks a slot question before it answers (a form's `utter_ask_<slot>`), the customer
-answers it too, with a value the desk's domain accepts for that slot (the first of its entity's lookup table);
-which one does not change the outcome, since the answer is for the request that started the form. A question
-the desk gives no values for stays clarified.
+answers it too, with a value the desk's domain accepts for that slot (the first of its entity's lookup table, or
+for an entity known by a regex alone, the first value the regex finds in the replayed messages); which one does
+not change the outcome, since the answer is for the request that started the form. A question the desk gives no
+values for stays clarified.
 
 A reply that fits none (an HTTP error, a broken body) is an error: counted and reported apart, never dropped.
 The release stage runs this on the candidate bundles while its smoke test serves them; `supportflow
@@ -26,11 +27,12 @@ evaluate` runs it on the production bundles or on any running bot.
 """
 
 import json
+import re
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -357,23 +359,38 @@ NONE_OF_THOSE = "none of those"  # the simulated customer's answer to an offer t
 MAX_SLOT_ANSWERS = 3  # slot questions answered in one conversation before its reply counts as it stands
 
 
-def slot_answers(settings: Settings) -> dict[str, str]:
+def slot_answers(settings: Settings, texts: Iterable[str] = ()) -> dict[str, str]:
     """What the simulated customer says to each slot question the desk's forms ask, by the question's text
-    (`utter_ask_<slot>`): the first value of the lookup table of an entity that fills the slot."""
+    (`utter_ask_<slot>`): the first value of the lookup table of an entity that fills the slot, or for an entity
+    the desk knows by a pattern alone (an order number), the first value in `texts` that the pattern matches."""
     from supportflow.dialogue.project import read_desk_dialogue
     from supportflow.workspace import workspace
 
     desk = read_desk_dialogue(workspace(settings).dialogue_dir)
-    lookups = desk.lookup_values()
+    values_of = {entity: values[:1] for entity, values in desk.lookup_values().items() if values}
+    texts = list(texts)
+    for entity, patterns in desk.regexes().items():
+        if entity not in values_of:
+            found = (_first_match(pattern, texts) for pattern in patterns)
+            values_of[entity] = [value for value in found if value][:1]
     answers: dict[str, str] = {}
     for slot, spec in desk.slots.items():
         mappings = (spec or {}).get("mappings") or [] if isinstance(spec, dict) else []
         entities = [str(m["entity"]) for m in mappings if isinstance(m, dict) and m.get("type") == "from_entity" and m.get("entity")]
-        values = [value for entity in entities for value in lookups.get(entity, [])]
+        values = [value for entity in entities for value in values_of.get(entity, [])]
         for response in desk.responses.get(f"utter_ask_{slot}") or [] if values else []:
             if isinstance(response, dict) and response.get("text"):
                 answers[str(response["text"]).strip()] = values[0]
     return answers
+
+
+def _first_match(pattern: str, texts: Sequence[str]) -> str | None:
+    """Rasa matches a desk's regex without regard to case; one Python cannot compile is left to Rasa's own check."""
+    try:
+        compiled = re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        return None
+    return next((found.group(0) for text in texts if (found := compiled.search(text))), None)
 
 
 def _ask(
@@ -481,7 +498,7 @@ def evaluate_bot(settings: Settings, bot_url: str, examples: LabelledExamples, c
         served = httpx.get(f"{bot_url.rstrip('/')}/status", timeout=30).raise_for_status().json()
     except (httpx.HTTPError, ValueError) as error:
         raise ResolutionError(f"no supportflow bot answers at {bot_url} ({type(error).__name__}: {error})") from error
-    outcomes = replay(bot_url, examples.frame, settings.evaluate_concurrency, slot_answers(settings))
+    outcomes = replay(bot_url, examples.frame, settings.evaluate_concurrency, slot_answers(settings, examples.frame["text"]))
     report = ResolutionReport.from_outcomes(
         outcomes,
         examples.source,

@@ -134,6 +134,52 @@ def test_a_needed_slot_must_be_declared_with_a_question_to_ask(desk: Path) -> No
         plan(desk)
 
 
+ORDER_NUMBER_DOMAIN = """
+entities:
+  - order_number
+slots:
+  order_number:
+    type: text
+    influence_conversation: false
+    mappings:
+      - type: from_entity
+        entity: order_number
+responses:
+  utter_ask_order_number:
+    - text: What is your order number?
+"""
+
+
+def order_number_desk(folder: Path) -> Path:
+    """The skeleton with the slot its domain's comment describes, found in messages by a regex alone."""
+    desk = skeleton(folder)
+    domain = desk.dialogue_dir / "domain.yml"
+    domain.write_text(domain.read_text() + ORDER_NUMBER_DOMAIN)
+    (desk.dialogue_dir / "data").mkdir(exist_ok=True)
+    regex = 'version: "3.1"\nnlu:\n  - regex: order_number\n    examples: |\n      - ORD-\\d{5}\n'
+    (desk.dialogue_dir / "data" / "nlu.yml").write_text(regex)
+    catalogue = desk.catalogue_file
+    catalogue.write_text(catalogue.read_text().replace("  - name: cancellation\n", "  - name: cancellation\n    needs: [order_number]\n"))
+    return desk.root
+
+
+def test_an_entity_known_by_a_regex_alone_is_extracted(tmp_path: Path) -> None:
+    """A slot filled from a pattern (an order number) with no lookup table: Rasa's regex extractor must run, or the
+    form asks for a number the customer already gave, and again after they answer."""
+    root = order_number_desk(tmp_path / "orders")
+    desk = load_workspace(root)
+    dialogue = read_desk_dialogue(desk.dialogue_dir)
+    assert dialogue.regexes() == {"order_number": [r"ORD-\d{5}"]} and dialogue.lookup_values() == {}
+    catalogue = load_catalogue(desk.catalogue_file)
+    project = write_project(tmp_path / "project", catalogue, dialogue, {}, 0.5, "http://127.0.0.1:9/classify", "en")
+    pipeline = yaml.safe_load((project / "config.yml").read_text())["pipeline"]
+    assert {"name": "RegexEntityExtractor", "case_sensitive": False, "use_lookup_tables": True, "use_regexes": True} in pipeline
+    assert plan_dialogue(catalogue, dialogue).inform_entities == ["order_number"]
+    bare = skeleton(tmp_path / "bare")
+    plain = write_project(tmp_path / "plain", load_catalogue(bare.catalogue_file), read_desk_dialogue(bare.dialogue_dir), {}, 0.5, "", "en")
+    assert "RegexEntityExtractor" not in (plain / "config.yml").read_text()  # nothing to extract: no extractor
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["skeleton"])  # the example desks' run in every pipeline the loop tests build
 def test_inits_skeleton_validates_trains_and_passes_its_conversation_tests(name: str, tmp_path: Path) -> None:

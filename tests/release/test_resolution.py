@@ -313,6 +313,16 @@ def test_an_offer_is_answered_as_a_customer_would_and_the_reply_to_the_choice_co
     assert "  unsure, offered a choice: 2 (1 held the intent meant; 1 then answered right)" in report.lines()
 
 
+def test_a_slot_known_by_a_regex_alone_is_answered_with_a_value_it_finds_in_the_messages(tmp_path: Path) -> None:
+    from supportflow.release.resolution import slot_answers
+    from tests.dialogue.test_project import order_number_desk
+
+    root = order_number_desk(tmp_path / "orders")
+    messages = ["where is my parcel", "any news on order #ord-48213 please", "ORD-99999 again"]
+    assert slot_answers(Settings(workspace=root), messages) == {"What is your order number?": "ord-48213"}
+    assert slot_answers(Settings(workspace=root), ["no number here"]) == {}  # nothing to answer with: it stays clarified
+
+
 def test_a_slot_question_is_answered_with_a_value_the_desk_accepts_and_the_reply_to_it_counts(tmp_path: Path) -> None:
     """The demo desk's card forms ask "physical or virtual?": the customer answers with the first card type its
     domain lists, and the answer that follows is judged; a question the desk gives no values for stays clarified."""
