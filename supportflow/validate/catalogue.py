@@ -51,9 +51,10 @@ def usable_name(label: str) -> str:
 
 
 def intent_key(name: str) -> str:
-    """What makes two intent names the same intent: people type one label as "Order status", "order status" and
-    "Order  status" in one export, and a catalogue keeps one of them."""
-    return " ".join(name.split()).casefold()
+    """What makes two intent names the same intent: people type one label as "Order status", "order status",
+    "Order  status" and "order_status" in one export (a custom field's value and its display name), and a catalogue
+    keeps one of them."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split()).casefold()
 
 
 def intent_title(name: str) -> str:
@@ -134,7 +135,7 @@ def load_catalogue(path: Path) -> IntentCatalogue:
         raise ContractError(f"{path}: the catalogue must list distinct intents")
     if alike := _alike(specs):
         raise ContractError(
-            f"{path}: {'; '.join(alike)} share a name or an alias, in case and spacing aside, as tickets' labels are matched: keep one"
+            f"{path}: {'; '.join(alike)} share a name or an alias (case, spacing, '_' and '-' aside, as labels are matched): keep one"
         )
     return IntentCatalogue(
         name=str(document["name"]), version=str(document["version"]), intents=intents, specs={spec.name: spec for spec in specs}
