@@ -26,7 +26,7 @@ from supportflow.errors import KnowledgeBaseError, SupportflowError
 from supportflow.kb.documents import Document, Passage, Skipped, content_hash, redact_document, to_passages
 from supportflow.kb.embeddings import Embedder, embedder
 from supportflow.kb.index import KeywordIndex
-from supportflow.kb.loaders import LoadResult, load_sources
+from supportflow.kb.loaders import DRAFT, LoadResult, load_sources
 from supportflow.kb.retrieval import PRESETS, Answer, IndexedRetriever, Ranker, RetrievalConfig, Retriever, article_keys, passage_text
 from supportflow.kb.threshold import Calibration, LabelledQuestion, calibrate
 from supportflow.lake import open_lake
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from supportflow.kb.elasticsearch_index import ElasticsearchIndex
 
 KB_SUITE = "kb_documents.suite.json"
+SKIPS_NAMED = 10  # skipped files named one by one in the report's lines
 DOCUMENT_COLUMNS = ["id", "title", "body", "source", "url", "updated_at", "intent"]
 T = TypeVar("T")
 # How deep `KnowledgeBase.article_for` looks for the best passage of an intent's own article before it takes the
@@ -80,6 +81,10 @@ class BuildReport(BaseModel):
         lines = [f"build {self.build_id} ({self.backend}, {self.retrieval}): {self.documents} documents, {self.passages} passages"]
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)}: {self.skipped_by_reason}")
+            mistakes = [item for item in self.skipped if item.reason != DRAFT]  # a draft is skipped on purpose
+            lines += [f"    {item.item}: {item.reason}" for item in mistakes[:SKIPS_NAMED]]
+            if len(mistakes) > SKIPS_NAMED:
+                lines.append(f"    and {len(mistakes) - SKIPS_NAMED} more (the build's manifest lists every one)")
         if self.unanswered_intents:
             names = ", ".join(self.unanswered_intents[:10]) + (" ..." if len(self.unanswered_intents) > 10 else "")
             lines.append(f"  no article for {len(self.unanswered_intents)} intents, so the bot hands them off: {names}")

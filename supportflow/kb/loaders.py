@@ -45,6 +45,9 @@ class SkipFile(Exception):
     """This file cannot become documents; the message says why."""
 
 
+DRAFT = "a draft (`draft: true` in its front matter): not served until it is written and the flag removed"
+
+
 @dataclass
 class LoadResult:
     documents: list[Document] = field(default_factory=list)
@@ -151,7 +154,7 @@ def markdown_to_text(markdown: str) -> tuple[str, str | None]:
 def load_markdown(path: Path, text: str, source: str, result: LoadResult) -> list[Document]:
     meta, markdown = split_front_matter(text)
     if meta.get("draft") is True:  # `supportflow init` writes one per intent; a person finishes it before it serves
-        raise SkipFile("a draft (`draft: true` in its front matter): not served until it is written and the flag removed")
+        raise SkipFile(DRAFT)
     body, heading = markdown_to_text(markdown)
     return [
         Document(

@@ -54,12 +54,22 @@ def test_documents_are_redacted_and_contract_breaks_skipped(kb_settings: Setting
     (demo_copy / "unknown.md").write_text(stray)
     (demo_copy / "empty.md").write_text("")
     (demo_copy / "hours.html").write_text("<h1>Opening hours</h1><script>track()</script><p>Support answers around the clock.</p>")
+    (demo_copy / "broken.md").write_text("---\nid: [broken\n---\n# Broken\n\nA front matter a writer left open.\n")
+    (demo_copy / "unwritten.md").write_text("---\nid: unwritten\ndraft: true\n---\n# Unwritten\n\nTo do.\n")
     report = build_knowledge_base(kb_settings, sources=[demo_copy])
     assert report.documents == 8
     assert report.redactions == {"email": 1, "phone": 1}
     assert report.sanitised == {"html_scripts_removed": 1}
     skipped = sorted((Path(s.item.split(" (")[0]).name, s.reason.split(":")[0]) for s in report.skipped)
-    assert skipped == [("empty.md", "the file is empty"), ("unknown.md", "intent_in_catalogue")]
+    assert skipped == [
+        ("broken.md", "the front matter is not valid YAML"),
+        ("empty.md", "the file is empty"),
+        ("unknown.md", "intent_in_catalogue"),
+        ("unwritten.md", "a draft (`draft"),
+    ]
+    named = [line.strip() for line in report.lines() if line.startswith("    ")]  # each mistake by its file; a draft is none
+    assert len(named) == 3 and any("broken.md: the front matter is not valid YAML" in line for line in named), named
+    assert not any("unwritten.md" in line for line in named)
     assert report.by_rule == {"intent_in_catalogue": 1}
     assert report.calibration and report.calibration.source.startswith("default")
     contact = open_knowledge_base(kb_settings).search("how can I contact you", k=1)[0]
