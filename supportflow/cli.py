@@ -100,8 +100,11 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from flows.ingest import ingest
+    from supportflow.settings import get_settings
+    from supportflow.workspace import export_intent_field
 
-    _report(args, "ingest", ingest(args.paths, source=args.source, fmt=args.format, encoding=args.encoding))
+    field = export_intent_field(get_settings(), args.intent_field_id)
+    _report(args, "ingest", ingest(args.paths, source=args.source, fmt=args.format, encoding=args.encoding, zendesk_intent_field_id=field))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -260,8 +263,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         snapshot_test_split,
     )
     from supportflow.settings import get_settings
+    from supportflow.workspace import export_intent_field
 
     settings = get_settings()
+    settings = settings.model_copy(update={"zendesk_intent_field_id": export_intent_field(settings, args.intent_field_id)})
     field_map = _field_map(args.field_map) or None
     examples = labelled_export(settings, args.file, args.format, field_map, args.encoding) if args.file else snapshot_test_split(settings)
     examples = examples.sample(args.limit, settings.snapshot_seed)
@@ -354,12 +359,14 @@ def cmd_init(args: argparse.Namespace) -> None:
     if args.from_tickets is None:
         _init_skeleton(args)
         return
-    from supportflow.settings import get_settings
+    from supportflow.ingest.readers import detect_format
+    from supportflow.settings import PROJECT_ROOT, get_settings
     from supportflow.workspace import scaffold
 
     folder = Path(args.folder).resolve()
     settings = get_settings()
-    made = scaffold(folder, Path(args.from_tickets).resolve(), args.format, _field_map(args.field_map), settings, args.encoding or "utf-8")
+    export = Path(args.from_tickets).resolve()
+    made = scaffold(folder, export, args.format, _field_map(args.field_map), settings, args.encoding or "utf-8", args.intent_field_id)
     intents = len(made.intents.counts)
     print(f"workspace {made.workspace.config.name} at {folder}:")
     print(f"  supportflow.yaml   the desk: its ticket source (data/{Path(args.from_tickets).name}), articles, the bot's texts")
@@ -367,7 +374,8 @@ def cmd_init(args: argparse.Namespace) -> None:
     print(f"  kb/                {intents} draft articles, one per intent: write them, then remove `draft: true`")
     for intent, others in made.intents.respelt.items():
         spelt = ", ".join(f"{spelling!r} ({count})" for spelling, count in others.items())
-        print(f"  one intent, {intent!r} ({made.intents.counts[intent]} tickets in all): its labels {spelt} differ only in case or spacing")
+        alike = "differ only in case, spacing, '_' or '-'"
+        print(f"  one intent, {intent!r} ({made.intents.counts[intent]} tickets in all): its labels {spelt} {alike}")
     for intent, label in made.intents.aliases.items():
         print(f"  {label!r} is the intent {intent!r}: Rasa reads '/' as a retrieval intent; intents.yaml keeps the label as its alias")
     if made.below_minimum:
@@ -376,9 +384,16 @@ def cmd_init(args: argparse.Namespace) -> None:
             f"  {len(made.below_minimum)} intents have fewer tickets than the {settings.min_examples_per_intent} the data contract "
             f"asks for, and will not be learned until they have more: {thin}"
         )
+    if made.unlabelled:
+        print(f"  {made.unlabelled} tickets have a text but no intent: they will be ingested unlabelled, and nothing is learned from them")
+        source = made.workspace.config.tickets[0]
+        if (source.format or detect_format(str(export))) == "zendesk" and source.zendesk_intent_field_id is None:
+            hint = "a Zendesk ticket's intent is its tag `intent:<name>` or a custom field"
+            print(f"  {hint}: if one holds it, run init again with --intent-field-id ID")
     print("next:")
     print(f"  edit the texts in {folder / 'supportflow.yaml'} and write the articles in {folder / 'kb'}/")
-    print(f"  make demo WORKSPACE={args.folder}    (or: supportflow --workspace {args.folder} demo)")
+    shown = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder  # make runs in the project
+    print(f"  make demo WORKSPACE={shown}    (or: supportflow --workspace {folder} demo)")
 
 
 def _init_skeleton(args: argparse.Namespace) -> None:
@@ -387,7 +402,12 @@ def _init_skeleton(args: argparse.Namespace) -> None:
     from supportflow.validate.catalogue import load_catalogue
     from supportflow.workspace import skeleton
 
-    options = {"--format": args.format, "--field-map": args.field_map, "--encoding": args.encoding}
+    options = {
+        "--format": args.format,
+        "--field-map": args.field_map,
+        "--encoding": args.encoding,
+        "--intent-field-id": args.intent_field_id,
+    }
     if given := [option for option, value in options.items() if value]:
         raise SupportflowError(f"{', '.join(given)}: only with --from-tickets (the export they describe)")
     folder = Path(args.folder).resolve()
@@ -489,6 +509,9 @@ def _print_error(message: str) -> None:
     Console(stderr=True, highlight=False).print(Text(f"supportflow: error: {message}", style="red"), soft_wrap=True)
 
 
+INTENT_FIELD_HELP = "a Zendesk export's custom field that holds the intent (tags `intent:<name>` are read without it)"
+
+
 def _encoding(name: str) -> str:
     """An unknown encoding is a usage error, found before any flow starts."""
     from supportflow.ingest.decoding import codec_name
@@ -512,12 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     init.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="the export's format (default: from the file's suffix)")
     init.add_argument("--field-map", help='JSON, ticket field to column, e.g. \'{"text": "message", "intent": "category"}\'')
     init.add_argument("--encoding", type=_encoding, help="the export's text encoding, e.g. cp1252 (default: utf-8)")
+    init.add_argument("--intent-field-id", type=int, metavar="ID", help=INTENT_FIELD_HELP)
     init.set_defaults(run=cmd_init)
     ingest = commands.add_parser("ingest", help="ingest ticket exports (CSV, JSONL, Zendesk JSON) into the lake")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--source", help="the source system's name (default: the file's name)")
     ingest.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="default: from the file's suffix")
     ingest.add_argument("--encoding", type=_encoding, default="utf-8", help="the files' text encoding, e.g. cp1252 (default: utf-8)")
+    ingest.add_argument("--intent-field-id", type=int, metavar="ID", help=INTENT_FIELD_HELP + " (default: the workspace's)")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.set_defaults(run=cmd_ingest, prefect=True)
     validate = commands.add_parser("validate", help="validate the lake against the data contracts and cut a snapshot")
@@ -574,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--format", choices=["csv", "jsonl", "zendesk"], help="the export's format (default: from the file's suffix)")
     evaluate.add_argument("--field-map", help='JSON, ticket field to column, e.g. \'{"text": "message", "intent": "category"}\'')
     evaluate.add_argument("--encoding", type=_encoding, default="utf-8", help="the export's text encoding, e.g. cp1252 (default: utf-8)")
+    evaluate.add_argument("--intent-field-id", type=int, metavar="ID", help=INTENT_FIELD_HELP + " (default: the workspace's)")
     evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="a seeded sample of N messages (default: all)")
     evaluate.add_argument(
         "--bot-url",

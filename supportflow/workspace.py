@@ -191,6 +191,18 @@ def workspace(settings: Settings) -> Workspace:
     return load_workspace(settings.workspace)
 
 
+def export_intent_field(settings: Settings, named: int | None = None) -> int | None:
+    """The Zendesk custom field that holds the intent in an export given on the command line (`ingest PATH`,
+    `evaluate --file`): the one named, else SUPPORTFLOW_ZENDESK_INTENT_FIELD_ID, else the one the desk's own Zendesk
+    ticket sources name, so the desk's next export is read as its first was."""
+    if named is not None:
+        return named
+    if settings.zendesk_intent_field_id is not None:
+        return settings.zendesk_intent_field_id
+    fields = {source.zendesk_intent_field_id for source in workspace(settings).config.tickets} - {None}
+    return fields.pop() if len(fields) == 1 else None
+
+
 PROMISES = ("target_precision", "max_wrong_answers")  # what the classifier's threshold is chosen for
 
 
@@ -267,7 +279,7 @@ def _article_draft(intent: str, examples: list[str]) -> str:
 
 @dataclass(frozen=True)
 class ExportIntents:
-    """An export's labels as a catalogue sees them: spellings that differ only in case or spacing are one intent,
+    """An export's labels as a catalogue sees them: spellings that differ only in case, spacing, '_' or '-' are one intent,
     named as most of its tickets name it, and the others are kept to be reported."""
 
     counts: Counter[str]  # intent -> labelled tickets with a text
@@ -307,6 +319,7 @@ class Scaffolded:
     workspace: Workspace
     intents: ExportIntents
     below_minimum: dict[str, int]  # intents with fewer tickets than the data contract's minimum: not learned yet
+    unlabelled: int  # tickets with a text and no intent: ingested, never learned from
 
 
 def scaffold(
@@ -316,6 +329,7 @@ def scaffold(
     field_map: dict[str, str],
     settings: Settings,
     encoding: str = DEFAULT_ENCODING,
+    zendesk_intent_field_id: int | None = None,
 ) -> Scaffolded:
     """A workspace from a labelled ticket export: the export copied into `data/`, the catalogue with each intent's
     count, one draft article per intent (never served until a person writes it), and the bot's default texts written
@@ -325,22 +339,33 @@ def scaffold(
     from supportflow.ingest.readers import open_source
 
     _refuse_a_folder_with_files(folder)
-    intent_field = settings.zendesk_intent_field_id
+    intent_field = zendesk_intent_field_id if zendesk_intent_field_id is not None else settings.zendesk_intent_field_id
     opened = open_source(str(export), fmt, settings.ingest_batch_rows, field_map, intent_field, encoding)
+    if opened.format == "zendesk" and field_map:
+        fields = "subject, description, tags, custom_fields"
+        raise WorkspaceError(f"{export}: a Zendesk export is read by Zendesk's own fields ({fields}): --field-map does not apply")
+    unlabelled = 0
 
     def labelled() -> Iterator[tuple[str, str]]:
+        nonlocal unlabelled
         for batch in opened.batches:
-            if "intent" not in batch.records or "text" not in batch.records:
+            if "text" not in batch.records:
                 continue
-            for text, intent in batch.records[["text", "intent"]].dropna().itertuples(index=False):
-                if str(intent).strip() and str(text).strip():
+            texts = batch.records["text"].tolist()
+            intents = batch.records["intent"].tolist() if "intent" in batch.records else [None] * len(texts)
+            for text, intent in zip(texts, intents, strict=True):
+                if text is None or not str(text).strip():
+                    continue
+                if intent is None or not str(intent).strip():
+                    unlabelled += 1
+                else:
                     yield str(text), str(intent)
 
     found = ExportIntents.of(labelled())
     counts, examples = found.counts, found.examples
     if not counts:
         how = (
-            "a Zendesk ticket's intent is its tag `intent:<name>` or the custom field SUPPORTFLOW_ZENDESK_INTENT_FIELD_ID names"
+            "a Zendesk ticket's intent is its tag `intent:<name>` or the custom field --intent-field-id names"
             if opened.format == "zendesk"
             else 'name the columns with --field-map (e.g. \'{"text": "message", "intent": "category"}\')'
         )
@@ -384,7 +409,8 @@ def scaffold(
     for intent, _ in ranked:
         (folder / "kb" / f"{intent}.md").write_text(_article_draft(intent, examples[intent]))
     _default_dialogue(folder / "domain", [intent for intent, _ in ranked[:2]])
-    return Scaffolded(load_workspace(folder), found, {intent: count for intent, count in ranked if count < minimum})
+    below_minimum = {intent: count for intent, count in ranked if count < minimum}
+    return Scaffolded(load_workspace(folder), found, below_minimum, unlabelled)
 
 
 def _default_dialogue(folder: Path, intents: list[str]) -> None:
@@ -394,7 +420,7 @@ def _default_dialogue(folder: Path, intents: list[str]) -> None:
     asked = [step for intent in intents for step in ({"intent": intent}, {"action": "action_answer"})]
     stories = [
         {"story": "a greeting, then questions", "steps": [{"intent": "greet"}, {"action": "action_answer"}, *asked]},
-        {"story": "asking for a person", "steps": [*asked[:2], {"intent": "ask_human"}, {"action": "action_handoff"}]},
+        {"story": "asking for a person", "steps": [*map(dict, asked[:2]), {"intent": "ask_human"}, {"action": "action_handoff"}]},
     ]
     (folder / "tests" / "test_stories.yml").write_text(
         "# Conversation tests: `rasa test` runs them against every dialogue model the pipeline builds; a failing story\n"

@@ -1,5 +1,6 @@
 """A desk's words live in its workspace: both example desks load, and a broken workspace names what is wrong."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -173,6 +174,39 @@ def test_init_folds_labels_that_differ_only_in_case_and_drafts_hold_no_personal_
     (served,) = load_sources(made.workspace.kb_sources(), 10 << 20).documents
     assert served.title == "Lost or stolen card" and "Report a lost card in the app." in served.body
     assert "I lost my card" not in served.body and "What customers asked" not in served.body
+
+
+def test_init_reads_a_zendesk_exports_intent_field_counts_the_unlabelled_and_tests_without_anchors(tmp_path: Path) -> None:
+    """Zendesk desks keep the intent in a custom field (its value `order_status`, or its display name "Order Status")
+    or a tag. Init is told the field, folds the two spellings into one intent, says how many tickets carry none, and
+    writes the field on the source, so `ingest PATH` and `evaluate --file` read the desk's next export the same way."""
+    from supportflow.workspace import export_intent_field, scaffold
+
+    def ticket(number: int, value: str | None, tags: list[str]) -> dict:
+        fields = [{"id": 360001, "value": value}, {"id": 7, "value": "web"}]
+        text = {"subject": f"Question {number}", "description": f"where is parcel {number}?"}
+        return {"id": number, **text, "tags": tags, "custom_fields": fields}
+
+    tickets = [ticket(i, "order_status", []) for i in range(6)] + [ticket(10 + i, "Order Status", []) for i in range(3)]
+    tickets += [ticket(20 + i, None, ["intent:returns"]) for i in range(4)] + [ticket(30 + i, None, []) for i in range(2)]
+    export = tmp_path / "export.json"
+    export.write_text("\n".join(json.dumps(t) for t in tickets) + "\n")  # Zendesk's full export: a ticket a line, in a .json file
+
+    blind = scaffold(tmp_path / "blind", export, None, {}, Settings())
+    assert (blind.intents.counts, blind.unlabelled) == ({"returns": 4}, 11)  # without the field, only the tags
+
+    made = scaffold(tmp_path / "desk", export, None, {}, Settings(), zendesk_intent_field_id=360001)
+
+    assert made.intents.counts == {"order_status": 9, "returns": 4} and made.unlabelled == 2
+    assert made.intents.respelt == {"order_status": {"Order Status": 3}}
+    assert made.workspace.config.tickets[0].zendesk_intent_field_id == 360001
+    settings = Settings(workspace=made.workspace.root)
+    assert export_intent_field(settings) == 360001 and export_intent_field(settings, 9) == 9
+    assert export_intent_field(Settings(workspace=blind.workspace.root)) is None
+    stories = (made.workspace.dialogue_dir / "tests" / "test_stories.yml").read_text()
+    assert "&id" not in stories and "*id" not in stories  # each step written out, as a person would
+    with pytest.raises(WorkspaceError, match="--field-map does not apply"):
+        scaffold(tmp_path / "mapped", export, None, {"text": "body"}, Settings())
 
 
 def test_init_never_writes_into_a_folder_with_files_and_needs_labelled_tickets(tmp_path: Path) -> None:

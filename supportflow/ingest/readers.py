@@ -130,6 +130,8 @@ def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict
     first_line = sample.splitlines()[0] if sample.strip() else ""
     if not first_line.strip():
         raise IngestError(f"{path}: the file is empty")
+    if first_line.lstrip().startswith(("{", "[")):
+        raise IngestError(f"{path}: JSON, not CSV: read it with --format jsonl (an object a line) or --format zendesk (a Zendesk export)")
     delimiter = "\t" if path.lower().endswith(".tsv") or first_line.count("\t") > first_line.count(",") else ","
     header = [escaped(name).strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
     mapping = resolve_columns(header, field_map)
@@ -235,11 +237,16 @@ class _TextField:
         self._settled = self._settled or bool(self._records)
 
 
+ZENDESK_FIELDS = {"tickets", "subject", "description", "custom_fields"}  # a record with one of them is likely Zendesk's
+
+
 def _plain_text_field(path: str, field_map: dict[str, str]) -> _TextField:
-    return _TextField(
-        lambda names: "text" in resolve_columns(names, field_map),
-        lambda names: _no_text_field(path, "field", _text_aliases(field_map), "the records have the fields", names, field_map),
-    )
+    def refusal(names: list[str]) -> str:
+        note = "they look like Zendesk's tickets: read the file with --format zendesk (format: zendesk in supportflow.yaml), or "
+        has = "the records have the fields"
+        return _no_text_field(path, "field", _text_aliases(field_map), has, names, field_map, note if ZENDESK_FIELDS & set(names) else "")
+
+    return _TextField(lambda names: "text" in resolve_columns(names, field_map), refusal)
 
 
 def _zendesk_text_field(path: str) -> _TextField:
@@ -354,6 +361,14 @@ def zendesk_record(ticket: dict[str, Any], intent_field_id: int | None) -> dict[
     }
 
 
+def _one_object_a_line(text: str) -> bool:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_field_id: int | None, encoding: str) -> SourceFile:
     to_raw = lambda ticket, _field_map: zendesk_record(ticket, intent_field_id)  # noqa: E731
     if path.lower().endswith((".jsonl", ".ndjson")):
@@ -364,6 +379,9 @@ def _open_zendesk(path: str, fs: Any, fs_path: str, batch_rows: int, intent_fiel
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
+        if error.msg == "Extra data" and _one_object_a_line(text):  # Zendesk's full JSON export: a ticket a line
+            batches = _jsonl_batches(path, fs, fs_path, batch_rows, {}, to_raw, encoding, _zendesk_text_field(path))
+            return SourceFile(path, "zendesk", encoding, [], _read_first(batches))
         raise IngestError(f"{path}: not a Zendesk JSON export: {error.msg} at line {error.lineno} column {error.colno}") from error
     tickets = document.get("tickets") if isinstance(document, dict) else document
     if not isinstance(tickets, list):

@@ -149,6 +149,27 @@ def test_zendesk_export_maps_subject_description_tags_fields_and_channel(lake: L
     assert (second["text"], second["channel"]) == ("Top up failed", "webchat")
 
 
+def test_a_zendesk_full_export_a_ticket_a_line_is_read_from_a_json_file(lake: Lake, settings: Settings, tmp_path: Path) -> None:
+    tickets = [{"id": i, "subject": f"parcel {i}", "description": "where is it?", "tags": ["intent:order_status"]} for i in range(3)]
+    path = tmp_path / "export.json"
+    path.write_text("\n".join(json.dumps(ticket) for ticket in tickets) + "\n")
+
+    report = ingest_file(str(path), lake, settings)
+
+    assert (report.format, report.written) == ("zendesk", 3)
+    assert set(read_tickets(lake)["intent"]) == {"order_status"}
+
+
+def test_an_export_read_in_the_wrong_format_says_which_to_use(lake: Lake, settings: Settings, tmp_path: Path) -> None:
+    zendesk = tmp_path / "export.json"
+    zendesk.write_text(json.dumps({"tickets": [{"id": 1, "subject": "parcel", "description": "where is it?"}]}))
+    with pytest.raises(IngestError, match=r"JSON, not CSV: read it with --format jsonl .* or --format zendesk"):
+        ingest_file(str(zendesk), lake, settings, fmt="csv")
+    with pytest.raises(IngestError, match="they look like Zendesk's tickets: read the file with --format zendesk"):
+        ingest_file(str(zendesk), lake, settings, fmt="jsonl")
+    assert not lake.files("tickets")
+
+
 def test_a_field_mapping_reads_other_exports(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "other.csv"
     path.write_text("Customer Message,Queue,When\nmy pin is blocked,pin_blocked,2025-05-05 12:00\n")
