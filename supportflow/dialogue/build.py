@@ -2,6 +2,7 @@
 what its catalogue and tickets imply, validate it, train it, run the desk's conversation tests, and log the
 archive and the test report to MLflow next to the classifier version it was built for."""
 
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class ConversationTests(BaseModel):
     stories: int
     failed: list[str]  # the names of the stories whose actions Rasa did not predict
     report: Path
+    first_wrong: dict[str, str] = {}  # story -> its first step Rasa predicted otherwise, with what it predicted
 
     def line(self) -> str:
         return f"conversation tests: {self.stories - len(self.failed)} of {self.stories} stories pass"
@@ -43,7 +45,25 @@ def read_conversation_tests(tests: Path, report: Path) -> ConversationTests:
     failed_file = report / "failed_test_stories.yml"
     failed_document = yaml.safe_load(failed_file.read_text(encoding="utf-8")) if failed_file.exists() else None
     failed = [story["story"] for story in (failed_document or {}).get("stories") or []]
-    return ConversationTests(stories=len(stories), failed=failed, report=report)
+    first_wrong = _first_wrong_steps(failed_file.read_text(encoding="utf-8")) if failed_file.exists() else {}
+    return ConversationTests(stories=len(stories), failed=failed, report=report, first_wrong=first_wrong)
+
+
+_STORY = re.compile(r"^- story:\s*(?P<name>.+?)\s*$")
+_PREDICTED = re.compile(r"^\s*-?\s*(?P<step>[^#]+?)\s*#\s*predicted:\s*(?P<predicted>.+?)\s*$")
+
+
+def _first_wrong_steps(failed_stories: str) -> dict[str, str]:
+    """Rasa marks each step it predicted otherwise with a comment (`- action: x  # predicted: y`); the first one of
+    a story is where it went wrong, and a desk fixing its test needs that line, not the whole report."""
+    found: dict[str, str] = {}
+    story = None
+    for line in failed_stories.splitlines():
+        if started := _STORY.match(line):
+            story = started["name"]
+        elif story and story not in found and (marked := _PREDICTED.match(line)):
+            found[story] = f"`{marked['step']}`, where Rasa predicted `{marked['predicted']}`"
+    return found
 
 
 class DialogueBuild(BaseModel):
@@ -62,6 +82,16 @@ class DialogueBuild(BaseModel):
             f"Rasa model {self.model} for intent-classifier v{self.classifier_version},"
             f" fallback at {self.fallback_threshold:.3f} ({self.seconds:.0f} s); {tested}"
         ]
+
+
+def _where_they_went_wrong(conversations: ConversationTests) -> str:
+    lines = [f"\n  {story}: first wrong at {step}" for story, step in conversations.first_wrong.items()]
+    if any(step.endswith("_form`") for step in conversations.first_wrong.values()):
+        lines.append(
+            "\n  an intent whose `needs` (intents.yaml) names a slot asks for it through its form before it answers:"
+            " its steps in the test run the form first (https://rasa.com/docs/rasa/forms), or test it with the slot given"
+        )
+    return "".join(lines)
 
 
 def nlu_examples(lake: Lake, per_intent: int = EXAMPLES_PER_INTENT) -> dict[str, list[str]]:
@@ -110,7 +140,7 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
         raise DialogueFilesError(
             f"{len(conversations.failed)} of the workspace's conversation tests fail ({', '.join(conversations.failed)});"
             f" Rasa's report, with each wrong prediction marked, is {conversations.report / 'failed_test_stories.yml'}"
-            f" and in MLflow run {run.info.run_id}"
+            f" and in MLflow run {run.info.run_id}" + _where_they_went_wrong(conversations)
         )
     return DialogueBuild(
         project=project,

@@ -194,6 +194,28 @@ def test_inits_skeleton_validates_trains_and_passes_its_conversation_tests(name:
 
 
 @pytest.mark.slow
+def test_a_test_that_answers_an_intent_which_now_asks_for_a_slot_is_told_to_run_the_form(tmp_path: Path) -> None:
+    """Init writes conversation tests in which the desk's intents are answered at once; once one of them `needs` a
+    slot its form asks first, and the failure says where and why, not only which story."""
+    from supportflow.dialogue.build import _where_they_went_wrong
+
+    root = order_number_desk(tmp_path / "orders")
+    tests = root / "domain" / "tests" / "test_stories.yml"
+    story = "  - story: a cancellation\n    steps:\n      - intent: cancellation\n      - action: action_answer\n"
+    tests.write_text(tests.read_text() + "\n" + story)
+    desk = load_workspace(root)
+    catalogue, dialogue = load_catalogue(desk.catalogue_file), read_desk_dialogue(desk.dialogue_dir)
+    project = write_project(tmp_path / "project", catalogue, dialogue, examples("skeleton"), 0.5, "http://127.0.0.1:9/classify", "en")
+    settings = Settings(workspace=root)
+    report = run_conversation_tests(settings, project, train_rasa_model(settings, project))
+    outcome = read_conversation_tests(project / "tests", report)
+
+    assert [name.split(" (")[0] for name in outcome.failed] == ["a cancellation"]
+    assert list(outcome.first_wrong.values()) == ["`action: action_answer`, where Rasa predicted `cancellation_form`"]
+    assert "its steps in the test run the form first" in _where_they_went_wrong(outcome)
+
+
+@pytest.mark.slow
 def test_a_failing_conversation_test_is_reported_by_name(desk: Path, tmp_path: Path) -> None:
     tests = desk / "domain" / "tests" / "test_stories.yml"
     tests.write_text(
@@ -207,3 +229,5 @@ def test_a_failing_conversation_test_is_reported_by_name(desk: Path, tmp_path: P
     report = run_conversation_tests(settings, project, train_rasa_model(settings, project))
     outcome = read_conversation_tests(project / "tests", report)
     assert [story.split(" (")[0] for story in outcome.failed] == ["a double charge, then a person"]
+    ((story, step),) = outcome.first_wrong.items()  # the line to fix, as Rasa marked it
+    assert story.startswith("a double charge, then a person") and step == "`action: action_answer`, where Rasa predicted `action_handoff`"
