@@ -455,8 +455,12 @@ class BotService:
         return page.model_copy(update={"handoffs": [self.deliveries.annotate(view) for view in page.handoffs]}).model_dump()
 
     @web.post("/agent/handoffs/{handoff_id}/{action}")
-    def act(self, handoff_id: int, action: str, body: AgentAction, authorization: Annotated[str | None, Header()] = None) -> dict:
+    def act(
+        self, handoff_id: int, action: str, body: AgentAction | None = None, authorization: Annotated[str | None, Header()] = None
+    ) -> dict:
+        """Claiming and giving back carry nothing: their body may be left out."""
         agent = self._agent(authorization)
+        body = body or AgentAction()
         queue = self.bot.handoffs
         try:
             if action == "claim":

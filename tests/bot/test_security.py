@@ -116,7 +116,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedBo
 def test_a_stranger_cannot_read_an_sms_customers_agent_replies(served: ServedBot) -> None:
     assert "colleague" in served.twilio(PHONE, "my card was stolen").text  # handed off: Rasa is down
     (handoff,) = served.client.get("/agent/handoffs", headers=served.as_agent("ann")).json()["handoffs"]
-    served.client.post(f"/agent/handoffs/{handoff['id']}/claim", json={}, headers=served.as_agent("ann"))
+    claimed = served.client.post(f"/agent/handoffs/{handoff['id']}/claim", headers=served.as_agent("ann"))  # nothing to send
+    assert (claimed.status_code, claimed.json()["agent"]) == (200, "ann"), claimed.text
     served.client.post(f"/agent/handoffs/{handoff['id']}/answer", json={"text": "We blocked it."}, headers=served.as_agent("ann"))
 
     for conversation in (f"sms:{PHONE}", f"sms:+{PHONE.lstrip('+')}", handoff["conversation_id"]):
