@@ -66,7 +66,9 @@ def test_an_out_of_scope_message_is_handed_off_and_offered_nothing(bot: SupportB
     unknown = ask("c-unknown", out_of_scope=True)  # the same ranking, but the detector says no intent fits
     assert unknown.route == "handoff" and "offered_intents" not in unknown.slots
     assert "(1)" not in unknown.messages[0] and "card" not in unknown.messages[0].lower()
-    assert [h["reason"] for h in bot.handoffs.page().handoffs] == ["outside every intent the classifier knows"]
+    (handoff,) = bot.handoffs.page().handoffs
+    assert handoff["reason"] == "outside every intent the classifier knows"
+    assert [s["intent"] for s in handoff["suggestions"]] == ["card_arrival", "card_delivery_estimate"]  # the agent's hint
 
 
 COMPONENT_PROBE = """
@@ -95,7 +97,7 @@ print(json.dumps(seen))
 """
 
 
-def test_rasa_s_component_turns_out_of_scope_into_a_fallback_with_nothing_to_offer(tmp_path: Path) -> None:
+def test_rasa_s_component_turns_out_of_scope_into_a_fallback_that_keeps_its_ranking_for_the_agent(tmp_path: Path) -> None:
     if not RASA_PYTHON.exists():
         pytest.fail("Rasa is not installed: `make rasa-venv` (make test does it)")
     environment = {**os.environ, "PYTHONPATH": str(RASA_FILES), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -110,8 +112,10 @@ def test_rasa_s_component_turns_out_of_scope_into_a_fallback_with_nothing_to_off
     )
     assert done.returncode == 0, done.stderr[-3000:]
     pizza, card = json.loads(done.stdout.strip().splitlines()[-1])
-    # Confident, yet outside every intent: a fallback carrying the classifier's confidence and no ranking to offer from.
-    assert pizza == {"intent": {"name": "nlu_fallback", "confidence": 0.95}, "ranking": [], "out_of_scope": True}
+    # Confident, yet outside every intent: a fallback carrying the classifier's confidence, its ranking kept as the
+    # agent's suggestions (the bot offers none of them: test_an_out_of_scope_message_is_handed_off_and_offered_nothing).
+    assert (pizza["intent"], pizza["out_of_scope"]) == ({"name": "nlu_fallback", "confidence": 0.95}, True)
+    assert [r["name"] for r in pizza["ranking"]] == ["card_arrival", "change_pin"]
     assert card["intent"] == {"name": "card_arrival", "confidence": 0.95} and card["out_of_scope"] is None
     assert [r["name"] for r in card["ranking"]] == ["card_arrival", "change_pin"]
 

@@ -6,8 +6,8 @@ A short message that names a value the desk's forms ask for (an entity in `infor
 Rasa's extractors from the desk's lookup tables) and that the classifier is not sure of is `inform`.
 A message that holds two requests becomes `multiple_requests`, with the requests as entities, so the bot
 can ask which comes first. A message the classifier's unknown-intent detector places outside every intent
-(`out_of_scope`) is `nlu_fallback`, flagged `out_of_scope`, with no ranking: the bot hands it off like low confidence
-and has no intents to offer for it.
+(`out_of_scope`) is `nlu_fallback`, flagged `out_of_scope`: the bot hands it off like low confidence and offers no
+intent for it, but the classifier's ranking stays with it, as the agent's suggestions for the label.
 
 What one message costs the classifier is bounded: each text sent is cut at `max_chars`, and a message that
 splits into more than `max_clauses` clauses is classified whole, as one text (a long run of "and ... and ..."
@@ -134,7 +134,7 @@ class SupportflowClassifier(GraphComponent, IntentClassifier):
             self._set(message, "inform", 1.0, ranking)
             return
         if best.get("out_of_scope"):
-            self._set(message, "nlu_fallback", best["confidence"], [])
+            self._set(message, "nlu_fallback", best["confidence"], ranking)
             message.set("out_of_scope", True, add_to_output=True)
             return
         self._set(message, best["intent"], best["confidence"], ranking)
