@@ -389,7 +389,7 @@ def scaffold(
         "tickets": [source],
         "kb": ["kb"],
         "texts": BotTexts().model_dump(),
-        "demo_questions": [examples[intent][0] for intent, _ in ranked[:3]],
+        "demo_questions": [_demo_question(examples[intent]) for intent, _ in ranked[:3]],
     }
     (folder / CONFIG_FILE).write_text(
         "# This desk's workspace, written by `supportflow init`; paths are relative to this folder.\n"
@@ -411,6 +411,13 @@ def scaffold(
     _default_dialogue(folder / "domain", [intent for intent, _ in ranked[:2]])
     below_minimum = {intent: count for intent, count in ranked if count < minimum}
     return Scaffolded(load_workspace(folder), found, below_minimum, unlabelled)
+
+
+def _demo_question(examples: list[str]) -> str:
+    """The shortest of an intent's first messages that still says something: a ticket's subject glued to its body,
+    greetings and signatures make a poor question to show a desk its bot."""
+    worded = [text for text in examples if len(text.split()) >= 3] or examples
+    return min(worded, key=len)
 
 
 def _default_dialogue(folder: Path, intents: list[str]) -> None:

@@ -122,6 +122,7 @@ def test_init_scaffolds_a_workspace_from_a_labelled_export_with_drafts_that_are_
         {"message": [f"question {i} about {topic}" for topic in ("refunds", "logins", "exports") for i in range(12)]}
         | {"category": ["refund"] * 12 + ["login"] * 12 + ["export"] * 12}
     )
+    frame.loc[0, "message"] = "Hi team, question 0 about refunds: I sent it back a week ago and heard nothing since. Best, Jo"
     frame.iloc[:30].to_csv(export, index=False)  # export: 6 tickets, the others 12
     desk = scaffold(tmp_path / "desk", export, None, {"text": "message", "intent": "category"}, Settings()).workspace
 
@@ -130,7 +131,7 @@ def test_init_scaffolds_a_workspace_from_a_labelled_export_with_drafts_that_are_
     assert "- export  # 6 tickets" in desk.catalogue_file.read_text()
     ((files, source),) = desk.ticket_files()
     assert files == [str(desk.root / "data" / "export.csv")] and source.field_map == {"text": "message", "intent": "category"}
-    assert desk.config.demo_questions[0] == "question 0 about refunds"
+    assert desk.config.demo_questions[0] == "question 1 about refunds"  # the shortest of the first few: a question to show
     loaded = load_sources(desk.kb_sources(), 10 << 20)
     assert loaded.documents == []  # drafts only: nothing a customer could be answered with
     assert sorted(Path(s.item).stem for s in loaded.skipped) == ["export", "login", "refund"]
