@@ -53,7 +53,7 @@ class TrainingSummary(BaseModel):
         return [
             f"intent-classifier v{self.version} @{', @'.join(self.aliases)} (run {self.run_id}, {self.profile} profile)",
             f"  test accuracy {self.test_accuracy:.4f}, macro-F1 {self.test_macro_f1:.4f}; base {self.base_model}",
-            f"  fallback threshold {self.threshold:.3f}: routes {self.coverage_at_threshold:.1%} of test messages"
+            f"  fallback threshold {self.threshold:.4g}: routes {self.coverage_at_threshold:.1%} of test messages"
             f" at precision {self.precision_at_threshold:.1%}, {self.wrong_at_threshold:.1%} of all answered wrongly;"
             f" trained in {self.train_seconds:.0f} s",
             f"  gate: {self.gate_reason}; champion is v{self.champion_version}",

@@ -80,7 +80,7 @@ class DialogueBuild(BaseModel):
         tested = self.conversations.line() if self.conversations else "no conversation tests in the workspace"
         return [
             f"Rasa model {self.model} for intent-classifier v{self.classifier_version},"
-            f" fallback at {self.fallback_threshold:.3f} ({self.seconds:.0f} s); {tested}"
+            f" fallback at {self.fallback_threshold:.4g} ({self.seconds:.0f} s); {tested}"
         ]
 
 
