@@ -89,7 +89,7 @@ def _where_they_went_wrong(conversations: ConversationTests) -> str:
     if any(step.endswith("_form`") for step in conversations.first_wrong.values()):
         lines.append(
             "\n  an intent whose `needs` (intents.yaml) names a slot asks for it through its form before it answers:"
-            " its steps in the test run the form first (https://rasa.com/docs/rasa/forms), or test it with the slot given"
+            " its steps in the test run the form first, as examples/banking77/domain/tests/test_stories.yml shows"
         )
     return "".join(lines)
 
