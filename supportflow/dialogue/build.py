@@ -4,6 +4,7 @@ archive and the test report to MLflow next to the classifier version it was buil
 
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
@@ -94,10 +95,19 @@ def _where_they_went_wrong(conversations: ConversationTests) -> str:
     return "".join(lines)
 
 
-def nlu_examples(lake: Lake, per_intent: int = EXAMPLES_PER_INTENT) -> dict[str, list[str]]:
-    """A few real examples per intent from the training split: Rasa's data checks want them."""
+def nlu_examples(lake: Lake, patterns: Sequence[re.Pattern[str]] = (), per_intent: int = EXAMPLES_PER_INTENT) -> dict[str, list[str]]:
+    """A few real examples per intent from the training split: Rasa's data checks want them. As many again that hold
+    a value one of the desk's entity regexes matches, where the first few hold none: the build marks those values,
+    and Rasa's extractor learns a regex only from marked examples."""
     train = read_split(lake, latest_snapshot(lake).snapshot_id, "train")
-    return {intent: group["text"].head(per_intent).tolist() for intent, group in train.groupby("intent")}
+    examples = {}
+    for intent, group in train.groupby("intent"):
+        texts = group["text"].head(per_intent).tolist()
+        if patterns and not any(pattern.search(text) for text in texts for pattern in patterns):
+            holding = group["text"][group["text"].map(lambda text: any(pattern.search(text) for pattern in patterns))]
+            texts += holding.head(per_intent).tolist()
+        examples[intent] = texts
+    return examples
 
 
 def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
@@ -111,7 +121,7 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
         settings.rasa_project_dir,
         catalogue,
         dialogue,
-        nlu_examples(lake),
+        nlu_examples(lake, [pattern for found in dialogue.patterns().values() for pattern in found]),
         card.threshold,
         f"{settings.classifier_url}/classify",
         desk.config.language,

@@ -12,6 +12,7 @@ person). The dialogue acts (greet, goodbye, affirm, deny, ask_human, inform, mul
 in any desk; `inform` is a short message that names a value the bot asked for.
 """
 
+import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,28 @@ class DeskDialogue:
                 if isinstance(entry, dict) and "regex" in entry:
                     patterns.setdefault(str(entry["regex"]), []).extend(_examples(entry.get("examples")))
         return patterns
+
+    def patterns(self) -> dict[str, list[re.Pattern[str]]]:
+        """`regexes()` compiled as Rasa's extractor matches them, without regard to case; one that does not compile is
+        left out here and named by Rasa's own check when it trains."""
+        compiled: dict[str, list[re.Pattern[str]]] = {}
+        for entity, sources in self.regexes().items():
+            for source in sources:
+                try:
+                    compiled.setdefault(entity, []).append(re.compile(source, re.IGNORECASE))
+                except re.error:
+                    continue
+        return compiled
+
+    def annotates(self, entity: str) -> bool:
+        """Whether the desk's own NLU data mark a value of `entity` in an example (`[NW-12345](order_number)`)."""
+        marked = re.compile(rf"\]\(\s*{re.escape(entity)}\s*\)|[\"']entity[\"']\s*:\s*[\"']{re.escape(entity)}[\"']")
+        return any(
+            marked.search(str(entry.get("examples") or ""))
+            for document in self.data_documents
+            for entry in (document or {}).get("nlu") or []
+            if isinstance(entry, dict) and "intent" in entry
+        )
 
     def handled_first(self) -> set[str]:
         """Intents the desk's own rules start with, outside any form: its rule replaces the generated one."""
@@ -354,16 +377,42 @@ def _generated_rules(plan: DialoguePlan, desk: DeskDialogue) -> list[dict[str, A
 
 
 def _generated_nlu(plan: DialoguePlan, desk: DeskDialogue, examples: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """The examples of each intent, with the values of entities the desk finds by a regex marked in them: Rasa's regex
+    extractor uses a regex only for an entity it has seen marked in an example, so without these marks a slot known
+    by its pattern alone (an order number) would never fill. A needed entity marked nowhere stops the build."""
+    lookups = desk.lookup_values()
+    patterns = {entity: found for entity, found in desk.patterns().items() if entity not in lookups}
+    marked: dict[str, list[str]] = {entity: [] for entity in patterns}
     nlu = []
     for intent in plan.intents:
-        texts = list(examples.get(intent, ())) or DIALOGUE_EXAMPLES.get(intent, [])
+        texts = [" ".join(str(text).split()) for text in examples.get(intent, ())] or DIALOGUE_EXAMPLES.get(intent, [])
         if texts:
-            nlu.append({"intent": intent, "examples": _literal_block(texts)})
-    lookups = desk.lookup_values()
-    informs = [f"[{value}]({entity})" for entity in plan.inform_entities for value in lookups.get(entity, [])[:EXAMPLES_PER_VALUE]]
+            nlu.append({"intent": intent, "examples": _literal_block([_mark(text, patterns, marked) for text in texts])})
+    unmarked = [entity for entity in plan.inform_entities if entity in patterns and not marked[entity] and not desk.annotates(entity)]
+    if unmarked:
+        raise DialogueFilesError(
+            f"{desk.root}: no example ticket holds a value that the regex of {', '.join(unmarked)} matches, and Rasa's extractor"
+            f" uses a regex only for an entity it has seen marked in an example: mark one in data/nlu.yml, e.g. under its"
+            f" intent `- where is my order [NW-12345]({unmarked[0]})`, or check the regex against the desk's tickets"
+        )
+    values = {entity: list(dict.fromkeys(found)) for entity, found in marked.items()} | lookups
+    informs = [f"[{value}]({entity})" for entity in plan.inform_entities for value in values.get(entity, [])[:EXAMPLES_PER_VALUE]]
     if informs:
         nlu.append({"intent": "inform", "examples": _literal_block(informs)})
     return nlu
+
+
+def _mark(text: str, patterns: Mapping[str, Sequence[re.Pattern[str]]], marked: dict[str, list[str]]) -> str:
+    """`text` with the first value of each entity its regexes find marked as Rasa reads it, `[value](entity)`."""
+    spans: list[tuple[int, int, str]] = []
+    for entity, compiled in patterns.items():
+        found = next((match for pattern in compiled if (match := pattern.search(text)) and match.group(0).strip()), None)
+        if found and not any(start < found.end() and found.start() < end for start, end, _ in spans):
+            spans.append((found.start(), found.end(), entity))
+    for start, end, entity in sorted(spans, reverse=True):
+        marked[entity].append(text[start:end])
+        text = f"{text[:start]}[{text[start:end]}]({entity}){text[end:]}"
+    return text
 
 
 def _config(plan: DialoguePlan, desk: DeskDialogue, language: str, fallback_threshold: float, classifier_url: str) -> dict[str, Any]:

@@ -27,12 +27,11 @@ evaluate` runs it on the production bundles or on any running bot.
 """
 
 import json
-import re
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -369,10 +368,10 @@ def slot_answers(settings: Settings, texts: Iterable[str] = ()) -> dict[str, str
     desk = read_desk_dialogue(workspace(settings).dialogue_dir)
     values_of = {entity: values[:1] for entity, values in desk.lookup_values().items() if values}
     texts = list(texts)
-    for entity, patterns in desk.regexes().items():
+    for entity, patterns in desk.patterns().items():
         if entity not in values_of:
-            found = (_first_match(pattern, texts) for pattern in patterns)
-            values_of[entity] = [value for value in found if value][:1]
+            found = (match.group(0) for text in texts for pattern in patterns if (match := pattern.search(text)))
+            values_of[entity] = [value for value in found if value.strip()][:1]
     answers: dict[str, str] = {}
     for slot, spec in desk.slots.items():
         mappings = (spec or {}).get("mappings") or [] if isinstance(spec, dict) else []
@@ -382,15 +381,6 @@ def slot_answers(settings: Settings, texts: Iterable[str] = ()) -> dict[str, str
             if isinstance(response, dict) and response.get("text"):
                 answers[str(response["text"]).strip()] = values[0]
     return answers
-
-
-def _first_match(pattern: str, texts: Sequence[str]) -> str | None:
-    """Rasa matches a desk's regex without regard to case; one Python cannot compile is left to Rasa's own check."""
-    try:
-        compiled = re.compile(pattern, re.IGNORECASE)
-    except re.error:
-        return None
-    return next((found.group(0) for text in texts if (found := compiled.search(text))), None)
 
 
 def _ask(

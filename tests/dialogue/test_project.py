@@ -171,7 +171,15 @@ def test_an_entity_known_by_a_regex_alone_is_extracted(tmp_path: Path) -> None:
     dialogue = read_desk_dialogue(desk.dialogue_dir)
     assert dialogue.regexes() == {"order_number": [r"ORD-\d{5}"]} and dialogue.lookup_values() == {}
     catalogue = load_catalogue(desk.catalogue_file)
-    project = write_project(tmp_path / "project", catalogue, dialogue, {}, 0.5, "http://127.0.0.1:9/classify", "en")
+    tickets = {"cancellation": ["please cancel order ord-48213 today", "cancel it"], "account_access": ["locked out again"]}
+    project = write_project(tmp_path / "project", catalogue, dialogue, tickets, 0.5, "http://127.0.0.1:9/classify", "en")
+    nlu = yaml.safe_load((project / "data" / "generated" / "nlu.yml").read_text())["nlu"]
+    examples = {entry["intent"]: entry["examples"].splitlines() for entry in nlu}
+    # Rasa's extractor learns a regex only for an entity it has seen marked in an example: the build marks the values.
+    assert examples["cancellation"] == ["- please cancel order [ord-48213](order_number) today", "- cancel it"]
+    assert examples["inform"] == ["- [ord-48213](order_number)"]
+    with pytest.raises(DialogueFilesError, match=r"no example ticket holds a value that the regex of order_number matches"):
+        write_project(tmp_path / "unmarked", catalogue, dialogue, {"cancellation": ["cancel it"]}, 0.5, "", "en")
     pipeline = yaml.safe_load((project / "config.yml").read_text())["pipeline"]
     assert {"name": "RegexEntityExtractor", "case_sensitive": False, "use_lookup_tables": True, "use_regexes": True} in pipeline
     assert plan_dialogue(catalogue, dialogue).inform_entities == ["order_number"]
@@ -205,7 +213,9 @@ def test_a_test_that_answers_an_intent_which_now_asks_for_a_slot_is_told_to_run_
     tests.write_text(tests.read_text() + "\n" + story)
     desk = load_workspace(root)
     catalogue, dialogue = load_catalogue(desk.catalogue_file), read_desk_dialogue(desk.dialogue_dir)
-    project = write_project(tmp_path / "project", catalogue, dialogue, examples("skeleton"), 0.5, "http://127.0.0.1:9/classify", "en")
+    tickets = examples("skeleton")
+    tickets["cancellation"] = [*tickets["cancellation"], "please cancel my order ORD-12345"]
+    project = write_project(tmp_path / "project", catalogue, dialogue, tickets, 0.5, "http://127.0.0.1:9/classify", "en")
     settings = Settings(workspace=root)
     report = run_conversation_tests(settings, project, train_rasa_model(settings, project))
     outcome = read_conversation_tests(project / "tests", report)
