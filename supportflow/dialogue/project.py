@@ -112,21 +112,19 @@ class DeskDialogue:
 
     def lookup_values(self) -> dict[str, list[str]]:
         """Lookup tables by name (an entity's possible values), from the desk's NLU data."""
-        tables: dict[str, list[str]] = {}
-        for document in self.data_documents:
-            for entry in (document or {}).get("nlu") or []:
-                if isinstance(entry, dict) and "lookup" in entry:
-                    tables.setdefault(str(entry["lookup"]), []).extend(_examples(entry.get("examples")))
-        return tables
+        return self._named_examples("lookup")
 
     def regexes(self) -> dict[str, list[str]]:
         """Regular expressions by name (an entity whose values follow a pattern, such as an order number)."""
-        patterns: dict[str, list[str]] = {}
+        return self._named_examples("regex")
+
+    def _named_examples(self, kind: str) -> dict[str, list[str]]:
+        named: dict[str, list[str]] = {}
         for document in self.data_documents:
             for entry in (document or {}).get("nlu") or []:
-                if isinstance(entry, dict) and "regex" in entry:
-                    patterns.setdefault(str(entry["regex"]), []).extend(_examples(entry.get("examples")))
-        return patterns
+                if isinstance(entry, dict) and kind in entry:
+                    named.setdefault(str(entry[kind]), []).extend(_examples(entry.get("examples")))
+        return named
 
     def patterns(self) -> dict[str, list[re.Pattern[str]]]:
         """`regexes()` compiled as Rasa's extractor matches them, without regard to case; one that does not compile is
