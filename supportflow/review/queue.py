@@ -30,7 +30,8 @@ UNKNOWN_SCORE = "unknown_score"  # the unknown-intent detector's score, where th
 
 
 class ReviewError(SupportflowError):
-    """A label the queue cannot take; `status` is the HTTP status that fits (404 unknown turn, 422 bad intent)."""
+    """A label the queue cannot take; `status` is the HTTP status that fits (404 unknown turn, 409 labelled already,
+    422 bad intent)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -186,6 +187,9 @@ def label_turn(lake: Lake, turn_id: str, intent: str, agent: str, intents: Colle
     item = next((item for item in queue.items if item.turn_id == turn_id), None) if queue else None
     if item is None:
         raise ReviewError(404, f"no turn {turn_id[:64]!r} in the review queue")
+    if lake.exists(*LABELS, f"{turn_id}.json"):  # two agents answering one turn would teach the model both labels
+        given = LabelRecord.model_validate(lake.read_json(*LABELS, f"{turn_id}.json"))
+        raise ReviewError(409, f"turn {turn_id} was labelled {given.intent!r} by {given.agent} already")
     ticket_id = write_label(lake, item.text, intent, item.channel)
     record = LabelRecord(
         turn_id=turn_id, ticket_id=ticket_id, intent=intent, predicted_intent=item.intent, agent=agent, labelled_at=datetime.now(UTC)

@@ -80,6 +80,9 @@ def test_a_label_lands_as_a_ticket_names_its_agent_and_leaves_the_queue(
     ]
     assert turn_id not in [item.turn_id for item in pending(local_lake, 10)]
     assert len(read_queue(local_lake).items) == 4  # the queue itself is the flow's to rebuild; the label hides the turn
+    with pytest.raises(ReviewError, match=r"labelled 'card_delivery_estimate' by ann already") as again:  # a second agent
+        label_turn(local_lake, turn_id, "card_arrival", "bo", INTENTS)
+    assert again.value.status == 409 and len([p for p in local_lake.files("tickets") if "agent_label-" in p]) == 1
 
     # the next training run's snapshot holds it
     ingest_file(str(banking77_sample), local_lake, local_settings)
