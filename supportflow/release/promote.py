@@ -282,7 +282,8 @@ def apply_to_running_stack(settings: Settings, release: Release) -> bool:
     token = {"token": recorded_token(settings) or ""}  # Rasa's API takes its token as a query parameter
     try:
         httpx.put(f"http://127.0.0.1:{port}/model", params=token, json={"model_file": str(archive)}, timeout=120).raise_for_status()
-    except httpx.HTTPError as error:
-        log.warning("the running Rasa on port %s did not load %s (%s): restart it with `supportflow serve`", port, archive, error)
+    except httpx.HTTPError as error:  # its text holds the URL, and the URL the token: the log gets the status alone
+        why = f"HTTP {error.response.status_code}" if isinstance(error, httpx.HTTPStatusError) else type(error).__name__
+        log.warning("the running Rasa on port %s did not load %s (%s): restart it with `supportflow serve`", port, archive, why)
         return False
     return True

@@ -1,8 +1,9 @@
 """The knowledge-gap report: what customers asked that the knowledge base did not answer, grouped by topic.
 
-Three signs of a gap, all from the turn log: a handoff because no article was relevant (or none answers the
-intent), an answer whose knowledge-base score was below the served threshold, and an answer the customer rated
-unhelpful (its rating in the lake's `ratings/` area, supportflow/bot/feedback.py). Their questions are embedded (the knowledge
+Four signs of a gap, all from the turn log: a handoff because no article was relevant (or none answers the
+intent), a handoff of a question outside every intent the desk has (a topic for a new intent and its article), an
+answer whose knowledge-base score was below the served threshold, and an answer the customer rated unhelpful (its
+rating in the lake's `ratings/` area, supportflow/bot/feedback.py). Their questions are embedded (the knowledge
 base's MiniLM) and clustered (agglomerative, average linkage on cosine distance, so the number of topics follows
 the questions); a topic is named by its medoid, the question most like the others, and shows the next most
 typical as examples. Topics are ordered by how many questions they hold, then by how many were rated unhelpful:
@@ -29,9 +30,11 @@ LATEST = "latest.json"
 NO_ANSWER = "no_answer"  # handed off: nothing relevant in the knowledge base, or no article for the intent
 LOW_KB_SCORE = "low_kb_score"  # answered, from an article scored below the served threshold
 UNHELPFUL = "unhelpful"  # answered, and the customer said it did not help
+UNKNOWN_INTENT = "unknown_intent"  # handed off: outside every intent the desk has, so no article could answer it
 # The engine's handoff reasons that mean the knowledge base had no answer (supportflow/bot/engine.py); the others
 # (asked for a person, low confidence, a part down) are not the articles' fault.
 NO_ANSWER_REASONS = ("nothing relevant in the knowledge base", "no article answers ")
+UNKNOWN_INTENT_REASONS = ("outside every intent the classifier knows",)  # the unknown-intent detector's handoff
 ANSWERED = ("kb", "llm")
 DEFAULT_DISTANCE = 0.45  # cosine distance (average linkage) under which two questions are one topic
 EXAMPLES = 3
@@ -113,10 +116,13 @@ def gap_questions(turns: pd.DataFrame, kb_threshold: float, ratings: pd.DataFram
             continue
         if route == "handoff" and not _missing(reason) and str(reason).startswith(NO_ANSWER_REASONS):
             rows.setdefault(turn_id, (text, NO_ANSWER))
+        elif route == "handoff" and not _missing(reason) and str(reason).startswith(UNKNOWN_INTENT_REASONS):
+            rows.setdefault(turn_id, (text, UNKNOWN_INTENT))
         elif route in ANSWERED and not _missing(score) and score < kb_threshold:
             rows.setdefault(turn_id, (text, LOW_KB_SCORE))
     if ratings is not None and len(ratings):
-        texts = {turn_id: text for turn_id, text in zip(turns["turn_id"], turns["text"], strict=True) if not _missing(text)}
+        answered = zip(turns["turn_id"], turns["text"], turns["route"], strict=True)  # a rating of a handoff's reply is no article's
+        texts = {turn_id: text for turn_id, text, route in answered if not _missing(text) and route in ANSWERED}
         for turn_id in ratings.loc[~ratings["helpful"].astype(bool), "turn_id"]:
             if turn_id in texts:
                 rows.setdefault(turn_id, (texts[turn_id], UNHELPFUL))

@@ -8,7 +8,16 @@ import pytest
 
 from supportflow.bot.turns import Turn
 from supportflow.lake import Lake
-from supportflow.review.gaps import LOW_KB_SCORE, NO_ANSWER, UNHELPFUL, gap_questions, knowledge_gaps, read_report, write_report
+from supportflow.review.gaps import (
+    LOW_KB_SCORE,
+    NO_ANSWER,
+    UNHELPFUL,
+    UNKNOWN_INTENT,
+    gap_questions,
+    knowledge_gaps,
+    read_report,
+    write_report,
+)
 from tests.review.conftest import answered
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -34,8 +43,10 @@ def turns() -> pd.DataFrame:
         weak("can I get a loan for a car"),
         handoff("I would like a loan to buy a car", "nothing relevant in the knowledge base"),
         rated,
-        # not gaps: asked for a person, low confidence, answered well
+        handoff("do you sell kayaks", "outside every intent the classifier knows"),
+        # not gaps: asked for a person, low confidence, answered well, a handoff's reply rated unhelpful
         handoff("a human please", "asked for a person"),
+        handoff("my parcel never came, and I am angry", "not understood with confidence"),
         handoff("blorp fizz", "not understood with confidence"),
         answered("what is the exchange rate for dollars", [("exchange_rate", 0.9), ("top_up_failed", 0.05)], kb_score=0.9),
     ]
@@ -45,7 +56,11 @@ def turns() -> pd.DataFrame:
 @pytest.fixture
 def ratings(turns: pd.DataFrame) -> pd.DataFrame:
     """Customers' ratings: the transfer question's answer did not help, the exchange rate's did."""
-    rated = {"how long does a bank transfer take to arrive": False, "what is the exchange rate for dollars": True}
+    rated = {
+        "how long does a bank transfer take to arrive": False,
+        "what is the exchange rate for dollars": True,
+        "my parcel never came, and I am angry": False,  # the reply was "a colleague will answer": no article's fault
+    }
     chosen = turns[turns["text"].isin(rated)]
     return pd.DataFrame({"turn_id": chosen["turn_id"], "helpful": [rated[text] for text in chosen["text"]]})
 
@@ -60,6 +75,7 @@ def test_only_the_knowledge_bases_failures_count_each_once(turns: pd.DataFrame, 
         "can I get a loan for a car": LOW_KB_SCORE,
         "I would like a loan to buy a car": NO_ANSWER,
         "how long does a bank transfer take to arrive": UNHELPFUL,
+        "do you sell kayaks": UNKNOWN_INTENT,
     }
 
 
@@ -68,8 +84,8 @@ def test_questions_group_by_topic_the_biggest_first_named_by_its_most_typical_qu
 ) -> None:
     report = knowledge_gaps(turns, embed, THRESHOLD, ratings=ratings)
 
-    assert report.questions == 7 and [topic.count for topic in report.topics] == [4, 2, 1]
-    bitcoin, loan, transfer = report.topics
+    assert report.questions == 8 and [topic.count for topic in report.topics] == [4, 2, 1, 1]
+    bitcoin, loan, transfer, kayaks = report.topics  # one each: the unhelpful answer's first, then the name's order
     assert {bitcoin.topic, *bitcoin.examples} == {  # the medoid and its 3 examples
         "can I buy bitcoin with my account",
         "do you support buying crypto currency like bitcoin",
@@ -79,6 +95,7 @@ def test_questions_group_by_topic_the_biggest_first_named_by_its_most_typical_qu
     assert bitcoin.reasons == {NO_ANSWER: 3, LOW_KB_SCORE: 1}
     assert {loan.topic, *loan.examples} == {"can I get a loan for a car", "I would like a loan to buy a car"}
     assert transfer.reasons == {UNHELPFUL: 1} and transfer.examples == []
+    assert (kayaks.topic, kayaks.reasons) == ("do you sell kayaks", {UNKNOWN_INTENT: 1})
     markdown = report.markdown("run-1")
     assert markdown.index(bitcoin.topic) < markdown.index(loan.topic) and "MLflow run `run-1`" in markdown
 
