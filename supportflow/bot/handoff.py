@@ -39,6 +39,13 @@ class HandoffError(SupportflowError):
     """A handoff request that cannot be honoured (unknown id, wrong state, unknown intent)."""
 
 
+def _customer_wrote(handoff: "Handoff") -> None:
+    """An answered handoff the customer writes to again is the holder's to answer again: back to `claimed`, so the
+    queue does not show it handled while the customer waits."""
+    if handoff.status == "answered":
+        handoff.status = "claimed"
+
+
 class HandoffStoreError(SupportflowError):
     """The handoff database failed; the message names the error's class and the handoffs involved, nothing they hold."""
 
@@ -178,6 +185,8 @@ class HandoffQueue:
                 session.add(handoff)
                 session.flush()  # its id, which a failure below is reported with
             handoff.messages.extend(Message(role=role, text=_stored(role, text)) for role, text in transcript)
+            if any(role == "customer" for role, _ in transcript):
+                _customer_wrote(handoff)
             handoff.updated_at = datetime.now(UTC)
             session.commit()
             return handoff.id
@@ -193,6 +202,8 @@ class HandoffQueue:
         with self._session() as session:
             handoff = self._get(session, handoff_id)
             handoff.messages.append(Message(role="customer", text=_stored("customer", text)))
+            _customer_wrote(handoff)
+            handoff.updated_at = datetime.now(UTC)
             session.commit()
 
     def page(self, status: Status | None = None, limit: int = MAX_PAGE, offset: int = 0) -> "HandoffPage":

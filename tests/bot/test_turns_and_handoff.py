@@ -103,11 +103,20 @@ def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
     queue.answer(handoff, "agent-ann", "We have blocked the card and ordered a new one.")
     assert queue.undelivered_replies("conv-1") == ["We have blocked the card and ordered a new one."]
     assert queue.undelivered_replies("conv-1") == []
+    assert [h["id"] for h in queue.page("answered").handoffs] == [handoff]
+    queue.add_customer_message(handoff, "thanks, when will it arrive?")  # the customer waits again: ann's to answer
+    assert [h["id"] for h in queue.page("claimed").handoffs] == [handoff] and queue.page("answered").handoffs == []
     with pytest.raises(HandoffError, match="not in the intent catalogue"):
         queue.resolve(handoff, "agent-ann", "eaten_by_atm")
     resolved = queue.resolve(handoff, "agent-ann", "card_swallowed")
 
-    assert resolved["status"] == "resolved" and [m["role"] for m in resolved["transcript"]] == ["customer", "bot", "customer", "agent"]
+    assert resolved["status"] == "resolved" and [m["role"] for m in resolved["transcript"]] == [
+        "customer",
+        "bot",
+        "customer",
+        "agent",
+        "customer",
+    ]
     labels = [local_lake.read_parquet(p) for p in local_lake.files("tickets") if "agent_label-" in p]
     assert len(labels) == 1 and labels[0].iloc[0][["source", "text", "intent"]].tolist() == [
         "agent_label",
