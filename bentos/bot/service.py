@@ -86,6 +86,7 @@ class AgentAction(BaseModel):
 
     text: str | None = None
     intent: str | None = None
+    message_id: int | None = None  # resolve: the customer's message the intent labels, when not the handoff's question
 
 
 class ReviewLabel(BaseModel):
@@ -473,7 +474,7 @@ class BotService:
                     self.deliveries.queue(view["transcript"][-1]["id"], view["conversation_id"])
                 return self.deliveries.annotate(view)
             if action == "resolve":
-                return self.deliveries.annotate(queue.resolve(handoff_id, agent, body.intent))
+                return self.deliveries.annotate(queue.resolve(handoff_id, agent, body.intent, body.message_id))
             if action == "give_back":
                 return self.deliveries.annotate(queue.give_back(handoff_id, agent))
         except HandoffError as error:

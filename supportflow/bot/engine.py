@@ -272,7 +272,7 @@ class SupportBot:
         pending = request.slots.get(PENDING_SLOT)
         slots: dict[str, Any] = {PENDING_SLOT: None} if pending else {}
         question = request.text
-        if pending and (request.form_completed or intent == "inform"):
+        if _answers_form(request):
             # This message answers the form's question (a bare value); the request came before it, so the search
             # is for the request, by its article's title, with the values given (whatever this message was classified as).
             given = [str(value) for name, value in request.slots.items() if name not in (PENDING_SLOT, OFFERED_SLOT) and value]
@@ -339,7 +339,10 @@ class SupportBot:
     def _handoff(self, request: AnswerRequest, reason: str, message: str | None = None) -> AnswerResponse:
         transcript = [(line.role, line.text) for line in request.transcript]
         transcript = transcript or self._transcripts.of(request.conversation_id) or [("customer", request.text)]
-        self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent, request.ranking)
+        # What a confirmed intent will label: not a request for a person, nor a bare value a form asked for (the
+        # customer's next message is then the question, unless the agent picks another).
+        question = None if request.intent == "ask_human" or _answers_form(request) else request.text
+        self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent, request.ranking, question)
         return AnswerResponse(
             messages=[message or self.texts.handoff],
             route="handoff",
@@ -406,7 +409,10 @@ class SupportBot:
         stored = self.keys.stored_id(conversation_id)
         if self.handoffs.open_for(stored) is not None:
             return [self.texts.with_agent]
-        self.handoffs.enqueue(stored, channel, self._transcripts.of(stored), reason, None)
+        transcript = self._transcripts.of(stored)
+        # Asked for after an answer: the question is the customer's last message, the one the answer did not help with.
+        question = next((text for role, text in reversed(transcript) if role == "customer"), None)
+        self.handoffs.enqueue(stored, channel, transcript, reason, None, question=question)
         return [self.texts.handoff]
 
     def agent_replies(self, conversation_id: str) -> list[str]:
@@ -431,7 +437,8 @@ class SupportBot:
             messages = [m["text"] for m in said if m.get("text")]
         except (httpx.HTTPError, ValueError) as error:
             log.error("dialogue unavailable", extra={"request_id": request_id, "error": str(error)})
-            self.handoffs.enqueue(stored, channel, self._transcripts.of(stored), "the dialogue service was unavailable", None)
+            transcript = self._transcripts.of(stored)
+            self.handoffs.enqueue(stored, channel, transcript, "the dialogue service was unavailable", None, question=text)
             return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         payloads = [m["custom"] for m in said if isinstance(m.get("custom"), dict) and PAYLOAD_KEY in m["custom"]]
         unreachable = next((p for p in payloads if p[PAYLOAD_KEY] == BOT_UNREACHABLE), None)
@@ -439,7 +446,7 @@ class SupportBot:
             # The action could not reach /internal/answer and told the customer a colleague is coming: make it true.
             log.error("the action server could not reach the bot", extra={"request_id": request_id})
             transcript = _transcript(unreachable.get("transcript")) or self._transcripts.of(stored)
-            self.handoffs.enqueue(stored, channel, transcript, "the action server could not reach the bot", None)
+            self.handoffs.enqueue(stored, channel, transcript, "the action server could not reach the bot", None, question=text)
             return ChatResult([self.texts.outage], "handoff", status=503, request_id=request_id)
         outcomes = [p[OUTCOME] for p in payloads if p[PAYLOAD_KEY] == OUTCOME]
         if not outcomes:
@@ -460,6 +467,11 @@ class SupportBot:
             handoff_reason=outcome.handoff_reason,
             ranking=outcome.ranking,
         )
+
+
+def _answers_form(request: AnswerRequest) -> bool:
+    """This message answers a form's question (a bare value); the request it completes came in an earlier message."""
+    return bool(request.slots.get(PENDING_SLOT)) and (request.form_completed or request.intent == "inform")
 
 
 def _transcript(lines: object) -> list[tuple[str, str]]:

@@ -1,8 +1,10 @@
 """Human handoff: a queue of conversations waiting for an agent, and the labels agents give back.
 
 SQLite by default, any SQLAlchemy URL in production. When an agent resolves a conversation and confirms
-its intent, the customer's message lands in the lake as a labelled ticket (`source=agent_label`), so the
-next training run learns from it. Conversations are known here by their stored id (a keyed hash,
+its intent, the customer's question lands in the lake as a labelled ticket (`source=agent_label`), so the
+next training run learns from it. The question is the message the bot handed off, not the transcript's first
+line (which can be "hi"); a handoff the customer asked for has none until they write what they need, and the
+agent may point the label at another of the customer's messages. Conversations are known here by their stored id (a keyed hash,
 supportflow/keys.py), never by a phone number; a resolved handoff, transcript included, is deleted once it is
 older than the retention period (its label, if any, is in the lake by then).
 
@@ -69,6 +71,7 @@ class Handoff(_Base):
     updated_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
     messages: Mapped[list["Message"]] = relationship(order_by="Message.id", cascade="all, delete-orphan")
     suggestions: Mapped[list["Suggestion"]] = relationship(order_by="Suggestion.rank", cascade="all, delete-orphan")
+    question: Mapped["Question | None"] = relationship(cascade="all, delete-orphan")
     events: Mapped[list["Event"]] = relationship(order_by="Event.id", cascade="all, delete-orphan")
 
 
@@ -94,6 +97,17 @@ class Suggestion(_Base):
     rank: Mapped[int] = mapped_column()
     intent: Mapped[str] = mapped_column(String(128))
     confidence: Mapped[float | None] = mapped_column()
+
+
+class Question(_Base):
+    """The customer's message a confirmed intent labels: the one the bot handed off, the first one written after
+    the customer asked for a person, or the one the resolving agent chose. Its own table, so a queue created before
+    questions were kept gains it without a migration (its older handoffs have none, and an agent names one)."""
+
+    __tablename__ = "handoff_questions"
+
+    handoff_id: Mapped[int] = mapped_column(ForeignKey("handoffs.id"), primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("handoff_messages.id"))
 
 
 class Event(_Base):
@@ -128,6 +142,7 @@ def _view(handoff: Handoff) -> dict[str, object]:
         "created_at": handoff.created_at.isoformat(),
         "transcript": [_entry(m) for m in handoff.messages],
         "suggestions": [{"intent": s.intent, "confidence": s.confidence} for s in handoff.suggestions],
+        "question_id": handoff.question.message_id if handoff.question else None,  # what a confirmed intent labels
         "events": [{"action": e.action, "agent": e.agent, "intent": e.intent, "at": e.at.isoformat()} for e in handoff.events],
     }
 
@@ -146,6 +161,20 @@ def _suggested(ranking: Sequence[Mapping[str, Any]], intents: tuple[str, ...]) -
     agent would label a ticket with."""
     known = [r for r in ranking if r.get("intent") in intents][:SUGGESTIONS]
     return [Suggestion(rank=i, intent=r["intent"], confidence=r.get("confidence")) for i, r in enumerate(known)]
+
+
+def _ask(session: Session, handoff: Handoff, among: Sequence[Message], text: str) -> None:
+    """Record the handoff's question: the last of `among` with this (stored) text, else a new customer message
+    holding it (a transcript that left out the very message the bot handed off)."""
+    message = next((m for m in reversed(among) if m.role == "customer" and m.text == text), None)
+    if message is None:
+        message = Message(role="customer", text=text)
+        handoff.messages.append(message)
+    session.flush()  # the message's id
+    if handoff.question is None:
+        handoff.question = Question(message_id=message.id)
+    else:
+        handoff.question.message_id = message.id
 
 
 class HandoffPage(BaseModel):
@@ -172,9 +201,12 @@ class HandoffQueue:
         reason: str,
         predicted_intent: str | None,
         ranking: Sequence[Mapping[str, Any]] = (),
+        question: str | None = None,
     ) -> int:
         """Open a handoff, or add to the conversation's open one; returns its id. `ranking` is the classifier's
-        (`{"intent", "confidence"}`, best first): its top catalogue intents are kept for the agent who labels it."""
+        (`{"intent", "confidence"}`, best first): its top catalogue intents are kept for the agent who labels it.
+        `question` is the customer's message the bot could not answer, which a confirmed intent labels; None when
+        the customer asked for a person (their next message is the question)."""
         with self._session() as session:
             handoff = session.scalars(
                 select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status.not_in(CLOSED))
@@ -184,7 +216,10 @@ class HandoffQueue:
                 handoff.suggestions.extend(_suggested(ranking, self.intents))
                 session.add(handoff)
                 session.flush()  # its id, which a failure below is reported with
-            handoff.messages.extend(Message(role=role, text=_stored(role, text)) for role, text in transcript)
+            added = [Message(role=role, text=_stored(role, text)) for role, text in transcript]
+            handoff.messages.extend(added)
+            if question is not None and handoff.question is None:
+                _ask(session, handoff, added, _stored("customer", question))
             if any(role == "customer" for role, _ in transcript):
                 _customer_wrote(handoff)
             handoff.updated_at = datetime.now(UTC)
@@ -201,7 +236,10 @@ class HandoffQueue:
     def add_customer_message(self, handoff_id: int, text: str) -> None:
         with self._session() as session:
             handoff = self._get(session, handoff_id)
-            handoff.messages.append(Message(role="customer", text=_stored("customer", text)))
+            message = Message(role="customer", text=_stored("customer", text))
+            handoff.messages.append(message)
+            if handoff.question is None:  # opened at the customer's word: what they write next is what they need
+                _ask(session, handoff, [message], message.text)
             _customer_wrote(handoff)
             handoff.updated_at = datetime.now(UTC)
             session.commit()
@@ -223,7 +261,7 @@ class HandoffQueue:
         cutoff = datetime.now(UTC) - self.retention
         with self._session() as session:
             expired = select(Handoff.id).where(Handoff.status.in_(CLOSED), Handoff.updated_at < cutoff)
-            for table in (Message, Suggestion, Event):
+            for table in (Question, Message, Suggestion, Event):
                 session.execute(delete(table).where(table.handoff_id.in_(expired)))
             deleted = session.execute(delete(Handoff).where(Handoff.id.in_(expired))).rowcount
             session.commit()
@@ -266,19 +304,38 @@ class HandoffQueue:
             session.commit()
             return [m.text for m in messages]
 
-    def resolve(self, handoff_id: int, agent: str, intent: str | None) -> dict[str, object]:
-        """Close the handoff; a confirmed intent sends the customer's first message to the lake as a label."""
+    def resolve(self, handoff_id: int, agent: str, intent: str | None, message_id: int | None = None) -> dict[str, object]:
+        """Close the handoff; a confirmed intent sends the customer's question to the lake as a label: the message
+        `message_id` names (one of the customer's in this transcript), else the one the handoff recorded."""
         if intent is not None and intent not in self.intents:
             raise HandoffError(f"intent {intent!r} is not in the intent catalogue")
         with self._session() as session:
             handoff = self._owned(session, handoff_id, agent)
+            if intent is not None:
+                labelled = self._labelled(session, handoff, message_id)
+                write_label(self.lake, labelled.text, intent, handoff.channel)
+            elif message_id is not None:
+                raise HandoffError("a message_id names the message an intent labels: resolve with an intent, or without either")
             handoff.status, handoff.confirmed_intent, handoff.updated_at = "resolved", intent, datetime.now(UTC)
             handoff.events.append(Event(action="resolve", agent=agent, intent=intent))
-            customer = next((m.text for m in handoff.messages if m.role == "customer"), None)
-            if intent is not None and customer:
-                write_label(self.lake, customer, intent, handoff.channel)
             session.commit()
             return _view(handoff)
+
+    @staticmethod
+    def _labelled(session: Session, handoff: Handoff, message_id: int | None) -> Message:
+        """The customer's message a confirmed intent labels, recorded as the handoff's question from now on."""
+        if message_id is None:
+            if handoff.question is None:
+                raise HandoffError(
+                    f"handoff {handoff.id} has no question to label: the customer asked for a person and has written "
+                    "nothing since. Name the customer's message the intent is for (message_id), or resolve without an intent"
+                )
+            message_id = handoff.question.message_id
+        chosen = next((m for m in handoff.messages if m.id == message_id and m.role == "customer"), None)
+        if chosen is None:
+            raise HandoffError(f"message {message_id} is not one of the customer's messages in handoff {handoff.id}")
+        _ask(session, handoff, [chosen], chosen.text)
+        return chosen
 
     def give_back(self, handoff_id: int, agent: str) -> dict[str, object]:
         """Return the conversation to the bot, unlabelled: its next message is the bot's to answer. A waiting

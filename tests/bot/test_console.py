@@ -21,7 +21,7 @@ def only_handoff(served: ServedBot) -> dict:
     return handoff
 
 
-def act(served: ServedBot, agent: str, handoff_id: int, action: str, **body: str) -> object:
+def act(served: ServedBot, agent: str, handoff_id: int, action: str, **body: str | int) -> object:
     return served.client.post(f"/agent/handoffs/{handoff_id}/{action}", json=body, headers=served.as_agent(agent))
 
 
@@ -41,7 +41,9 @@ def test_an_agent_works_a_handoff_and_every_action_is_recorded_under_their_name(
     handoff = only_handoff(served)
     assert (handoff["status"], handoff["channel"], handoff["events"]) == ("waiting", "sms", [])
     act(served, "ann", handoff["id"], "claim")
-    act(served, "ann", handoff["id"], "answer", text="We blocked it.")
+    reply = act(served, "ann", handoff["id"], "answer", text="We blocked it.").json()["transcript"][-1]
+    wrong = act(served, "ann", handoff["id"], "resolve", intent="lost_or_stolen_card", message_id=reply["id"])
+    assert wrong.status_code == 409 and "is not one of the customer's messages" in wrong.json()["detail"]
     resolved = act(served, "ann", handoff["id"], "resolve", intent="lost_or_stolen_card").json()
     assert [(e["action"], e["agent"], e["intent"]) for e in resolved["events"]] == [
         ("claim", "ann", None),
@@ -160,6 +162,7 @@ def test_talk_to_a_person_after_an_unhelpful_answer_starts_a_handoff(served: Ser
     (again,) = served.client.get("/agent/handoffs?status=waiting", headers=served.as_agent("ann")).json()["handoffs"]
     assert again["id"] != handoff["id"] and again["reason"] == "asked for a person after an unhelpful answer"
     assert again["transcript"][0] == {**again["transcript"][0], "role": "customer", "text": "where is my card"}
+    assert again["question_id"] == again["transcript"][0]["id"]  # what the answer did not help with: a label goes on it
     twice = served.client.post(f"/chat/{conversation}/handoff", headers=token).json()
     assert len(served.client.get("/agent/handoffs?status=waiting", headers=served.as_agent("ann")).json()["handoffs"]) == 1
     assert twice["replies"] != asked.json()["replies"]  # already with a person: told so, not queued twice

@@ -158,6 +158,25 @@ def test_nothing_relevant_goes_to_a_person(bot: SupportBot) -> None:
     assert response.route == "handoff" and bot.handoffs.page().handoffs[0]["reason"] == "nothing relevant in the knowledge base"
 
 
+def test_a_handoff_keeps_the_message_it_was_opened_for_as_what_an_agents_label_goes_on(bot: SupportBot) -> None:
+    """The transcript starts wherever Rasa's memory does ("hi"); the label belongs to the message the bot handed off.
+    A request for a person, or a bare value a form asked for, is not that message: the customer's next one is."""
+
+    def opened(conversation: str, text: str, intent: str | None, **extra: object) -> object:
+        lines = [{"role": "customer", "text": "hi"}, {"role": "bot", "text": "Hello!"}, {"role": "customer", "text": text}]
+        request = AnswerRequest(conversation_id=conversation, text=text, intent=intent, confidence=0.2, transcript=lines, **extra)
+        assert bot.answer(request).route == "handoff"
+        view = bot.handoffs.get(bot.handoffs.open_for(conversation))
+        return next((m["text"] for m in view["transcript"] if m["id"] == view["question_id"]), None)
+
+    assert opened("c-q1", "can you recommend a pizza topping for tonight?", None) == "can you recommend a pizza topping for tonight?"
+    assert opened("c-q2", "where is the thing you sent", "nlu_fallback", kind="handoff") == "where is the thing you sent"
+    assert opened("c-q3", "I want a person", "ask_human", kind="handoff") is None
+    bot.knowledge = None  # nothing to answer the form's request with: handed off on the message that completed it
+    slots = {"pending_intent": "lost_or_stolen_card", "card_type": "virtual"}
+    assert opened("c-q4", "the virtual one", "inform", slots=slots, form_completed=True) is None
+
+
 def test_a_classifier_that_is_down_degrades_to_a_handoff(bot: SupportBot) -> None:
     response = ask(bot, "my card is lost", "nlu_fallback", 0.0, classifier_unavailable=True)
     assert (response.route, response.messages, response.degraded) == ("handoff", [TEXTS.outage], True)
@@ -329,3 +348,4 @@ def test_an_action_that_could_not_reach_the_bot_hands_off_with_rasas_transcript(
     (handoff,) = bot.handoffs.page().handoffs
     assert [(m["role"], m["text"]) for m in handoff["transcript"]] == [(line["role"], line["text"]) for line in transcript]
     assert handoff["reason"] == "the action server could not reach the bot"
+    assert handoff["question_id"] == handoff["transcript"][-1]["id"]  # the message that went unanswered, not "hi"

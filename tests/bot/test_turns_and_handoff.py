@@ -90,9 +90,10 @@ def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
     handoff = queue.enqueue(
         "conv-1",
         "webchat",
-        [("customer", "my card got eaten by the cash machine"), ("bot", "Let me get a colleague.")],
+        [("customer", "hi"), ("bot", "Hello!"), ("customer", "my card got eaten by the cash machine"), ("bot", "Let me get a colleague.")],
         "low confidence",
         "card_swallowed",
+        question="my card got eaten by the cash machine",
     )
     assert queue.enqueue("conv-1", "webchat", [("customer", "hello?")], "low confidence", None) == handoff
     assert [h["id"] for h in queue.page("waiting").handoffs] == [handoff]
@@ -114,6 +115,8 @@ def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
         "customer",
         "bot",
         "customer",
+        "bot",
+        "customer",
         "agent",
         "customer",
     ]
@@ -131,6 +134,72 @@ def test_an_agent_claims_answers_and_resolves_and_the_label_reaches_training(
         ]
     )
     assert "agent_label" in set(train["source"])
+
+
+def labels_in(lake: Lake) -> list[tuple[str, str]]:
+    frames = [lake.read_parquet(p) for p in lake.files("tickets") if "agent_label-" in p]
+    return [(row.text, row.intent) for frame in frames for row in frame.itertuples()]
+
+
+def test_a_person_asked_for_labels_what_the_customer_writes_next_or_the_message_the_agent_names(
+    queue: HandoffQueue, local_lake: Lake
+) -> None:
+    """A request for a person is not the question: the label goes on what the customer then says they need. Before,
+    it went on the transcript's first message, here "I want to talk to a human", and taught the model that."""
+    handoff = queue.enqueue("conv-h", "webchat", [("customer", "I want to talk to a human")], "asked for a person", "ask_human")
+    assert queue.get(handoff)["question_id"] is None
+    queue.claim(handoff, "agent-ann")
+    with pytest.raises(HandoffError, match="no question to label: the customer asked for a person and has written nothing since"):
+        queue.resolve(handoff, "agent-ann", "card_swallowed")
+    queue.add_customer_message(handoff, "the machine kept my card")
+    queue.add_customer_message(handoff, "are you there?")  # the question is already known: this one is not it
+    view = queue.get(handoff)
+    said = {m["text"]: m["id"] for m in view["transcript"]}
+    assert view["question_id"] == said["the machine kept my card"]
+    queue.resolve(handoff, "agent-ann", "card_swallowed")
+    assert labels_in(local_lake) == [("the machine kept my card", "card_swallowed")]
+
+    other = queue.enqueue(
+        "conv-h2",
+        "sms",
+        [("customer", "my card is stuck in the atm"), ("bot", "Here is how to get it back."), ("customer", "a person please")],
+        "asked for a person",
+        "ask_human",
+    )
+    queue.claim(other, "agent-ann")
+    ids = {(m["role"], m["text"]): m["id"] for m in queue.get(other)["transcript"]}
+    with pytest.raises(HandoffError, match="is not one of the customer's messages"):
+        queue.resolve(other, "agent-ann", "card_swallowed", message_id=ids[("bot", "Here is how to get it back.")])
+    with pytest.raises(HandoffError, match="a message_id names the message an intent labels"):
+        queue.resolve(other, "agent-ann", None, message_id=ids[("customer", "my card is stuck in the atm")])
+    resolved = queue.resolve(other, "agent-ann", "card_swallowed", message_id=ids[("customer", "my card is stuck in the atm")])
+    assert resolved["question_id"] == ids[("customer", "my card is stuck in the atm")]
+    labelled = [("my card is stuck in the atm", "card_swallowed"), ("the machine kept my card", "card_swallowed")]
+    assert sorted(labels_in(local_lake)) == labelled
+
+
+def test_a_queue_made_before_questions_were_kept_opens_and_its_handoffs_are_labelled_by_the_agents_choice(
+    local_lake: Lake, local_settings: Settings, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    queue = HandoffQueue(url, local_lake, load_catalogue(local_settings.catalogue_file).intents)
+    with queue.engine.begin() as connection:  # the queue as it was: no questions table, one handoff waiting
+        connection.exec_driver_sql("DROP TABLE handoff_questions")
+        connection.exec_driver_sql(
+            "INSERT INTO handoffs (id, conversation_id, channel, status, reason, created_at, updated_at) "
+            "VALUES (7, 'old', 'webchat', 'waiting', 'low confidence', '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO handoff_messages (id, handoff_id, role, text, at, delivered) VALUES "
+            "(1, 7, 'customer', 'hello', '2026-11-01 00:00:00', 0), (2, 7, 'customer', 'where is my new card', '2026-11-01 00:00:01', 0)"
+        )
+    reopened = HandoffQueue(url, local_lake, queue.intents)
+    assert reopened.get(7)["question_id"] is None
+    reopened.claim(7, "agent-ann")
+    with pytest.raises(HandoffError, match="Name the customer's message the intent is for"):
+        reopened.resolve(7, "agent-ann", "card_arrival")
+    reopened.resolve(7, "agent-ann", "card_arrival", message_id=2)
+    assert labels_in(local_lake) == [("where is my new card", "card_arrival")]
 
 
 def test_unknown_handoffs_and_wrong_agents_are_clear_errors(queue: HandoffQueue) -> None:
@@ -204,7 +273,8 @@ def test_what_the_agent_and_the_bot_wrote_is_kept_whole(queue: HandoffQueue) -> 
 
 def test_a_database_error_names_its_class_and_handoff_never_the_message(queue: HandoffQueue, caplog: pytest.LogCaptureFixture) -> None:
     with queue.engine.begin() as connection:  # the messages table is gone: the handoff is written, its messages fail
-        connection.exec_driver_sql("DROP TABLE handoff_messages")
+        # (and on PostgreSQL the questions' reference to it, which SQLite does not enforce)
+        connection.exec_driver_sql("DROP TABLE handoff_messages" + (" CASCADE" if queue.engine.dialect.name == "postgresql" else ""))
     typed = f"my card {PII[1]}, call {PII[0]}"
 
     with caplog.at_level(logging.ERROR, logger="supportflow.bot.handoff"), pytest.raises(HandoffStoreError) as raised:
