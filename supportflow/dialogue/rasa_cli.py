@@ -66,6 +66,15 @@ def test_conversations(settings: Settings, project: Path, model: Path) -> Path |
     return out
 
 
+# Rasa reads its API token only from `--auth-token`, and a command line is anyone's to read (`ps`): the token goes in
+# the environment, which only the process's owner can read, and is appended to Rasa's own arguments inside the
+# process. One argument (`--auth-token=...`): a token starting with "-" would read as an option.
+WITH_AUTH_TOKEN = (
+    "import os, sys; from rasa.__main__ import main; "
+    "sys.argv = ['rasa', *sys.argv[1:], '--auth-token=' + os.environ['SUPPORTFLOW_INTERNAL_TOKEN']]; sys.exit(main())"
+)
+
+
 def rasa_server(
     settings: Settings,
     project: Path,
@@ -81,10 +90,11 @@ def rasa_server(
     channel the bot talks to needs none, so readiness is checked there. Its conversations live in the tracker store
     the settings name (stores.py), so a restarted Rasa continues them."""
     command = [
-        str(rasa_executable(settings)),
+        str(rasa_executable(settings).with_name("python")),
+        "-c",
+        WITH_AUTH_TOKEN,
         "run",
         "--enable-api",
-        f"--auth-token={internal_token}",  # one argument: a token starting with "-" would read as an option
         "--model",
         str(model),
         "--port",

@@ -152,9 +152,12 @@ def test_asking_for_a_person_hands_off_and_the_agent_answer_reaches_the_customer
     replies = f"{bot}/chat/{served.conversations['it-handoff'][0]}/replies"
     assert httpx.get(replies, timeout=10).status_code == 403  # no token, no replies: and they stay undelivered
     assert httpx.get(replies, headers=served.token("it-handoff"), timeout=10).json()["replies"] == ["Hi, Ann here. How can I help?"]
+    assert served.chat("it-handoff", "please close my account").json()["route"] == "handoff"  # with Ann: not the bot's
     resolved = httpx.post(f"{bot}/agent/handoffs/{handoff['id']}/resolve", json={"intent": "terminate_account"}, headers=ann, timeout=10)
     assert resolved.json()["status"] == "resolved"
-    assert resolved.json()["transcript"][-1]["delivery"] == "delivered"  # the webchat took the reply
+    assert resolved.json()["transcript"][-2]["delivery"] == "delivered"  # the webchat took the reply
+    question = next(m for m in resolved.json()["transcript"] if m["id"] == resolved.json()["question_id"])
+    assert question["text"] == "please close my account"  # what the customer needed, not "I want to talk to a human"
     assert httpx.get(f"{bot}/chat/never-seen/replies", timeout=10).status_code == 403
 
 
@@ -364,6 +367,12 @@ def test_the_internal_doors_of_the_served_stack_refuse_strangers(served: Served)
     assert httpx.get(f"{rasa}/conversations/it-answer/tracker", timeout=10).status_code == 401  # a customer's conversation
     assert httpx.put(f"{rasa}/model", json={"model_file": "/tmp/attacker.tar.gz"}, timeout=10).status_code == 401
     assert httpx.get(f"{rasa}/status", params={"token": token}, timeout=10).status_code == 200
+    # ... and no local user reads the token from Rasa's command line (`ps`): it reaches Rasa through its environment
+    import psutil
+
+    (rasa_process,) = [p for p in served.stack.processes if p.name == "rasa"]
+    command_lines = [" ".join(p.cmdline()) for p in [psutil.Process(rasa_process.pid), *psutil.Process(rasa_process.pid).children(True)]]
+    assert "--enable-api" in command_lines[0] and not [line for line in command_lines if token in line]
     call = {"next_action": "action_handoff", "sender_id": "sms:+15550100", "tracker": {"sender_id": "sms:+15550100"}, "domain": {}}
     assert httpx.post(f"{actions}/webhook", json=call, timeout=10).status_code == 401
     assert httpx.get(f"{served.stack.classifier_url}/metrics", timeout=10).status_code == 401
