@@ -122,6 +122,28 @@ def test_deal_keys_group_only_what_is_said_the_same_way() -> None:
     assert deal_keys(keys, wordings).tolist() == [20, 10, 20, 20]
 
 
+def test_wording_keys_group_texts_as_pythons_casefold_and_word_characters_define_them() -> None:
+    """The keys are computed with Arrow's RE2 for speed; what counts as the same wording is still Python's own: texts
+    are the same when `casefold()` and `[\\W_]+` (collapsed to one space, stripped) make them equal."""
+    import re
+    import sys
+    import unicodedata
+
+    def reference(texts: list[str]) -> list[str]:
+        return [re.sub(r"[\W_]+", " ", text.casefold()).strip() for text in texts]
+
+    assigned = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) not in ("Cn", "Cs")]
+    texts = [f"a{ch}b" for ch in assigned]  # each character between two letters: a word character joins them, others split
+    texts += ["Straße", "STRASSE", "ΣΊΣΥΦΟΣ", "σίσυφος", "  Où est   ma carte ?! ", "où est ma carte", "ÉTÉ_été", "été été", "", "—"]
+    texts += pd.read_csv(Path(__file__).resolve().parents[2] / "examples" / "banking77" / "data" / "test.csv")["text"].tolist()
+    keys = wording_keys(pd.Series([*texts, None]))
+    same_key = pd.Series(range(len(texts) + 1)).groupby(keys).transform("min").tolist()
+    same_words = pd.Series(range(len(texts) + 1)).groupby([*reference(texts), ""]).transform("min").tolist()
+    assert same_key == same_words
+    assert keys[texts.index("Straße")] == keys[texts.index("STRASSE")] and keys[-1] == keys[texts.index("")]
+    assert len(wording_keys(pd.Series([], dtype=object))) == 0
+
+
 def test_validation_in_worker_processes_gives_the_same_result(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
     sample = pd.read_csv(Path(__file__).resolve().parents[2] / "examples" / "banking77" / "data" / "train.csv").groupby("category").head(24)
     sample.loc[sample.index[:4], "category"] = "not_an_intent"  # 4 tickets: outside the catalogue, and fewer than the minimum 5
