@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from supportflow.pipeline import PipelineSummary
-    from supportflow.release.stack import Stack
+    from supportflow.release.bundle import Bundles
+    from supportflow.release.stack import RecordedStack, Stack
     from supportflow.status import ProductionStatus
 
 
@@ -163,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     for question in questions:
         _print_kb_answers(question)
     if not args.no_serve:
-        stack = _start_stack(background=True)
+        stack = _serve_in_background()
         print("an example conversation through /chat, served by the production release:")
         _converse(stack, questions)
     print("where to look:")
@@ -182,10 +183,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print("the bot keeps serving in the background: `supportflow stop` (or `make stop`) ends it")
 
 
-def _start_stack(background: bool) -> "Stack":
+# What `serve --background` starts, detached: the foreground serve, recording its stack for `stop` and `status`.
+SUPERVISOR = [sys.executable, "-m", "supportflow.cli", "serve", "--supervise"]
+
+
+def _served_release() -> "tuple[Bundles | None, Path]":
+    """What `serve` serves: the production release's bundles, else the Rasa project's own dialogue model."""
     from supportflow.lake import open_lake
     from supportflow.release.promote import current_release
-    from supportflow.release.stack import record_stack, start_stack, stop_recorded_stack
     from supportflow.settings import get_settings
 
     settings = get_settings()
@@ -193,16 +198,36 @@ def _start_stack(background: bool) -> "Stack":
     model = settings.rasa_project_dir / "models" / "supportflow.tar.gz"
     if production is None and not model.exists():
         raise SupportflowError(f"no release and no dialogue model at {model}: run `supportflow demo` (or the pipeline) first")
+    return (production.bundles if production else None), model
+
+
+def _start_stack(record: bool) -> "Stack":
+    from supportflow.release.stack import record_stack, start_stack, stop_recorded_stack
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    bundles, model = _served_release()
     stop_recorded_stack(settings)
     print("starting the classifier, Rasa, the action server and the bot (about a minute)...", flush=True)
-    bundles = production.bundles if production else None
     stack = start_stack(settings, settings.rasa_project_dir, model, settings.run_dir / "logs", bundles=bundles)
-    if background:
-        record_stack(settings, stack)
+    if record:
+        record_stack(settings, stack, os.getpid())
     return stack
 
 
-def _print_stack(stack: "Stack") -> None:
+def _serve_in_background() -> "RecordedStack":
+    """The stack, served by a supervisor that outlives this command and starts again any service that ends."""
+    from supportflow.release.stack import serve_in_background, stop_recorded_stack
+    from supportflow.settings import get_settings
+
+    settings = get_settings()
+    _served_release()  # nothing to serve: say so here, not in the supervisor's log
+    stop_recorded_stack(settings)
+    print("starting the classifier, Rasa, the action server and the bot (about a minute)...", flush=True)
+    return serve_in_background(settings, SUPERVISOR, settings.run_dir / "logs" / "supervisor.log")
+
+
+def _print_stack(stack: "Stack | RecordedStack") -> None:
     from supportflow.settings import get_settings
 
     print(f"  webchat:       {stack.bot_url}/  (POST {stack.bot_url}/chat, Twilio webhook {stack.bot_url}/twilio)")
@@ -211,7 +236,7 @@ def _print_stack(stack: "Stack") -> None:
     print(f"  logs:          {get_settings().run_dir / 'logs'}/")
 
 
-def _print_demo_agent(stack: "Stack") -> None:
+def _print_demo_agent(stack: "Stack | RecordedStack") -> None:
     """The credentials a newcomer signs in to the console with: the demo agent's, created on the first demo."""
     from supportflow.bot.agents import DEMO_AGENT, Agents, demo_agent_token
     from supportflow.settings import get_settings
@@ -226,7 +251,7 @@ def _print_demo_agent(stack: "Stack") -> None:
         print(f"                 ask for a person on {stack.bot_url}/ and the conversation waits for you in the console")
 
 
-def _converse(stack: "Stack", questions: Sequence[str]) -> None:
+def _converse(stack: "Stack | RecordedStack", questions: Sequence[str]) -> None:
     """Each question as the first turn of a new conversation, the way a customer would ask it."""
     from supportflow.bot.client import BotConversation
 
@@ -287,23 +312,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    """In the foreground (or as the background's supervisor, `--supervise`), this process keeps the stack serving:
+    a service that ends is started again. `--background` leaves such a supervisor running and returns."""
+    import contextlib
     import signal
     import threading
 
-    stack = _start_stack(args.background)
-    print("supportflow is serving:")
-    _print_stack(stack)
+    from supportflow.release.stack import supervise
+    from supportflow.settings import get_settings
+
     if args.background:
+        recorded = _serve_in_background()
+        print("supportflow is serving (a supervisor starts again any service that ends):")
+        _print_stack(recorded)
         print("stop it with `supportflow stop` (or `make stop`)")
         return
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stack.stop()
+    stack = _start_stack(record=args.supervise)
+    print("supportflow is serving:", flush=True)
+    _print_stack(stack)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the stack stops all the same
+        supervise(get_settings(), stack, done, recorded=args.supervise)
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
@@ -611,6 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.set_defaults(run=cmd_evaluate)
     serve = commands.add_parser("serve", help="serve the bot locally: classifier, Rasa, action server, bot")
     serve.add_argument("--background", action="store_true", help="leave it running and return (stop with `supportflow stop`)")
+    serve.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)  # what --background leaves running
     serve.set_defaults(run=cmd_serve)
     commands.add_parser("stop", help="stop the bot left serving in the background, and the background Prefect server").set_defaults(
         run=cmd_stop

@@ -102,6 +102,7 @@ class ManagedProcess:
         self.name, self.command, self.cwd, self.env, self.health_url, self.log_path = name, command, cwd, env, health_url, log_path
         self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
+        self._workers: list[psutil.Process] = []  # below the service when last looked: see `note_workers`
 
     @property
     def pid(self) -> int | None:
@@ -140,6 +141,23 @@ class ManagedProcess:
 
     def start(self, timeout: float = 180) -> "ManagedProcess":
         return self.launch().wait_healthy(timeout)
+
+    def exit_status(self) -> int | None:
+        """How a started service ended (a negative status: the signal that killed it); None while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    def note_workers(self) -> None:
+        """Remember the processes below the running service. Should it die by SIGKILL, its workers, orphaned, keep
+        serving its port, and only a list taken while it ran still finds them."""
+        if self.exit_status() is None and self.process is not None:
+            self._workers = descendants(self.process.pid)
+
+    def restart(self, timeout: float = 180) -> "ManagedProcess":
+        """Start a service that has ended again, once the workers it left are gone: they hold its port."""
+        _kill(self._workers)
+        _await_gone(self._workers)
+        self._workers = []
+        return self.start(timeout)
 
     def stop(self) -> None:
         """SIGTERM to the group, which the service's own manager passes on to its workers (one signal each: a second

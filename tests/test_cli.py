@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -259,56 +260,56 @@ def test_serve_refuses_without_a_release_or_a_dialogue_model(empty_store: Settin
     assert recorded_stack(empty_store) is None
 
 
-def test_serve_in_the_background_replaces_the_stack_it_left_and_stop_ends_it(
-    empty_store: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_serve_in_the_background_leaves_a_supervisor_that_restarts_a_killed_service_and_stop_ends_it(
+    empty_store: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The commands' wiring: what `serve` serves (no release yet: the dialogue model in the Rasa project), where its
-    logs go, that it records the stack, stops the one it left before, and that `stop` ends it. Two small HTTP servers
-    stand in for the four services, which the same `start_stack` starts for real in tests/bot/test_stack.py."""
-    from supportflow.cli import main
+    """The commands' wiring: `serve --background` leaves a supervisor that serves what `serve` serves (no release yet:
+    the dialogue model in the Rasa project) and records the stack; a service killed with SIGKILL is started again,
+    Rasa on production's dialogue model of the moment; `serve` again replaces the stack, and `stop` ends it.
+    tests/stand_in_supervisor.py stands in small HTTP servers for the services that tests/bot/test_stack.py starts."""
+    from supportflow import cli
     from supportflow.release import stack as stacks
 
     model = empty_store.rasa_project_dir / "models" / "supportflow.tar.gz"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"a dialogue model")
-    started: list[tuple[Path, Path | None, Path, object, stacks.Stack]] = []
+    monkeypatch.setattr(cli, "SUPERVISOR", [sys.executable, str(Path(__file__).with_name("stand_in_supervisor.py"))])
+    log = empty_store.run_dir / "logs" / "supervisor.log"
 
-    def stand_in(settings: Settings, rasa_project: Path, rasa_model: Path | None, log_dir: Path, **options: object) -> stacks.Stack:
-        ports = stacks.Ports(bot=free_port(), classifier=free_port())
-        services = [
-            ManagedProcess(
-                name,
-                [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
-                tmp_path,
-                dict(os.environ),
-                f"http://127.0.0.1:{port}/",
-                log_dir / f"{name}.log",
-            )
-            for name, port in (("classifier", ports.classifier), ("bot", ports.bot))
-        ]
-        stack = stacks.Stack(ports, [service.start(timeout=60) for service in services])
-        started.append((rasa_project, rasa_model, log_dir, options.get("bundles"), stack))
-        return stack
+    def pids() -> dict[str, int]:
+        return json.loads(stacks.stack_file(empty_store).read_text())["pids"]
 
-    monkeypatch.setattr(stacks, "start_stack", stand_in)
-    assert main(["serve", "--background"]) == 0
-    first = started[0][-1]
-    assert started[0][:4] == (empty_store.rasa_project_dir, model, empty_store.run_dir / "logs", None)
+    assert cli.main(["serve", "--background"]) == 0
+    first = stacks.recorded_stack(empty_store)
     out = capsys.readouterr().out
     assert f"  webchat:       {first.bot_url}/" in out and out.endswith("stop it with `supportflow stop` (or `make stop`)\n")
-    assert stacks.recorded_stack(empty_store).bot_url == first.bot_url
+    assert f"stand-in stack: project {empty_store.rasa_project_dir}, model {model}, logs {empty_store.run_dir / 'logs'}, bundles None" in (
+        log.read_text()
+    )
+    supervisor = psutil.Process(first.supervisor)
+    assert httpx.get(first.bot_url, timeout=10).status_code == 200
 
-    assert main(["serve", "--background"]) == 0  # again: the stack it left is stopped first
-    second = started[1][-1]
-    assert [service.process.wait(timeout=30) for service in first.processes] == [-signal.SIGTERM] * 2
-    assert stacks.recorded_stack(empty_store).bot_url == second.bot_url != first.bot_url
+    killed = pids()["rasa"]
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while pids()["rasa"] == killed and time.monotonic() < deadline:
+        time.sleep(0.2)
+    restarted = psutil.Process(pids()["rasa"])
+    assert restarted.cmdline()[-2:] == ["--model", str(model.with_name("newer.tar.gz"))]  # production's model now, not its first
+    assert httpx.get(f"http://127.0.0.1:{first.ports.rasa}/", timeout=10).status_code == 200
+    assert "rasa ended (killed by SIGKILL); started again, pid" in log.read_text()
+
+    assert cli.main(["serve", "--background"]) == 0  # again: the stack it left is stopped first, supervisor and all
+    second = stacks.recorded_stack(empty_store)
+    assert not supervisor.is_running() and not restarted.is_running() and second.supervisor != first.supervisor
     capsys.readouterr()
 
-    assert main(["stop"]) == 0
-    assert capsys.readouterr().out == "stopped: classifier, bot\n"
-    assert [service.process.wait(timeout=30) for service in second.processes] == [-signal.SIGTERM] * 2
+    running = [psutil.Process(pid) for pid in [second.supervisor, *pids().values()]]
+    assert cli.main(["stop"]) == 0
+    assert capsys.readouterr().out == "stopped: classifier, rasa, bot\n"
+    assert not [p for p in running if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert stacks.recorded_stack(empty_store) is None
-    assert main(["stop"]) == 0 and capsys.readouterr().out == "nothing was running\n"
+    assert cli.main(["stop"]) == 0 and capsys.readouterr().out == "nothing was running\n"
 
 
 def test_the_cli_leaves_prefect_alone_when_told_or_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

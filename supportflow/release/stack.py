@@ -11,20 +11,26 @@ owner only), where a promotion and a local Prometheus find it.
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from pydantic import SecretStr
 
 from supportflow.bot.turns import journal_folder
 from supportflow.dialogue.rasa_cli import action_server, rasa_server
+from supportflow.errors import SupportflowError
 from supportflow.internal_auth import internal_token, new_internal_token
 from supportflow.lake import open_lake
-from supportflow.processes import ManagedProcess, free_port, signal_group
+from supportflow.processes import ManagedProcess, ServiceStartError, free_port, signal_group
 from supportflow.release.bundle import Bundles, dialogue_archive
 from supportflow.settings import PROJECT_ROOT, Settings
 
@@ -81,11 +87,18 @@ def bot_service(settings: Settings, port: int, log_dir: Path, target: str = BOT_
     return ManagedProcess("bot", command, PROJECT_ROOT, env, f"http://127.0.0.1:{port}/readyz", log_dir / "bot.log")
 
 
+WATCH_INTERVAL_S = 2.0  # how often a supervised stack looks for a service that has ended
+SUPERVISOR_START_S = 600  # how long `serve --background` waits for its supervisor's stack to be healthy
+
+
 @dataclass
 class Stack:
     ports: Ports
     processes: list[ManagedProcess] = field(default_factory=list)
     internal_token: str = ""  # what /internal/answer, /metrics, Rasa's API and the action server ask for
+    # The dialogue model a restarted Rasa loads: production's at that moment, since a promotion since the start
+    # loaded a newer one into the Rasa that ended (supportflow/release/promote.py). None: the one it started with.
+    dialogue_model: Callable[[], Path] | None = None
 
     @property
     def bot_url(self) -> str:
@@ -102,6 +115,26 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+    def revive(self, timeout: float = 300) -> list[str]:
+        """Start again each service that has ended (a crash, an out-of-memory kill, kill -9), and say so. Nothing
+        waits on a service that is down meanwhile: the bot hands its turns off (Rasa, the classifier), a replica
+        takes them, or the channel retries. One that does not come back is tried again on the next call."""
+        said = []
+        for process in self.processes:
+            process.note_workers()
+            status = process.exit_status()
+            if status is None:
+                continue
+            if process.name == "rasa" and self.dialogue_model is not None:
+                process.command[process.command.index("--model") + 1] = str(self.dialogue_model())
+            try:
+                process.restart(timeout)
+            except ServiceStartError as error:
+                said.append(f"{process.name} ended ({_ending(status)}) and did not start again: {error}")
+                continue
+            said.append(f"{process.name} ended ({_ending(status)}); started again, pid {process.pid}")
+        return said
 
     def __enter__(self) -> "Stack":
         return self
@@ -140,6 +173,8 @@ def start_stack(
     token = internal_token(settings) or new_internal_token()
     settings = settings.model_copy(update={"internal_token": SecretStr(token)})
     stack = Stack(ports, internal_token=token)
+    if bundles is not None:
+        stack.dialogue_model = lambda: _production_dialogue_model(settings, rasa_model)
     stack.processes = [
         classifier_service(settings, ports.classifier, log_dir, bundles.classifier if bundles else CLASSIFIER_SOURCE),
         action_server(settings, rasa_project, ports.actions, settings.bot_url, log_dir / "actions.log", token),
@@ -166,6 +201,17 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+def _ending(status: int) -> str:
+    return f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+
+
+def _production_dialogue_model(settings: Settings, started_with: Path) -> Path:
+    from supportflow.release.promote import current_release
+
+    release = current_release(open_lake(settings))
+    return dialogue_archive(settings, release.bundles.dialogue_model) if release else started_with
 
 
 @contextmanager
@@ -209,13 +255,15 @@ def recorded_token(settings: Settings) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def record_stack(settings: Settings, stack: Stack) -> None:
-    """Remember a stack left running in the background, so `supportflow stop` and promotions can find it."""
+def record_stack(settings: Settings, stack: Stack, supervisor: int | None = None) -> None:
+    """Remember a stack left running in the background, so `supportflow stop` and promotions can find it; with the
+    process that supervises it, which `stop` asks to end it (else it would start again what was stopped)."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "ports": stack.ports.__dict__,
         "pids": {p.name: p.pid for p in stack.processes},
         "health": {p.name: p.health_url for p in stack.processes},
+        "supervisor": supervisor,
     }
     stack_file(settings).write_text(json.dumps(record, indent=2))
     token_file(settings).unlink(missing_ok=True)
@@ -231,9 +279,15 @@ class RecordedStack:
     ports: Ports
     health: dict[str, str]  # service name -> the URL that answers 200 while it is ready
 
+    supervisor: int | None = None  # the process that restarts its services, when `serve --background` left one
+
     @property
     def bot_url(self) -> str:
         return Stack(self.ports).bot_url
+
+    @property
+    def classifier_url(self) -> str:
+        return Stack(self.ports).classifier_url
 
 
 def recorded_stack(settings: Settings) -> RecordedStack | None:
@@ -241,15 +295,69 @@ def recorded_stack(settings: Settings) -> RecordedStack | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return RecordedStack(Ports(**record["ports"]), record.get("health", {}))
+    return RecordedStack(Ports(**record["ports"]), record.get("health", {}), record.get("supervisor"))
 
 
 def stop_recorded_stack(settings: Settings) -> list[str]:
-    """Stop the background stack; returns the names of what was stopped."""
+    """Stop the background stack; returns the names of what was stopped. Its supervisor goes first and stops the
+    services itself; whatever it leaves (a supervisor killed earlier, or too slow) gets SIGTERM here."""
     path = stack_file(settings)
     if not path.exists():
         return []
-    stopped = [name for name, pid in json.loads(path.read_text())["pids"].items() if signal_group(pid)]
-    path.unlink()
+    record = json.loads(path.read_text())
+    running = [name for name, pid in record["pids"].items() if signal_group(pid, 0)]
+    if record.get("supervisor"):
+        _end(record["supervisor"])
+    for pid in record["pids"].values():
+        signal_group(pid)
+    path.unlink(missing_ok=True)
     token_file(settings).unlink(missing_ok=True)
-    return stopped
+    return running
+
+
+def _end(pid: int, timeout: float = 90) -> None:
+    """SIGTERM a supervisor and wait until it has stopped its stack."""
+    try:
+        process = psutil.Process(pid)
+        process.terminate()
+        process.wait(timeout)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        pass
+
+
+def supervise(settings: Settings, stack: Stack, done: threading.Event, recorded: bool) -> None:
+    """Keep `stack` serving until `done`: each service that ends is started again, and said so on stdout (the
+    supervisor's log in the background). `recorded`: the stack is the background one, whose record follows its
+    restarted services' pids and goes when it stops."""
+    try:
+        while not done.wait(WATCH_INTERVAL_S):
+            said = stack.revive()
+            for line in said:
+                print(line, flush=True)
+            if said and recorded:
+                record_stack(settings, stack, os.getpid())
+    finally:
+        stack.stop()
+        mine = recorded_stack(settings)
+        if recorded and mine is not None and mine.supervisor == os.getpid():
+            stack_file(settings).unlink(missing_ok=True)
+            token_file(settings).unlink(missing_ok=True)
+
+
+def serve_in_background(settings: Settings, command: list[str], log_path: Path) -> RecordedStack:
+    """Start `command`, a supervisor that serves the stack and records it, detached from this process (it outlives
+    it), and return its stack once it is healthy. A supervisor that ends first says why in its log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(command, env=settings_environment(settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + SUPERVISOR_START_S
+    while time.monotonic() < deadline:
+        stack = recorded_stack(settings)
+        if stack is not None and stack.supervisor == child.pid:
+            return stack
+        if child.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-8:])
+            raise SupportflowError(f"the bot did not start (the supervisor exited with status {child.returncode}; {log_path}):\n{tail}")
+        time.sleep(0.5)
+    _end(child.pid)
+    raise SupportflowError(f"the bot was not serving within {SUPERVISOR_START_S} s; see {log_path}")
