@@ -373,7 +373,10 @@ def _print_status(status: "ProductionStatus") -> None:
     kb = status.knowledge_base
     table.add_row("knowledge base", f"build {kb.build} ({kb.backend})" if kb.build else dim(kb.note))
     dialogue = status.dialogue
-    table.add_row("dialogue model", f"{dialogue.model} ({dialogue.source})" if dialogue.model else dim("none built yet"))
+    model = Text(f"{dialogue.model} ({dialogue.source})") + (Text(f"\n{dialogue.note}", style="red") if dialogue.note else Text())
+    table.add_row("dialogue model", model if dialogue.model else dim("none built yet"))
+    if status.supervisor:
+        table.add_row("supervisor", f"pid {status.supervisor}: starts again any service that ends (log: supervisor.log)")
     for service in status.services:
         health = Text("up", style="green") if service.healthy else Text(f"not answering at {service.health_url}", style="red")
         table.add_row(service.name, Text(f"{service.url}  ") + health)

@@ -31,6 +31,7 @@ class KnowledgeBaseStatus(BaseModel):
 class DialogueStatus(BaseModel):
     model: str | None = None
     source: str | None = None  # "release": the bot bundle carries it; "local": the last `supportflow pipeline` left it
+    note: str | None = None  # the running Rasa serves another model (it refused this one)
 
 
 class ServiceStatus(BaseModel):
@@ -52,6 +53,7 @@ class ProductionStatus(BaseModel):
     knowledge_base: KnowledgeBaseStatus
     dialogue: DialogueStatus
     services: list[ServiceStatus]
+    supervisor: int | None = None  # the process keeping the background stack serving
     prefect: PrefectStatus
 
 
@@ -88,10 +90,27 @@ def _knowledge_base(settings: Settings) -> KnowledgeBaseStatus:
 
 
 def _dialogue(settings: Settings, release: Release | None) -> DialogueStatus:
-    if release is not None:
-        return DialogueStatus(model=release.bundles.dialogue_model, source="release")
+    from supportflow.release.bundle import dialogue_archive
+    from supportflow.release.stack import recorded_stack
+
     local = settings.rasa_project_dir / "models" / "supportflow.tar.gz"
-    return DialogueStatus(model=str(local), source="local") if local.exists() else DialogueStatus()
+    if release is not None:
+        status, archive = DialogueStatus(model=release.bundles.dialogue_model, source="release"), None
+        try:
+            archive = dialogue_archive(settings, release.bundles.dialogue_model)
+        except SupportflowError as error:
+            status.note = str(error)
+    elif local.exists():
+        status, archive = DialogueStatus(model=str(local), source="local"), local
+    else:
+        return DialogueStatus()
+    stack = recorded_stack(settings)
+    if stack is not None and stack.dialogue_model and archive is not None and Path(stack.dialogue_model) != archive:
+        status.note = (
+            f"the running Rasa serves {stack.dialogue_model}, not this model: it refused it (see {settings.run_dir / 'logs'}/rasa.log); "
+            "`supportflow serve --background` starts it on this one"
+        )
+    return status
 
 
 def _answers(url: str) -> bool:
@@ -134,5 +153,16 @@ def production_status(settings: Settings) -> ProductionStatus:
         knowledge_base=_knowledge_base(settings),
         dialogue=_dialogue(settings, release),
         services=_services(settings),
+        supervisor=_supervisor(settings),
         prefect=_prefect(settings),
     )
+
+
+def _supervisor(settings: Settings) -> int | None:
+    """The background stack's supervisor, while it runs."""
+    import psutil
+
+    from supportflow.release.stack import recorded_stack
+
+    stack = recorded_stack(settings)
+    return stack.supervisor if stack is not None and stack.supervisor and psutil.pid_exists(stack.supervisor) else None

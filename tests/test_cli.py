@@ -116,8 +116,8 @@ def test_status_on_an_empty_store(empty_store: Settings, tmp_path: Path, capsys:
     assert status["classifier"]["production"] is None and status["classifier"]["champion"] is None
     assert "nothing trained" in status["classifier"]["note"]
     assert status["knowledge_base"]["build"] is None and "supportflow kb-index" in status["knowledge_base"]["note"]
-    assert status["dialogue"] == {"model": None, "source": None}
-    assert status["services"] == []
+    assert status["dialogue"] == {"model": None, "source": None, "note": None}
+    assert status["services"] == [] and status["supervisor"] is None
     assert status["prefect"] == {"api_url": None, "ui_url": None, "source": None}
     assert not (tmp_path / "mlflow.db").exists()  # reading the status created no registry
     assert "nothing released yet" in table and "nothing serving" in table
@@ -288,6 +288,8 @@ def test_serve_in_the_background_leaves_a_supervisor_that_restarts_a_killed_serv
     )
     supervisor = psutil.Process(first.supervisor)
     assert httpx.get(first.bot_url, timeout=10).status_code == 200
+    assert cli.main(["status", "--json"]) == 0 and json.loads(capsys.readouterr().out)["supervisor"] == first.supervisor
+    assert first.dialogue_model == str(model)
 
     killed = pids()["rasa"]
     os.kill(killed, signal.SIGKILL)
@@ -298,6 +300,7 @@ def test_serve_in_the_background_leaves_a_supervisor_that_restarts_a_killed_serv
     assert restarted.cmdline()[-2:] == ["--model", str(model.with_name("newer.tar.gz"))]  # production's model now, not its first
     assert httpx.get(f"http://127.0.0.1:{first.ports.rasa}/", timeout=10).status_code == 200
     assert "rasa ended (killed by SIGKILL); started again, pid" in log.read_text()
+    assert stacks.recorded_stack(empty_store).dialogue_model == str(model.with_name("newer.tar.gz"))
 
     assert cli.main(["serve", "--background"]) == 0  # again: the stack it left is stopped first, supervisor and all
     second = stacks.recorded_stack(empty_store)

@@ -273,7 +273,7 @@ def apply_to_running_stack(settings: Settings, release: Release) -> bool:
     """On one machine: load the release's dialogue model into the running Rasa (the classifier and bot
     follow the `production` alias by themselves). Returns whether a running stack was updated; a Rasa that
     cannot load it keeps its model and says so in the log (the release itself stands)."""
-    from supportflow.release.stack import recorded_token, stack_file
+    from supportflow.release.stack import loaded_dialogue_model, recorded_token, stack_file
 
     if not stack_file(settings).exists():
         return False
@@ -286,4 +286,5 @@ def apply_to_running_stack(settings: Settings, release: Release) -> bool:
         why = f"HTTP {error.response.status_code}" if isinstance(error, httpx.HTTPStatusError) else type(error).__name__
         log.warning("the running Rasa on port %s did not load %s (%s): restart it with `supportflow serve`", port, archive, why)
         return False
+    loaded_dialogue_model(settings, archive)
     return True

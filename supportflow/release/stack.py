@@ -255,15 +255,21 @@ def recorded_token(settings: Settings) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def record_stack(settings: Settings, stack: Stack, supervisor: int | None = None) -> None:
+def record_stack(settings: Settings, stack: Stack, supervisor: int | None = None, rasa_started: bool = True) -> None:
     """Remember a stack left running in the background, so `supportflow stop` and promotions can find it; with the
-    process that supervises it, which `stop` asks to end it (else it would start again what was stopped)."""
+    process that supervises it, which `stop` asks to end it (else it would start again what was stopped), and the
+    dialogue model its Rasa loaded: the one it started with, unless it has not started since a promotion loaded
+    another (`rasa_started` False: the record's stands; `loaded_dialogue_model`)."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
+    rasa = next((p for p in stack.processes if p.name == "rasa" and "--model" in p.command), None)
+    started_with = rasa.command[rasa.command.index("--model") + 1] if rasa else None
+    earlier = recorded_stack(settings)
     record = {
         "ports": stack.ports.__dict__,
         "pids": {p.name: p.pid for p in stack.processes},
         "health": {p.name: p.health_url for p in stack.processes},
         "supervisor": supervisor,
+        "dialogue_model": started_with if rasa_started or earlier is None else earlier.dialogue_model,
     }
     stack_file(settings).write_text(json.dumps(record, indent=2))
     token_file(settings).unlink(missing_ok=True)
@@ -280,6 +286,7 @@ class RecordedStack:
     health: dict[str, str]  # service name -> the URL that answers 200 while it is ready
 
     supervisor: int | None = None  # the process that restarts its services, when `serve --background` left one
+    dialogue_model: str | None = None  # the archive its Rasa loaded last, as far as this machine's commands know
 
     @property
     def bot_url(self) -> str:
@@ -295,7 +302,15 @@ def recorded_stack(settings: Settings) -> RecordedStack | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return RecordedStack(Ports(**record["ports"]), record.get("health", {}), record.get("supervisor"))
+    return RecordedStack(Ports(**record["ports"]), record.get("health", {}), record.get("supervisor"), record.get("dialogue_model"))
+
+
+def loaded_dialogue_model(settings: Settings, archive: Path) -> None:
+    """Record that the running Rasa loaded `archive` (a promotion's `PUT /model` succeeded)."""
+    path = stack_file(settings)
+    if path.exists():
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "dialogue_model": str(archive)}, indent=2))
 
 
 def stop_recorded_stack(settings: Settings) -> list[str]:
@@ -331,11 +346,13 @@ def supervise(settings: Settings, stack: Stack, done: threading.Event, recorded:
     restarted services' pids and goes when it stops."""
     try:
         while not done.wait(WATCH_INTERVAL_S):
+            before = {process.name: process.pid for process in stack.processes}
             said = stack.revive()
             for line in said:
                 print(line, flush=True)
             if said and recorded:
-                record_stack(settings, stack, os.getpid())
+                rasa_started = any(p.name == "rasa" and p.pid != before[p.name] for p in stack.processes)
+                record_stack(settings, stack, os.getpid(), rasa_started)
     finally:
         stack.stop()
         mine = recorded_stack(settings)

@@ -67,11 +67,14 @@ class FakeRasa(BaseHTTPRequestHandler):
     without the stack's internal token is refused, as Rasa's --auth-token refuses it."""
 
     loaded: ClassVar[list[str]] = []
+    broken: ClassVar[bool] = False  # a model it cannot load: Rasa answers 400 and keeps the one it has
 
     def do_PUT(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         url = urlsplit(self.path)
-        if (url.path, parse_qs(url.query).get("token")) != ("/model", [TOKEN]):
+        if FakeRasa.broken:
+            self.send_response(400)
+        elif (url.path, parse_qs(url.query).get("token")) != ("/model", [TOKEN]):
             FakeRasa.loaded.append(f"refused {self.path}")
             self.send_response(401)
         else:
@@ -86,7 +89,7 @@ class FakeRasa(BaseHTTPRequestHandler):
 @pytest.fixture
 def running_rasa() -> Iterator[int]:
     """A stack left serving in the background (`supportflow serve --background` records it), with its Rasa's port."""
-    FakeRasa.loaded = []
+    FakeRasa.loaded, FakeRasa.broken = [], False
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRasa)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -123,6 +126,22 @@ def test_rollback_restores_the_previous_release_and_the_running_rasa_follows_bot
     assert main(["rollback"]) == 2  # release one replaced nothing
     assert f"release {one.release_id} is the first one; there is no earlier release to roll back to" in capsys.readouterr().err
     assert current_release(lake) == restored and len(FakeRasa.loaded) == 3
+
+
+def test_status_says_when_the_running_rasa_refused_the_releases_dialogue_model(running_rasa: int) -> None:
+    """A promotion stands though the running Rasa would not load its model; `status` then says which model Rasa
+    still serves, where it used to name the release's alone."""
+    from supportflow.status import production_status
+
+    settings = get_settings()
+    client, lake = connect(settings), open_lake(settings)
+    promote(settings, lake, bundles_of(settings, register(client, settings)), passed("1"))
+    assert production_status(settings).dialogue.note is None  # loaded: the record follows it
+    FakeRasa.broken = True
+    promote(settings, lake, bundles_of(settings, register(client, settings, previous_champion="1")), passed("2"))
+    dialogue = production_status(settings).dialogue
+    first = settings.bentoml_home / "models" / "supportflow-dialogue" / "d1" / "model.tar.gz"
+    assert dialogue.model == "supportflow-dialogue:d2" and dialogue.note.startswith(f"the running Rasa serves {first}, not this model")
 
 
 def test_rollback_before_any_release_moves_the_champion_back_once(capsys: pytest.CaptureFixture[str]) -> None:
