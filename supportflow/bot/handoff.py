@@ -327,8 +327,9 @@ class HandoffQueue:
         if message_id is None:
             if handoff.question is None:
                 raise HandoffError(
-                    f"handoff {handoff.id} has no question to label: the customer asked for a person and has written "
-                    "nothing since. Name the customer's message the intent is for (message_id), or resolve without an intent"
+                    f"handoff {handoff.id} has no question to label: it was opened at the customer's request (or before "
+                    "questions were kept), and they have written nothing since. Name the customer's message the intent is "
+                    "for (message_id), or resolve without an intent"
                 )
             message_id = handoff.question.message_id
         chosen = next((m for m in handoff.messages if m.id == message_id and m.role == "customer"), None)

@@ -149,7 +149,7 @@ def test_a_person_asked_for_labels_what_the_customer_writes_next_or_the_message_
     handoff = queue.enqueue("conv-h", "webchat", [("customer", "I want to talk to a human")], "asked for a person", "ask_human")
     assert queue.get(handoff)["question_id"] is None
     queue.claim(handoff, "agent-ann")
-    with pytest.raises(HandoffError, match="no question to label: the customer asked for a person and has written nothing since"):
+    with pytest.raises(HandoffError, match="no question to label: it was opened at the customer's request"):
         queue.resolve(handoff, "agent-ann", "card_swallowed")
     queue.add_customer_message(handoff, "the machine kept my card")
     queue.add_customer_message(handoff, "are you there?")  # the question is already known: this one is not it

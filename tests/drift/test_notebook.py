@@ -46,7 +46,7 @@ def store(tmp_path: Path, reference: DriftReference, texts: dict) -> Iterator[Pa
         queue = HandoffQueue(f"sqlite:///{tmp_path / 'handoff.db'}", lake, tuple(LABELS))
         for i, (text, intent, confidence, label) in enumerate(HANDOFFS):
             log.record(Turn(conversation_id=f"h{i}", channel="webchat", text=text, intent=intent, confidence=confidence, route="handoff"))
-            handoff = queue.enqueue(f"h{i}", "webchat", [("customer", text)], "test", intent)
+            handoff = queue.enqueue(f"h{i}", "webchat", [("customer", text)], "test", intent, question=text)
             queue.claim(handoff, "alice")
             queue.resolve(handoff, "alice", label)
         log.flush()
