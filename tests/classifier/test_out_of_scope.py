@@ -194,9 +194,11 @@ def test_the_export_searches_the_neighbours_as_numpy_does_and_an_export_without_
 
     texts = tiny.in_scope[:20] + tiny.unknown[:20]
     # int8: ONNX Runtime's u8s8 product can saturate on a CPU without VNNI (AVX2 only). There a few cosines move by
-    # several hundredths (BANKING77's quick model: 0.038 at most of 400 test messages, median 0.0007, none flagged
-    # differently; this random tiny model up to 0.06), where a CPU with VNNI keeps them within 0.01.
-    for variant, tolerance in (("fp32", 1e-5), ("int8", 0.1)):
+    # a tenth or more (BANKING77's quick model: 0.038 at most of 400 test messages, median 0.0007, none flagged
+    # differently; this tiny model, random in each session, 0.06 once and 0.136 another time), where a CPU with VNNI
+    # keeps them within 0.01. The median holds on both.
+    vnni = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    for variant, tolerance in (("fp32", 1e-5), ("int8", 0.02 if vnni else 0.25)):
         served = OnnxClassifier(tiny.built.folder, variant, threads=1)
         assert NEAREST_OUTPUT in {output.name for output in served.session.get_outputs()}
         outputs = onnx_outputs(served.session, served.tokenizer, texts)
@@ -204,7 +206,7 @@ def test_the_export_searches_the_neighbours_as_numpy_does_and_an_export_without_
         assert detector is not None and detector.neighbours is not None and outputs.nearest_cosines is not None
         searched = 1.0 - detector.neighbours.distances(outputs.sentence_embeddings)
         np.testing.assert_allclose(outputs.nearest_cosines, searched, atol=tolerance)
-        assert np.median(np.abs(outputs.nearest_cosines - searched)) < tolerance / 10  # most are close on any CPU
+        assert np.median(np.abs(outputs.nearest_cosines - searched)) < min(tolerance, 0.01)  # most are close on any CPU
         graph = classify_outputs(texts, outputs, served.parts)
         without_search = classify_outputs(texts, replace(outputs, nearest_cosines=None), served.parts)
         for ours, older in zip(graph, without_search, strict=True):
