@@ -66,6 +66,8 @@ def test_conversations(settings: Settings, project: Path, model: Path) -> Path |
     return out
 
 
+RASA_SERVICE = "rasa"  # the dialogue server's name among a stack's services: the one started with `--model`
+
 # Rasa reads its API token only from `--auth-token`, and a command line is anyone's to read (`ps`): the token goes in
 # the environment, which only the process's owner can read, and is appended to Rasa's own arguments inside the
 # process. One argument (`--auth-token=...`): a token starting with "-" would read as an option.
@@ -113,7 +115,7 @@ def rasa_server(
             **store_environment(settings),
         },
     )
-    return ManagedProcess("rasa", command, project, env, f"http://127.0.0.1:{port}/webhooks/rest/", log_path)
+    return ManagedProcess(RASA_SERVICE, command, project, env, f"http://127.0.0.1:{port}/webhooks/rest/", log_path)
 
 
 def action_server(settings: Settings, project: Path, port: int, bot_url: str, log_path: Path, internal_token: str) -> ManagedProcess:

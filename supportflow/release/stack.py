@@ -26,7 +26,7 @@ import psutil
 from pydantic import SecretStr
 
 from supportflow.bot.turns import journal_folder
-from supportflow.dialogue.rasa_cli import action_server, rasa_server
+from supportflow.dialogue.rasa_cli import RASA_SERVICE, action_server, rasa_server
 from supportflow.errors import SupportflowError
 from supportflow.internal_auth import internal_token, new_internal_token
 from supportflow.lake import open_lake
@@ -126,7 +126,7 @@ class Stack:
             status = process.exit_status()
             if status is None:
                 continue
-            if process.name == "rasa" and self.dialogue_model is not None:
+            if process.name == RASA_SERVICE and self.dialogue_model is not None:
                 process.command[process.command.index("--model") + 1] = str(self.dialogue_model())
             try:
                 process.restart(timeout)
@@ -261,7 +261,7 @@ def record_stack(settings: Settings, stack: Stack, supervisor: int | None = None
     dialogue model its Rasa loaded: the one it started with, unless it has not started since a promotion loaded
     another (`rasa_started` False: the record's stands; `loaded_dialogue_model`)."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    rasa = next((p for p in stack.processes if p.name == "rasa" and "--model" in p.command), None)
+    rasa = next((p for p in stack.processes if p.name == RASA_SERVICE and "--model" in p.command), None)
     started_with = rasa.command[rasa.command.index("--model") + 1] if rasa else None
     earlier = recorded_stack(settings)
     record = {
@@ -351,7 +351,7 @@ def supervise(settings: Settings, stack: Stack, done: threading.Event, recorded:
             for line in said:
                 print(line, flush=True)
             if said and recorded:
-                rasa_started = any(p.name == "rasa" and p.pid != before[p.name] for p in stack.processes)
+                rasa_started = any(p.name == RASA_SERVICE and p.pid != before[p.name] for p in stack.processes)
                 record_stack(settings, stack, os.getpid(), rasa_started)
     finally:
         stack.stop()
