@@ -163,13 +163,8 @@ def _suggested(ranking: Sequence[Mapping[str, Any]], intents: tuple[str, ...]) -
     return [Suggestion(rank=i, intent=r["intent"], confidence=r.get("confidence")) for i, r in enumerate(known)]
 
 
-def _ask(session: Session, handoff: Handoff, among: Sequence[Message], text: str) -> None:
-    """Record the handoff's question: the last of `among` with this (stored) text, else a new customer message
-    holding it (a transcript that left out the very message the bot handed off)."""
-    message = next((m for m in reversed(among) if m.role == "customer" and m.text == text), None)
-    if message is None:
-        message = Message(role="customer", text=text)
-        handoff.messages.append(message)
+def _ask(session: Session, handoff: Handoff, message: Message) -> None:
+    """Record `message` as the handoff's question: what a confirmed intent labels."""
     session.flush()  # the message's id
     if handoff.question is None:
         handoff.question = Question(message_id=message.id)
@@ -219,7 +214,12 @@ class HandoffQueue:
             added = [Message(role=role, text=_stored(role, text)) for role, text in transcript]
             handoff.messages.extend(added)
             if question is not None and handoff.question is None:
-                _ask(session, handoff, added, _stored("customer", question))
+                said = _stored("customer", question)
+                asked = next((m for m in reversed(added) if m.role == "customer" and m.text == said), None)
+                if asked is None:  # a transcript that left out the very message the bot handed off
+                    asked = Message(role="customer", text=said)
+                    handoff.messages.append(asked)
+                _ask(session, handoff, asked)
             if any(role == "customer" for role, _ in transcript):
                 _customer_wrote(handoff)
             handoff.updated_at = datetime.now(UTC)
@@ -239,7 +239,7 @@ class HandoffQueue:
             message = Message(role="customer", text=_stored("customer", text))
             handoff.messages.append(message)
             if handoff.question is None:  # opened at the customer's word: what they write next is what they need
-                _ask(session, handoff, [message], message.text)
+                _ask(session, handoff, message)
             _customer_wrote(handoff)
             handoff.updated_at = datetime.now(UTC)
             session.commit()
@@ -335,7 +335,7 @@ class HandoffQueue:
         chosen = next((m for m in handoff.messages if m.id == message_id and m.role == "customer"), None)
         if chosen is None:
             raise HandoffError(f"message {message_id} is not one of the customer's messages in handoff {handoff.id}")
-        _ask(session, handoff, [chosen], chosen.text)
+        _ask(session, handoff, chosen)
         return chosen
 
     def give_back(self, handoff_id: int, agent: str) -> dict[str, object]:
