@@ -6,6 +6,7 @@ the others are still reported.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import BaseModel
@@ -14,6 +15,9 @@ from supportflow.errors import SupportflowError
 from supportflow.lake import open_lake
 from supportflow.release.promote import Release, current_release
 from supportflow.settings import Settings
+
+if TYPE_CHECKING:
+    from supportflow.release.stack import RecordedStack
 
 
 class ClassifierStatus(BaseModel):
@@ -89,9 +93,8 @@ def _knowledge_base(settings: Settings) -> KnowledgeBaseStatus:
     return status
 
 
-def _dialogue(settings: Settings, release: Release | None) -> DialogueStatus:
+def _dialogue(settings: Settings, release: Release | None, stack: "RecordedStack | None") -> DialogueStatus:
     from supportflow.release.bundle import dialogue_archive
-    from supportflow.release.stack import recorded_stack
 
     local = settings.rasa_project_dir / "models" / "supportflow.tar.gz"
     if release is not None:
@@ -104,7 +107,6 @@ def _dialogue(settings: Settings, release: Release | None) -> DialogueStatus:
         status, archive = DialogueStatus(model=str(local), source="local"), local
     else:
         return DialogueStatus()
-    stack = recorded_stack(settings)
     if stack is not None and stack.dialogue_model and archive is not None and Path(stack.dialogue_model) != archive:
         status.note = (
             f"the running Rasa serves {stack.dialogue_model}, not this model: it refused it (see {settings.run_dir / 'logs'}/rasa.log); "
@@ -120,10 +122,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _services(settings: Settings) -> list[ServiceStatus]:
-    from supportflow.release.stack import recorded_stack
-
-    stack = recorded_stack(settings)
+def _services(stack: "RecordedStack | None") -> list[ServiceStatus]:
     if stack is None:
         return []
     services = []
@@ -146,23 +145,22 @@ def _prefect(settings: Settings) -> PrefectStatus:
 
 
 def production_status(settings: Settings) -> ProductionStatus:
-    release = current_release(open_lake(settings))
+    from supportflow.release.stack import recorded_stack
+
+    release, stack = current_release(open_lake(settings)), recorded_stack(settings)
     return ProductionStatus(
         release=release,
         classifier=_classifier(settings),
         knowledge_base=_knowledge_base(settings),
-        dialogue=_dialogue(settings, release),
-        services=_services(settings),
-        supervisor=_supervisor(settings),
+        dialogue=_dialogue(settings, release, stack),
+        services=_services(stack),
+        supervisor=_supervisor(stack),
         prefect=_prefect(settings),
     )
 
 
-def _supervisor(settings: Settings) -> int | None:
+def _supervisor(stack: "RecordedStack | None") -> int | None:
     """The background stack's supervisor, while it runs."""
     import psutil
 
-    from supportflow.release.stack import recorded_stack
-
-    stack = recorded_stack(settings)
     return stack.supervisor if stack is not None and stack.supervisor and psutil.pid_exists(stack.supervisor) else None
