@@ -38,7 +38,7 @@ from supportflow.bot.handoff import HandoffQueue
 from supportflow.bot.llm import LLMResponder, PromptPassage
 from supportflow.bot.memory import TRANSCRIPT_TURNS, Transcripts
 from supportflow.bot.turns import RANKING_KEPT, Route, Turn, TurnLog
-from supportflow.dialogue.project import PENDING_SLOT  # set by the from_intent mappings the dialogue build generates
+from supportflow.dialogue.project import ASK_HUMAN, PENDING_SLOT  # the slot: set by the from_intent mappings the build makes
 from supportflow.keys import ConversationKeys
 from supportflow.redact import redact
 from supportflow.validate.catalogue import intent_title
@@ -231,7 +231,7 @@ class SupportBot:
         elif request.kind == "handoff" and request.out_of_scope:
             response = self._handoff(request, "outside every intent the classifier knows")
         elif request.kind == "handoff":
-            response = self._handoff(request, "asked for a person" if request.intent == "ask_human" else "not understood with confidence")
+            response = self._handoff(request, "asked for a person" if request.intent == ASK_HUMAN else "not understood with confidence")
         elif request.kind == "clarify":
             response = self._clarify(knowledge, request)
         else:
@@ -341,7 +341,7 @@ class SupportBot:
         transcript = transcript or self._transcripts.of(request.conversation_id) or [("customer", request.text)]
         # What a confirmed intent will label: not a request for a person, nor a bare value a form asked for (the
         # customer's next message is then the question, unless the agent picks another).
-        question = None if request.intent == "ask_human" or _answers_form(request) else request.text
+        question = None if request.intent == ASK_HUMAN or _answers_form(request) else request.text
         self.handoffs.enqueue(request.conversation_id, request.channel, transcript, reason, request.intent, request.ranking, question)
         return AnswerResponse(
             messages=[message or self.texts.handoff],

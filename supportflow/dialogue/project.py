@@ -28,7 +28,8 @@ from supportflow.errors import SupportflowError
 from supportflow.validate.catalogue import RASA_RESERVED_INTENTS, IntentCatalogue
 
 RASA_FILES = Path(__file__).resolve().parent / "rasa_files"
-DIALOGUE_ACTS = ("greet", "goodbye", "affirm", "deny", "ask_human", "inform", "multiple_requests")
+ASK_HUMAN = "ask_human"  # the dialogue act of a customer asking for a person
+DIALOGUE_ACTS = ("greet", "goodbye", "affirm", "deny", ASK_HUMAN, "inform", "multiple_requests")
 DIALOGUE_EXAMPLES = {
     "greet": ["hi", "hello", "hey there", "good morning"],
     "goodbye": ["bye", "goodbye", "thanks, bye", "that's all"],
