@@ -82,14 +82,18 @@ $(RASA_VENV)/.installed: deploy/rasa/constraints.txt
 
 rasa-venv: $(RASA_VENV)/.installed
 
+# The model benchmarks run on BANKING77, or on the labelled data in BENCH_DATA (train and test files, CSV or JSON Lines).
+BENCH_DATA ?=
+BENCH_DATA_ARGS = $(if $(BENCH_DATA),--data $(BENCH_DATA))
+
 bench-intent: install rasa-venv
-	$(BIN)/python bench/intent.py
+	$(BIN)/python bench/intent.py $(BENCH_DATA_ARGS)
 
 # The long tail: BANKING77 with a third of its intents cut to 10 examples and a third to 5 (two full-profile trainings,
 # about 35 min on 2 cores): bench/results/long_tail_banking77.json.
 .PHONY: bench-long-tail
 bench-long-tail: install
-	$(BIN)/python bench/long_tail.py
+	$(BIN)/python bench/long_tail.py $(BENCH_DATA_ARGS)
 	$(BIN)/python bench/report.py
 
 # The review queue's selection against random labels on BANKING77 (frozen MiniLM + logistic regression, 3 seeds;
@@ -104,7 +108,7 @@ bench-active-learning: install
 OPEN_INTENT_PROFILE ?= quick
 .PHONY: bench-open-intent
 bench-open-intent: install
-	$(BIN)/python bench/open_intent.py --profile $(OPEN_INTENT_PROFILE)
+	$(BIN)/python bench/open_intent.py --profile $(OPEN_INTENT_PROFILE) $(BENCH_DATA_ARGS)
 	$(BIN)/python bench/report.py
 
 # The whole loop at full quality from an empty store: bench/results/pipeline.json (about 25 min on 2 cores).

@@ -1,11 +1,12 @@
-"""Intent benchmark on BANKING77: the project's classifier against two peers, in one run.
+"""Intent benchmark: the project's classifier against two peers, in one run, on BANKING77 or any labelled data.
 
-All three train on the same 90% of `train.csv` (the other 10%, stratified and seeded, is the
+All three train on the same 90% of the training file (the other 10%, stratified and seeded, is the
 validation split that calibrates the classifier and chooses its threshold) and are scored on
-`test.csv`. Peers: scikit-learn TF-IDF + logistic regression, and Rasa 3.6's DIETClassifier trained in
-Rasa's own Python 3.10 environment (`make rasa-venv`). Writes bench/results/intent_banking77.json.
+the test file. Peers: scikit-learn TF-IDF + logistic regression, and Rasa 3.6's DIETClassifier trained in
+Rasa's own Python 3.10 environment (`make rasa-venv`). Writes bench/results/intent_<data>.json
+(`intent_banking77.json` by default).
 
-    .venv/bin/python bench/intent.py [--profile full|quick] [--skip-rasa]
+    .venv/bin/python bench/intent.py [--profile full|quick] [--skip-rasa] [--data DIR | --train FILE --test FILE]
 """
 
 import argparse
@@ -20,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, make_pipeline
@@ -34,22 +34,20 @@ from supportflow.classifier.inference import OnnxClassifier
 from supportflow.classifier.onnx_export import export_and_check, fastest_within
 from supportflow.classifier.training import build_as_configured, reuse_fine_tuned
 from supportflow.settings import get_settings
-from supportflow.validate.catalogue import load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "examples" / "banking77" / "data"
-RESULT = ROOT / "bench" / "results" / "intent_banking77.json"
+sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `bench` package importable
+from bench.labelled_data import LabelledData, add_data_arguments, load_data  # noqa: E402
+
 VALIDATION_FRACTION = 0.1
 SEED = 13
 
 
-def banking77_splits(catalogue_file: Path, min_examples: int) -> LabelledSplits:
-    train = pd.read_csv(DATA / "train.csv").rename(columns={"category": "intent"})
-    test = pd.read_csv(DATA / "test.csv").rename(columns={"category": "intent"})
+def benchmark_splits(data: LabelledData, min_examples: int) -> LabelledSplits:
+    """The training file less a stratified, seeded 10% for validation; the test file as it is."""
+    train = data.train
     validation = train.groupby("intent", group_keys=False).sample(frac=VALIDATION_FRACTION, random_state=SEED)
-    return check_training_data(
-        train.drop(index=validation.index), validation, test, load_catalogue(catalogue_file).intents, min_examples, str(DATA)
-    )
+    return check_training_data(train.drop(index=validation.index), validation, data.test, tuple(data.intents), min_examples, data.source)
 
 
 def scores(predicted: list[int] | np.ndarray, references: list[int] | np.ndarray) -> dict[str, float]:
@@ -135,14 +133,17 @@ def main() -> None:
         help="a folder `fine_tune` wrote with this profile on these splits, with its run's train_seconds in meta.json beside "
         "it: the readers, fusion, calibration and serving are measured on it instead of fine-tuning again",
     )
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, help="the result file (default: bench/results/intent_<data>.json)")
     parser.add_argument(
         "--conditions", default="2 cores shared with other jobs", help="what else ran on the machine, recorded with the figures"
     )
+    add_data_arguments(parser)
     args = parser.parse_args()
+    data = load_data(args)
+    out = args.out or data.result_file("intent")
     settings = get_settings().model_copy(update={"train_profile": args.profile})
     profile = settings.training_profile()
-    splits = banking77_splits(settings.catalogue_file, settings.min_train_examples_per_intent)
+    splits = benchmark_splits(data, settings.min_train_examples_per_intent)
     peers = {"tfidf_logreg": tfidf_logreg(splits)}
     print("tfidf_logreg", peers["tfidf_logreg"], flush=True)
 
@@ -150,12 +151,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="intent-bench-") as folder:
         target, started = Path(folder) / "model", time.perf_counter()
         if args.fine_tuned:
-            built = reuse_fine_tuned(args.fine_tuned, target, splits, base, settings, "banking77")
+            built = reuse_fine_tuned(args.fine_tuned, target, splits, base, settings, data.name)
             fine_tuning = (
                 f"fine-tuned earlier by fine_tune() with this profile and these splits ({args.fine_tuned}), its seconds recorded then"
             )
         else:
-            built = build_as_configured(splits, base, settings, target, "banking77")
+            built = build_as_configured(splits, base, settings, target, data.name)
             fine_tuning = "fine-tuned in this run"
         build_seconds = time.perf_counter() - started + (built.train_seconds if args.fine_tuned else 0.0)
         serving = served(built, splits, settings.train_threads, settings.onnx_parity_tolerance, settings.onnx_alarm_tolerance)
@@ -214,12 +215,13 @@ def main() -> None:
         "expected_calibration_error": round(built.test.expected_calibration_error, 4),
         "profile": {"name": args.profile, **profile.model_dump()},
         "data": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+        "dataset": data.describe(),
         "measured_on": f"{settings.train_threads} CPU threads, {args.conditions}, {platform.machine()}",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

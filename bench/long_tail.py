@@ -1,16 +1,20 @@
-"""Long-tail benchmark on BANKING77: what the classifier learns from intents with 10 and with 5 examples.
+"""Long-tail benchmark: what the classifier learns from intents with 10 and with 5 examples, on BANKING77 or any
+labelled data.
 
-Real desks have many intents with few examples. This cuts BANKING77's `train.csv`, with a fixed seed, so that a
-third of the intents keep 10 examples, another third 5, and the rest all of theirs; then trains on it through the
-pipeline's own path (ingest into a scratch lake, validate against the ticket contract, the snapshot's seeded split,
-`load_training_splits`, `build_as_configured`), and scores BANKING77's official `test.csv` per bucket: accuracy and
-macro-F1 over the 5-example, the 10-example and the untouched intents. The same path on the whole of `train.csv`
-gives the full-data model the untouched intents are compared with. Writes bench/results/long_tail_banking77.json.
+Real desks have many intents with few examples. This cuts the training file (BANKING77's `train.csv` by default),
+with a fixed seed, so that a third of the intents keep 10 examples, another third 5 (an intent with no more keeps
+what it has), and the rest all of theirs; then trains on it through the pipeline's own path (ingest into a scratch
+lake, validate against the ticket contract and a catalogue of the data's intents, the snapshot's seeded split,
+`load_training_splits`, `build_as_configured`), and scores the test file (BANKING77's official `test.csv`) per
+bucket: accuracy and macro-F1 over the 5-example, the 10-example and the untouched intents. The same path on the
+whole training file gives the full-data model the untouched intents are compared with. Writes
+bench/results/long_tail_<data>.json (`long_tail_banking77.json` by default).
 
 Targets (issue 12): macro-F1 >= 0.80 on the 10-example intents, >= 0.70 on the 5-example ones, and the untouched
 intents at most half a point (0.005 macro-F1) below the full-data model.
 
     .venv/bin/python bench/long_tail.py [--profile full|quick] [--max-intents N] [--skip-full-data] [--out FILE]
+        [--data DIR | --train FILE --test FILE]
 
 The full profile trains two models (about 20 minutes each on 2 cores); `--profile quick --max-intents 12` checks the
 script end to end in a few minutes (its figures mean nothing: do not publish them).
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from intent import banking77_splits  # bench/intent.py, beside this script (run as a script)
+import yaml
 from sklearn.metrics import accuracy_score, f1_score
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
@@ -40,8 +44,10 @@ from supportflow.settings import Settings, get_settings
 from supportflow.validate.snapshot import SnapshotManifest, validate_lake
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "examples" / "banking77" / "data"
-RESULT = ROOT / "bench" / "results" / "long_tail_banking77.json"
+sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `bench` package importable
+from bench.intent import benchmark_splits  # noqa: E402
+from bench.labelled_data import LabelledData, add_data_arguments, load_data  # noqa: E402
+
 SEED = 13
 CUTS = {"10": 10, "5": 5}  # bucket -> examples kept; a third of the intents each, the rest untouched
 TARGETS = {"10": 0.80, "5": 0.70, "untouched_max_drop": 0.005}
@@ -51,23 +57,31 @@ NOT_LEARNED = "<not learned>"  # the prediction counted for a message whose inte
 def long_tail(train: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The cut training set, and which intents are in which bucket. Seeded: the same intents and rows every run."""
     rng = np.random.default_rng(seed)
-    intents = sorted(train["category"].unique())
+    intents = sorted(train["intent"].unique())
     order = [intents[i] for i in rng.permutation(len(intents))]
     third = len(intents) // 3
     buckets = {"10": sorted(order[:third]), "5": sorted(order[third : 2 * third]), "untouched": sorted(order[2 * third :])}
-    kept = [train[train["category"].isin(buckets["untouched"])]]
+    kept = [train[train["intent"].isin(buckets["untouched"])]]
     for bucket, examples in CUTS.items():
-        chosen = train[train["category"].isin(buckets[bucket])]
-        kept.append(chosen.groupby("category", group_keys=False).sample(n=examples, random_state=seed))
+        chosen = train[train["intent"].isin(buckets[bucket])]
+        larger = chosen.groupby("intent")["intent"].transform("size") > examples
+        kept.append(chosen[larger].groupby("intent", group_keys=False).sample(n=examples, random_state=seed))
+        kept.append(chosen[~larger])  # an intent with no more examples than the cut keeps them all
     return pd.concat(kept).sort_index(), buckets
 
 
-def pipeline_splits(export: pd.DataFrame, settings: Settings, folder: Path) -> tuple[SnapshotManifest, LabelledSplits]:
-    """What the train flow would get from this export: ingested, validated and split in a scratch lake."""
+def pipeline_splits(export: pd.DataFrame, settings: Settings, folder: Path, source: str) -> tuple[SnapshotManifest, LabelledSplits]:
+    """What the train flow would get from this export: ingested, validated against a catalogue of its intents and
+    split, in a scratch lake and workspace."""
     path = folder / "tickets.csv"
-    export.to_csv(path, index=False)
+    export[["text", "intent"]].to_csv(path, index=False)
+    workspace = folder / "workspace"
+    workspace.mkdir()
+    catalogue = {"name": source, "version": "1.0.0", "intents": sorted(export["intent"].unique())}
+    (workspace / "intents.yaml").write_text(yaml.safe_dump(catalogue, sort_keys=False, allow_unicode=True))
+    settings = settings.model_copy(update={"workspace": workspace})
     lake = open_lake(settings)
-    ingest_file(str(path), lake, settings, source="banking77")
+    ingest_file(str(path), lake, settings, source=source)
     validate_lake(lake, settings)
     return load_training_splits(settings)
 
@@ -91,6 +105,7 @@ def train_and_score(
     settings: Settings,
     base: BaseModelChoice,
     name: str,
+    source: str,
     fine_tuned: Path | None = None,
 ) -> dict:
     """One model through the pipeline's path, scored on the official test set per bucket. With `fine_tuned`, an
@@ -101,7 +116,7 @@ def train_and_score(
         folder = Path(scratch)
         scratch_stores = {"lake_url": str(folder / "lake"), "gx_root": folder / "gx", "models_dir": folder / "models"}
         settings = settings.model_copy(update=scratch_stores)
-        manifest, splits = pipeline_splits(export, settings, folder)
+        manifest, splits = pipeline_splits(export, settings, folder, source)
         # The official test set in place of the snapshot's own test split (which the pipeline holds out too, so it is
         # not trained on). An intent the model did not learn cannot be predicted: its messages count as wrong.
         learned = test["intent"].isin(splits.labels).to_numpy()
@@ -138,21 +153,21 @@ def train_and_score(
 
 
 def intent_bench_reference(
-    fine_tuned: Path, test: pd.DataFrame, buckets: dict[str, list[str]], settings: Settings, base: BaseModelChoice
+    fine_tuned: Path, data: LabelledData, test: pd.DataFrame, buckets: dict[str, list[str]], settings: Settings, base: BaseModelChoice
 ) -> dict:
     """The full-data model when none was fine-tuned on this path: `bench/intent.py`'s encoder (the same profile, on
-    90% of train.csv rather than the pipeline's 80%: a reference no weaker than this path's), completed on its own
-    splits and scored per bucket on the same test set."""
-    splits = banking77_splits(settings.catalogue_file, settings.min_train_examples_per_intent)
+    90% of the training file rather than the pipeline's 80%: a reference no weaker than this path's), completed on its
+    own splits and scored per bucket on the same test set."""
+    splits = benchmark_splits(data, settings.min_train_examples_per_intent)
     official = LabelledSplits(splits.train, splits.validation, test.reset_index(drop=True), splits.labels, splits.left_out)
     with tempfile.TemporaryDirectory(prefix="long-tail-reference-") as scratch:
-        built = reuse_fine_tuned(fine_tuned, Path(scratch) / "model", official, base, settings, "banking77")
+        built = reuse_fine_tuned(fine_tuned, Path(scratch) / "model", official, base, settings, data.name)
     gold = test["intent"].to_numpy()
     predicted = np.array(splits.labels, dtype=object)[built.test_probabilities.argmax(axis=1)]
     return {
         "overall": bucket_scores(gold, predicted, sorted(set(gold))),
         "buckets": {bucket: bucket_scores(gold, predicted, intents) for bucket, intents in buckets.items()},
-        "fine_tuning": f"bench/intent.py's encoder ({fine_tuned}), on its 90% of train.csv",
+        "fine_tuning": f"bench/intent.py's encoder ({fine_tuned}), on its 90% of the training file",
     }
 
 
@@ -169,24 +184,24 @@ def main() -> None:
     parser.add_argument(
         "--full-data-from-intent-bench", type=Path, help="instead of a full-data model on this path: bench/intent.py's encoder"
     )
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, help="the result file (default: bench/results/long_tail_<data>.json)")
+    add_data_arguments(parser)
     args = parser.parse_args()
+    data = load_data(args)
     settings = get_settings().model_copy(update={"train_profile": args.profile, "workers": 1})
-    train = pd.read_csv(DATA / "train.csv")
-    test = pd.read_csv(DATA / "test.csv").rename(columns={"category": "intent"})
+    train, test = data.train, data.test
     if args.max_intents:
-        intents = sorted(train["category"].unique())
-        chosen = [intents[i] for i in np.random.default_rng(args.seed).permutation(len(intents))[: args.max_intents]]
-        train, test = train[train["category"].isin(chosen)], test[test["intent"].isin(chosen)]
+        chosen = [data.intents[i] for i in np.random.default_rng(args.seed).permutation(len(data.intents))[: args.max_intents]]
+        train, test = train[train["intent"].isin(chosen)], test[test["intent"].isin(chosen)]
     test = test.reset_index(drop=True)
     cut, buckets = long_tail(train, args.seed)
     print(f"long tail: {len(cut)} of {len(train)} training rows; " + ", ".join(f"{b}: {len(i)} intents" for b, i in buckets.items()))
     base = resolve_base_model(settings)
-    models = {"long_tail": train_and_score(cut, test, buckets, settings, base, "long_tail", args.fine_tuned)}
+    models = {"long_tail": train_and_score(cut, test, buckets, settings, base, "long_tail", data.name, args.fine_tuned)}
     if args.full_data_from_intent_bench:
-        models["full_data"] = intent_bench_reference(args.full_data_from_intent_bench, test, buckets, settings, base)
+        models["full_data"] = intent_bench_reference(args.full_data_from_intent_bench, data, test, buckets, settings, base)
     elif not args.skip_full_data:
-        models["full_data"] = train_and_score(train, test, buckets, settings, base, "full_data", args.full_data_fine_tuned)
+        models["full_data"] = train_and_score(train, test, buckets, settings, base, "full_data", data.name, args.full_data_fine_tuned)
     long_tail_buckets = models["long_tail"]["buckets"]
     verdict = {
         "10_examples_macro_f1": {"measured": long_tail_buckets["10"]["macro_f1"], "target": TARGETS["10"]},
@@ -199,7 +214,8 @@ def main() -> None:
         target = figures.get("target")
         figures["met"] = figures["measured"] >= target if target is not None else figures["measured"] <= figures["target_at_most"]
     result = {
-        "data": "BANKING77 train.csv cut to a long tail, scored on test.csv",
+        "data": f"{data.title}'s training file cut to a long tail, scored on its test file",
+        "dataset": data.describe(),
         "seed": args.seed,
         "buckets": buckets,
         "targets": verdict,
@@ -214,8 +230,9 @@ def main() -> None:
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or data.result_file("long_tail")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["targets"], indent=2))
 
 

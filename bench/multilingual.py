@@ -105,10 +105,11 @@ def vocabulary_on_benchmark_splits(messages: pd.DataFrame) -> dict:
     """The vocabulary check alone, as a model trained on bench/intent.py's splits holds it, whatever model is measured:
     BANKING77's test.csv is held out from those splits, so its false alarms here are clean (the demo's snapshot is not)."""
     sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `bench` package importable
-    from bench.intent import banking77_splits
+    from bench.intent import benchmark_splits
+    from bench.labelled_data import banking77
 
     settings = get_settings()
-    splits = banking77_splits(settings.catalogue_file, settings.min_train_examples_per_intent)
+    splits = benchmark_splits(banking77(), settings.min_train_examples_per_intent)
     quantile = vocabulary_quantile(settings.ood_quantile)
     vocabulary = fit_vocabulary(splits.train["text"].tolist(), splits.validation["text"].tolist(), quantile)
     flagged = vocabulary.unfamiliar(messages["text"].tolist()) > vocabulary.threshold

@@ -1,15 +1,17 @@
-"""Open-intent benchmark on BANKING77: the unknown-intent detector under the standard protocol.
+"""Open-intent benchmark: the unknown-intent detector under the standard protocol, on BANKING77 or any labelled data.
 
 The protocol of Zhang, Xu and Lin, "Deep Open Intent Classification with Adaptive Decision Boundary" (ADB, AAAI 2021,
-arXiv:2012.10209): for each known-intent ratio (25%, 50%, 75%) and seed, that share of the 77 intents is drawn at
-random (`round(77 * ratio)`: 19, 38, 58) and is all the model ever sees; 10% of their `train.csv` messages
-(stratified, seeded) are the validation split that calibrates the model and sets both thresholds; it is tested on
-the whole of `test.csv`, every message of an unseen intent labelled "unknown". A message is predicted "unknown" when
+arXiv:2012.10209): for each known-intent ratio (25%, 50%, 75%) and seed, that share of the intents is drawn at
+random (`round(n * ratio)`: 19, 38, 58 of BANKING77's 77) and is all the model ever sees; 10% of their training
+messages (stratified, seeded) are the validation split that calibrates the model and sets both thresholds; it is
+tested on the whole test file, every message of an unseen intent labelled "unknown". A message is predicted "unknown" when
 the served detector says `out_of_scope`, else its top intent. Figures: accuracy and macro-F1 over the known intents
 plus "unknown" (as ADB reports them), known_accuracy (known-intent messages given their intent), unknown_recall
 (unseen-intent messages called unknown), F1 on "unknown" and macro-F1 over the known intents; the mean over seeds,
 with each seed's figures. ADB's repository trains on all known-intent training data by default
-(`labeled_ratio` 1.0), as this benchmark does; BANKING77 here has no separate development set, hence the 10%.
+(`labeled_ratio` 1.0), as this benchmark does; BANKING77 here has no separate development set, hence the 10%. The
+published figures beside ours are BANKING77's; on other data (`--data DIR` or `--train FILE --test FILE`) the run
+has none, and MSP on the same models is the comparison.
 
 Each model is the project's own: `build_as_configured` (the pipeline's fine-tuning, calibration and detector, with
 the settings the pipeline would use and `--quantile` for the detector), exported to ONNX and classified by
@@ -18,18 +20,20 @@ intents' test messages, as `supportflow.classifier.training` runs it), or the on
 the maximum-softmax-probability baseline (MSP, Hendrycks and Gimpel 2017) on the same model, its threshold the same
 validation quantile of the top confidence.
 
-One training per ratio and seed, on that share of 9,003 messages, an ONNX export and 3,080 test messages: what that
+One training per ratio and seed, on that share of BANKING77's 9,003 messages, an ONNX export and 3,080 test messages: what that
 costs is in docs/classifier.md. `--limit N` keeps N training messages and N test messages per intent, to check the
 whole path end to end.
 
     .venv/bin/python bench/open_intent.py [--profile quick|full] [--seeds 0 1 2] [--ratios 0.25 0.5 0.75]
         [--variant auto|int8|fp32] [--quantile Q] [--limit N] [--runs-dir DIR] [--fine-tuned DIR] [--out PATH]
+        [--data DIR | --train FILE --test FILE]
 
 `--fine-tuned DIR` keeps each encoder this run fine-tunes in `DIR/known-<ratio>-seed-<seed>/model` (a meta.json with
 its `train_seconds` beside it) and completes those already there instead of fine-tuning again: a change after
 fine-tuning (the detector, the readers) is then measured on the same encoders, without their cost.
 
-Writes bench/results/open_intent_banking77.json (a `--limit` run writes only where `--out` says).
+Writes bench/results/open_intent_<data>.json, `open_intent_banking77.json` by default (a `--limit` run writes only
+where `--out` says).
 """
 
 import argparse
@@ -39,11 +43,11 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import f1_score
 
 from supportflow.classifier.artifacts import CLASSIFIER_CARD, EMBEDDING_POOLING, ONNX_DIR, SENTENCE_ENCODER_DIR
@@ -57,8 +61,9 @@ from supportflow.classifier.training import build_as_configured, reuse_fine_tune
 from supportflow.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "examples" / "banking77" / "data"
-RESULT = ROOT / "bench" / "results" / "open_intent_banking77.json"
+sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `bench` package importable
+from bench.labelled_data import DEFAULT_NAME, LabelledData, add_data_arguments, load_data  # noqa: E402
+
 UNKNOWN = "unknown"
 VALIDATION_FRACTION = 0.1
 RATIOS = (0.25, 0.5, 0.75)
@@ -68,7 +73,7 @@ FIGURES = ("accuracy", "macro_f1", "known_accuracy", "unknown_recall", "f1_unkno
 # "Learning Discriminative Representations and Decision Boundaries for Open Intent Detection", IEEE/ACM TASLP 31,
 # 2023) and the TEXTOIR re-run of ADB and MSP: github.com/thuiar/TEXTOIR, open_intent_detection/README.md. F1 there is
 # the macro-F1 over the known intents plus the open class, as ours.
-ANCHORS = {
+BANKING77_ANCHORS = {
     0.25: {
         "ADB (AAAI 2021)": {"accuracy": 0.7885, "macro_f1": 0.7162, "f1_unknown": 0.8456, "f1_known": 0.7094},
         "DA-ADB (TASLP 2023, TEXTOIR)": {"accuracy": 0.8119, "macro_f1": 0.7373, "f1_unknown": 0.8657, "f1_known": 0.7305},
@@ -91,6 +96,7 @@ ANCHORS = {
 # Candidate scores measured beside the served detector on the same model, each at these validation quantiles.
 SWEEP = (0.9, 0.95, 0.975, 0.99)
 KNN = (1, 10)
+ANCHORS = {DEFAULT_NAME: BANKING77_ANCHORS}  # data name -> ratio -> published figures
 BAR = "ADB (AAAI 2021)"  # the issue's target: above it at every ratio
 
 
@@ -172,16 +178,17 @@ def keep_encoder(folder: Path, home: Path, train_seconds: float) -> None:
 
 
 def one_model(
-    train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path, encoder: Path | None
-) -> dict:
+    data: LabelledData, known: list[str], seed: int, args: argparse.Namespace, folder: Path, encoder: Path | None
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Train on the known intents only (or complete the encoder kept at `encoder`, fine-tuned on them earlier, and
     keep it there when there is none yet); score the served detector, the MSP baseline and the candidate scores on
     the whole test set. Returns the run's figures and, per validation and test message, its scores (for
     `--runs-dir`)."""
     settings = profile_settings(args)
+    train, test = data.train, data.test
     seen = train[train["intent"].isin(known)]
     validation = seen.groupby("intent", group_keys=False).sample(frac=VALIDATION_FRACTION, random_state=seed)
-    where = f"BANKING77, {len(known)} known intents, seed {seed}"
+    where = f"{data.title}, {len(known)} known intents, seed {seed}"
     splits = check_training_data(seen.drop(index=validation.index), validation, test[test["intent"].isin(known)], tuple(known), 2, where)
     base, snapshot = resolve_base_model(settings), f"open-intent-{len(known)}-{seed}"
     reused = encoder is not None and encoder.is_dir()
@@ -233,10 +240,11 @@ def one_model(
     return run, scores
 
 
-def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, ratio: float, args: argparse.Namespace) -> dict:
+def run_once(data: LabelledData, known: list[str], seed: int, ratio: float, args: argparse.Namespace) -> dict:
     """One model's figures; with `--runs-dir`, kept there (figures as JSON, per-message scores as .npz) and reused by
     a later call with the same protocol, so seeds can run as separate processes and an interrupted run resumes."""
     protocol = {
+        "data": data.name,
         "profile": args.profile,
         "training": profile_settings(args).training_profile().model_dump(),  # the profile as the environment set it
         "quantile": args.quantile,
@@ -252,7 +260,7 @@ def run_once(train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: in
             return kept
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="open-intent-") as scratch:
-        run, scores = one_model(train, test, known, seed, args, Path(scratch) / "classifier", encoder_home(args, ratio, seed))
+        run, scores = one_model(data, known, seed, args, Path(scratch) / "classifier", encoder_home(args, ratio, seed))
     run |= {"seconds": round(time.perf_counter() - started, 1), "protocol": protocol}
     if stored is not None:
         stored.parent.mkdir(parents=True, exist_ok=True)
@@ -286,42 +294,43 @@ def main() -> None:
         help="keep the encoders here (DIR/known-<ratio>-seed-<seed>/model), and reuse those already kept",
     )
     parser.add_argument("--conditions", default="2 cores shared with other jobs", help="what else ran on the machine")
+    add_data_arguments(parser)
     args = parser.parse_args()
     unknown_ratios = sorted(set(args.ratios) - set(RATIOS))
     if unknown_ratios:
         parser.error(f"ratios {unknown_ratios} are not the protocol's; choose among {list(RATIOS)}")
     if args.limit is not None and args.limit < 10:
         parser.error("--limit must keep at least 10 messages per intent (one for validation, the rest to train on)")
-    out = args.out or (None if args.limit else RESULT)
+    data = load_data(args)
+    out = args.out or (None if args.limit else data.result_file("open_intent"))
     settings = profile_settings(args)
     profile = settings.training_profile()
 
-    train = pd.read_csv(DATA / "train.csv").rename(columns={"category": "intent"})
-    test = pd.read_csv(DATA / "test.csv").rename(columns={"category": "intent"})
     if args.limit:
-        train = train.groupby("intent", group_keys=False).head(args.limit)
-        test = test.groupby("intent", group_keys=False).head(args.limit)
-    intents = sorted(train["intent"].unique())
+        first = {name: getattr(data, name).groupby("intent", group_keys=False).head(args.limit) for name in ("train", "test")}
+        data = replace(data, **first)
+    intents = data.intents
+    anchors = ANCHORS.get(data.name, {})
     started = time.perf_counter()
     ratios = []
     for ratio in args.ratios:
         runs = []
         for seed in args.seeds:
             known = known_intents(intents, ratio, seed)
-            runs.append(run_once(train, test, known, seed, ratio, args))
+            runs.append(run_once(data, known, seed, ratio, args))
             print(f"ratio {ratio} seed {seed}", {name: runs[-1][name] for name in FIGURES}, flush=True)
         ours = mean_of(runs)
-        bar = ANCHORS[ratio][BAR]
+        bar = anchors.get(ratio, {}).get(BAR)
         ratios.append(
             {
                 "known_ratio": ratio,
                 "known_intents": len(runs[0]["known_intents"]),
                 **ours,
                 "seeds": args.seeds,
-                "beats_adb": ours["accuracy"] > bar["accuracy"] and ours["macro_f1"] > bar["macro_f1"],
+                "beats_adb": None if bar is None else ours["accuracy"] > bar["accuracy"] and ours["macro_f1"] > bar["macro_f1"],
                 "msp_same_model": mean_of([run["msp"] for run in runs]),
                 "candidates_same_model": candidates_mean(runs),
-                "anchors": ANCHORS[ratio],
+                "anchors": anchors.get(ratio, {}),  # published figures on this data, where there are any
                 "runs": runs,
             }
         )
@@ -341,7 +350,8 @@ def main() -> None:
         "variant": args.variant,
         "profile": {"name": args.profile, **profile.model_dump()},
         "limit_per_intent": args.limit,
-        "data": {"train": len(train), "test": len(test), "intents": len(intents)},
+        "data": {"train": len(data.train), "test": len(data.test), "intents": len(intents)},
+        "dataset": data.describe(),
         "seconds": round(time.perf_counter() - started, 1),  # this call's; a reused run keeps its own `seconds`
         "anchors_in": "fractions (published as percentages)",
         "measured_on": f"{settings.train_threads} CPU threads, {platform.machine()}, {args.conditions}",

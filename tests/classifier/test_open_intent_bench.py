@@ -3,6 +3,7 @@ candidate scores' thresholds, and the runs a later call reuses."""
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 import bench.open_intent
+from bench.labelled_data import LabelledData
 from bench.open_intent import UNKNOWN, flagged_at, keep_encoder, known_intents, nearest_neighbour_distance, open_figures, run_once
 from supportflow.settings import get_settings
 
@@ -55,7 +57,7 @@ def test_a_kept_run_is_reused_only_under_the_same_protocol(tmp_path: Path, monke
     encoders: list[Path | None] = []
 
     def one_model(
-        train: pd.DataFrame, test: pd.DataFrame, known: list[str], seed: int, args: argparse.Namespace, folder: Path, encoder: Path | None
+        data: LabelledData, known: list[str], seed: int, args: argparse.Namespace, folder: Path, encoder: Path | None
     ) -> tuple[dict, dict[str, np.ndarray]]:
         """Stands in for a fine-tuning: what matters here is whether it is called, and on which kept encoder."""
         trained.append(seed)
@@ -68,30 +70,35 @@ def test_a_kept_run_is_reused_only_under_the_same_protocol(tmp_path: Path, monke
     runs = tmp_path / "runs"
     args = argparse.Namespace(profile="full", quantile=0.95, variant="auto", limit=None, runs_dir=runs, fine_tuned=kept_encoders)
     frame = pd.DataFrame({"text": ["a"], "intent": ["x"]})
-    first = run_once(frame, frame, ["x"], 3, 0.25, args)
+    data = LabelledData("desk", "Desk", frame, frame, "tests", 0)
+    first = run_once(data, ["x"], 3, 0.25, args)
     assert trained == [3] and first["protocol"]["quantile"] == 0.95
     assert encoders == [kept_encoders / "known-0.25-seed-3" / "model"]  # this ratio and seed's, not another's
     kept = runs / "known-0.25-seed-3.json"
     assert json.loads(kept.read_text())["accuracy"] == 0.5
     assert np.load(kept.with_suffix(".npz"))["test_distance"].tolist() == [1.0, 2.0]
-    assert run_once(frame, frame, ["x"], 3, 0.25, args) == first and trained == [3]
+    assert run_once(data, ["x"], 3, 0.25, args) == first and trained == [3]
     args.quantile = 0.99
-    run_once(frame, frame, ["x"], 3, 0.25, args)
+    run_once(data, ["x"], 3, 0.25, args)
     assert trained == [3, 3]
     # The same profile name with other settings (SUPPORTFLOW_FULL_PROFILE) is another protocol: trained again.
     monkeypatch.setenv("SUPPORTFLOW_FULL_PROFILE", '{"epochs": 7, "learning_rate": 2e-4, "contrastive_weight": 2.0}')
     get_settings.cache_clear()
     try:
-        changed = run_once(frame, frame, ["x"], 3, 0.25, args)
+        changed = run_once(data, ["x"], 3, 0.25, args)
     finally:
         monkeypatch.delenv("SUPPORTFLOW_FULL_PROFILE")
         get_settings.cache_clear()
     assert trained == [3, 3, 3] and changed["protocol"]["training"]["contrastive_weight"] == 2.0
-    run_once(frame, frame, ["x"], 4, 0.25, args)
+    run_once(data, ["x"], 4, 0.25, args)
     assert encoders[-1] == kept_encoders / "known-0.25-seed-4" / "model"  # none there yet: where this run keeps it
     args.fine_tuned = None
-    run_once(frame, frame, ["x"], 5, 0.25, args)
+    run_once(data, ["x"], 5, 0.25, args)
     assert encoders[-1] is None
+    # Another data set is another protocol, whatever else it shares.
+    before = len(trained)
+    assert run_once(replace(data, name="other"), ["x"], 5, 0.25, args)["protocol"]["data"] == "other"
+    assert len(trained) == before + 1
 
 
 def test_a_kept_encoder_is_the_fine_tuned_weights_and_tokenizer_without_what_the_build_derived(tmp_path: Path) -> None:
