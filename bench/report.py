@@ -229,6 +229,11 @@ def _resolution(r: dict, file: str) -> list[Row]:
         measured += f"; {r['offers']:,} unsure messages offered a choice, {r['right_after_offer']:,} of them then answered right"
     if r.get("slot_questions"):  # the desk's form asked a slot question first; the outcome counted is the reply to the answer
         measured += f"; {r['slot_questions']:,} asked a slot question first, {r['right_after_slot']:,} of them then answered right"
+    if outside := r.get("outside_catalogue"):  # labelled with intents the desk has no article for: a handoff is right
+        measured += (
+            f"; of them {outside['n']:,} outside the catalogue: {outside['handed_off']:,} handed off,"
+            f" {outside['answered_wrong']:,} answered wrongly"
+        )
     # `supportflow evaluate` writes resolution_<desk>.json; a copy kept beside it names what differs after the desk.
     variant = file.removesuffix(".json").removeprefix(f"resolution_{r['workspace']}").strip("_").replace("_", " ")
     return [

@@ -10,6 +10,10 @@ conversation, and every reply is counted as one of four outcomes:
 - clarified: the bot asked something back that the customer cannot answer (a slot question without values);
 - handed off: a person takes over (low confidence, no article, a part that is down).
 
+A message labelled with an intent the catalogue lacks ("out_of_scope", a topic the desk does not answer) can only
+be handed off, which is what it should get, or answered wrongly; such messages are counted with the rest, and
+apart as well (`outside_catalogue`), which is how a desk measures whether the bot recognises what it cannot answer.
+
 When the bot is unsure and offers a few intents to choose from (or asks which of two requests first), the
 customer answers as a real one would: with the number of the one they meant, or "none of those" when it is not
 there; the reply to that answer is what counts. The report says how many offers were made and how many of them
@@ -31,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,6 +157,7 @@ class ResolutionReport(OutcomeCounts):
     right_after_offer: int = 0  # ...that ended answered right
     slot_questions: int = 0  # messages the bot asked a slot question about, answered by the simulated customer
     right_after_slot: int = 0  # ...that ended answered right
+    outside_catalogue: OutcomeCounts | None = None  # the messages whose intent the catalogue lacks (None: none was asked)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -183,7 +188,9 @@ class ResolutionReport(OutcomeCounts):
         classifier_version: str | None,
         kb_build: str | None,
         seconds: float,
+        catalogue: Collection[str] | None = None,
     ) -> "ResolutionReport":
+        """`catalogue`: the desk's intents; a message labelled with another is counted in `outside_catalogue` too."""
         report = cls(
             source=source,
             workspace=workspace,
@@ -204,6 +211,9 @@ class ResolutionReport(OutcomeCounts):
                 report.slot_questions += 1
                 report.right_after_slot += example.outcome == "answered_right"
             by_intent[example.gold_intent].count(example.outcome)
+            if catalogue is not None and example.gold_intent not in catalogue:
+                report.outside_catalogue = report.outside_catalogue or OutcomeCounts()
+                report.outside_catalogue.count(example.outcome)
             if example.label is not None:
                 confusion[example.gold_intent][example.label] += 1
             elif len(report.error_details) < 10:
@@ -256,6 +266,8 @@ class ResolutionReport(OutcomeCounts):
             )
         if self.slot_questions:
             lines.append(f"  asked a slot question first: {self.slot_questions} ({self.right_after_slot} answered right once answered)")
+        if self.outside_catalogue is not None and self.outside_catalogue.n:
+            lines.append(f"  outside the catalogue (no article answers them): {self.outside_catalogue_summary()}")
         if self.errors:
             lines.append(f"  errors: {self.errors} messages got no usable reply (not in the figures), e.g. {self.error_details[0]}")
         weakest = ", ".join(f"{intent} {c.answered_right}/{c.n}" for intent, c in self.weakest_intents())
@@ -266,6 +278,14 @@ class ResolutionReport(OutcomeCounts):
             lines.append(f"  answered from another intent's article: {wrong}")
         return lines
 
+    def outside_catalogue_summary(self) -> str:
+        outside = self.outside_catalogue or OutcomeCounts()
+        return (
+            f"{outside.n} messages, handed off {outside.handed_off}"
+            f" ({outside.rate('handed_off'):.1%}), answered wrongly {outside.answered_wrong} ({outside.rate('answered_wrong'):.1%}),"
+            f" clarified {outside.clarified}"
+        )
+
     def markdown(self) -> str:
         figures = "\n".join(f"| {o.replace('_', ' ')} | {getattr(self, o)} | {self.rate(o):.1%} |" for o in OUTCOMES)
         weakest = "\n".join(
@@ -274,6 +294,8 @@ class ResolutionReport(OutcomeCounts):
         )
         wrong = ", ".join(f"`{gold}` -> `{label}` ({count})" for gold, label, count in self.wrong_answers()) or "none"
         errors = f"\n\n**{self.errors} errors** (not in the figures): {'; '.join(self.error_details[:3])}" if self.errors else ""
+        if self.outside_catalogue is not None and self.outside_catalogue.n:
+            errors += f"\n\n**outside the catalogue** (no article answers them): {self.outside_catalogue_summary()}"
         return (
             f"**Resolution** of {self.n} messages of {self.source} through `/chat` (classifier v{self.classifier_version},"
             f" knowledge base `{self.kb_build}`)\n\n| outcome | messages | share |\n|---|---|---|\n{figures}{errors}\n\n"
@@ -496,6 +518,7 @@ def evaluate_bot(settings: Settings, bot_url: str, examples: LabelledExamples, c
         classifier_version or served.get("model_version"),
         served.get("knowledge_base"),
         time.perf_counter() - started,
+        set(load_catalogue(settings.catalogue_file).specs),
     )
     return Replay(report, outcomes)
 

@@ -157,6 +157,35 @@ def test_the_report_reads_for_a_person_and_survives_the_release_record(report: R
     assert ResolutionReport.model_validate(stored) == report  # read back from the lake, the computed figures are recomputed
 
 
+def test_messages_outside_the_catalogue_are_counted_with_the_rest_and_apart() -> None:
+    """What a desk asks of its bot on questions it has no article for: a handoff, never another intent's answer."""
+    replies = [
+        ("card_arrival", chat_body("kb", "card_arrival", "card_arrival")),
+        ("out_of_scope", chat_body("handoff", None)),
+        ("out_of_scope", chat_body("kb", "card_arrival", "card_arrival")),
+        ("pizza", chat_body("handoff", "card_arrival")),
+        ("pizza", chat_body("dialogue", None)),
+    ]
+    outcomes = [outcome(gold, 200, body, number) for number, (gold, body) in enumerate(replies)]
+    report = ResolutionReport.from_outcomes(outcomes, "export.csv", "banking77", "3", "kb-1", 1.0, catalogue={"card_arrival", "change_pin"})
+    assert (report.n, report.answered_right, report.answered_wrong, report.handed_off, report.clarified) == (5, 1, 1, 2, 1)
+    assert report.outside_catalogue is not None
+    assert report.outside_catalogue.model_dump() == {
+        "answered_right": 0,
+        "answered_wrong": 1,
+        "clarified": 1,
+        "handed_off": 2,
+        "errors": 0,
+        "n": 4,
+    }
+    summary = "outside the catalogue (no article answers them): 4 messages, handed off 2 (50.0%), answered wrongly 1 (25.0%), clarified 1"
+    assert f"  {summary}" in report.lines()
+    assert "**outside the catalogue** (no article answers them): 4 messages" in report.markdown()
+    assert ResolutionReport.model_validate(json.loads(report.model_dump_json())) == report
+    inside = ResolutionReport.from_outcomes(outcomes[:1], "export.csv", "banking77", "3", "kb-1", 1.0, catalogue={"card_arrival"})
+    assert inside.outside_catalogue is None and not any("outside the catalogue" in line for line in inside.lines())
+
+
 def test_labelled_exports_are_read_as_ingest_reads_them(tmp_path: Path) -> None:
     export = tmp_path / "export.csv"
     export.write_text(
