@@ -247,6 +247,21 @@ def _resolution(r: dict, file: str) -> list[Row]:
     ]
 
 
+def _unknown_questions(r: dict, file: str) -> list[Row]:
+    known, outside = r["known"], r["outside_catalogue"]
+    held = len(r["held_out"])
+    what = (
+        f"Questions outside the catalogue, desk `{r['workspace']}`: {held} of {held + r['known_intents']} intents held out"
+        f" (seed {r['seed']}), {r['profile']} profile, through `/chat`"
+    )
+    measured = (
+        f"the held-out intents' {outside['n']:,} messages: handed off {outside['handed_off_rate']:.1%}, answered wrongly"
+        f" {outside['answered_wrong_rate']:.1%}; the known intents' {known['n']:,}: right {known['answered_right_rate']:.1%},"
+        f" wrong {known['answered_wrong_rate']:.1%}, handed off {known['handed_off_rate']:.1%}"
+    )
+    return [(what, measured, "every held-out question handed off", file)]
+
+
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "ingest.json": _ingest,
     "kb_stackfaq.json": _kb,
@@ -285,6 +300,8 @@ def table() -> str:
                     rows.extend(render_one(result, found.name))
     for path in sorted(RESULTS.glob("resolution_*.json")):  # one per desk
         rows.extend(_resolution(json.loads(path.read_text()), path.name))
+    for path in sorted(RESULTS.glob("unknown_questions_*.json")):  # one per desk
+        rows.extend(_unknown_questions(json.loads(path.read_text()), path.name))
     lines = ["| what | measured | target | result file |", "|---|---|---|---|"]
     lines += [f"| {what} | {measured} | {target} | `bench/results/{file}` |" for what, measured, target, file in rows]
     return "\n".join(lines)
