@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     classifier_readers: list[Literal["lexical", "prototypes", "sentence_prototypes"]] = Field(
         default_factory=lambda: ["lexical", "prototypes", "sentence_prototypes"]
     )
+    # A desk with at most `cross_fit_max_examples` training and validation messages chooses its threshold, and weighs
+    # the readers, on all of them read out of fold (this many fine-tunings) rather than on its validation split alone,
+    # whose few dozen messages promise too much (supportflow/classifier/cross_fit.py); folds 0: never.
+    cross_fit_folds: int = Field(5, ge=0, le=20)
+    cross_fit_max_examples: int = Field(2000, ge=0)
     mlflow_experiment: str = "intent-classifier"
     mlflow_artifact_root: str | None = Field(None, description="Where new experiments keep artifacts; default: MLflow's (./mlartifacts).")
 

@@ -76,6 +76,9 @@ def isolated_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
         environment = store_environment(tmp_path_factory.mktemp("session-stores"))
         for name, value in environment.items():
             patch.setenv(name, value)
+        # Every desk in the tests is small enough for out-of-fold calibration (five more fine-tunings per training);
+        # tests/classifier/test_cross_fit.py asks for it, the others train as a large desk does.
+        patch.setenv("SUPPORTFLOW_CROSS_FIT_FOLDS", "0")
         get_settings.cache_clear()
         yield environment
     get_settings.cache_clear()

@@ -74,6 +74,9 @@ class ClassifierCard:
     max_wrong_answers: float = 1.0
     # How the folder's detector and prototypes pool the embedding they were fitted on; "cls" before the choice existed.
     embedding_pooling: str = "cls"
+    # The threshold and the readers' weights were chosen on the training and validation messages read out of this many
+    # folds (cross_fit.py); 0: on the validation split.
+    cross_fit_folds: int = 0
 
     def __post_init__(self) -> None:
         if self.embedding_pooling not in POOLINGS:

@@ -15,6 +15,7 @@ from transformers import AutoModel, AutoTokenizer, DistilBertForSequenceClassifi
 from supportflow.classifier.artifacts import EMBEDDING_POOLING, SENTENCE_ENCODER_DIR, ClassifierCard, FusionWeights
 from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdChoice, at_threshold, choose_threshold, fit_temperature
+from supportflow.classifier.cross_fit import CrossFitChoice, out_of_fold_readings
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
@@ -31,10 +32,10 @@ class BuiltClassifier:
     card: ClassifierCard
     train_seconds: float
     train_loss: float
-    validation: Evaluation
+    validation: Evaluation  # on the messages the threshold was chosen on: validation, or all read out of fold (cross_fit.py)
     test: Evaluation
     test_at_threshold: ThresholdChoice
-    validation_probabilities: np.ndarray
+    validation_probabilities: np.ndarray  # the same messages'
     validation_labels: np.ndarray
     test_probabilities: np.ndarray
     test_labels: np.ndarray
@@ -55,11 +56,14 @@ def evaluate_classifier(
     ood_quantile: float = DEFAULT_QUANTILE,
     fusion: FusionChoice = DEFAULT_FUSION,
     max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET,
+    cross_fit: CrossFitChoice | None = None,
 ) -> BuiltClassifier:
     """Fit the lexical reader and the prototypes on the training messages, fuse the readers and calibrate on
     validation, choose both thresholds there, score on test; write the card, the readers, the unknown-intent detector
     and the pretrained encoder it reads beside the fine-tuned one into the folder. The detector and the prototypes
-    cost one more pass over the training messages (their embeddings), through both encoders."""
+    cost one more pass over the training messages (their embeddings), through both encoders. With `cross_fit`, the
+    readers are weighed and both thresholds chosen on every training and validation message read out of fold
+    instead (a small desk's: `cross_fit.py`)."""
     folder = tuned.model_dir
     model = DistilBertForSequenceClassification.from_pretrained(str(folder))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -104,8 +108,13 @@ def evaluate_classifier(
         None if sentence_prototypes is None else sentence_prototypes.scores(_sentences(validation)),
     )
     offsets = tuple(float(offset) for offset in prior_offsets(learnt, n_labels, fusion.class_balance))
-    weights = replace(fit_fusion(validation_readings, validation_labels), offsets=offsets)
-    validation_probabilities = fused_softmax(validation_readings, weights)
+    chosen_on, chosen_labels = validation_readings, validation_labels
+    if cross_fit is not None:
+        pretrained = np.concatenate([_sentences(train), _sentences(validation)])
+        out_of_fold = out_of_fold_readings(splits, pretrained, base.location, profile, fusion, cross_fit)
+        chosen_on, chosen_labels = out_of_fold.readings, out_of_fold.labels
+    weights = replace(fit_fusion(chosen_on, chosen_labels), offsets=offsets)
+    validation_probabilities = fused_softmax(chosen_on, weights)
     if lexical is not None:
         lexical = fit_lexical(train_texts + validation_texts, learnt, n_labels)
         lexical.save(folder)
@@ -121,7 +130,7 @@ def evaluate_classifier(
     )
     test_probabilities = fused_softmax(test_readings, weights)
     head_alone = softmax(test.logits, fit_temperature(validation.logits, validation_labels))  # what the rest adds
-    chosen = choose_threshold(validation_probabilities, validation_labels, target_precision, max_wrong_answers)
+    chosen = choose_threshold(validation_probabilities, chosen_labels, target_precision, max_wrong_answers)
     card = ClassifierCard(
         labels=splits.labels,
         temperature=weights.temperature,
@@ -138,6 +147,7 @@ def evaluate_classifier(
         prototype_weight=weights.prototype_weight,
         sentence_prototype_weight=weights.sentence_prototype_weight,
         logit_offsets=list(weights.offsets),
+        cross_fit_folds=0 if cross_fit is None else cross_fit.folds,
     )
     card.save(folder)
     test_ood_scores = detector.scores(test.embeddings, test.sentence_embeddings)
@@ -146,11 +156,11 @@ def evaluate_classifier(
         card=card,
         train_seconds=tuned.train_seconds,
         train_loss=tuned.train_loss,
-        validation=evaluate_predictions(validation_probabilities, validation_labels, splits.labels),
+        validation=evaluate_predictions(validation_probabilities, chosen_labels, splits.labels),
         test=evaluate_predictions(test_probabilities, test_labels, splits.labels),
         test_at_threshold=at_threshold(test_probabilities, test_labels, chosen.threshold),
         validation_probabilities=validation_probabilities,
-        validation_labels=validation_labels,
+        validation_labels=chosen_labels,
         test_probabilities=test_probabilities,
         test_labels=test_labels,
         detector=detector,

@@ -3,7 +3,8 @@
 Temperature scaling (one scalar dividing the logits) is fitted on the validation split by minimising
 negative log-likelihood; it leaves the ranking unchanged. The threshold is then the lowest confidence
 at which the routed answers keep both of the desk's promises on validation; below it the bot asks
-or hands off. Coverage is the share of messages it routes.
+or hands off. Coverage is the share of messages it routes. (A small desk's "validation" here is every training
+and validation message read out of fold: `cross_fit.py`.)
 
 The two promises are read by different people. Precision is the classifier's: of the answers given, how many are
 right. A desk counts wrong answers among all its customers: at 97% precision and 90% coverage, 2.7 in every 100

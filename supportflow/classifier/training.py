@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.build import BuiltClassifier, evaluate_classifier
+from supportflow.classifier.cross_fit import CrossFitChoice
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data, fine_tune
 from supportflow.classifier.fusion import FusionChoice
 from supportflow.classifier.onnx_export import export_and_check
@@ -93,6 +94,8 @@ def training_key(settings: Settings, snapshot_id: str, base: BaseModelChoice) ->
         settings.ood_quantile,
         FusionChoice.of(settings),
         settings.max_wrong_answers,
+        settings.cross_fit_folds,
+        settings.cross_fit_max_examples,
     )
 
 
@@ -113,6 +116,7 @@ def evaluate_as_configured(
         settings.ood_quantile,
         FusionChoice.of(settings),
         settings.max_wrong_answers,
+        CrossFitChoice.of(settings, len(splits.train) + len(splits.validation)),
     )
 
 
