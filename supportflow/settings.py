@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     # the readers, on all of them read out of fold (this many fine-tunings) rather than on its validation split alone,
     # whose few dozen messages promise too much (supportflow/classifier/cross_fit.py); folds 0: never.
     cross_fit_folds: int = Field(5, ge=0, le=20)
-    cross_fit_max_examples: int = Field(2000, ge=0)
+    cross_fit_max_examples: int = Field(1000, ge=0)
     mlflow_experiment: str = "intent-classifier"
     mlflow_artifact_root: str | None = Field(None, description="Where new experiments keep artifacts; default: MLflow's (./mlartifacts).")
 
