@@ -243,6 +243,25 @@ def chromium() -> object:
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options)
 
 
+def waiting(driver: object, seconds: float) -> object:
+    """A wait that tries again when the page redraws an element under it: the console and the webchat re-render on
+    every poll, so an element found a moment ago can be gone by the time it is read or clicked."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+
+
+def clicked(by: str, value: str) -> object:
+    """A wait condition that finds and clicks in one go, so a redraw between the two is retried, not failed."""
+
+    def click(driver: object) -> bool:
+        driver.find_element(by, value).click()
+        return True
+
+    return click
+
+
 def test_a_handoff_is_worked_from_the_webchat_to_the_console_and_back_in_real_browsers(served: Served) -> None:
     """A customer finds an answer unhelpful and asks for a person; an agent logs in to the console, claims, replies;
     the customer's page shows the reply without reloading; the agent labels and resolves, and the label is in the lake.
@@ -250,7 +269,7 @@ def test_a_handoff_is_worked_from_the_webchat_to_the_console_and_back_in_real_br
     import json
 
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     from supportflow.bot.agents import Agents
     from supportflow.bot.feedback import read_ratings
@@ -264,10 +283,9 @@ def test_a_handoff_is_worked_from_the_webchat_to_the_console_and_back_in_real_br
         customer.get(f"{bot}/")
         customer.find_element(By.ID, "message").send_keys(question)
         customer.find_element(By.ID, "send").click()
-        WebDriverWait(customer, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".rating button.unhelpful"))
-        customer.find_element(By.CSS_SELECTOR, ".rating button.unhelpful").click()
-        WebDriverWait(customer, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".rating button.person")).pop().click()
-        WebDriverWait(customer, 20).until(lambda d: "colleague" in d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text)
+        waiting(customer, 60).until(clicked(By.CSS_SELECTOR, ".rating button.unhelpful"))
+        waiting(customer, 20).until(clicked(By.CSS_SELECTOR, ".rating button.person"))
+        waiting(customer, 20).until(lambda d: "colleague" in d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text)
         conversation = json.loads(customer.execute_script("return sessionStorage.getItem('supportflow-conversation')"))
         stored = conversation_keys(served.settings).stored_id(conversation["id"])
 
@@ -275,24 +293,25 @@ def test_a_handoff_is_worked_from_the_webchat_to_the_console_and_back_in_real_br
         agent.find_element(By.ID, "agent-name").send_keys("cleo")
         agent.find_element(By.ID, "agent-token").send_keys(token)
         agent.find_element(By.ID, "login-button").click()
-        waiting = httpx.get(f"{bot}/agent/handoffs", params={"status": "waiting"}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        handoff_id = next(h["id"] for h in waiting.json()["handoffs"] if h["conversation_id"] == stored)
-        WebDriverWait(agent, 20).until(lambda d: d.find_elements(By.ID, f"handoff-{handoff_id}")).pop().click()
-        assert question in agent.find_element(By.ID, "transcript").text
-        assert "asked for a person after an unhelpful answer" in agent.find_element(By.ID, "handoff-meta").text
-        agent.find_element(By.ID, "claim").click()
-        WebDriverWait(agent, 20).until(lambda d: d.find_elements(By.ID, "reply")).pop().send_keys(reply)
-        agent.find_element(By.ID, "send-reply").click()
+        queue = httpx.get(f"{bot}/agent/handoffs", params={"status": "waiting"}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        handoff_id = next(h["id"] for h in queue.json()["handoffs"] if h["conversation_id"] == stored)
+        waiting(agent, 20).until(clicked(By.ID, f"handoff-{handoff_id}"))
+        waiting(agent, 20).until(lambda d: question in d.find_element(By.ID, "transcript").text)
+        meta = waiting(agent, 20).until(lambda d: d.find_element(By.ID, "handoff-meta").text)
+        assert "asked for a person after an unhelpful answer" in meta
+        waiting(agent, 20).until(clicked(By.ID, "claim"))
+        waiting(agent, 20).until(lambda d: d.find_element(By.ID, "reply").send_keys(reply) or True)
+        waiting(agent, 20).until(clicked(By.ID, "send-reply"))
 
-        WebDriverWait(customer, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text == reply)
+        waiting(customer, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot")[-1].text == reply)
         assert customer.execute_script("return performance.getEntriesByType('navigation').length") == 1  # never reloaded
         # the console says the webchat took the reply (its state in the agent API)
         states = "#transcript .msg.agent .delivery"
-        WebDriverWait(agent, 30).until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, states)][-1:] == ["delivered"])
+        waiting(agent, 30).until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, states)][-1:] == ["delivered"])
 
-        Select(agent.find_element(By.ID, "intent")).select_by_value("card_arrival")
-        agent.find_element(By.ID, "resolve").click()
-        assert "is resolved" in WebDriverWait(agent, 20).until(lambda d: d.find_elements(By.ID, "closed")).pop().text
+        waiting(agent, 20).until(lambda d: Select(d.find_element(By.ID, "intent")).select_by_value("card_arrival") or True)
+        waiting(agent, 20).until(clicked(By.ID, "resolve"))
+        assert "is resolved" in waiting(agent, 20).until(lambda d: d.find_element(By.ID, "closed").text)
     finally:
         customer.quit()
         agent.quit()
