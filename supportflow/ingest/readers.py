@@ -123,6 +123,18 @@ def _text_aliases(field_map: dict[str, str]) -> str:
     return field_map.get("text") or " or ".join(FIELD_ALIASES["text"][:4])
 
 
+# What spreadsheets separate columns with: a comma; a tab ("Unicode text"); a semicolon where the comma is the
+# decimal mark (Excel's "CSV" in most of Europe and Latin America); a bar in some helpdesk and database dumps.
+DELIMITERS = (",", "\t", ";", "|")
+
+
+def _delimiter(path: str, header: str) -> str:
+    """The delimiter that splits the header into the most columns, quotes respected; a comma on a tie (one column)."""
+    if path.lower().endswith(".tsv"):
+        return "\t"
+    return max(DELIMITERS, key=lambda delimiter: len(next(csv.reader([header], delimiter=delimiter))))
+
+
 def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict[str, str], encoding: str) -> SourceFile:
     """Arrow's streaming CSV reader: fast, bounded memory, and it reports malformed rows instead of failing."""
     with fs.open(fs_path, "rb") as raw:
@@ -132,7 +144,7 @@ def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict
         raise IngestError(f"{path}: the file is empty")
     if first_line.lstrip().startswith(("{", "[")):
         raise IngestError(f"{path}: JSON, not CSV: read it with --format jsonl (an object a line) or --format zendesk (a Zendesk export)")
-    delimiter = "\t" if path.lower().endswith(".tsv") or first_line.count("\t") > first_line.count(",") else ","
+    delimiter = _delimiter(path, first_line)
     header = [escaped(name).strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
     mapping = resolve_columns(header, field_map)
     if "text" not in mapping:

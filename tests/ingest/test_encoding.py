@@ -270,3 +270,20 @@ def test_a_workspace_source_names_its_encoding_and_the_pipeline_passes_it_on(tmp
     ((_, windows), (_, default)) = ticket_exports(Settings(workspace=tmp_path), None, None)
 
     assert (windows.encoding, default.encoding) == ("Windows-1252", "utf-8")
+
+
+@pytest.mark.parametrize("delimiter", [";", "|"])
+def test_an_export_separated_by_semicolons_or_bars_is_read_by_its_header(
+    delimiter: str, local_lake: Lake, local_settings: Settings, tmp_path: Path
+) -> None:
+    """Excel's "CSV" where the comma is the decimal mark separates columns with ';', so the texts hold commas
+    ("5,50 €") that must stay inside their field; a bar-separated dump is read the same way."""
+    tickets = [(text.replace("5 €", "5,50 €"), intent) for text, intent in TICKETS]
+    path = tmp_path / "export.csv"
+    path.write_bytes(pd.DataFrame(tickets, columns=["text", "intent"]).to_csv(index=False, sep=delimiter).encode("cp1252"))
+
+    report = ingest_file(str(path), local_lake, local_settings, encoding="cp1252")
+
+    assert (report.written, report.quarantined) == (6, 0)
+    landed = read_tickets(local_lake)
+    assert sorted(zip(landed["text"], landed["intent"], strict=True)) == sorted(tickets)
