@@ -35,7 +35,7 @@ from bench.pipeline import fresh_store  # noqa: E402
 from bench.unseen_desk import last_json, run  # noqa: E402
 from supportflow.kb.loaders import split_front_matter  # noqa: E402
 from supportflow.lake import open_lake  # noqa: E402
-from supportflow.release.resolution import labelled_export  # noqa: E402
+from supportflow.release.resolution import OUTCOMES, Outcome, OutcomeCounts, labelled_export  # noqa: E402
 from supportflow.settings import Settings  # noqa: E402
 from supportflow.validate.catalogue import load_catalogue  # noqa: E402
 from supportflow.validate.snapshot import latest_snapshot, read_split  # noqa: E402
@@ -84,6 +84,10 @@ def desk_without(source: Path, desk: Path, held: list[str]) -> pd.DataFrame:
     return tickets[tickets["intent"].isin(held)]
 
 
+def with_rates(counts: OutcomeCounts, outcomes: tuple[Outcome, ...]) -> dict[str, float]:
+    return {**counts.model_dump(), **{f"{outcome}_rate": round(counts.rate(outcome), 4) for outcome in outcomes}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", type=Path, default=ROOT / "examples" / "saas")
@@ -112,22 +116,15 @@ def main() -> int:
         report = last_json(run(["--workspace", str(desk), "evaluate", "--file", str(args.folder / "asked.csv"), "--json"], env))
     finally:
         run(["--workspace", str(desk), "stop"], env)  # the background Prefect server the commands started
-    outside = report["outside_catalogue"]
-    inside = {key: report[key] - outside[key] for key in ("answered_right", "answered_wrong", "clarified", "handed_off", "n")}
+    outside = OutcomeCounts.model_validate(report["outside_catalogue"])
+    inside = OutcomeCounts(**{key: report[key] - getattr(outside, key) for key in (*OUTCOMES, "errors")})
     result = {
         "workspace": name,
         "held_out": held,
         "known_intents": len(known),
         "seed": args.seed,
-        "known": {
-            **inside,
-            **{f"{key}_rate": round(inside[key] / inside["n"], 4) for key in ("answered_right", "answered_wrong", "handed_off")},
-        },
-        "outside_catalogue": {
-            **outside,
-            "handed_off_rate": round(outside["handed_off"] / outside["n"], 4),
-            "answered_wrong_rate": round(outside["answered_wrong"] / outside["n"], 4),
-        },
+        "known": with_rates(inside, ("answered_right", "answered_wrong", "handed_off")),
+        "outside_catalogue": with_rates(outside, ("handed_off", "answered_wrong")),
         "classifier_test_accuracy": summary["training"]["test_accuracy"],
         "profile": args.profile,
         "ood_quantile": Settings().ood_quantile,
