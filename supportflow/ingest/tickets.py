@@ -35,10 +35,24 @@ TICKET_SCHEMA = pa.schema(
 )
 TICKET_COLUMNS = TICKET_SCHEMA.names
 
-# Column names that common exports use for each raw field, first match wins.
+# Column names that common exports use for each raw field, first match wins; a header is compared in lower case with
+# its spaces and hyphens as underscores ("Ticket Description" is ticket_description).
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
-    "text": ("text", "message", "body", "description", "utterance", "query", "instruction"),
-    "intent": ("intent", "category", "label", "intent_name"),
+    "text": (
+        "text",
+        "message",
+        "body",
+        "description",
+        "utterance",
+        "query",
+        "instruction",
+        "question",
+        "content",
+        "ticket_description",
+        "ticket_text",
+        "customer_message",
+    ),
+    "intent": ("intent", "category", "label", "intent_name", "topic", "ticket_type", "contact_reason", "issue_type"),
     "entities": ("entities", "slots"),
     "response": ("response", "answer", "reply", "agent_response"),
     "channel": ("channel", "via"),
@@ -63,7 +77,7 @@ CHANNEL_SYNONYMS = {
 
 def resolve_columns(columns: list[str], field_map: dict[str, str]) -> dict[str, str]:
     """Map raw ticket fields to the source's column names: explicit mapping first, then aliases."""
-    present = {column.strip().lower(): column for column in columns}
+    present = {_header_key(column): column for column in columns}
     resolved: dict[str, str] = {}
     for field in RAW_FIELDS:
         if field in field_map:
@@ -75,6 +89,10 @@ def resolve_columns(columns: list[str], field_map: dict[str, str]) -> dict[str, 
                 resolved[field] = present[alias]
                 break
     return resolved
+
+
+def _header_key(column: str) -> str:
+    return re.sub(r"[\s\-]+", "_", column.strip().lower())
 
 
 def normalise_channel(value: str | None, default: str) -> str:

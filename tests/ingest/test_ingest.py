@@ -183,6 +183,20 @@ def test_a_field_mapping_reads_other_exports(local_lake: Lake, local_settings: S
     assert ticket["created_at"] == pd.Timestamp("2025-05-05 12:00", tz="UTC")
 
 
+def test_spreadsheet_headers_are_read_without_a_field_mapping(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
+    """Headers written for people ("Ticket ID", "Ticket Description", "Ticket Type", "Created At") are matched in
+    lower case with spaces and hyphens as underscores."""
+    path = tmp_path / "helpdesk.csv"
+    path.write_text("Ticket ID,Ticket Description,Ticket Type,Created-At\n7,my pin is blocked,pin_blocked,2025-05-05 12:00\n")
+
+    report = ingest_file(str(path), local_lake, local_settings)
+
+    assert report.written == 1 and report.ignored_columns == []  # "Ticket ID" is the export's id, in the ticket's
+    ticket = read_tickets(local_lake).iloc[0]
+    assert (ticket["text"], ticket["intent"]) == ("my pin is blocked", "pin_blocked")
+    assert ticket["created_at"] == pd.Timestamp("2025-05-05 12:00", tz="UTC")
+
+
 def test_large_files_are_spread_over_worker_processes(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "many.csv"
     rows = 12_000
@@ -206,7 +220,7 @@ def ingest_quarantine(lake: Lake) -> pd.DataFrame:
 
 def other_desk_records(count: int) -> list[dict[str, str]]:
     """Another help desk's field names: none of them is a name the text is known by."""
-    return [{"customer_message": f"my card {i} has not arrived", "Category": "card_arrival"} for i in range(count)]
+    return [{"what_they_wrote": f"my card {i} has not arrived", "Category": "card_arrival"} for i in range(count)]
 
 
 def test_json_lines_without_a_text_field_are_refused_naming_the_fields_and_nothing_lands(
@@ -220,11 +234,11 @@ def test_json_lines_without_a_text_field_are_refused_naming_the_fields_and_nothi
 
     message = str(refused.value)
     assert message.startswith(f"{path}: missing field for the ticket text (text or message or body or description)")
-    assert "the records have the fields ['customer_message', 'Category']" in message
-    assert "field_map in supportflow.yaml or in SUPPORTFLOW_FIELD_MAP" in message and '{"text": "customer_message"}' in message
+    assert "the records have the fields ['what_they_wrote', 'Category']" in message
+    assert "field_map in supportflow.yaml or in SUPPORTFLOW_FIELD_MAP" in message and '{"text": "what_they_wrote"}' in message
     assert (lake.files("tickets"), lake.files("quarantine")) == ([], [])
 
-    mapped = ingest_file(str(path), lake, settings.model_copy(update={"field_map": {"text": "customer_message"}}))
+    mapped = ingest_file(str(path), lake, settings.model_copy(update={"field_map": {"text": "what_they_wrote"}}))
     assert (mapped.written, mapped.duplicates, mapped.quarantined) == (40, 0, 0)
     assert set(read_tickets(lake)["intent"]) == {"card_arrival"}  # `Category` resolves to the intent by its alias
 
@@ -241,7 +255,7 @@ def test_a_zendesk_export_without_subject_or_description_is_refused_in_both_shap
             IngestError, match=r"missing field for the ticket text \(a Zendesk ticket's subject or description\)"
         ) as refused:
             ingest_file(str(path), local_lake, local_settings, fmt="zendesk")
-        assert "the tickets have the fields ['customer_message', 'Category']" in str(refused.value)
+        assert "the tickets have the fields ['what_they_wrote', 'Category']" in str(refused.value)
         assert "CSV or JSON Lines" in str(refused.value)
     assert local_lake.files() == []
 
