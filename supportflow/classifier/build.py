@@ -20,6 +20,7 @@ from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned, LabelledSplits
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
 from supportflow.classifier.inference import ModelOutputs, Readings, fused_softmax, softmax
+from supportflow.classifier.lexical import LexicalModel
 from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary, vocabulary_quantile
 from supportflow.classifier.predict import predict_outputs
 from supportflow.classifier.prototypes import PROTOTYPES_FILE, SENTENCE_PROTOTYPES_FILE, Prototypes, fit_prototypes
@@ -90,37 +91,31 @@ def evaluate_classifier(
     )
     detector.save(folder)
 
-    # The readers are fitted on the training messages and weighed on validation, which they have not seen; then the
-    # two cheap ones are fitted again on both (the head is not): an intent with five tickets keeps one for validation,
-    # and its reader's answers are better from four examples than from three. The threshold stays chosen on the
-    # weighing's out-of-sample confidences.
+    # The readers are weighed, and the threshold chosen, on messages they have not seen (validation, or every message
+    # read out of fold); then the two cheap ones are fitted again on training and validation (the head is not): an
+    # intent with five tickets keeps one for validation, and its reader's answers are better from four examples than
+    # from three.
     learnt = np.concatenate([train_labels, validation_labels])
     n_labels = len(splits.labels)
-    lexical = fit_lexical(train_texts, train_labels, n_labels) if "lexical" in fusion.readers else None
-    prototypes = fit_prototypes(train.embeddings, train_labels, n_labels) if "prototypes" in fusion.readers else None
-    sentence_prototypes = None
-    if "sentence_prototypes" in fusion.readers:
-        sentence_prototypes = fit_prototypes(_sentences(train), train_labels, n_labels)
-    validation_readings = Readings(
-        validation.logits,
-        None if lexical is None else lexical.scores(validation_texts),
-        None if prototypes is None else prototypes.scores(validation.embeddings),
-        None if sentence_prototypes is None else sentence_prototypes.scores(_sentences(validation)),
-    )
     offsets = tuple(float(offset) for offset in prior_offsets(learnt, n_labels, fusion.class_balance))
-    chosen_on, chosen_labels = validation_readings, validation_labels
-    if cross_fit is not None:
+    if cross_fit is None:
+        chosen_on = _validation_readings(train, validation, train_texts, validation_texts, train_labels, n_labels, fusion)
+        chosen_labels = validation_labels
+    else:
         pretrained = np.concatenate([_sentences(train), _sentences(validation)])
         out_of_fold = out_of_fold_readings(splits, pretrained, base.location, profile, fusion, cross_fit)
         chosen_on, chosen_labels = out_of_fold.readings, out_of_fold.labels
     weights = replace(fit_fusion(chosen_on, chosen_labels), offsets=offsets)
     validation_probabilities = fused_softmax(chosen_on, weights)
-    if lexical is not None:
+    lexical: LexicalModel | None = None
+    prototypes: Prototypes | None = None
+    sentence_prototypes: Prototypes | None = None
+    if "lexical" in fusion.readers:
         lexical = fit_lexical(train_texts + validation_texts, learnt, n_labels)
         lexical.save(folder)
-    if prototypes is not None:
+    if "prototypes" in fusion.readers:
         prototypes = _refitted(train.embeddings, validation.embeddings, learnt, n_labels, folder, PROTOTYPES_FILE)
-    if sentence_prototypes is not None:
+    if "sentence_prototypes" in fusion.readers:
         sentence_prototypes = _refitted(_sentences(train), _sentences(validation), learnt, n_labels, folder, SENTENCE_PROTOTYPES_FILE)
     test_readings = Readings(
         test.logits,
@@ -168,6 +163,28 @@ def evaluate_classifier(
         test_out_of_scope=detector.out_of_scope(test_texts, test_ood_scores),
         fusion=weights,
         encoder_test=evaluate_predictions(head_alone, test_labels, splits.labels),
+    )
+
+
+def _validation_readings(
+    train: ModelOutputs,
+    validation: ModelOutputs,
+    train_texts: list[str],
+    validation_texts: list[str],
+    train_labels: np.ndarray,
+    n_labels: int,
+    fusion: FusionChoice,
+) -> Readings:
+    """The readers fitted on the training messages alone, reading validation, which they have not seen: what they are
+    weighed and the threshold chosen on. The served readers are fitted again on both afterwards (`_refitted`)."""
+    assert train.embeddings is not None and validation.embeddings is not None
+    return Readings(
+        validation.logits,
+        fit_lexical(train_texts, train_labels, n_labels).scores(validation_texts) if "lexical" in fusion.readers else None,
+        fit_prototypes(train.embeddings, train_labels, n_labels).scores(validation.embeddings) if "prototypes" in fusion.readers else None,
+        fit_prototypes(_sentences(train), train_labels, n_labels).scores(_sentences(validation))
+        if "sentence_prototypes" in fusion.readers
+        else None,
     )
 
 
