@@ -210,10 +210,10 @@ def test_labelled_exports_are_read_as_ingest_reads_them(tmp_path: Path) -> None:
         "1 labelled with intents the catalogue lacks, which none can answer right: 'app_outage' (1))"
     )
     jsonl = tmp_path / "export.jsonl"
-    jsonl.write_text('{"question": "what rate do you use?", "topic": "exchange_rate"}\n')
-    mapped = labelled_export(Settings(), str(jsonl), field_map={"text": "question", "intent": "topic"})
+    jsonl.write_text('{"asked": "what rate do you use?", "filed_under": "exchange_rate"}\n')
+    mapped = labelled_export(Settings(), str(jsonl), field_map={"text": "asked", "intent": "filed_under"})
     assert mapped.frame.to_dict("records") == [{"text": "what rate do you use?", "intent": "exchange_rate"}]
-    with pytest.raises(IngestError, match=r"missing field for the ticket text .* the fields \['question', 'topic'\]"):
+    with pytest.raises(IngestError, match=r"missing field for the ticket text .* the fields \['asked', 'filed_under'\]"):
         labelled_export(Settings(), str(jsonl))  # refused as ingest refuses it
     windows = tmp_path / "windows.csv"  # a spreadsheet saved on Windows: evaluated in its encoding, as ingest reads it
     windows.write_bytes("text,intent\nmy café card is blocked,card_blocked\n".encode("cp1252"))
