@@ -4,6 +4,10 @@ The suite file is the contract; this module only runs it. Column-map rules name 
 break them (those rows go to quarantine with the rule's reason); table rules and type rules judge
 the batch as a whole (the run stops). Results are kept in a file-backed GX project so data docs
 can show a person what happened.
+
+Great Expectations is imported by the checker alone, when it is made: it is the slowest import of the whole stack,
+and most processes that import this module (training, the dialogue build, `evaluate`, all through the snapshot
+module) read the contract's rules and never check a batch.
 """
 
 import json
@@ -13,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import great_expectations as gx
 import numpy as np
 import pandas as pd
-from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from supportflow.errors import ContractError
 from supportflow.settings import Settings
@@ -117,6 +119,9 @@ class ContractChecker:
 
     def __init__(self, contract: Contract, gx_root: Path, prepare: bool = True) -> None:
         """`prepare` writes the suite and checkpoint into the GX project; parallel workers only read them."""
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
         self.contract = contract
         gx_root.mkdir(parents=True, exist_ok=True)
         self.context = gx.get_context(mode="file", project_root_dir=str(gx_root))
@@ -137,6 +142,8 @@ class ContractChecker:
 
     def check(self, frame: pd.DataFrame, batch_name: str) -> CheckResult:
         """Validate one batch; `frame` must have a RangeIndex so failures map to positions."""
+        import great_expectations as gx
+
         result = self.checkpoint.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=self.contract.parameters,
