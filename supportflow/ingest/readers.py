@@ -128,7 +128,7 @@ def _text_aliases(field_map: dict[str, str]) -> str:
 DELIMITERS = (",", "\t", ";", "|")
 
 
-def _delimiter(path: str, header: str) -> str:
+def csv_delimiter(path: str, header: str) -> str:
     """The delimiter that splits the header into the most columns, quotes respected; a comma on a tie (one column)."""
     if path.lower().endswith(".tsv"):
         return "\t"
@@ -144,7 +144,7 @@ def _open_csv(path: str, fs: Any, fs_path: str, batch_rows: int, field_map: dict
         raise IngestError(f"{path}: the file is empty")
     if first_line.lstrip().startswith(("{", "[")):
         raise IngestError(f"{path}: JSON, not CSV: read it with --format jsonl (an object a line) or --format zendesk (a Zendesk export)")
-    delimiter = _delimiter(path, first_line)
+    delimiter = csv_delimiter(path, first_line)
     header = [escaped(name).strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
     mapping = resolve_columns(header, field_map)
     if "text" not in mapping:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from supportflow.ingest.readers import csv_delimiter
 from supportflow.kb.documents import Document, Skipped
 
 SUFFIXES = {
@@ -108,7 +109,8 @@ def _faq_documents(records: list[dict[str, Any]], path: Path, source: str, resul
 
 def load_faq(path: Path, text: str, source: str, result: LoadResult) -> list[Document]:
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
+        header = text.splitlines()[0] if text.strip() else ""
+        reader = csv.DictReader(io.StringIO(text), delimiter=csv_delimiter(str(path), header))
         columns = {c.strip().lower() for c in reader.fieldnames or []}
         if not columns & set(FIELD_ALIASES["title"]) or not columns & set(FIELD_ALIASES["body"]):
             raise SkipFile(f"an FAQ CSV needs a question and an answer column; it has {sorted(columns)}")

@@ -57,6 +57,14 @@ def test_each_source_format_becomes_documents(tmp_path: Path) -> None:
     assert by_id["policy"].title == "Privacy policy" and by_id["policy"].source == f"{tmp_path.name}/policy.txt"
 
 
+def test_an_faq_spreadsheet_separated_by_semicolons_keeps_the_commas_in_its_answers(tmp_path: Path) -> None:
+    (tmp_path / "faq.csv").write_text("id;question;answer\nf1;Is there a fee?;Yes, 1,50 € a month, billed monthly.\n")
+    result = load_sources([tmp_path], MAX_BYTES)
+    assert result.skipped == []
+    (faq,) = result.documents
+    assert (faq.id, faq.title, faq.body) == ("f1", "Is there a fee?", "Yes, 1,50 € a month, billed monthly.")
+
+
 def test_html_loses_scripts_styles_and_markup_and_counts_the_scripts(tmp_path: Path) -> None:
     html = (
         "<html><head><script>steal()</script><style>p{color:red}</style></head>"
