@@ -13,12 +13,22 @@ from supportflow.processes import ManagedProcess, descendants, gone
 
 # A manager that starts one worker in a new session, as circus does (os.setsid), and waits; on SIGTERM it exits at
 # once, leaving the worker to whoever stops it (a manager that dies mid-shutdown).
-MANAGER = """
+WORKER = "import time; time.sleep(600)"
+MANAGER = f"""
 import signal, subprocess, sys, time
-worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+worker = subprocess.Popen([sys.executable, "-c", {WORKER!r}], start_new_session=True)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 time.sleep(600)
 """
+
+
+def _runs_the_worker(process: psutil.Process) -> bool:
+    """The worker once it runs its own command: a child seen between fork and exec (the manager's command line still)
+    has not left the manager's session yet."""
+    try:
+        return process.cmdline()[-1:] == [WORKER]
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
 
 
 def _started(tmp_path: Path) -> tuple[ManagedProcess, psutil.Process]:
@@ -27,7 +37,7 @@ def _started(tmp_path: Path) -> tuple[ManagedProcess, psutil.Process]:
     service.launch()
     assert service.pid is not None
     deadline = time.monotonic() + 30
-    while not (below := descendants(service.pid)) and time.monotonic() < deadline:
+    while not (below := [p for p in descendants(service.pid) if _runs_the_worker(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(below) == 1, "the manager started no worker"
     worker = below[0]
