@@ -184,14 +184,14 @@ def test_a_field_mapping_reads_other_exports(local_lake: Lake, local_settings: S
 
 
 def test_spreadsheet_headers_are_read_without_a_field_mapping(local_lake: Lake, local_settings: Settings, tmp_path: Path) -> None:
-    """Headers written for people ("Ticket ID", "Ticket Description", "Ticket Type", "Created At") are matched in
+    """Headers written for people ("Ticket ID", "Ticket Description", "Ticket Type", "Created-At") are matched in
     lower case with spaces and hyphens as underscores."""
     path = tmp_path / "helpdesk.csv"
     path.write_text("Ticket ID,Ticket Description,Ticket Type,Created-At\n7,my pin is blocked,pin_blocked,2025-05-05 12:00\n")
 
     report = ingest_file(str(path), local_lake, local_settings)
 
-    assert report.written == 1 and report.ignored_columns == []  # "Ticket ID" is the export's id, in the ticket's
+    assert report.written == 1 and report.ignored_columns == []  # "Ticket ID" too: it is read as the export's own id
     ticket = read_tickets(local_lake).iloc[0]
     assert (ticket["text"], ticket["intent"]) == ("my pin is blocked", "pin_blocked")
     assert ticket["created_at"] == pd.Timestamp("2025-05-05 12:00", tz="UTC")
