@@ -29,9 +29,9 @@ from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import BuiltClassifier
 from supportflow.classifier.calibrate import promises
 from supportflow.classifier.evaluate_metrics import load_metric
-from supportflow.classifier.fine_tune import LabelledSplits, check_training_data
 from supportflow.classifier.inference import OnnxClassifier
 from supportflow.classifier.onnx_export import export_and_check, fastest_within
+from supportflow.classifier.splits import LabelledSplits, check_training_data
 from supportflow.classifier.training import build_as_configured, reuse_fine_tuned
 from supportflow.settings import get_settings
 

@@ -36,7 +36,7 @@ import yaml
 from sklearn.metrics import accuracy_score, f1_score
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
-from supportflow.classifier.fine_tune import LabelledSplits
+from supportflow.classifier.splits import LabelledSplits
 from supportflow.classifier.training import build_as_configured, load_training_splits, reuse_fine_tuned
 from supportflow.ingest.load import ingest_file
 from supportflow.lake import open_lake

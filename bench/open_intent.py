@@ -52,11 +52,11 @@ from sklearn.metrics import f1_score
 
 from supportflow.classifier.artifacts import CLASSIFIER_CARD, EMBEDDING_POOLING, ONNX_DIR, SENTENCE_ENCODER_DIR
 from supportflow.classifier.base_weights import resolve_base_model
-from supportflow.classifier.fine_tune import check_training_data
 from supportflow.classifier.inference import OnnxClassifier, classify_outputs, onnx_outputs
 from supportflow.classifier.onnx_export import export_and_check, export_onnx, fastest_within, onnx_stand_in
 from supportflow.classifier.ood import VERSION as DETECTOR_VERSION
 from supportflow.classifier.ood import vocabulary_quantile
+from supportflow.classifier.splits import check_training_data
 from supportflow.classifier.training import build_as_configured, reuse_fine_tuned
 from supportflow.settings import Settings, get_settings
 

@@ -1,18 +1,21 @@
 """The `train` flow: snapshot -> fine-tune -> evaluate -> log -> register and gate; a re-run resumes."""
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from supportflow.classifier.base_weights import BaseModelChoice, resolve_base_model
-from supportflow.classifier.build import BuiltClassifier
-from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, fine_tune
 from supportflow.classifier.registry import GateResult
+from supportflow.classifier.splits import LabelledSplits
 from supportflow.classifier.training import (
     TrainingSummary,
     evaluate_as_configured,
+    fine_tune_as_configured,
     gate,
     load_training_splits,
     log_run,
@@ -26,6 +29,10 @@ from supportflow.tracking import connect
 from supportflow.validate.snapshot import SnapshotManifest
 from supportflow.workspace import with_desk_promises
 
+if TYPE_CHECKING:  # the training stack loads when a step trains (training.py), not when a resumed run imports this
+    from supportflow.classifier.build import BuiltClassifier
+    from supportflow.classifier.fine_tune import FineTuned
+
 
 @task(name="load-snapshot", cache_policy=NO_CACHE)
 def load_snapshot(settings: Settings) -> tuple[SnapshotManifest, LabelledSplits]:
@@ -34,7 +41,7 @@ def load_snapshot(settings: Settings) -> tuple[SnapshotManifest, LabelledSplits]
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def fine_tune_step(splits: LabelledSplits, base: BaseModelChoice, settings: Settings, folder: Path) -> FineTuned:
-    return fine_tune(base.location, splits, settings.training_profile(), settings.train_threads, folder, settings.train_device)
+    return fine_tune_as_configured(splits, base, settings, folder)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

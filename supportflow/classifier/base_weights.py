@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from supportflow.classifier.convert import convert_bert_to_distilbert
 from supportflow.errors import BaseModelError
 from supportflow.settings import Settings
 
@@ -64,6 +63,8 @@ def _converted(bert_dir: Path, settings: Settings, name: str) -> Path:
     target = settings.models_dir / "base" / f"{name}-distilbert-{stamp}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    from supportflow.classifier.convert import convert_bert_to_distilbert  # torch: only when converting
+
     return convert_bert_to_distilbert(bert_dir, target)
 
 

@@ -17,13 +17,14 @@ from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdChoice, at_threshold, choose_threshold, fit_temperature
 from supportflow.classifier.cross_fit import CrossFitChoice, out_of_fold_readings
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
-from supportflow.classifier.fine_tune import FineTuned, LabelledSplits
+from supportflow.classifier.fine_tune import FineTuned
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
 from supportflow.classifier.inference import ModelOutputs, Readings, fused_softmax, softmax
 from supportflow.classifier.lexical import LexicalModel
 from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary, vocabulary_quantile
 from supportflow.classifier.predict import predict_outputs
 from supportflow.classifier.prototypes import PROTOTYPES_FILE, SENTENCE_PROTOTYPES_FILE, Prototypes, fit_prototypes
+from supportflow.classifier.splits import LabelledSplits
 from supportflow.settings import TrainingProfile
 
 

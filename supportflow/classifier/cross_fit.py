@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 from transformers import AutoTokenizer, DistilBertForSequenceClassification
 
-from supportflow.classifier.fine_tune import LabelledSplits, fine_tune
+from supportflow.classifier.fine_tune import fine_tune
 from supportflow.classifier.fusion import FusionChoice, fit_lexical
 from supportflow.classifier.inference import Readings
 from supportflow.classifier.predict import predict_outputs
 from supportflow.classifier.prototypes import fit_prototypes
+from supportflow.classifier.splits import LabelledSplits
 from supportflow.settings import Settings, TrainingProfile
 
 

@@ -16,7 +16,6 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize
 from scipy.special import log_softmax
-from sklearn.linear_model import LogisticRegression
 
 from supportflow.classifier.artifacts import READER_WEIGHTS, FusionWeights
 from supportflow.classifier.inference import Readings
@@ -63,6 +62,8 @@ def prior_offsets(label_ids: Sequence[int], n_labels: int, balance: float) -> np
 def fit_lexical(texts: Sequence[str], label_ids: Sequence[int], n_labels: int) -> LexicalModel:
     """TF-IDF fitted on the training messages, then a multinomial logistic regression whose classes are weighted
     inversely to their frequency, so an intent with five examples is not drowned by one with five hundred."""
+    from sklearn.linear_model import LogisticRegression  # here, so that reading `FusionChoice` from settings needs none
+
     counts = [ngram_counts(text) for text in texts]
     documents: Counter = _document_frequency(counts)
     grams = sorted(gram for gram, n in documents.items() if n >= MIN_DOCUMENTS["word" if gram.startswith(WORD_PREFIX) else "char"])

@@ -4,7 +4,13 @@ A training is identified by its inputs (`training_key`): the same snapshot, prof
 precision train the same model, so a re-run finds the finished run in MLflow and resumes from it instead of
 training again, gating the version first if a killed run could not. The summary a person reads is read back
 from the run itself, so a resumed training and a fresh one report the same figures the same way.
+
+The training stack (torch, transformers, scikit-learn, matplotlib) is imported by the steps that train, export and
+log, not with this module: a pipeline that resumes a finished training, and everything that imports the flows (the
+CLI, Prefect's workers), starts without loading it.
 """
+
+from __future__ import annotations
 
 import json
 import shutil
@@ -12,17 +18,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow.entities.model_registry import ModelVersion
 from pydantic import BaseModel
 
 from supportflow.classifier.base_weights import BaseModelChoice
-from supportflow.classifier.build import BuiltClassifier, evaluate_classifier
-from supportflow.classifier.cross_fit import CrossFitChoice
-from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data, fine_tune
 from supportflow.classifier.fusion import FusionChoice
-from supportflow.classifier.onnx_export import export_and_check
-from supportflow.classifier.registry import MODEL_NAME_IN_RUN, GateResult, find_trained, log_training_run, register_and_gate, score_version
+from supportflow.classifier.registry import MODEL_NAME_IN_RUN, GateResult, find_trained, register_and_gate, score_version
+from supportflow.classifier.splits import LabelledSplits, check_training_data
 from supportflow.digest import text_digest
 from supportflow.drift.figures import build_reference
 from supportflow.lake import open_lake
@@ -30,6 +34,10 @@ from supportflow.settings import Settings
 from supportflow.tracking import CHALLENGER, CHAMPION, connect
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.snapshot import SnapshotManifest, latest_snapshot, read_split
+
+if TYPE_CHECKING:
+    from supportflow.classifier.build import BuiltClassifier
+    from supportflow.classifier.fine_tune import FineTuned
 
 
 class TrainingSummary(BaseModel):
@@ -105,6 +113,9 @@ def evaluate_as_configured(
     """Everything after fine-tuning, with what the settings choose (profile, both promises, the detector's quantile,
     the readers): the train flow and the benchmarks complete a model alike, so a benchmark's figures are the
     pipeline's, and a setting added later reaches both."""
+    from supportflow.classifier.build import evaluate_classifier
+    from supportflow.classifier.cross_fit import CrossFitChoice
+
     profile = settings.training_profile()
     return evaluate_classifier(
         tuned,
@@ -120,11 +131,18 @@ def evaluate_as_configured(
     )
 
 
+def fine_tune_as_configured(splits: LabelledSplits, base: BaseModelChoice, settings: Settings, folder: Path) -> FineTuned:
+    """Fine-tune into `folder` with the settings' profile, threads and device."""
+    from supportflow.classifier.fine_tune import fine_tune
+
+    return fine_tune(base.location, splits, settings.training_profile(), settings.train_threads, folder, settings.train_device)
+
+
 def build_as_configured(
     splits: LabelledSplits, base: BaseModelChoice, settings: Settings, folder: Path, snapshot_id: str
 ) -> BuiltClassifier:
-    """Fine-tune into `folder` with the settings' profile, threads and device, then `evaluate_as_configured`."""
-    tuned = fine_tune(base.location, splits, settings.training_profile(), settings.train_threads, folder, settings.train_device)
+    """`fine_tune_as_configured`, then `evaluate_as_configured`."""
+    tuned = fine_tune_as_configured(splits, base, settings, folder)
     return evaluate_as_configured(tuned, splits, base, settings, snapshot_id)
 
 
@@ -134,6 +152,8 @@ def reuse_fine_tuned(
     """`evaluate_as_configured` on an encoder `fine_tune` wrote earlier with this profile on these splits (a copy of
     it, in `target`), its run's seconds read from the meta.json beside it: the benchmarks re-score a kept encoder
     after a change that comes after fine-tuning, without paying for the fine-tuning again."""
+    from supportflow.classifier.fine_tune import FineTuned
+
     meta = json.loads((source.parent / "meta.json").read_text())
     shutil.copytree(source, target)
     tuned = FineTuned(model_dir=target, train_seconds=float(meta["train_seconds"]), train_loss=float("nan"))
@@ -155,6 +175,9 @@ def log_run(
     built: BuiltClassifier, splits: LabelledSplits, manifest: SnapshotManifest, base: BaseModelChoice, settings: Settings, key: str
 ) -> tuple[str, str]:
     """Export ONNX, check its parity, and log the run with the drift reference; returns (run id, model URI)."""
+    from supportflow.classifier.logged_run import log_training_run
+    from supportflow.classifier.onnx_export import export_and_check
+
     parities = export_and_check(built, splits.test["text"].tolist(), settings.train_threads)
     reference = build_reference(
         built.validation_probabilities,

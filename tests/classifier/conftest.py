@@ -87,8 +87,9 @@ def build_tiny_classifier(folder: Path, base: Path, target_precision: float = 0.
     returns (BuiltClassifier, LabelledSplits). 15 test and 15 validation messages per intent."""
     from supportflow.classifier.base_weights import BaseModelChoice
     from supportflow.classifier.build import evaluate_classifier
-    from supportflow.classifier.fine_tune import check_training_data, fine_tune
+    from supportflow.classifier.fine_tune import fine_tune
     from supportflow.classifier.onnx_export import export_onnx
+    from supportflow.classifier.splits import check_training_data
     from supportflow.settings import TrainingProfile
 
     rows = tiny_rows().rename(columns={"category": "intent"}).sample(frac=1.0, random_state=0)

@@ -5,8 +5,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from supportflow.classifier.fine_tune import check_training_data, fine_tune, supervised_contrastive_loss
+from supportflow.classifier.fine_tune import fine_tune, supervised_contrastive_loss
 from supportflow.classifier.predict import predict_outputs
+from supportflow.classifier.splits import check_training_data
 from supportflow.settings import TrainingProfile
 from tests.classifier.conftest import TINY_PROFILE, tiny_rows
 

@@ -11,7 +11,8 @@ from supportflow.classifier.base_weights import BaseModelChoice
 from supportflow.classifier.build import evaluate_classifier
 from supportflow.classifier.calibrate import choose_threshold
 from supportflow.classifier.cross_fit import CrossFitChoice, fold_of
-from supportflow.classifier.fine_tune import FineTuned, LabelledSplits, check_training_data, fine_tune
+from supportflow.classifier.fine_tune import FineTuned, fine_tune
+from supportflow.classifier.splits import LabelledSplits, check_training_data
 from supportflow.settings import Settings, TrainingProfile
 from tests.classifier.conftest import TINY_INTENTS, TINY_PROFILE, tiny_rows
 

@@ -34,8 +34,9 @@ print(json.dumps({
 def test_the_champion_loads_in_a_fresh_environment_and_answers_as_classify_does(tmp_path: Path, tiny_base: Path) -> None:
     import pandas as pd
 
+    from supportflow.classifier.logged_run import log_training_run
     from supportflow.classifier.onnx_export import check_parity
-    from supportflow.classifier.registry import log_training_run, register_and_gate
+    from supportflow.classifier.registry import register_and_gate
     from supportflow.classifier.served import load_serving_classifier
     from supportflow.settings import TrainingProfile, get_settings
     from supportflow.tracking import connect

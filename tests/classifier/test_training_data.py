@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from supportflow.classifier.fine_tune import check_training_data, fine_tune
+from supportflow.classifier.fine_tune import fine_tune
+from supportflow.classifier.splits import check_training_data
 from supportflow.errors import TrainingDataError, TrainingDeviceError
 from supportflow.settings import TrainingProfile
 
