@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from supportflow.ingest.fields import RAW_FIELDS
+from supportflow.ingest.fields import RAW_FIELDS, header_key
 from supportflow.ingest.markup import plain_text
 from supportflow.redact import Redactor
 
@@ -77,7 +77,7 @@ CHANNEL_SYNONYMS = {
 
 def resolve_columns(columns: list[str], field_map: dict[str, str]) -> dict[str, str]:
     """Map raw ticket fields to the source's column names: explicit mapping first, then aliases."""
-    present = {_header_key(column): column for column in columns}
+    present = {header_key(column): column for column in columns}
     resolved: dict[str, str] = {}
     for field in RAW_FIELDS:
         if field in field_map:
@@ -89,10 +89,6 @@ def resolve_columns(columns: list[str], field_map: dict[str, str]) -> dict[str, 
                 resolved[field] = present[alias]
                 break
     return resolved
-
-
-def _header_key(column: str) -> str:
-    return re.sub(r"[\s\-]+", "_", column.strip().lower())
 
 
 def normalise_channel(value: str | None, default: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from supportflow.ingest.fields import header_key
 from supportflow.ingest.readers import csv_delimiter
 from supportflow.kb.documents import Document, Skipped
 
@@ -79,8 +80,8 @@ def _modified(path: Path) -> datetime:
 
 
 def _pick(record: dict[str, Any], name: str) -> Any:
-    lowered = {str(key).strip().lower(): value for key, value in record.items()}
-    return next((lowered[alias] for alias in FIELD_ALIASES[name] if lowered.get(alias) not in (None, "")), None)
+    keyed = {header_key(str(key)): value for key, value in record.items()}
+    return next((keyed[alias] for alias in FIELD_ALIASES[name] if keyed.get(alias) not in (None, "")), None)
 
 
 def _faq_documents(records: list[dict[str, Any]], path: Path, source: str, result: LoadResult) -> list[Document]:
@@ -111,7 +112,7 @@ def load_faq(path: Path, text: str, source: str, result: LoadResult) -> list[Doc
     if path.suffix.lower() == ".csv":
         header = text.splitlines()[0] if text.strip() else ""
         reader = csv.DictReader(io.StringIO(text), delimiter=csv_delimiter(str(path), header))
-        columns = {c.strip().lower() for c in reader.fieldnames or []}
+        columns = {header_key(c) for c in reader.fieldnames or []}
         if not columns & set(FIELD_ALIASES["title"]) or not columns & set(FIELD_ALIASES["body"]):
             raise SkipFile(f"an FAQ CSV needs a question and an answer column; it has {sorted(columns)}")
         return _faq_documents(list(reader), path, source, result)

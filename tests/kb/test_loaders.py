@@ -65,6 +65,20 @@ def test_an_faq_spreadsheet_separated_by_semicolons_keeps_the_commas_in_its_answ
     assert (faq.id, faq.title, faq.body) == ("f1", "Is there a fee?", "Yes, 1,50 € a month, billed monthly.")
 
 
+def test_an_faq_spreadsheet_s_headers_written_for_people_are_read_as_ticket_exports_are(tmp_path: Path) -> None:
+    """ "Article ID" and "Updated-At" are the `article_id` and `updated_at` aliases, as "Ticket ID" is for tickets."""
+    (tmp_path / "faq.csv").write_text(
+        "Article ID,Question,Answer,Link,Updated-At,Intent\n"
+        "kb-7,How do I close my account?,Write to us from the app.,https://help.example/kb-7,2026-03-01,close_account\n"
+    )
+    result = load_sources([tmp_path], MAX_BYTES)
+    assert result.skipped == []
+    (faq,) = result.documents
+    assert (faq.id, faq.title, faq.body, faq.intent) == ("kb-7", "How do I close my account?", "Write to us from the app.", "close_account")
+    assert faq.url == "https://help.example/kb-7"
+    assert faq.updated_at is not None and faq.updated_at.date().isoformat() == "2026-03-01"
+
+
 def test_html_loses_scripts_styles_and_markup_and_counts_the_scripts(tmp_path: Path) -> None:
     html = (
         "<html><head><script>steal()</script><style>p{color:red}</style></head>"
