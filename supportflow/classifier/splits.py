@@ -1,7 +1,7 @@
 """The labelled texts a classifier is made from, checked before any compute is spent on them.
 
-Apart from fine-tuning so that what only reads or checks a snapshot's splits (a resumed training, the benchmarks'
-bookkeeping) needs pandas alone, not torch.
+Kept apart from fine-tuning, so that what only reads or checks a snapshot's splits (a resumed training, the
+benchmarks' bookkeeping) needs pandas, not torch.
 """
 
 from collections import Counter
