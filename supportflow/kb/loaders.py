@@ -79,14 +79,15 @@ def _modified(path: Path) -> datetime:
     return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
 
 
-def _pick(record: dict[str, Any], name: str) -> Any:
-    keyed = {header_key(str(key)): value for key, value in record.items()}
+def _pick(keyed: dict[str, Any], name: str) -> Any:
+    """The first of `name`'s aliases with a value, in a record whose keys went through `header_key`."""
     return next((keyed[alias] for alias in FIELD_ALIASES[name] if keyed.get(alias) not in (None, "")), None)
 
 
 def _faq_documents(records: list[dict[str, Any]], path: Path, source: str, result: LoadResult) -> list[Document]:
     documents = []
-    for number, record in enumerate(records, start=1):
+    for number, raw in enumerate(records, start=1):
+        record = {header_key(str(key)): value for key, value in raw.items()}  # once a record, for all its fields
         title, body = _pick(record, "title"), _pick(record, "body")
         if not str(title or "").strip() or not str(body or "").strip():
             result.skip(f"{path}:{number}", "empty question or answer")
