@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
+from supportflow.digest import text_digest
 from supportflow.errors import LakeUnavailableError
 from supportflow.settings import Settings
 
@@ -49,6 +50,15 @@ class Lake:
         if not self.fs.exists(base):
             return []
         return sorted(p for p in self.fs.find(base) if p.endswith(suffix))
+
+    def versions(self, *parts: str, suffix: str = ".parquet") -> dict[str, str]:
+        """`files`, each with a token that changes whenever the file is written again (a digest of its listing: size,
+        times, ETag): one listing, not a request per file."""
+        base = self.path(*parts)
+        if not self.fs.exists(base):
+            return {}
+        found = self.fs.find(base, detail=True)
+        return {path: text_digest(json.dumps(found[path], sort_keys=True, default=str)) for path in sorted(found) if path.endswith(suffix)}
 
     def write_bytes(self, data: bytes, *parts: str) -> str:
         target = self.path(*parts)

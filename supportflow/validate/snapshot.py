@@ -3,6 +3,10 @@
 The snapshot id is a hash of what went into it (accepted tickets, contract and catalogue versions,
 split settings), so validating the same lake twice gives the same snapshot and writes nothing new.
 A snapshot is complete once its manifest exists; the manifest is written last.
+
+A lake whose ticket files are as they were when a snapshot was cut, under the same contract, catalogue and
+settings, is not checked again: the snapshot is named by what was read (`_inputs_key`), so a pipeline run again
+after a failure in a later stage, or on a schedule with nothing new, skips the contract's checks.
 """
 
 import hashlib
@@ -20,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from supportflow.digest import text_digest
 from supportflow.errors import ContractError
 from supportflow.ingest.tickets import TICKET_SCHEMA, KnownIds, id_keys, wording_keys
 from supportflow.lake import Lake, open_lake
@@ -30,6 +35,7 @@ from supportflow.validate.catalogue import IntentCatalogue
 from supportflow.validate.contracts import MIN_EXAMPLES_RULE, Contract, ContractChecker, load_contract
 
 SPLITS = ("train", "validation", "test")
+CUT_FROM = "cut_from"  # snapshots/cut_from/<inputs key>.json: which snapshot a validation's inputs were cut into
 DERIVED_SUPPORT = "intent_support"
 
 
@@ -338,9 +344,14 @@ def _split_file(job: _SplitJob) -> dict[str, pa.Table]:
 def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = None) -> SnapshotManifest:
     """Check every ticket in the lake, quarantine what breaks the contract, cut the snapshot."""
     contract = contract or load_contract(settings)
-    files = lake.files("tickets")
-    if not files:
+    versions = lake.versions("tickets")
+    if not versions:
         raise ContractError(f"the lake has no tickets at {lake.uri('tickets')}; run ingest first")
+    inputs = _inputs_key(versions, contract, settings)
+    earlier = _cut_from(lake, inputs)
+    if earlier is not None:
+        return earlier
+    files = list(versions)
     support: Counter[str] = Counter()
     size = 0
     for path in files:
@@ -392,6 +403,7 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         content_hash = _content_hash(keys, contract, settings)
         snapshot_id = f"snap-{content_hash[:16]}"
         if lake.exists("snapshots", snapshot_id, "manifest.json"):
+            lake.write_json({"snapshot_id": snapshot_id}, "snapshots", CUT_FROM, f"{inputs}.json")
             lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
             return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
         ends = np.cumsum([int(mask.sum()) for mask in chosen])
@@ -431,8 +443,38 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         left_out=left_out,
     )
     lake.write_json(manifest.model_dump(mode="json"), "snapshots", snapshot_id, "manifest.json")
+    lake.write_json({"snapshot_id": snapshot_id}, "snapshots", CUT_FROM, f"{inputs}.json")
     lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
     return manifest
+
+
+def _inputs_key(versions: dict[str, str], contract: Contract, settings: Settings) -> str:
+    """Everything a validation's outcome depends on: each ticket file as it is now (an agent's label written again
+    under its ticket's name is another version), the suite, the catalogue with its aliases, and the settings the
+    rules and the split read."""
+    return text_digest(
+        json.dumps(versions, sort_keys=True),
+        json.dumps(contract.suite, sort_keys=True),
+        repr(contract.catalogue),
+        contract.min_examples_per_intent,
+        settings.max_quarantine_fraction,
+        settings.snapshot_seed,
+        settings.validation_fraction,
+        settings.test_fraction,
+        settings.min_train_examples_per_intent,
+    )
+
+
+def _cut_from(lake: Lake, inputs: str) -> SnapshotManifest | None:
+    """The snapshot these very inputs were cut into, made the latest again; None when they were never validated, or
+    their snapshot is gone."""
+    if not lake.exists("snapshots", CUT_FROM, f"{inputs}.json"):
+        return None
+    snapshot_id = lake.read_json("snapshots", CUT_FROM, f"{inputs}.json")["snapshot_id"]
+    if not lake.exists("snapshots", snapshot_id, "manifest.json"):
+        return None
+    lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
+    return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
 
 
 def _left_out(

@@ -4,11 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+import pytest
 
 from supportflow.ingest.load import ingest_file
 from supportflow.ingest.tickets import wording_keys
 from supportflow.lake import Lake
 from supportflow.settings import Settings
+from supportflow.validate import snapshot
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.validate.contracts import load_contract
 from supportflow.validate.snapshot import (
@@ -61,6 +64,31 @@ def test_validating_again_gives_the_same_snapshot_and_writes_nothing_new(lake: L
 
     assert second.snapshot_id == first.snapshot_id and second.created_at == first.created_at
     assert sorted(lake.fs.find(lake.path("snapshots"))) == files
+
+
+def test_a_lake_validated_before_is_not_checked_again_until_a_file_or_a_setting_changes(
+    local_lake: Lake, local_settings: Settings, banking77_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest_file(str(banking77_sample), local_lake, local_settings)
+    first = validate_lake(local_lake, local_settings)
+
+    def checked_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the contract's checks ran again on inputs validated before")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot, "ContractChecker", checked_again)
+        assert validate_lake(local_lake, local_settings) == first
+        local_lake.write_json({"snapshot_id": "snap-elsewhere"}, "snapshots", "latest.json")
+        assert validate_lake(local_lake, local_settings) == first and latest_snapshot(local_lake) == first
+        with pytest.raises(AssertionError, match="checks ran again"):  # another seed: another split, checked
+            validate_lake(local_lake, local_settings.model_copy(update={"snapshot_seed": local_settings.snapshot_seed + 1}))
+
+    # A file written again under its own name (by hand, or a backup restored) is read again.
+    path = local_lake.files("tickets")[0]
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, table.num_rows - 1), path)
+    fewer = validate_lake(local_lake, local_settings)
+    assert fewer.snapshot_id != first.snapshot_id and sum(fewer.rows.values()) == sum(first.rows.values()) - 1
 
 
 def test_new_tickets_make_a_new_snapshot_and_the_old_one_stays(
