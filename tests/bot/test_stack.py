@@ -1,7 +1,12 @@
 """The served bot end to end: a real classifier service (a tiny champion from MLflow), a real Rasa model,
 trained and served, its action server, the bot service, and the demo knowledge base.
 
-Slow (about three minutes): one stack is started for the module and every test talks to it over HTTP.
+One desk is trained for the module and served twice: as one stack, which most tests talk to over HTTP, then as two
+bot replicas, two Rasa servers and their action servers behind HAProxy round-robin, on shared stores (PostgreSQL for
+the handoff queue and Rasa's trackers, Redis for Rasa's locks, one lake): conversations with slots cross replicas and
+stay coherent, and after `kill -9` of one bot and one Rasa every conversation goes on with its slots on the
+survivors, while the turn log and the handoff queue hold every turn that got a reply. Slow: training the desk once
+costs as much as starting either stack, so both share it.
 """
 
 import ast
@@ -12,13 +17,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pandas as pd
 import pytest
 from twilio.request_validator import RequestValidator
 
-from tests.bot.conftest import TWILIO_TOKEN, prepared_desk, surest_example
+from supportflow.processes import descendants, gone
+from tests.bot.conftest import TWILIO_TOKEN, PreparedDesk, prepared_desk, surest_example
+from tests.servers import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +45,7 @@ def request_splitter() -> re.Pattern[str]:
 TWO_REQUESTS = request_splitter()
 
 pytestmark = pytest.mark.slow
+CARD_QUESTION = "Is this about your physical card or a virtual card?"  # the demo desk's form asks it for change_pin
 
 
 @dataclass
@@ -79,18 +88,24 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_harness: None) -> Iterator[Served]:
+def desk(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, prefect_harness: None) -> Iterator[tuple[PreparedDesk, Path]]:
+    folder = tmp_path_factory.mktemp("stack")
+    with prepared_desk(folder, tiny_base) as prepared:
+        yield prepared, folder
+
+
+@pytest.fixture(scope="module")
+def served(desk: tuple[PreparedDesk, Path]) -> Iterator[Served]:
     from supportflow.processes import free_port
     from supportflow.release.stack import Ports, start_stack
 
-    folder = tmp_path_factory.mktemp("stack")
-    with prepared_desk(folder, tiny_base) as desk:
-        ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
-        stack = start_stack(desk.settings, desk.rasa_project, desk.rasa_model, folder / "logs", ports)
-        try:
-            yield Served(stack, desk.settings, desk.rows, folder)
-        finally:
-            stack.stop()
+    prepared, folder = desk
+    ports = Ports(bot=free_port(), classifier=free_port(), rasa=free_port(), actions=free_port())
+    stack = start_stack(prepared.settings, prepared.rasa_project, prepared.rasa_model, folder / "logs", ports)
+    try:
+        yield Served(stack, prepared.settings, prepared.rows, folder)
+    finally:
+        stack.stop()
 
 
 def test_classify_answers_the_contract_with_calibrated_confidence(served: Served) -> None:
@@ -123,7 +138,7 @@ def test_two_requests_in_one_message_get_a_clarifying_question(served: Served) -
 
 def test_a_request_that_needs_a_slot_is_asked_for_it_by_the_desks_form_then_answered(served: Served) -> None:
     asked = served.chat("it-form", served.example("change_pin")).json()
-    assert (asked["route"], asked["replies"]) == ("dialogue", ["Is this about your physical card or a virtual card?"]), asked
+    assert (asked["route"], asked["replies"]) == ("dialogue", [CARD_QUESTION]), asked
     answered = served.chat("it-form", "the virtual one").json()
     assert (answered["route"], answered["intent"]) == ("kb", "change_pin"), answered
     assert "PIN" in "\n".join(answered["replies"])
@@ -471,8 +486,8 @@ def test_when_the_classifier_or_rasa_is_down_the_bot_hands_off_gracefully(served
     assert down.status_code == 503 and "passed your message to a colleague" in down.json()["replies"][0]
     rasa = next(p for p in served.stack.processes if p.name == "rasa")
     rasa.stop()
-    gone = served.chat("it-down-2", "hello")
-    assert gone.status_code == 503 and gone.json()["route"] == "handoff"
+    alone = served.chat("it-down-2", "hello")
+    assert alone.status_code == 503 and alone.json()["route"] == "handoff"
 
 
 def test_every_turn_reached_the_lake(served: Served) -> None:
@@ -496,3 +511,117 @@ def test_every_turn_reached_the_lake(served: Served) -> None:
     assert (answered["route"], answered["intent"], answered["kb_doc_id"]) == ("kb", "card_arrival", "card_arrival")
     assert answered["model_version"] == "1" and answered["latency_ms"] > 0
     assert os.path.exists(served.folder / "logs" / "bot.log")
+
+
+@dataclass
+class Replicated:
+    stack: object
+    settings: object
+    rows: pd.DataFrame
+    conversations: dict[str, tuple[str, str]] = field(default_factory=dict)
+    replied: dict[str, int] = field(default_factory=dict)  # a test's conversation name -> turns that got a reply
+
+    def chat(self, conversation: str, message: str) -> dict:
+        if conversation in self.conversations:
+            known, token = self.conversations[conversation]
+            body, headers = {"conversation_id": known, "message": message}, {"X-Conversation-Token": token}
+        else:
+            body, headers = {"message": message}, {}
+        response = httpx.post(f"{self.stack.bot_url}/chat", json=body, headers=headers, timeout=60)
+        assert response.status_code == 200, (conversation, response.status_code, response.text[:300])
+        reply = response.json()
+        if "conversation_token" in reply:
+            self.conversations[conversation] = (reply["conversation_id"], reply["conversation_token"])
+        self.replied[conversation] = self.replied.get(conversation, 0) + 1
+        return reply
+
+    def example(self, intent: str) -> str:
+        address = urlsplit(self.stack.classifier.health_url)
+        return surest_example(
+            f"{address.scheme}://{address.netloc}", self.rows.loc[self.rows["category"] == intent, "text"].tolist(), intent
+        )
+
+    def turns_served(self, port: int) -> float:
+        """The bot replica's own count of turns, read from its /metrics (behind the internal token)."""
+        headers = {"Authorization": f"Bearer {self.stack.internal_token}"}
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("supportflow_turns_total{"))
+
+
+@pytest.fixture(scope="module")
+def replicated(desk: tuple[PreparedDesk, Path], postgres: Postgres, redis_url: str) -> Iterator[Replicated]:
+    """The module's desk on shared stores: its handoff queue and Rasa's trackers in PostgreSQL, Rasa's locks in Redis."""
+    from supportflow.release.replicas import start_replicas
+    from supportflow.settings import get_settings
+
+    prepared, folder = desk
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SUPPORTFLOW_HANDOFF_DB_URL", postgres.new_database())
+        patch.setenv("SUPPORTFLOW_RASA_TRACKER_STORE_URL", postgres.new_database().replace("+psycopg", ""))  # Rasa has psycopg2
+        patch.setenv("SUPPORTFLOW_RASA_LOCK_STORE_URL", redis_url)
+        get_settings.cache_clear()
+        settings = get_settings()
+        stack = start_replicas(settings, prepared.rasa_project, prepared.rasa_model, folder / "replicas", count=2)
+        try:
+            yield Replicated(stack, settings, prepared.rows)
+        finally:
+            stack.stop()
+            get_settings.cache_clear()
+
+
+def test_conversations_with_slots_cross_replicas_and_stay_coherent(replicated: Replicated) -> None:
+    for name in ("cross-1", "cross-2", "cross-3"):
+        asked = replicated.chat(name, replicated.example("change_pin"))
+        assert (asked["route"], asked["replies"]) == ("dialogue", [CARD_QUESTION]), asked
+        answered = replicated.chat(name, "the virtual one")  # round-robin: the other replica takes this turn
+        assert (answered["route"], answered["intent"]) == ("kb", "change_pin"), answered
+    served = [replicated.turns_served(replica.bot_port) for replica in replicated.stack.replicas]
+    assert all(count > 0 for count in served), f"a replica took no turn: {served}"
+
+
+def test_killing_a_bot_and_a_rasa_loses_no_conversation_turn_or_handoff(replicated: Replicated) -> None:
+    from supportflow.bot.turns import read_turns
+    from supportflow.keys import conversation_keys
+    from supportflow.lake import open_lake
+
+    pending = [f"killed-{index}" for index in range(4)]
+    for name in pending:  # each waits for its card type when the kills land
+        assert replicated.chat(name, replicated.example("change_pin"))["replies"] == [CARD_QUESTION]
+    replicated.chat("handed-before", "I want to talk to a human")
+
+    doomed_bot, doomed_rasa = replicated.stack.replicas[0].bot, replicated.stack.replicas[1].rasa
+    workers = descendants(doomed_bot.pid)  # BentoML's, each in a session of its own
+    assert workers
+    for process in (doomed_bot, doomed_rasa):
+        process.kill()
+    assert all(gone(worker) for worker in workers)  # no orphan goes on serving the killed bot's port
+
+    for name in pending:  # the form goes on where it stopped: the slot it asked for, then the answer
+        answered = replicated.chat(name, "the virtual one")
+        assert (answered["route"], answered["intent"]) == ("kb", "change_pin"), (name, answered)
+    replicated.chat("handed-after", "I want to talk to a human")
+    fresh = replicated.chat("fresh-after", replicated.example("change_pin"))
+    assert fresh["replies"] == [CARD_QUESTION]
+
+    keys = conversation_keys(replicated.settings)
+    stored = {name: keys.stored_id(conversation) for name, (conversation, _) in replicated.conversations.items()}
+    listed = httpx.get(f"{replicated.stack.bot_url}/agent/handoffs", params={"limit": 100}, timeout=30).json()["handoffs"]
+    assert {stored["handed-before"], stored["handed-after"]} <= {handoff["conversation_id"] for handoff in listed}
+
+    doomed_bot.start(timeout=300)  # restarted, as Kubernetes restarts a killed pod: its write-ahead turns replay
+    for replica in replicated.stack.replicas:
+        replica.bot.stop()  # the survivors flush what they hold
+    deadline, counts = time.monotonic() + 60, pd.Series(dtype=int)
+    while time.monotonic() < deadline:
+        counts = read_turns(open_lake(replicated.settings))["conversation_id"].value_counts()
+        if all(counts.get(stored[name], 0) >= replied for name, replied in replicated.replied.items()):
+            break
+        time.sleep(1)
+    missing = {
+        name: (replied, int(counts.get(stored[name], 0)))
+        for name, replied in replicated.replied.items()
+        if counts.get(stored[name], 0) < replied
+    }
+    assert not missing, f"turns that got a reply but are not in the turn log (replied, logged): {missing}"
+    duplicated = {name: int(counts[stored[name]]) for name, replied in replicated.replied.items() if counts.get(stored[name], 0) > replied}
+    assert not duplicated, f"turns logged twice: {duplicated}"
