@@ -193,9 +193,3 @@ def banking77_sample(tmp_path: Path) -> Path:
     path = tmp_path / "banking77_sample.csv"
     sample.to_csv(path, index=False)
     return path
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The whole-loop modules first: `make test` spreads test files over two workers (pytest-xdist, `--dist loadfile`),
-    and the longest files started last would leave one worker running them alone at the end."""
-    items.sort(key=lambda item: 0 if item.path.parent.name == "loop" else 1)

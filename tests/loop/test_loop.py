@@ -181,7 +181,8 @@ def test_a_bundle_that_fails_its_smoke_test_is_not_promoted(chain: Chain) -> Non
 
 
 class ClassifyProbe(threading.Thread):
-    """Asks the production classifier all along, as a customer-facing service would, and counts failures."""
+    """Asks the production classifier all along, as a customer-facing service would, and counts failures: ten times a
+    second, often enough to land in any gap while it swaps models, and not so often that it starves the retraining."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
@@ -190,7 +191,7 @@ class ClassifyProbe(threading.Thread):
 
     def run(self) -> None:
         with httpx.Client(timeout=30) as client:
-            while not self.stopped.wait(0.05):
+            while not self.stopped.wait(0.1):
                 try:
                     response = client.post(f"{self.url}/classify", json={"texts": ["I lost my phone, what do I do?"]})
                     if response.status_code != 200 or not response.json()[0]["ranking"]:
