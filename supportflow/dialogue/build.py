@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from supportflow.classifier.artifacts import ClassifierCard, download_classifier
 from supportflow.dialogue.project import DialogueFilesError, read_desk_dialogue, workspace_path, write_project
-from supportflow.dialogue.rasa_cli import DialogueError, test_conversations, train_rasa_model, validate_project
+from supportflow.dialogue.rasa_cli import RasaCommandError, validate_train_and_test
 from supportflow.lake import Lake
 from supportflow.release.production import alias_version
 from supportflow.settings import Settings
@@ -127,11 +127,12 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
         desk.config.language,
     )
     try:
-        validation = validate_project(settings, project)
-    except DialogueError as error:
-        raise DialogueFilesError(workspace_path(str(error), project, dialogue)) from error
-    model = train_rasa_model(settings, project)
-    report = test_conversations(settings, project, model)
+        built = validate_train_and_test(settings, project)
+    except RasaCommandError as error:
+        if error.command[:2] == ("data", "validate"):  # the desk's files, named as the desk wrote them
+            raise DialogueFilesError(workspace_path(str(error), project, dialogue)) from error
+        raise
+    validation, model, report = built.validation, built.model, built.report
     conversations = read_conversation_tests(project / "tests", report) if report else None
     seconds = time.perf_counter() - started
     with start_run(settings, settings.dialogue_experiment, f"rasa-for-v{version}") as run:

@@ -1,7 +1,11 @@
 """Drive Rasa (in its own Python 3.10 environment) through its command line and HTTP API."""
 
+import json
 import os
+import re
 import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from supportflow.dialogue.stores import store_environment
@@ -33,37 +37,106 @@ def rasa_environment(project: Path, extra: dict[str, str] | None = None) -> dict
     return env
 
 
+class RasaCommandError(DialogueError):
+    """A Rasa command exited with an error; `command` names it (its arguments after `rasa`)."""
+
+    def __init__(self, message: str, command: Sequence[str]) -> None:
+        super().__init__(message)
+        self.command = tuple(command)
+
+
+def _failed(project: Path, args: Sequence[str], code: int, output: str) -> RasaCommandError:
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    return RasaCommandError(f"`rasa {' '.join(args)}` failed in {project} (exit {code}):\n{tail}", args)
+
+
 def run_rasa(settings: Settings, project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     command = [str(rasa_executable(settings)), *args]
     done = subprocess.run(command, cwd=project, env=rasa_environment(project), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise DialogueError(f"`rasa {' '.join(args)}` failed in {project} (exit {done.returncode}):\n{tail}")
+        raise _failed(project, args, done.returncode, done.stdout + done.stderr)
     return done
 
 
-def validate_project(settings: Settings, project: Path) -> str:
-    return run_rasa(settings, project, "data", "validate", "--domain", "domain", "--data", "data").stdout
+# Several Rasa commands in one interpreter: importing Rasa and TensorFlow is most of what a command costs on a small
+# desk (docs/pipeline.md), and a dialogue build runs three. Each is Rasa's own command line (`rasa.__main__.main`)
+# with its arguments; a line on stdout and on stderr closes each one's output with its exit status, and the first that
+# fails ends the run.
+FINISHED = "supportflow: rasa command finished with exit status"
+IN_ONE_PROCESS = f"""import json, sys
+from rasa.__main__ import main
+for args in json.loads(sys.argv[1]):
+    sys.argv = ['rasa', *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    print('\\n{FINISHED}', code, flush=True)
+    print('\\n{FINISHED}', code, file=sys.stderr, flush=True)
+    if code:
+        sys.exit(code)
+"""
 
 
-def train_rasa_model(settings: Settings, project: Path, name: str = "supportflow") -> Path:
-    """Train and return the model archive (`models/<name>.tar.gz`)."""
-    run_rasa(settings, project, "train", "--domain", "domain", "--data", "data", "--fixed-model-name", name, "--out", "models", "--quiet")
+def run_rasa_commands(settings: Settings, project: Path, commands: Sequence[Sequence[str]], timeout: float = 900) -> list[str]:
+    """`run_rasa` for each command in turn, in one process; returns each one's output (stdout, then stderr, where
+    Rasa logs). The first that fails raises `RasaCommandError` naming it, and the rest do not run."""
+    python = rasa_executable(settings).with_name("python")
+    argv = [str(python), "-c", IN_ONE_PROCESS, json.dumps([list(args) for args in commands])]
+    done = subprocess.run(argv, cwd=project, env=rasa_environment(project), capture_output=True, text=True, timeout=timeout)
+    closing = re.compile(rf"\n{re.escape(FINISHED)} (-?\d+)\n")
+    out, err = closing.split(done.stdout), closing.split(done.stderr)
+    codes = [int(code) for code in out[1::2]]
+    outputs = [a + b for a, b in zip(out[0::2], err[0::2], strict=False)]  # one more than codes: what came after the last
+    if done.returncode != 0 or len(codes) < len(commands):
+        failed = len(codes) - 1 if codes and codes[-1] else len(codes)  # a crash leaves no status line
+        code = codes[failed] if failed < len(codes) else done.returncode
+        raise _failed(project, commands[failed], code, outputs[failed])
+    return outputs[: len(commands)]
+
+
+def _validate_args() -> list[str]:
+    return ["data", "validate", "--domain", "domain", "--data", "data"]
+
+
+def _train_args(name: str) -> list[str]:
+    return ["train", "--domain", "domain", "--data", "data", "--fixed-model-name", name, "--out", "models", "--quiet"]
+
+
+def _test_args(model: Path, out: Path) -> list[str]:
+    return ["test", "core", "--model", str(model), "--stories", "tests", "--out", str(out), "--no-plot"]
+
+
+def _archive(project: Path, name: str) -> Path:
     archive = project / "models" / f"{name}.tar.gz"
     if not archive.exists():
         raise DialogueError(f"rasa train finished but {archive} is missing")
     return archive
 
 
-def test_conversations(settings: Settings, project: Path, model: Path) -> Path | None:
-    """Run the desk's conversation tests (`tests/`) against the trained model; returns Rasa's report folder.
+def train_rasa_model(settings: Settings, project: Path, name: str = "supportflow") -> Path:
+    """Train and return the model archive (`models/<name>.tar.gz`)."""
+    run_rasa(settings, project, *_train_args(name))
+    return _archive(project, name)
 
-    A failed story does not raise here: the caller reads the report, so the failures can name the stories."""
-    if not any((project / "tests").glob("*.y*ml")):
-        return None
-    out = project / "results"
-    run_rasa(settings, project, "test", "core", "--model", str(model), "--stories", "tests", "--out", str(out), "--no-plot")
-    return out
+
+@dataclass(frozen=True)
+class BuiltProject:
+    validation: str  # what `rasa data validate` said
+    model: Path
+    report: Path | None  # Rasa's report of the desk's conversation tests, when it has some
+
+
+def validate_train_and_test(settings: Settings, project: Path, name: str = "supportflow") -> BuiltProject:
+    """Validate the project, train its model (`train_rasa_model`) and run the desk's conversation tests (`tests/`)
+    against it, in one Rasa process (`run_rasa_commands`). A failed story does not raise: the caller reads the report,
+    so the failures can name the stories."""
+    model, out = project / "models" / f"{name}.tar.gz", project / "results"
+    tests = any((project / "tests").glob("*.y*ml"))
+    commands = [_validate_args(), _train_args(name), *([_test_args(model, out)] if tests else [])]
+    outputs = run_rasa_commands(settings, project, commands)
+    return BuiltProject(outputs[0], _archive(project, name), out if tests else None)
 
 
 RASA_SERVICE = "rasa"  # the dialogue server's name among a stack's services: the one started with `--model`

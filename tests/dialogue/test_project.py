@@ -13,8 +13,7 @@ import yaml
 
 from supportflow.dialogue.build import read_conversation_tests
 from supportflow.dialogue.project import DialogueFilesError, plan_dialogue, read_desk_dialogue, write_project
-from supportflow.dialogue.rasa_cli import test_conversations as run_conversation_tests
-from supportflow.dialogue.rasa_cli import train_rasa_model, validate_project
+from supportflow.dialogue.rasa_cli import RasaCommandError, run_rasa_commands, validate_train_and_test
 from supportflow.settings import Settings
 from supportflow.validate.catalogue import load_catalogue
 from supportflow.workspace import load_workspace, skeleton
@@ -193,12 +192,20 @@ def test_an_entity_known_by_a_regex_alone_is_extracted(tmp_path: Path) -> None:
 def test_inits_skeleton_validates_trains_and_passes_its_conversation_tests(name: str, tmp_path: Path) -> None:
     settings = Settings(workspace=DESKS[name][0])
     project = build(DESKS[name][0], tmp_path / "project", name)
-    validate_project(settings, project)
-    model = train_rasa_model(settings, project)
-    report = run_conversation_tests(settings, project, model)
-    assert report is not None
-    outcome = read_conversation_tests(project / "tests", report)
+    built = validate_train_and_test(settings, project)
+    assert built.model.is_file() and built.report is not None and "Story structure validation" in built.validation
+    outcome = read_conversation_tests(project / "tests", built.report)
     assert outcome.stories >= 3 and outcome.failed == [], outcome
+
+
+@pytest.mark.slow
+def test_rasa_commands_in_one_process_stop_at_the_first_that_fails_and_name_it(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, rasa_venv=ROOT / ".venv-rasa")
+    versions = run_rasa_commands(settings, tmp_path, [["--version"], ["--version"]])
+    assert len(versions) == 2 and all(output.count("Rasa Version") == 1 for output in versions)
+    with pytest.raises(RasaCommandError, match=r"`rasa no-such-command` failed in .* \(exit 2\)") as failed:
+        run_rasa_commands(settings, tmp_path, [["--version"], ["no-such-command"], ["train", "--data", str(tmp_path / "none")]])
+    assert failed.value.command == ("no-such-command",) and not (tmp_path / "models").exists()  # the third never ran
 
 
 @pytest.mark.slow
@@ -216,9 +223,8 @@ def test_a_test_that_answers_an_intent_which_now_asks_for_a_slot_is_told_to_run_
     tickets = examples("skeleton")
     tickets["cancellation"] = [*tickets["cancellation"], "please cancel my order ORD-12345"]
     project = write_project(tmp_path / "project", catalogue, dialogue, tickets, 0.5, "http://127.0.0.1:9/classify", "en")
-    settings = Settings(workspace=root)
-    report = run_conversation_tests(settings, project, train_rasa_model(settings, project))
-    outcome = read_conversation_tests(project / "tests", report)
+    built = validate_train_and_test(Settings(workspace=root), project)
+    outcome = read_conversation_tests(project / "tests", built.report)
 
     assert [name.split(" (")[0] for name in outcome.failed] == ["a cancellation"]
     assert list(outcome.first_wrong.values()) == ["`action: action_answer`, where Rasa predicted `cancellation_form`"]
@@ -235,9 +241,8 @@ def test_a_failing_conversation_test_is_reported_by_name(desk: Path, tmp_path: P
         )
     )
     project = build(desk, tmp_path / "project", "saas")
-    settings = Settings(workspace=desk)
-    report = run_conversation_tests(settings, project, train_rasa_model(settings, project))
-    outcome = read_conversation_tests(project / "tests", report)
+    built = validate_train_and_test(Settings(workspace=desk), project)
+    outcome = read_conversation_tests(project / "tests", built.report)
     assert [story.split(" (")[0] for story in outcome.failed] == ["a double charge, then a person"]
     ((story, step),) = outcome.first_wrong.items()  # the line to fix, as Rasa marked it
     assert story.startswith("a double charge, then a person") and step == "`action: action_answer`, where Rasa predicted `action_handoff`"
