@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -24,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from supportflow.digest import text_digest
+from supportflow.digest import files_digest, text_digest
 from supportflow.errors import ContractError
+from supportflow.ingest import tickets as tickets_module
 from supportflow.ingest.tickets import TICKET_SCHEMA, KnownIds, id_keys, wording_keys
 from supportflow.lake import Lake, open_lake
 from supportflow.parallel import ordered_map, process_pool
@@ -450,10 +452,11 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
 
 def _inputs_key(versions: dict[str, str], contract: Contract, settings: Settings) -> str:
     """Everything a validation's outcome depends on: each ticket file as it is now (an agent's label written again
-    under its ticket's name is another version), the suite, the catalogue with its aliases, and the settings the
-    rules and the split read."""
+    under its ticket's name is another version), the suite, the catalogue with its aliases, the settings the rules
+    and the split read, and the code that checks and splits (a rule changed there is another check)."""
     return text_digest(
         json.dumps(versions, sort_keys=True),
+        files_digest([Path(__file__).parent, Path(tickets_module.__file__)]),
         json.dumps(contract.suite, sort_keys=True),
         repr(contract.catalogue),
         contract.min_examples_per_intent,

@@ -48,6 +48,20 @@ pytestmark = pytest.mark.slow
 CARD_QUESTION = "Is this about your physical card or a virtual card?"  # the demo desk's form asks it for change_pin
 
 
+def chat(bot_url: str, conversations: dict[str, tuple[str, str]], conversation: str, message: str) -> httpx.Response:
+    """A message in the conversation a test calls `conversation`: its first starts it, and the bot names it (its id and
+    token are kept in `conversations`)."""
+    if conversation in conversations:
+        known, token = conversations[conversation]
+        body, headers = {"conversation_id": known, "message": message}, {"X-Conversation-Token": token}
+    else:
+        body, headers = {"message": message}, {}
+    response = httpx.post(f"{bot_url}/chat", json=body, headers=headers, timeout=60)
+    if "conversation_token" in response.json():
+        conversations[conversation] = (response.json()["conversation_id"], response.json()["conversation_token"])
+    return response
+
+
 @dataclass
 class Served:
     stack: object
@@ -57,16 +71,7 @@ class Served:
     conversations: dict[str, tuple[str, str]] = field(default_factory=dict)  # a test's name for it -> the bot's id, token
 
     def chat(self, conversation: str, message: str) -> httpx.Response:
-        """A message in the conversation a test calls `conversation`: its first starts it, and the bot names it."""
-        if conversation in self.conversations:
-            known, token = self.conversations[conversation]
-            body, headers = {"conversation_id": known, "message": message}, {"X-Conversation-Token": token}
-        else:
-            body, headers = {"message": message}, {}
-        response = httpx.post(f"{self.stack.bot_url}/chat", json=body, headers=headers, timeout=60)
-        if "conversation_token" in response.json():
-            self.conversations[conversation] = (response.json()["conversation_id"], response.json()["conversation_token"])
-        return response
+        return chat(self.stack.bot_url, self.conversations, conversation, message)
 
     def token(self, conversation: str) -> dict[str, str]:
         return {"X-Conversation-Token": self.conversations[conversation][1]}
@@ -522,18 +527,10 @@ class Replicated:
     replied: dict[str, int] = field(default_factory=dict)  # a test's conversation name -> turns that got a reply
 
     def chat(self, conversation: str, message: str) -> dict:
-        if conversation in self.conversations:
-            known, token = self.conversations[conversation]
-            body, headers = {"conversation_id": known, "message": message}, {"X-Conversation-Token": token}
-        else:
-            body, headers = {"message": message}, {}
-        response = httpx.post(f"{self.stack.bot_url}/chat", json=body, headers=headers, timeout=60)
+        response = chat(self.stack.bot_url, self.conversations, conversation, message)
         assert response.status_code == 200, (conversation, response.status_code, response.text[:300])
-        reply = response.json()
-        if "conversation_token" in reply:
-            self.conversations[conversation] = (reply["conversation_id"], reply["conversation_token"])
         self.replied[conversation] = self.replied.get(conversation, 0) + 1
-        return reply
+        return response.json()
 
     def example(self, intent: str) -> str:
         address = urlsplit(self.stack.classifier.health_url)
