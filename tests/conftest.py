@@ -125,7 +125,14 @@ def stores_of_the_test(isolated_stores: dict[str, str], tmp_path_factory: pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """The working-copy guard, and Prefect's logging set up now: its console handler writes to sys.stderr as it was
+    when Prefect first set up its logging. Set up here, that is the session's own capture, which outlives every test;
+    set up inside a test that reads its output with `capsys`, it would write to that test's closed stream ever after,
+    and a later test would read the logging module's "Logging error" traceback as its own."""
+    from prefect.logging.configuration import setup_logging
+
     config.pluginmanager.register(WorkingCopyGuard(ROOT), "working-copy-guard")
+    setup_logging()
 
 
 @pytest.fixture(scope="session")
