@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from supportflow.classifier.artifacts import ClassifierCard, download_classifier
 from supportflow.dialogue.project import DialogueFilesError, read_desk_dialogue, workspace_path, write_project
-from supportflow.dialogue.rasa_cli import RasaCommandError, validate_train_and_test
+from supportflow.dialogue.rasa_cli import VALIDATE, RasaCommandError, validate_train_and_test
 from supportflow.lake import Lake
 from supportflow.release.production import alias_version
 from supportflow.settings import Settings
@@ -129,7 +129,7 @@ def build_dialogue(settings: Settings, lake: Lake) -> DialogueBuild:
     try:
         built = validate_train_and_test(settings, project)
     except RasaCommandError as error:
-        if error.command[:2] == ("data", "validate"):  # the desk's files, named as the desk wrote them
+        if error.command == VALIDATE:  # the desk's files, named as the desk wrote them
             raise DialogueFilesError(workspace_path(str(error), project, dialogue)) from error
         raise
     validation, model, report = built.validation, built.model, built.report

@@ -96,8 +96,7 @@ def run_rasa_commands(settings: Settings, project: Path, commands: Sequence[Sequ
     return outputs[: len(commands)]
 
 
-def _validate_args() -> list[str]:
-    return ["data", "validate", "--domain", "domain", "--data", "data"]
+VALIDATE = ("data", "validate", "--domain", "domain", "--data", "data")  # `rasa data validate` on a project's files
 
 
 def _train_args(name: str) -> list[str]:
@@ -109,7 +108,11 @@ def _test_args(model: Path, out: Path) -> list[str]:
 
 
 def _archive(project: Path, name: str) -> Path:
-    archive = project / "models" / f"{name}.tar.gz"
+    """Where `rasa train` (`_train_args(name)`) writes the model archive."""
+    return project / "models" / f"{name}.tar.gz"
+
+
+def _trained(archive: Path) -> Path:
     if not archive.exists():
         raise DialogueError(f"rasa train finished but {archive} is missing")
     return archive
@@ -118,7 +121,7 @@ def _archive(project: Path, name: str) -> Path:
 def train_rasa_model(settings: Settings, project: Path, name: str = "supportflow") -> Path:
     """Train and return the model archive (`models/<name>.tar.gz`)."""
     run_rasa(settings, project, *_train_args(name))
-    return _archive(project, name)
+    return _trained(_archive(project, name))
 
 
 @dataclass(frozen=True)
@@ -132,11 +135,11 @@ def validate_train_and_test(settings: Settings, project: Path, name: str = "supp
     """Validate the project, train its model (`train_rasa_model`) and run the desk's conversation tests (`tests/`)
     against it, in one Rasa process (`run_rasa_commands`). A failed story does not raise: the caller reads the report,
     so the failures can name the stories."""
-    model, out = project / "models" / f"{name}.tar.gz", project / "results"
+    model, out = _archive(project, name), project / "results"
     tests = any((project / "tests").glob("*.y*ml"))
-    commands = [_validate_args(), _train_args(name), *([_test_args(model, out)] if tests else [])]
+    commands = [VALIDATE, _train_args(name), *([_test_args(model, out)] if tests else [])]
     outputs = run_rasa_commands(settings, project, commands)
-    return BuiltProject(outputs[0], _archive(project, name), out if tests else None)
+    return BuiltProject(outputs[0], _trained(model), out if tests else None)
 
 
 RASA_SERVICE = "rasa"  # the dialogue server's name among a stack's services: the one started with `--model`

@@ -214,7 +214,10 @@ def _content_hash(keys: np.ndarray, contract: Contract, settings: Settings) -> s
 def latest_snapshot(lake: Lake) -> SnapshotManifest:
     if not lake.exists("snapshots", "latest.json"):
         raise ContractError(f"no training snapshot in the lake at {lake.uri('snapshots')}; run validate first")
-    snapshot_id = lake.read_json("snapshots", "latest.json")["snapshot_id"]
+    return _manifest(lake, lake.read_json("snapshots", "latest.json")["snapshot_id"])
+
+
+def _manifest(lake: Lake, snapshot_id: str) -> SnapshotManifest:
     return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
 
 
@@ -405,9 +408,8 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         content_hash = _content_hash(keys, contract, settings)
         snapshot_id = f"snap-{content_hash[:16]}"
         if lake.exists("snapshots", snapshot_id, "manifest.json"):
-            lake.write_json({"snapshot_id": snapshot_id}, "snapshots", CUT_FROM, f"{inputs}.json")
-            lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
-            return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
+            _record_cut(lake, inputs, snapshot_id)
+            return _manifest(lake, snapshot_id)
         ends = np.cumsum([int(mask.sum()) for mask in chosen])
         split_jobs = [
             _SplitJob(
@@ -445,9 +447,14 @@ def validate_lake(lake: Lake, settings: Settings, contract: Contract | None = No
         left_out=left_out,
     )
     lake.write_json(manifest.model_dump(mode="json"), "snapshots", snapshot_id, "manifest.json")
+    _record_cut(lake, inputs, snapshot_id)
+    return manifest
+
+
+def _record_cut(lake: Lake, inputs: str, snapshot_id: str) -> None:
+    """Which snapshot these inputs were cut into (`_cut_from` reads it), and that it is the latest."""
     lake.write_json({"snapshot_id": snapshot_id}, "snapshots", CUT_FROM, f"{inputs}.json")
     lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
-    return manifest
 
 
 def _inputs_key(versions: dict[str, str], contract: Contract, settings: Settings) -> str:
@@ -477,7 +484,7 @@ def _cut_from(lake: Lake, inputs: str) -> SnapshotManifest | None:
     if not lake.exists("snapshots", snapshot_id, "manifest.json"):
         return None
     lake.write_json({"snapshot_id": snapshot_id}, "snapshots", "latest.json")
-    return SnapshotManifest.model_validate(lake.read_json("snapshots", snapshot_id, "manifest.json"))
+    return _manifest(lake, snapshot_id)
 
 
 def _left_out(
