@@ -142,6 +142,7 @@ def train_and_score(
             "lexical_weight": round(built.card.lexical_weight, 4),
             "prototype_weight": round(built.card.prototype_weight, 4),
             "sentence_prototype_weight": round(built.card.sentence_prototype_weight, 4),
+            "sentence_neighbour_weight": round(built.card.sentence_neighbour_weight, 4),
             "class_balance": settings.class_balance,
             "readers": settings.classifier_readers,
         },

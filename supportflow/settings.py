@@ -166,8 +166,8 @@ class Settings(BaseSettings):
     # likely before a message is read (the rare ones get answered); 0, the history's frequencies. fusion.prior_offsets.
     class_balance: float = Field(1.0, ge=0.0, le=1.0)
     # The readers beside the fine-tuned head (docs/classifier.md, "Three readers"): fewer only for comparisons.
-    classifier_readers: list[Literal["lexical", "prototypes", "sentence_prototypes"]] = Field(
-        default_factory=lambda: ["lexical", "prototypes", "sentence_prototypes"]
+    classifier_readers: list[Literal["lexical", "prototypes", "sentence_prototypes", "sentence_neighbours"]] = Field(
+        default_factory=lambda: ["lexical", "prototypes", "sentence_prototypes", "sentence_neighbours"]
     )
     # A desk with at most `cross_fit_max_examples` training and validation messages chooses its threshold, and weighs
     # the readers, on all of them read out of fold (this many fine-tunings) rather than on its validation split alone,

@@ -32,13 +32,19 @@ POOLINGS = ("cls", "mean")
 
 
 # The readers beside the fine-tuned head, and the field of `FusionWeights` and `ClassifierCard` holding each one's share.
-READER_WEIGHTS = {"lexical": "lexical_weight", "prototypes": "prototype_weight", "sentence_prototypes": "sentence_prototype_weight"}
+READER_WEIGHTS = {
+    "lexical": "lexical_weight",
+    "prototypes": "prototype_weight",
+    "sentence_prototypes": "sentence_prototype_weight",
+    "sentence_neighbours": "sentence_neighbour_weight",
+}
 
 
 @dataclass(frozen=True)
 class FusionWeights:
     """How the readers' scores add up to the served logits: `encoder / temperature + lexical_weight * lexical +
-    prototype_weight * prototypes + sentence_prototype_weight * sentence_prototypes + offsets`
+    prototype_weight * prototypes + sentence_prototype_weight * sentence_prototypes + sentence_neighbour_weight *
+    sentence_neighbours + offsets`
     (`supportflow.classifier.fusion` fits them)."""
 
     temperature: float
@@ -46,6 +52,7 @@ class FusionWeights:
     prototype_weight: float = 0.0
     offsets: tuple[float, ...] = ()
     sentence_prototype_weight: float = 0.0
+    sentence_neighbour_weight: float = 0.0
 
     def weight(self, reader: str) -> float:
         return float(getattr(self, READER_WEIGHTS[reader]))
@@ -64,10 +71,12 @@ class ClassifierCard:
     max_length: int
     base_model: str
     snapshot_id: str
-    # The other readers' shares of the fused logits (`lexical.py`, `prototypes.py`); 0 for a folder without them.
+    # The other readers' shares of the fused logits (`lexical.py`, `prototypes.py`, `neighbours.py`); 0 for a folder
+    # without them.
     lexical_weight: float = 0.0
     prototype_weight: float = 0.0
     sentence_prototype_weight: float = 0.0
+    sentence_neighbour_weight: float = 0.0
     # Per intent, added to the fused logits: the class balance (`fusion.prior_offsets`); none before it.
     logit_offsets: list[float] = field(default_factory=list)
     # The wrong-answer budget the threshold was also chosen for (calibrate.py); 1 (none) before it.
@@ -90,6 +99,7 @@ class ClassifierCard:
             prototype_weight=self.prototype_weight,
             offsets=tuple(self.logit_offsets),
             sentence_prototype_weight=self.sentence_prototype_weight,
+            sentence_neighbour_weight=self.sentence_neighbour_weight,
         )
 
     def save(self, folder: Path) -> None:
@@ -101,7 +111,7 @@ class ClassifierCard:
 
 
 def read_part(path: Path, kind_key: str, expected: str, what: str) -> dict[str, np.ndarray] | None:
-    """One of a classifier folder's numpy parts (the detector, the lexical reader, the prototypes), its arrays read
+    """One of a classifier folder's numpy parts (the detector, the lexical reader, the prototypes, the neighbours), its arrays read
     whole; None for a folder trained before the part existed. A part written by another method is refused by name,
     never misread as this one."""
     if not path.exists():

@@ -21,6 +21,7 @@ from supportflow.classifier.fine_tune import FineTuned
 from supportflow.classifier.fusion import DEFAULT_FUSION, FusionChoice, fit_fusion, fit_lexical, prior_offsets
 from supportflow.classifier.inference import ModelOutputs, Readings, fused_softmax, softmax
 from supportflow.classifier.lexical import LexicalModel
+from supportflow.classifier.neighbours import Neighbours, fit_neighbours
 from supportflow.classifier.ood import DEFAULT_QUANTILE, OutOfScopeDetector, fit_detector, fit_vocabulary, vocabulary_quantile
 from supportflow.classifier.predict import predict_outputs
 from supportflow.classifier.prototypes import PROTOTYPES_FILE, SENTENCE_PROTOTYPES_FILE, Prototypes, fit_prototypes
@@ -111,6 +112,7 @@ def evaluate_classifier(
     lexical: LexicalModel | None = None
     prototypes: Prototypes | None = None
     sentence_prototypes: Prototypes | None = None
+    sentence_neighbours: Neighbours | None = None
     if "lexical" in fusion.readers:
         lexical = fit_lexical(train_texts + validation_texts, learnt, n_labels)
         lexical.save(folder)
@@ -118,11 +120,15 @@ def evaluate_classifier(
         prototypes = _refitted(train.embeddings, validation.embeddings, learnt, n_labels, folder, PROTOTYPES_FILE)
     if "sentence_prototypes" in fusion.readers:
         sentence_prototypes = _refitted(_sentences(train), _sentences(validation), learnt, n_labels, folder, SENTENCE_PROTOTYPES_FILE)
+    if "sentence_neighbours" in fusion.readers:
+        sentence_neighbours = fit_neighbours(np.concatenate([_sentences(train), _sentences(validation)]), learnt, n_labels)
+        sentence_neighbours.save(folder)
     test_readings = Readings(
         test.logits,
         None if lexical is None else lexical.scores(test_texts),
         None if prototypes is None else prototypes.scores(test.embeddings),
         None if sentence_prototypes is None else sentence_prototypes.scores(_sentences(test)),
+        None if sentence_neighbours is None else sentence_neighbours.scores(_sentences(test)),
     )
     test_probabilities = fused_softmax(test_readings, weights)
     head_alone = softmax(test.logits, fit_temperature(validation.logits, validation_labels))  # what the rest adds
@@ -142,6 +148,7 @@ def evaluate_classifier(
         lexical_weight=weights.lexical_weight,
         prototype_weight=weights.prototype_weight,
         sentence_prototype_weight=weights.sentence_prototype_weight,
+        sentence_neighbour_weight=weights.sentence_neighbour_weight,
         logit_offsets=list(weights.offsets),
         cross_fit_folds=0 if cross_fit is None else cross_fit.folds,
     )
@@ -185,6 +192,9 @@ def _validation_readings(
         fit_prototypes(train.embeddings, train_labels, n_labels).scores(validation.embeddings) if "prototypes" in fusion.readers else None,
         fit_prototypes(_sentences(train), train_labels, n_labels).scores(_sentences(validation))
         if "sentence_prototypes" in fusion.readers
+        else None,
+        fit_neighbours(_sentences(train), train_labels, n_labels).scores(_sentences(validation))
+        if "sentence_neighbours" in fusion.readers
         else None,
     )
 

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, DistilBertForSequenceClassification
 from supportflow.classifier.fine_tune import fine_tune
 from supportflow.classifier.fusion import FusionChoice, fit_lexical
 from supportflow.classifier.inference import Readings
+from supportflow.classifier.neighbours import fit_neighbours
 from supportflow.classifier.predict import predict_outputs
 from supportflow.classifier.prototypes import fit_prototypes
 from supportflow.classifier.splits import LabelledSplits
@@ -101,4 +102,7 @@ def out_of_fold_readings(
         if "sentence_prototypes" in readings:
             centres = fit_prototypes(sentence_embeddings[rest], labels[rest], n_labels)
             readings["sentence_prototypes"][held] = centres.scores(sentence_embeddings[held])
+        if "sentence_neighbours" in readings:
+            nearest = fit_neighbours(sentence_embeddings[rest], labels[rest], n_labels)
+            readings["sentence_neighbours"][held] = nearest.scores(sentence_embeddings[held])
     return OutOfFold(Readings(**readings), labels, choice.folds, seconds)

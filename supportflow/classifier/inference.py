@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from supportflow.classifier.artifacts import ONNX_DIR, VARIANTS, ClassifierCard, FusionWeights
 from supportflow.classifier.lexical import LexicalModel
+from supportflow.classifier.neighbours import Neighbours
 from supportflow.classifier.ood import OutOfScopeDetector
 from supportflow.classifier.prototypes import SENTENCE_PROTOTYPES_FILE, Prototypes
 from supportflow.errors import RegistryError
@@ -59,10 +60,16 @@ class Readings:
     lexical: np.ndarray | None = None  # the TF-IDF reader's logits (`lexical.py`)
     prototypes: np.ndarray | None = None  # the cosine to each intent's centre (`prototypes.py`)
     sentence_prototypes: np.ndarray | None = None  # the same in the pretrained encoder's space
+    sentence_neighbours: np.ndarray | None = None  # the cosine to each intent's nearest training message there (`neighbours.py`)
 
     def beside_head(self) -> dict[str, np.ndarray]:
         """The readers other than the head that read this batch, by name (`artifacts.READER_WEIGHTS`)."""
-        present = {"lexical": self.lexical, "prototypes": self.prototypes, "sentence_prototypes": self.sentence_prototypes}
+        present = {
+            "lexical": self.lexical,
+            "prototypes": self.prototypes,
+            "sentence_prototypes": self.sentence_prototypes,
+            "sentence_neighbours": self.sentence_neighbours,
+        }
         return {name: reading for name, reading in present.items() if reading is not None}
 
 
@@ -88,6 +95,7 @@ class ClassifierParts:
     lexical: LexicalModel | None
     prototypes: Prototypes | None
     sentence_prototypes: Prototypes | None = None
+    sentence_neighbours: Neighbours | None = None
 
     @classmethod
     def load(cls, folder: Path) -> "ClassifierParts":
@@ -97,6 +105,7 @@ class ClassifierParts:
             LexicalModel.load(folder),
             Prototypes.load(folder),
             Prototypes.load(folder, SENTENCE_PROTOTYPES_FILE),
+            Neighbours.load(folder),
         )
 
     @property
@@ -108,13 +117,14 @@ class ClassifierParts:
     def reads_sentence_embeddings(self) -> bool:
         """Whether a reader needs the pretrained encoder's embedding (the export's third output)."""
         by_detector = self.detector is not None and self.detector.neighbours is not None
-        return by_detector or (self.sentence_prototypes is not None and self.card.sentence_prototype_weight > 0)
+        by_prototypes = self.sentence_prototypes is not None and self.card.sentence_prototype_weight > 0
+        return by_detector or by_prototypes or (self.sentence_neighbours is not None and self.card.sentence_neighbour_weight > 0)
 
     def read(self, texts: Sequence[str], outputs: ModelOutputs) -> Readings:
         """Each reader the card gives weight to, on these messages; the encoder's outputs are computed already."""
         card = self.card
         lexical = self.lexical.scores(list(texts)) if self.lexical is not None and card.lexical_weight > 0 else None
-        prototypes = sentence_prototypes = None
+        prototypes = sentence_prototypes = sentence_neighbours = None
         if self.prototypes is not None and card.prototype_weight > 0:
             if outputs.embeddings is None:
                 raise RegistryError("the classifier has prototypes but its model gives no pooled embedding")
@@ -123,7 +133,11 @@ class ClassifierParts:
             if outputs.sentence_embeddings is None:
                 raise RegistryError("the classifier has prototypes in the pretrained encoder's space but no sentence embedding")
             sentence_prototypes = self.sentence_prototypes.scores(outputs.sentence_embeddings)
-        return Readings(outputs.logits, lexical, prototypes, sentence_prototypes)
+        if self.sentence_neighbours is not None and card.sentence_neighbour_weight > 0:
+            if outputs.sentence_embeddings is None:
+                raise RegistryError("the classifier has neighbours in the pretrained encoder's space but no sentence embedding")
+            sentence_neighbours = self.sentence_neighbours.scores(outputs.sentence_embeddings)
+        return Readings(outputs.logits, lexical, prototypes, sentence_prototypes, sentence_neighbours)
 
     def probabilities(self, texts: Sequence[str], outputs: ModelOutputs) -> np.ndarray:
         return fused_softmax(self.read(texts, outputs), self.card.weights())
@@ -231,7 +245,9 @@ class OnnxClassifier:
         if self.parts.reads_embeddings and EMBEDDING_OUTPUT not in outputs:
             raise RegistryError(f"{path} has no {EMBEDDING_OUTPUT} output, which the folder's detector and prototypes read")
         if self.parts.reads_sentence_embeddings and SENTENCE_OUTPUT not in outputs:
-            raise RegistryError(f"{path} has no {SENTENCE_OUTPUT} output, which the folder's detector or sentence prototypes read")
+            raise RegistryError(
+                f"{path} has no {SENTENCE_OUTPUT} output, which the folder's detector, sentence prototypes or neighbours read"
+            )
 
     def classify(self, texts: Sequence[str], top_k: int | None = 10) -> list[dict]:
         if not texts:

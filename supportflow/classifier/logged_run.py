@@ -76,6 +76,7 @@ def log_training_run(
             "lexical_weight": card.lexical_weight,
             "prototype_weight": card.prototype_weight,
             "sentence_prototype_weight": card.sentence_prototype_weight,
+            "sentence_neighbour_weight": card.sentence_neighbour_weight,
             # The fine-tuned head alone on the same split: what the other readers and the class balance add.
             "encoder_test_accuracy": built.encoder_test.accuracy,
             "encoder_test_macro_f1": built.encoder_test.macro_f1,

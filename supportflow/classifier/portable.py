@@ -25,6 +25,7 @@ MODULES = (
     "supportflow/classifier/artifacts.py",
     "supportflow/classifier/inference.py",
     "supportflow/classifier/lexical.py",
+    "supportflow/classifier/neighbours.py",
     "supportflow/classifier/ood.py",
     "supportflow/classifier/portable.py",
     "supportflow/classifier/prototypes.py",

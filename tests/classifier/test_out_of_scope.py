@@ -343,24 +343,26 @@ def test_the_embedding_averages_a_messages_own_tokens_whatever_it_is_batched_wit
 def test_a_folder_fitted_on_cls_embeddings_is_still_served_by_them(tiny: Tiny, tmp_path: Path) -> None:
     """A card written before the pooling was recorded says nothing of it: its detector and prototypes were fitted on
     [CLS] vectors, so torch pools those and its ONNX export (made again here) gives those. Such a folder is older
-    than the pretrained encoder's neighbours and prototypes too: it has none of them."""
+    than the pretrained encoder's neighbours, prototypes and sentence neighbours too: it has none of them."""
     import dataclasses
     import json
     import shutil
 
     from supportflow.classifier.artifacts import CLASSIFIER_CARD, SENTENCE_ENCODER_DIR, ClassifierCard
     from supportflow.classifier.inference import OnnxClassifier
+    from supportflow.classifier.neighbours import SENTENCE_NEIGHBOURS_FILE
     from supportflow.classifier.onnx_export import export_onnx
     from supportflow.classifier.predict import IntentClassifier, predict_outputs
     from supportflow.classifier.prototypes import SENTENCE_PROTOTYPES_FILE
 
     old = tmp_path / "old"
-    shutil.copytree(tiny.built.folder, old, ignore=shutil.ignore_patterns(SENTENCE_ENCODER_DIR, SENTENCE_PROTOTYPES_FILE))
+    newer = shutil.ignore_patterns(SENTENCE_ENCODER_DIR, SENTENCE_PROTOTYPES_FILE, SENTENCE_NEIGHBOURS_FILE)
+    shutil.copytree(tiny.built.folder, old, ignore=newer)
     fitted = OutOfScopeDetector.load(old)
     assert fitted is not None
     dataclasses.replace(fitted, neighbours=None).save(old)
     card = json.loads((old / CLASSIFIER_CARD).read_text())
-    del card["embedding_pooling"], card["sentence_prototype_weight"]
+    del card["embedding_pooling"], card["sentence_prototype_weight"], card["sentence_neighbour_weight"]
     (old / CLASSIFIER_CARD).write_text(json.dumps(card))
     assert ClassifierCard.load(old).embedding_pooling == "cls"
     export_onnx(old)

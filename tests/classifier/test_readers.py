@@ -1,5 +1,6 @@
-"""The lexical reader, the prototypes and their fusion with the encoder: the served scores are the fitted models',
-a rare intent is learnt from five examples, and the fused confidences weigh each reader by what it adds on validation."""
+"""The lexical reader, the prototypes, the neighbours and their fusion with the encoder: the served scores are the
+fitted models', a rare intent is learnt from five examples, and the fused confidences weigh each reader by what it adds
+on validation."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from supportflow.classifier.artifacts import ClassifierCard, FusionWeights
 from supportflow.classifier.fusion import feature_matrix, fit_fusion, fit_lexical, prior_offsets
 from supportflow.classifier.inference import ClassifierParts, ModelOutputs, Readings, fused_softmax
 from supportflow.classifier.lexical import LEXICAL_FILE, LexicalModel, ngram_counts
+from supportflow.classifier.neighbours import BLOCK, SENTENCE_NEIGHBOURS_FILE, Neighbours, fit_neighbours
 from supportflow.classifier.prototypes import SENTENCE_PROTOTYPES_FILE, Prototypes, fit_prototypes
 from supportflow.errors import RegistryError
 from tests.classifier.conftest import tiny_rows
@@ -95,8 +97,10 @@ def test_the_fusion_weighs_each_reader_by_what_it_adds_on_validation() -> None:
     assert swapped.prototype_weight > 0.5 and swapped.lexical_weight < 0.1
     third = fit_fusion(Readings(encoder, lexical=noise, prototypes=noise, sentence_prototypes=informative), labels)
     assert third.sentence_prototype_weight > 0.5 and max(third.lexical_weight, third.prototype_weight) < 0.1
+    fourth = fit_fusion(Readings(encoder, lexical=noise, sentence_prototypes=noise, sentence_neighbours=informative), labels)
+    assert fourth.sentence_neighbour_weight > 0.5 and max(fourth.lexical_weight, fourth.sentence_prototype_weight) < 0.1
     alone = fit_fusion(Readings(encoder), labels)
-    assert alone.lexical_weight == alone.prototype_weight == alone.sentence_prototype_weight == 0.0
+    assert alone.lexical_weight == alone.prototype_weight == alone.sentence_prototype_weight == alone.sentence_neighbour_weight == 0.0
     accuracy = lambda p: (p.argmax(axis=1) == labels).mean()  # noqa: E731
     fused = fused_softmax(Readings(encoder, lexical=informative, prototypes=noise), both)
     assert accuracy(fused) > accuracy(fused_softmax(Readings(encoder), alone)) + 0.03
@@ -143,5 +147,51 @@ def test_the_sentence_prototypes_read_the_pretrained_encoders_embedding_and_refu
     unweighted = ClassifierParts(replace(card, sentence_prototype_weight=0.0), None, None, None, parts.sentence_prototypes)
     assert not unweighted.reads_sentence_embeddings  # a reader the fit gave no weight is not asked for its input
     assert np.allclose(unweighted.probabilities(["a", "b"], outputs), 0.5)
+    with pytest.raises(RegistryError, match="no sentence embedding"):
+        parts.probabilities(["a", "b"], replace(outputs, sentence_embeddings=None))
+
+
+def test_neighbours_score_the_cosine_to_each_intents_nearest_message_where_its_centre_lies_between_them(tmp_path: Path) -> None:
+    # Intent 0 is asked two ways (the x and the y axis); intent 2 once, half-way between them. Intent 1 has no message.
+    embeddings = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [3.0, 0.0, 0.0], [0.7, 0.7, 0.1]])
+    labels = np.array([0, 0, 0, 2])
+    neighbours = fit_neighbours(embeddings, labels, n_labels=3)
+    message = np.array([[0.1, 2.0, 0.0]])  # the second way of asking intent 0
+    scores = neighbours.scores(message)
+    assert scores.shape == (1, 3) and scores.argmax() == 0
+    assert scores[0, 0] == pytest.approx(2.0 / np.hypot(0.1, 2.0), abs=1e-3) and scores[0, 1] == -1.0
+    assert fit_prototypes(embeddings, labels, 3).scores(message).argmax() == 2  # the centre of the two ways lies nearer intent 2
+    neighbours.save(tmp_path)
+    loaded = Neighbours.load(tmp_path)
+    assert loaded is not None and np.array_equal(loaded.scores(message), scores)  # stored as fitted: float16 values
+    assert Neighbours.load(tmp_path / "elsewhere") is None
+    np.savez(tmp_path / SENTENCE_NEIGHBOURS_FILE, method="mean-of-three-nearest")
+    with pytest.raises(RegistryError, match="mean-of-three-nearest"):
+        Neighbours.load(tmp_path)
+
+
+def test_a_batch_larger_than_a_block_scores_as_its_messages_do_one_by_one() -> None:
+    rng = np.random.default_rng(1)
+    neighbours = fit_neighbours(rng.normal(size=(60, 8)), rng.integers(0, 5, 60), n_labels=6)
+    batch = rng.normal(size=(BLOCK * 2 + 3, 8))
+    scores = neighbours.scores(batch)
+    assert np.allclose(scores[[0, BLOCK, 2 * BLOCK + 2]], np.vstack([neighbours.scores(batch[[i]]) for i in (0, BLOCK, 2 * BLOCK + 2)]))
+    assert scores.max() <= 1.0 + 1e-3 and np.isfinite(scores).all()
+
+
+def test_the_sentence_neighbours_are_read_only_when_weighted_and_need_the_sentence_embedding() -> None:
+    labels = ["first", "second"]
+    card = ClassifierCard(labels, 1.0, 0.5, 1.0, 1.0, 0.97, 16, "base", "snapshot", sentence_neighbour_weight=10.0)
+    parts = ClassifierParts(card, None, None, None, None, fit_neighbours(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]), 2))
+    outputs = ModelOutputs(
+        np.zeros((2, 2), dtype=np.float32),
+        np.ones((2, 4), dtype=np.float32),
+        np.zeros(2, dtype=bool),
+        np.array([[0.0, 3.0], [2.0, 0.1]], dtype=np.float32),
+    )
+    assert parts.reads_sentence_embeddings and not parts.reads_embeddings
+    assert (parts.probabilities(["a", "b"], outputs).argmax(axis=1) == [1, 0]).all()
+    unweighted = replace(parts, card=replace(card, sentence_neighbour_weight=0.0))
+    assert not unweighted.reads_sentence_embeddings
     with pytest.raises(RegistryError, match="no sentence embedding"):
         parts.probabilities(["a", "b"], replace(outputs, sentence_embeddings=None))
