@@ -111,9 +111,9 @@ class ClassifierCard:
 
 
 def read_part(path: Path, kind_key: str, expected: str, what: str) -> dict[str, np.ndarray] | None:
-    """One of a classifier folder's numpy parts (the detector, the lexical reader, the prototypes, the neighbours), its arrays read
-    whole; None for a folder trained before the part existed. A part written by another method is refused by name,
-    never misread as this one."""
+    """One of a classifier folder's numpy parts (the detector, the lexical reader, the prototypes, the neighbours), its
+    arrays read whole; None for a folder trained before the part existed. A part written by another method is refused
+    by name, never misread as this one."""
     if not path.exists():
         return None
     with np.load(path) as stored:

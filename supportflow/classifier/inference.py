@@ -124,23 +124,26 @@ class ClassifierParts:
         """Each reader the card gives weight to, on these messages; the encoder's outputs are computed already."""
         card = self.card
         lexical = self.lexical.scores(list(texts)) if self.lexical is not None and card.lexical_weight > 0 else None
-        prototypes = sentence_prototypes = sentence_neighbours = None
+        prototypes = None
         if self.prototypes is not None and card.prototype_weight > 0:
             if outputs.embeddings is None:
                 raise RegistryError("the classifier has prototypes but its model gives no pooled embedding")
             prototypes = self.prototypes.scores(outputs.embeddings)
-        if self.sentence_prototypes is not None and card.sentence_prototype_weight > 0:
-            if outputs.sentence_embeddings is None:
-                raise RegistryError("the classifier has prototypes in the pretrained encoder's space but no sentence embedding")
-            sentence_prototypes = self.sentence_prototypes.scores(outputs.sentence_embeddings)
-        if self.sentence_neighbours is not None and card.sentence_neighbour_weight > 0:
-            if outputs.sentence_embeddings is None:
-                raise RegistryError("the classifier has neighbours in the pretrained encoder's space but no sentence embedding")
-            sentence_neighbours = self.sentence_neighbours.scores(outputs.sentence_embeddings)
+        sentence_prototypes = _in_sentence_space(self.sentence_prototypes, card.sentence_prototype_weight, outputs, "prototypes")
+        sentence_neighbours = _in_sentence_space(self.sentence_neighbours, card.sentence_neighbour_weight, outputs, "neighbours")
         return Readings(outputs.logits, lexical, prototypes, sentence_prototypes, sentence_neighbours)
 
     def probabilities(self, texts: Sequence[str], outputs: ModelOutputs) -> np.ndarray:
         return fused_softmax(self.read(texts, outputs), self.card.weights())
+
+
+def _in_sentence_space(reader: Prototypes | Neighbours | None, weight: float, outputs: ModelOutputs, what: str) -> np.ndarray | None:
+    """A reader of the pretrained encoder's embedding, on these messages; None where it is absent or has no weight."""
+    if reader is None or weight <= 0:
+        return None
+    if outputs.sentence_embeddings is None:
+        raise RegistryError(f"the classifier has {what} in the pretrained encoder's space but no sentence embedding")
+    return reader.scores(outputs.sentence_embeddings)
 
 
 def ranking(probabilities: np.ndarray, labels: Sequence[str], top_k: int | None = None) -> list[dict]:

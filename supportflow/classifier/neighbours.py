@@ -1,4 +1,4 @@
-"""The classifier's fourth reader: how close a message lies to each intent's nearest training message, in the
+"""The classifier's fifth reader: how close a message lies to each intent's nearest training message, in the
 pretrained encoder's space.
 
 Why: an intent's centre (`prototypes.py`) is one point for every way it is asked. A desk's intent is often asked in
@@ -33,7 +33,7 @@ class Neighbours:
     # Columns, so a message's product with all of them reads one contiguous block (a third faster than rows).
     columns: np.ndarray
     intents: np.ndarray  # (intents with messages,): their label ids, in the order of the groups
-    starts: np.ndarray  # (intents with messages,): the row each group begins at
+    starts: np.ndarray  # (intents with messages,): the column each group begins at
     n_labels: int
 
     def scores(self, sentence_embeddings: np.ndarray) -> np.ndarray:
