@@ -27,7 +27,7 @@ from sklearn.pipeline import FeatureUnion, make_pipeline
 
 from supportflow.classifier.base_weights import resolve_base_model
 from supportflow.classifier.build import BuiltClassifier
-from supportflow.classifier.calibrate import promises
+from supportflow.classifier.calibrate import POINT_ESTIMATE, promises
 from supportflow.classifier.evaluate_metrics import load_metric
 from supportflow.classifier.inference import OnnxClassifier
 from supportflow.classifier.onnx_export import export_and_check, fastest_within
@@ -184,7 +184,9 @@ def main() -> None:
         **{
             name: round(value, 4)
             for name, value in promises(
-                (built.validation_probabilities, built.validation_labels), (built.test_probabilities, built.test_labels)
+                (built.validation_probabilities, built.validation_labels),
+                (built.test_probabilities, built.test_labels),
+                confidence=built.card.precision_confidence,
             ).items()
         },
         "peers": peers,
@@ -203,9 +205,19 @@ def main() -> None:
                 "sentence_neighbour_weight": round(built.fusion.sentence_neighbour_weight, 4),
             },
             **{f"three_readers_onnx_{name}": figures for name, figures in serving.get("variants", {}).items()},
+            # The same thresholds chosen where the validation precision itself reaches each promise (no bound).
+            "thresholds_at_validation_precision": {
+                name: round(value, 4)
+                for name, value in promises(
+                    (built.validation_probabilities, built.validation_labels),
+                    (built.test_probabilities, built.test_labels),
+                    confidence=POINT_ESTIMATE,
+                ).items()
+            },
         },
         "target_precision": settings.target_precision,
         "max_wrong_answers": settings.max_wrong_answers,
+        "precision_confidence": built.card.precision_confidence,
         "temperature": round(built.card.temperature, 4),
         "lexical_weight": round(built.card.lexical_weight, 4),
         "prototype_weight": round(built.card.prototype_weight, 4),

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     # in expectation on new messages; 1: no bound). At 97% precision and 90% coverage the first promise alone allows
     # 2.7%; supportflow/classifier/calibrate.py.
     max_wrong_answers: float = Field(0.02, gt=0.0, le=1.0)
+    # How sure the validation messages must make the first promise: the threshold's precision reaches the target at
+    # this one-sided confidence bound, so it holds on new messages about this often (0: the validation precision itself,
+    # which holds about half the time); supportflow/classifier/calibrate.py.
+    precision_confidence: float = Field(0.9, ge=0.0, lt=1.0)
     # The unknown-intent detector flags this share of in-scope validation messages' distances as in scope (0.95: about
     # one in-scope message in twenty is handed off as unknown); supportflow/classifier/ood.py.
     ood_quantile: float = Field(0.99, gt=0.0, lt=1.0)

@@ -123,6 +123,8 @@ class WorkspaceConfig(BaseModel):
     target_precision: float | None = Field(None, gt=0.0, le=1.0)
     # The share of all its customers' messages a desk accepts to see answered wrongly. Default: the setting's (0.02).
     max_wrong_answers: float | None = Field(None, gt=0.0, le=1.0)
+    # How often the precision must hold on new messages (a confidence bound on validation). Default: the setting's (0.9).
+    precision_confidence: float | None = Field(None, ge=0.0, lt=1.0)
     texts: BotTexts = Field(default_factory=BotTexts)
     channels: Channels = Field(default_factory=Channels)
     demo_questions: list[str] = Field(default_factory=list)  # what `supportflow demo` asks the served bot
@@ -203,7 +205,7 @@ def export_intent_field(settings: Settings, named: int | None = None) -> int | N
     return fields.pop() if len(fields) == 1 else None
 
 
-PROMISES = ("target_precision", "max_wrong_answers")  # what the classifier's threshold is chosen for
+PROMISES = ("target_precision", "max_wrong_answers", "precision_confidence")  # what the classifier's threshold is chosen for
 
 
 def with_desk_promises(settings: Settings) -> Settings:

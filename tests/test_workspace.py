@@ -95,6 +95,7 @@ def test_a_desk_sets_its_own_promises_unless_the_setting_is_given(tmp_path: Path
 
     monkeypatch.delenv("SUPPORTFLOW_TARGET_PRECISION", raising=False)
     monkeypatch.delenv("SUPPORTFLOW_MAX_WRONG_ANSWERS", raising=False)
+    monkeypatch.delenv("SUPPORTFLOW_PRECISION_CONFIDENCE", raising=False)
     config = tmp_path / "supportflow.yaml"
     config.write_text("name: shop\n")
     defaults = with_desk_promises(Settings(workspace=tmp_path))
@@ -102,14 +103,18 @@ def test_a_desk_sets_its_own_promises_unless_the_setting_is_given(tmp_path: Path
         Settings.model_fields["target_precision"].default,
         Settings.model_fields["max_wrong_answers"].default,
     )
-    config.write_text("name: shop\ntarget_precision: 0.9\nmax_wrong_answers: 0.01\n")
+    assert defaults.precision_confidence == Settings.model_fields["precision_confidence"].default
+    config.write_text("name: shop\ntarget_precision: 0.9\nmax_wrong_answers: 0.01\nprecision_confidence: 0\n")
     desk = with_desk_promises(Settings(workspace=tmp_path))
-    assert (desk.target_precision, desk.max_wrong_answers) == (0.9, 0.01)
+    assert (desk.target_precision, desk.max_wrong_answers, desk.precision_confidence) == (0.9, 0.01, 0.0)
     monkeypatch.setenv("SUPPORTFLOW_TARGET_PRECISION", "0.95")  # an operator's word wins over the desk's file
     operator = with_desk_promises(Settings(workspace=tmp_path))
     assert (operator.target_precision, operator.max_wrong_answers) == (0.95, 0.01)
     config.write_text("name: shop\ntarget_precision: 1.5\n")
     with pytest.raises(WorkspaceError, match=r"supportflow\.yaml: target_precision: Input should be less than or equal to 1"):
+        load_workspace(tmp_path)
+    config.write_text("name: shop\nprecision_confidence: 1\n")  # no finite validation split vouches with certainty
+    with pytest.raises(WorkspaceError, match=r"supportflow\.yaml: precision_confidence: Input should be less than 1"):
         load_workspace(tmp_path)
 
 

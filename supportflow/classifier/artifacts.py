@@ -81,6 +81,8 @@ class ClassifierCard:
     logit_offsets: list[float] = field(default_factory=list)
     # The wrong-answer budget the threshold was also chosen for (calibrate.py); 1 (none) before it.
     max_wrong_answers: float = 1.0
+    # The confidence the target precision was bounded with (calibrate.py); 0 (the validation precision itself) before it.
+    precision_confidence: float = 0.0
     # How the folder's detector and prototypes pool the embedding they were fitted on; "cls" before the choice existed.
     embedding_pooling: str = "cls"
     # The threshold and the readers' weights were chosen on the training and validation messages read out of this many

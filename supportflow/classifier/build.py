@@ -14,7 +14,14 @@ from transformers import AutoModel, AutoTokenizer, DistilBertForSequenceClassifi
 
 from supportflow.classifier.artifacts import EMBEDDING_POOLING, SENTENCE_ENCODER_DIR, ClassifierCard, FusionWeights
 from supportflow.classifier.base_weights import BaseModelChoice
-from supportflow.classifier.calibrate import NO_WRONG_ANSWER_BUDGET, ThresholdChoice, at_threshold, choose_threshold, fit_temperature
+from supportflow.classifier.calibrate import (
+    NO_WRONG_ANSWER_BUDGET,
+    POINT_ESTIMATE,
+    ThresholdChoice,
+    at_threshold,
+    choose_threshold,
+    fit_temperature,
+)
 from supportflow.classifier.cross_fit import CrossFitChoice, out_of_fold_readings
 from supportflow.classifier.evaluate import Evaluation, evaluate_predictions
 from supportflow.classifier.fine_tune import FineTuned
@@ -60,6 +67,7 @@ def evaluate_classifier(
     fusion: FusionChoice = DEFAULT_FUSION,
     max_wrong_answers: float = NO_WRONG_ANSWER_BUDGET,
     cross_fit: CrossFitChoice | None = None,
+    precision_confidence: float = POINT_ESTIMATE,
 ) -> BuiltClassifier:
     """Fit the lexical reader and the prototypes on the training messages, fuse the readers and calibrate on
     validation, choose both thresholds there, score on test; write the card, the readers, the unknown-intent detector
@@ -132,7 +140,7 @@ def evaluate_classifier(
     )
     test_probabilities = fused_softmax(test_readings, weights)
     head_alone = softmax(test.logits, fit_temperature(validation.logits, validation_labels))  # what the rest adds
-    chosen = choose_threshold(validation_probabilities, chosen_labels, target_precision, max_wrong_answers)
+    chosen = choose_threshold(validation_probabilities, chosen_labels, target_precision, max_wrong_answers, precision_confidence)
     card = ClassifierCard(
         labels=splits.labels,
         temperature=weights.temperature,
@@ -141,6 +149,7 @@ def evaluate_classifier(
         precision_at_threshold=chosen.precision,
         target_precision=target_precision,
         max_wrong_answers=max_wrong_answers,
+        precision_confidence=precision_confidence,
         embedding_pooling=EMBEDDING_POOLING,
         max_length=profile.max_length,
         base_model=base.name,

@@ -52,6 +52,7 @@ def log_training_run(
                 "labels": len(card.labels),
                 "target_precision": card.target_precision,
                 "max_wrong_answers": card.max_wrong_answers,
+                "precision_confidence": card.precision_confidence,
             }
         )
         mlflow.set_tags(
@@ -97,7 +98,7 @@ def log_training_run(
             metrics["ood_vocabulary_threshold"] = built.detector.vocabulary.threshold  # the share of unfamiliar words flagged
         validation = (built.validation_probabilities, built.validation_labels)
         test = (built.test_probabilities, built.test_labels)
-        metrics |= {f"test_{name}": value for name, value in promises(validation, test).items()}
+        metrics |= {f"test_{name}": value for name, value in promises(validation, test, confidence=built.card.precision_confidence).items()}
         for parity in parities:
             metrics[f"onnx_{parity.variant}_test_accuracy"] = parity.accuracy
             metrics[f"onnx_{parity.variant}_seconds_per_100"] = parity.seconds_per_100

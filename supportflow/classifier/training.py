@@ -102,6 +102,7 @@ def training_key(settings: Settings, snapshot_id: str, base: BaseModelChoice) ->
         settings.ood_quantile,
         FusionChoice.of(settings),
         settings.max_wrong_answers,
+        settings.precision_confidence,
         settings.cross_fit_folds,
         settings.cross_fit_max_examples,
     )
@@ -128,6 +129,7 @@ def evaluate_as_configured(
         FusionChoice.of(settings),
         settings.max_wrong_answers,
         CrossFitChoice.of(settings, len(splits.train) + len(splits.validation)),
+        settings.precision_confidence,
     )
 
 

@@ -122,6 +122,7 @@ def classifier_settings(folder: Path, base: Path) -> Iterator[Path]:
         # A tiny model reaches no 97% promise: at 90% it still routes some messages, which the serving tests need.
         patch.setenv("SUPPORTFLOW_TARGET_PRECISION", "0.9")
         patch.setenv("SUPPORTFLOW_MAX_WRONG_ANSWERS", "1")  # ...and it answers a tenth wrongly: no budget either
+        patch.setenv("SUPPORTFLOW_PRECISION_CONFIDENCE", "0")  # ...and its few validation messages vouch for no 90%
         # One thread: a tiny model's many small ops stall on thread hand-offs when the cores are shared.
         patch.setenv("SUPPORTFLOW_TRAIN_THREADS", "1")
         get_settings.cache_clear()

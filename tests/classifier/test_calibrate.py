@@ -5,7 +5,15 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import f1_score
 
-from supportflow.classifier.calibrate import at_threshold, choose_threshold, fit_temperature, promises, risk_coverage
+from supportflow.classifier.calibrate import (
+    POINT_ESTIMATE,
+    at_threshold,
+    choose_threshold,
+    fit_temperature,
+    precision_bound,
+    promises,
+    risk_coverage,
+)
 
 
 def test_temperature_recovers_the_one_that_generated_the_labels() -> None:
@@ -56,6 +64,10 @@ def test_promises_are_thresholds_chosen_on_validation_and_scored_on_test() -> No
     test_labels = np.array([0, 1, 0, 0])
     figures = promises((validation_probabilities, validation_labels), (test_probabilities, test_labels), targets=(0.97,))
     assert figures == pytest.approx({"threshold_at_097": 0.8, "coverage_at_097": 0.75, "precision_at_097": 2 / 3})
+    # Three right answers vouch for no more than 0.46 at 90% confidence: a 97% promise routes no validation message,
+    # and on test only the one more confident than all of them.
+    bounded = promises((validation_probabilities, validation_labels), (test_probabilities, test_labels), (0.97,), 0.9)
+    assert bounded["threshold_at_097"] > 0.95 and bounded["coverage_at_097"] == 0.25
 
 
 def test_a_wrong_answer_budget_raises_the_threshold_past_the_precision_promise() -> None:
@@ -99,6 +111,45 @@ def test_the_wrong_answer_budget_holds_on_new_messages_from_small_validation_spl
         plain.append(at_threshold(test_probabilities, test_labels, naive).wrong)
     assert np.mean(bounded) <= budget
     assert np.mean(plain) > budget
+
+
+def test_the_precision_bound_is_clopper_pearsons_and_raises_the_threshold() -> None:
+    # All n right: the exact lower bound solves p ** n = 1 - confidence.
+    assert precision_bound(np.array([5.0]), np.array([5.0]), 0.9)[0] == pytest.approx(0.1 ** (1 / 5))
+    assert precision_bound(np.array([0.0, 3.0]), np.array([4.0, 4.0]), POINT_ESTIMATE).tolist() == [0.0, 0.75]
+    assert precision_bound(np.array([0.0]), np.array([4.0]), 0.9)[0] == 0.0
+    bounds = precision_bound(np.array([90.0, 900.0]), np.array([100.0, 1000.0]), 0.9)
+    assert bounds[0] < bounds[1] < 0.9  # more messages vouch for more of the same share, never all of it
+    # The ten answers of the first test: 5 of 5 right at 0.8 vouch for 0.63 at 90%, 8 of 9 at 0.5 for 0.68 only.
+    confidence = np.array([0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.5, 0.4])
+    correct = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 0], dtype=bool)
+    probabilities = np.stack([confidence, (1 - confidence) / 2, (1 - confidence) / 2], axis=1)
+    labels = np.where(correct, 0, 1)
+    assert choose_threshold(probabilities, labels, target_precision=0.6).coverage == 1.0
+    bounded = choose_threshold(probabilities, labels, target_precision=0.6, confidence=0.9)
+    assert (bounded.threshold, bounded.coverage, bounded.precision) == pytest.approx((0.5, 0.9, 8 / 9))
+    assert choose_threshold(probabilities, labels, target_precision=0.7, confidence=0.9).coverage == 0.0
+
+
+def test_the_bounded_precision_holds_on_new_messages_as_often_as_its_confidence() -> None:
+    """Over many validation draws of a few hundred messages, the threshold chosen at the validation precision itself
+    keeps the target on new messages about half the time; bounded at 90% confidence, about nine times in ten."""
+    rng = np.random.default_rng(11)
+    target, n, intents = 0.9, 300, 4
+
+    def draw(size: int) -> tuple[np.ndarray, np.ndarray]:
+        probabilities = softmax(rng.normal(0, 2.5, size=(size, intents)), axis=1)
+        return probabilities, np.array([rng.choice(intents, p=p) for p in probabilities])
+
+    test_probabilities, test_labels = draw(20_000)
+    kept: dict[float, list[bool]] = {POINT_ESTIMATE: [], 0.9: []}
+    for _ in range(200):
+        probabilities, labels = draw(n)
+        for confidence, outcomes in kept.items():
+            chosen = choose_threshold(probabilities, labels, target, confidence=confidence)
+            outcomes.append(at_threshold(test_probabilities, test_labels, chosen.threshold).precision >= target)
+    assert np.mean(kept[0.9]) >= 0.85
+    assert np.mean(kept[POINT_ESTIMATE]) <= 0.7
 
 
 def test_unreachable_precision_routes_nothing() -> None:

@@ -75,6 +75,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Ite
         # send (they are about the dialogue, not the classifier), and a rounding on another machine decides which.
         patch.setenv("SUPPORTFLOW_TARGET_PRECISION", "0.5")
         patch.setenv("SUPPORTFLOW_MAX_WRONG_ANSWERS", "1")
+        patch.setenv("SUPPORTFLOW_PRECISION_CONFIDENCE", "0")
         get_settings.cache_clear()
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
         run = subprocess.run([SUPPORTFLOW, "pipeline", "--json"], capture_output=True, text=True, env=env, timeout=1200)
