@@ -17,9 +17,10 @@ and below the new one are offered as a choice rather than answered.
 
 Precision is bounded too. The lowest threshold whose validation precision merely reaches the target is the most
 flattering point of a noisy curve: on new messages it keeps the target about half the time (docs/classifier.md,
-"The threshold"). With `confidence` the routed answers' precision must reach the target at its one-sided
-Clopper-Pearson lower bound instead, the exact binomial bound that Learn then Test (Angelopoulos et al., 2021)
-calibrates a threshold with: at 0.9 the target holds on new messages about nine times in ten. What it costs is
+"The precision promise, bounded"). With `confidence` the routed answers' precision must reach the target at its
+one-sided Clopper-Pearson lower bound instead, the exact binomial bound Learn then Test (Angelopoulos et al., 2021)
+builds its tests from (without its correction for looking at every threshold): at 0.9 the target held on new
+messages about nine times in ten wherever it was measured. What it costs is
 coverage, and most on a small desk, whose few validation messages cannot vouch for a high precision; the messages it
 no longer answers alone are offered as a choice first.
 """
