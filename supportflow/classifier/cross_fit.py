@@ -25,6 +25,7 @@ from supportflow.classifier.neighbours import fit_neighbours
 from supportflow.classifier.predict import predict_outputs
 from supportflow.classifier.prototypes import fit_prototypes
 from supportflow.classifier.splits import LabelledSplits
+from supportflow.ingest.tickets import wording_keys
 from supportflow.settings import Settings, TrainingProfile
 
 
@@ -53,14 +54,21 @@ class OutOfFold:
     seconds: float  # the fine-tunings'
 
 
-def fold_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def fold_of(labels: np.ndarray, wordings: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Each message's fold, dealt per intent in a seeded order, so every fold's training part keeps every intent
-    with at least `folds` messages, and an intent with fewer keeps all but one of them."""
+    with at least `folds` wordings, and an intent with fewer keeps all but one of them.
+
+    Messages that say the same thing (`wordings`: `ingest.tickets.wording_keys`) are dealt as one, for the reason the
+    snapshot's split deals them so (`validate.snapshot.deal_keys`): a message many customers send, read by a model
+    trained on its copies, is counted right, and the threshold chosen on it promises what new messages will not get."""
     rng = np.random.default_rng(seed)
     fold = np.zeros(len(labels), dtype=np.int64)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        fold[rng.permutation(members)] = (np.arange(len(members)) + rng.integers(folds)) % folds
+        groups, group_of = np.unique(wordings[members], return_inverse=True)
+        dealt = np.empty(len(groups), dtype=np.int64)
+        dealt[rng.permutation(len(groups))] = (np.arange(len(groups)) + rng.integers(folds)) % folds
+        fold[members] = dealt[group_of]
     return fold
 
 
@@ -78,7 +86,7 @@ def out_of_fold_readings(
     labels = np.array(splits.label_ids("train") + splits.label_ids("validation"))
     texts = pool["text"].tolist()
     n_labels = len(splits.labels)
-    fold = fold_of(labels, choice.folds, profile.seed)
+    fold = fold_of(labels, wording_keys(pool["text"]), choice.folds, profile.seed)
     readings = {name: np.zeros((len(pool), n_labels), dtype=np.float64) for name in ("encoder", *fusion.readers)}
     seconds = 0.0
     for k in range(choice.folds):
