@@ -120,6 +120,15 @@ def rasa_diet(splits: LabelledSplits, rasa_python: Path, epochs: int, transforme
     }
 
 
+def promise_figures(built: BuiltClassifier, confidence: float) -> dict[str, float]:
+    """The thresholds chosen on validation for each promise (90-99% precision), bounded with `confidence`, on test."""
+    validation = (built.validation_probabilities, built.validation_labels)
+    return {
+        name: round(value, 4)
+        for name, value in promises(validation, (built.test_probabilities, built.test_labels), confidence=confidence).items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=["quick", "full"], default="full")
@@ -181,14 +190,7 @@ def main() -> None:
         "precision_at_threshold": round(built.test_at_threshold.precision, 4),
         "wrong_at_threshold": round(built.test_at_threshold.wrong, 4),  # the share of all test messages answered wrongly
         # Thresholds chosen on validation for each promise (90-99% precision), scored on test.
-        **{
-            name: round(value, 4)
-            for name, value in promises(
-                (built.validation_probabilities, built.validation_labels),
-                (built.test_probabilities, built.test_labels),
-                confidence=built.card.precision_confidence,
-            ).items()
-        },
+        **promise_figures(built, built.card.precision_confidence),
         "peers": peers,
         # Every reader tried on this run's models, on test; the served figures are the fused ONNX ones above.
         "variants": {
@@ -206,14 +208,7 @@ def main() -> None:
             },
             **{f"three_readers_onnx_{name}": figures for name, figures in serving.get("variants", {}).items()},
             # The same thresholds chosen where the validation precision itself reaches each promise (no bound).
-            "thresholds_at_validation_precision": {
-                name: round(value, 4)
-                for name, value in promises(
-                    (built.validation_probabilities, built.validation_labels),
-                    (built.test_probabilities, built.test_labels),
-                    confidence=POINT_ESTIMATE,
-                ).items()
-            },
+            "thresholds_at_validation_precision": promise_figures(built, POINT_ESTIMATE),
         },
         "target_precision": settings.target_precision,
         "max_wrong_answers": settings.max_wrong_answers,

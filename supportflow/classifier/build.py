@@ -106,14 +106,14 @@ def evaluate_classifier(
     # intent with five tickets keeps one for validation, and its reader's answers are better from four examples than
     # from three.
     learnt = np.concatenate([train_labels, validation_labels])
+    learnt_sentences = np.concatenate([_sentences(train), _sentences(validation)])  # the pretrained encoder's, in that order
     n_labels = len(splits.labels)
     offsets = tuple(float(offset) for offset in prior_offsets(learnt, n_labels, fusion.class_balance))
     if cross_fit is None:
         chosen_on = _validation_readings(train, validation, train_texts, validation_texts, train_labels, n_labels, fusion)
         chosen_labels = validation_labels
     else:
-        pretrained = np.concatenate([_sentences(train), _sentences(validation)])
-        out_of_fold = out_of_fold_readings(splits, pretrained, base.location, profile, fusion, cross_fit)
+        out_of_fold = out_of_fold_readings(splits, learnt_sentences, base.location, profile, fusion, cross_fit)
         chosen_on, chosen_labels = out_of_fold.readings, out_of_fold.labels
     weights = replace(fit_fusion(chosen_on, chosen_labels), offsets=offsets)
     validation_probabilities = fused_softmax(chosen_on, weights)
@@ -129,7 +129,7 @@ def evaluate_classifier(
     if "sentence_prototypes" in fusion.readers:
         sentence_prototypes = _refitted(_sentences(train), _sentences(validation), learnt, n_labels, folder, SENTENCE_PROTOTYPES_FILE)
     if "sentence_neighbours" in fusion.readers:
-        sentence_neighbours = fit_neighbours(np.concatenate([_sentences(train), _sentences(validation)]), learnt, n_labels)
+        sentence_neighbours = fit_neighbours(learnt_sentences, learnt, n_labels)
         sentence_neighbours.save(folder)
     test_readings = Readings(
         test.logits,

@@ -63,8 +63,8 @@ def precision_bound(correct: np.ndarray, routed: np.ndarray, confidence: float) 
     correct, routed = np.asarray(correct, dtype=float), np.asarray(routed, dtype=float)
     if confidence == POINT_ESTIMATE:
         return correct / routed
-    with np.errstate(invalid="ignore"):
-        return np.where(correct > 0, beta.ppf(1.0 - confidence, np.maximum(correct, 1.0), routed - correct + 1.0), 0.0)
+    # No right answer vouches for nothing; beta.ppf is only read where there is one (its first shape must be positive).
+    return np.where(correct > 0, beta.ppf(1.0 - confidence, np.maximum(correct, 1.0), routed - correct + 1.0), 0.0)
 
 
 def choose_threshold(
